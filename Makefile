@@ -1,0 +1,46 @@
+# `make run` starts the dashboard; `make test` installs everything the tests need and runs them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+WORKSPACE ?= ./workspace
+PORT ?= 8501
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test lint system-deps bench-download clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): requirements.txt | $(PY)
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+run: $(STAMP)
+	WORKBENCH_WORKSPACE=$(WORKSPACE) $(PY) -m streamlit run app.py --server.port $(PORT)
+
+# Debian packages the tests need: chromium for the Playwright browser test (never `playwright install`).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
+
+test: $(DEV_STAMP) system-deps
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(DEV_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench-download: $(STAMP)
+	$(PY) benchmarks/download.py
+
+clean:
+	rm -rf $(VENV) .bench .pytest_cache .ruff_cache

@@ -1,0 +1,223 @@
+"""Download: URL CSVs (upload or server path), S3 prefixes with a pre-download analysis, and S3 batch mode."""
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from services.datasets import DatasetError, read_csv_header
+from services.s3_client import S3AccessError
+from services.s3_download import analyze_s3, plan_batch, start_s3_download
+from services.url_download import guess_kind, start_url_download
+from ui.components import job_panel, jobs_table
+from ui.state import get_job_manager, get_workspace
+
+ws = get_workspace()
+manager = get_job_manager()
+KINDS = ["train", "test", "REAL", "GEN", "other"]
+
+st.title("Download")
+st.caption(
+    "Every URL is fetched once, every image stored once per content hash, every failure named per row. "
+    "Jobs run in the background: close the tab and come back, or follow them with `python -m services jobs list`."
+)
+
+
+def _save_upload(upload) -> Path:  # type: ignore[no-untyped-def]
+    data = upload.getvalue()
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    path = ws.upload_path(f"{digest}_{upload.name}")
+    if not path.exists():
+        path.write_bytes(data)
+    return path
+
+
+def _csv_source(key: str, label: str) -> Path | None:
+    how = st.radio("Source", ["Upload a CSV", "Path on the server"], horizontal=True, key=f"{key}-how")
+    if how == "Upload a CSV":
+        upload = st.file_uploader(label, type=["csv"], key=f"{key}-upload")
+        return _save_upload(upload) if upload is not None else None
+    text = st.text_input("CSV path", key=f"{key}-path", placeholder="/data/train.csv")
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        st.error(f"No file at `{path}`.")
+        return None
+    return path
+
+
+def _dataset_default(path: Path) -> str:
+    """The file's stem, without the content-hash prefix that uploads get."""
+    return path.stem.split("_", 1)[-1] if path.parent == ws.root / "uploads" else path.stem
+
+
+def _start(job_id: int) -> None:
+    manager.start_background(job_id)
+    st.session_state["download-job"] = job_id
+    st.toast(f"Job {job_id} started")
+
+
+tab_urls, tab_s3, tab_batch = st.tabs(["URL CSV", "S3", "S3 batch"])
+
+with tab_urls:
+    csv_path = _csv_source("urls", "CSV with an image URL column (e.g. image_link, group_id, entity_name, ...)")
+    if csv_path is not None:
+        try:
+            header = read_csv_header(csv_path)
+            preview = pd.read_csv(csv_path, nrows=10, dtype=str, keep_default_na=False)
+        except (DatasetError, ValueError) as exc:
+            st.error(f"Cannot read `{csv_path.name}`: {exc}")
+            header = []
+        if header:
+            st.caption(f"First rows of `{csv_path.name}`")
+            st.dataframe(preview, hide_index=True, key="urls-preview")
+            default_col = next((i for i, c in enumerate(header) if c == "image_link"), None)
+            if default_col is None:
+                default_col = next((i for i, c in enumerate(header) if "url" in c.lower() or "link" in c.lower()), 0)
+            with st.form("urls-form"):
+                left, right = st.columns(2)
+                url_column = left.selectbox("URL column", header, index=default_col)
+                dataset = right.text_input("Dataset name", value=_dataset_default(csv_path))
+                guessed = guess_kind(csv_path)
+                kind = left.selectbox("Kind", KINDS, index=KINDS.index(guessed) if guessed in KINDS else 0)
+                resize = right.number_input("Resize to N x N (0 = keep originals only)", 0, 4096, 0, step=32)
+                workers = left.number_input("Worker processes", 0, 64, ws.settings.download.workers)
+                placeholder = right.checkbox("Placeholder image for failed rows (seed 000 behaviour)")
+                discard = right.checkbox("Keep only the resized copy")
+                submitted = st.form_submit_button("Start download", type="primary", icon=":material/download:")
+            if submitted:
+                try:
+                    job_id = start_url_download(
+                        ws,
+                        manager,
+                        csv_path,
+                        dataset,
+                        url_column,
+                        kind,
+                        int(resize) or None,
+                        not (discard and resize),
+                        placeholder,
+                        int(workers),
+                    )
+                except DatasetError as exc:
+                    st.error(str(exc))
+                else:
+                    _start(job_id)
+
+with tab_s3:
+    s3_csv = _csv_source("s3", "CSV of file names, with or without a header")
+    left, right = st.columns(2)
+    bucket = left.text_input("Bucket", value=ws.settings.download.s3_bucket or "", key="s3-bucket")
+    prefix = right.text_input("Prefix", value="datalake_training/", key="s3-prefix")
+    endpoint = left.text_input(
+        "Endpoint URL (S3-compatible stores only)", value=ws.settings.download.s3_endpoint_url or "", key="s3-endpoint"
+    )
+    s3_dataset = right.text_input("Dataset name", value=_dataset_default(s3_csv) if s3_csv else "", key="s3-dataset")
+    if st.button("Analyse", key="s3-analyse", icon=":material/search:", disabled=not (s3_csv and bucket)):
+        try:
+            st.session_state["s3-analysis"] = analyze_s3(ws, s3_csv, bucket, prefix, endpoint or None)  # type: ignore[arg-type]
+        except (DatasetError, S3AccessError) as exc:
+            st.session_state.pop("s3-analysis", None)
+            st.error(str(exc))
+    analysis = st.session_state.get("s3-analysis")
+    if analysis is not None:
+        summary = analysis.summary()
+        cols = st.columns(5)
+        cols[0].metric("Names", f"{analysis.unique_names:,}")
+        cols[1].metric("Already done", f"{len(analysis.already_done):,}")
+        cols[2].metric("Available", f"{analysis.available:,}")
+        cols[3].metric("Missing", f"{len(analysis.missing):,}")
+        cols[4].metric("Ambiguous", f"{len(analysis.ambiguous):,}")
+        st.caption(f"{summary['objects listed']:,} objects listed under `{summary['source']}`")
+        if analysis.missing:
+            st.warning("Missing, e.g.: " + ", ".join(f"`{m}`" for m in analysis.missing[:5]))
+        if analysis.ambiguous:
+            st.warning("Ambiguous names are not downloaded; each matches several objects:")
+            st.json(summary["ambiguous examples"])
+        if st.button(
+            f"Confirm: download {analysis.available:,} files", type="primary", key="s3-confirm", icon=":material/check:"
+        ):
+            try:
+                job_id = start_s3_download(ws, manager, analysis, s3_dataset or Path(analysis.csv_path).stem)
+            except DatasetError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state.pop("s3-analysis", None)
+                _start(job_id)
+
+with tab_batch:
+    st.caption("Every `KIND_name.csv` in a drop folder becomes its own dataset; the prefix comes from the kind.")
+    folder = st.text_input("Drop folder on the server", key="batch-folder", placeholder="downloader/to_download")
+    left, right = st.columns(2)
+    batch_bucket = left.text_input("Bucket", value=ws.settings.download.s3_bucket or "", key="batch-bucket")
+    template = right.text_input("Prefix template", value=ws.settings.download.s3_prefix_template, key="batch-template")
+    batch_endpoint = left.text_input(
+        "Endpoint URL", value=ws.settings.download.s3_endpoint_url or "", key="batch-endpoint"
+    )
+    if folder and batch_bucket:
+        try:
+            entries, skipped = plan_batch(Path(folder).expanduser(), template)
+        except DatasetError as exc:
+            st.error(str(exc))
+            entries, skipped = [], []
+        for path, reason in skipped:
+            st.caption(f"Skipped `{path.name}`: {reason}")
+        if entries:
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {"file": e.csv_path.name, "kind": e.kind, "prefix": e.prefix, "dataset": e.dataset}
+                        for e in entries
+                    ]
+                ),
+                hide_index=True,
+                key="batch-plan",
+            )
+            if st.button("Analyse all", key="batch-analyse", icon=":material/search:"):
+                try:
+                    st.session_state["batch-analyses"] = [
+                        (e, analyze_s3(ws, e.csv_path, batch_bucket, e.prefix, batch_endpoint or None)) for e in entries
+                    ]
+                except (DatasetError, S3AccessError) as exc:
+                    st.error(str(exc))
+            analyses = st.session_state.get("batch-analyses") or []
+            if analyses:
+                st.dataframe(
+                    pd.DataFrame(
+                        [
+                            {
+                                "dataset": e.dataset,
+                                "names": a.unique_names,
+                                "already done": len(a.already_done),
+                                "available": a.available,
+                                "missing": len(a.missing),
+                                "ambiguous": len(a.ambiguous),
+                            }
+                            for e, a in analyses
+                        ]
+                    ),
+                    hide_index=True,
+                    key="batch-analysis",
+                )
+                if st.button("Confirm: download all", type="primary", key="batch-confirm", icon=":material/check:"):
+                    for e, a in analyses:
+                        try:
+                            _start(start_s3_download(ws, manager, a, e.dataset, e.kind))
+                        except DatasetError as exc:
+                            st.error(f"{e.csv_path.name}: {exc}")
+                    st.session_state.pop("batch-analyses", None)
+
+st.divider()
+st.subheader("Download jobs")
+jobs = [j for j in manager.list(limit=50) if j.kind.startswith("download")]
+current = st.session_state.get("download-job") or (jobs[0].id if jobs else None)
+if current is not None:
+    ids = [j.id for j in jobs]
+    chosen = st.selectbox(
+        "Job", ids, index=ids.index(current) if current in ids else 0, format_func=lambda i: f"job {i}", key="job-pick"
+    )
+    with st.container(border=True):
+        job_panel(manager, int(chosen))
+jobs_table(jobs, key="download-jobs")

@@ -1,0 +1,44 @@
+"""Home: what the workspace holds and which jobs run, aggregated in SQL so it stays fast at any size."""
+
+import pandas as pd
+import streamlit as st
+
+from services.datasets import list_datasets
+from ui.components import job_panel, jobs_table
+from ui.state import get_job_manager, get_workspace
+
+ws = get_workspace()
+manager = get_job_manager()
+
+st.title("Image workbench")
+st.caption("From a list of URLs or an S3 prefix to a downloaded, described, embedded, classified and compared dataset.")
+
+overview = ws.catalog.overview()
+cols = st.columns(4)
+cols[0].metric("Images", f"{overview['images']:,}")
+cols[1].metric("Stored", f"{overview['image_bytes'] / 1e6:,.1f} MB")
+cols[2].metric("Datasets", f"{overview['datasets']:,}")
+cols[3].metric("Jobs", f"{overview['jobs']:,}")
+
+st.subheader("Datasets")
+datasets = list_datasets(ws.catalog)
+if datasets:
+    st.dataframe(
+        pd.DataFrame(
+            [{"name": d.name, "kind": d.kind, "rows": d.rows, "images": d.images, "source": d.source} for d in datasets]
+        ),
+        hide_index=True,
+        key="home-datasets",
+    )
+else:
+    st.info(
+        "No datasets yet. Start on the Download page, or run `python -m services download urls CSV --dataset NAME`."
+    )
+
+st.subheader("Jobs")
+running = manager.list(limit=20, active_only=True)
+for job in running:
+    with st.container(border=True):
+        job_panel(manager, job.id)
+st.caption("Recent jobs")
+jobs_table(manager.list(limit=25), key="home-jobs")

@@ -1,0 +1,422 @@
+"""`python -m services [--workspace DIR] <command>`: every action the pages offer, for headless boxes and cron.
+
+Jobs run in the foreground with a progress bar (Ctrl+C stops them cleanly; `jobs resume` continues), or
+detached with `--background`, in which case the dashboard and `jobs list` show their progress.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from tqdm import tqdm
+
+from services.datasets import DatasetError, export_labelled_csv, list_datasets
+from services.jobs import JobError, JobManager, JobProgress
+from services.s3_client import S3AccessError
+from services.settings import load_settings
+from services.workspace import Workspace
+
+app = typer.Typer(
+    help="Image-dataset workbench: download, preprocess, describe, embed, classify, compare.", no_args_is_help=True
+)
+download_app = typer.Typer(help="Fetch images from URL CSVs or S3 into the workspace.", no_args_is_help=True)
+jobs_app = typer.Typer(help="List, resume, retry, cancel and export jobs.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Datasets in the workspace.", no_args_is_help=True)
+workspace_app = typer.Typer(help="The workspace folder.", no_args_is_help=True)
+app.add_typer(download_app, name="download")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(workspace_app, name="workspace")
+
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def main(
+    workspace: Annotated[
+        Path | None,
+        typer.Option("--workspace", "-w", help="Workspace folder (default: $WORKBENCH_WORKSPACE or ./workspace)."),
+    ] = None,
+) -> None:
+    _state["workspace"] = workspace
+
+
+def _ws() -> Workspace:
+    if "ws" not in _state:
+        settings = load_settings(workspace=_state.get("workspace"))
+        _state["ws"] = Workspace.open(settings.workspace, settings)
+    return _state["ws"]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _format_progress(p: JobProgress) -> str:
+    eta = f", ETA {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
+    return f"job {p.id} [{p.state}] {p.done} ok, {p.failed} failed, {p.total} total, {p.rate:.1f}/s{eta}"
+
+
+def _run_foreground(manager: JobManager, job_id: int) -> JobProgress:
+    bar = tqdm(total=0, unit="img", desc=f"job {job_id}", dynamic_ncols=True, file=sys.stderr)
+
+    def on_progress(p: JobProgress) -> None:
+        bar.total = p.total
+        bar.n = p.done + p.failed
+        bar.set_postfix(ok=p.done, failed=p.failed, refresh=False)
+        bar.refresh()
+
+    try:
+        result = manager.run(job_id, on_progress=on_progress)
+    finally:
+        bar.close()
+    return result
+
+
+def _finish(manager: JobManager, job_id: int, background: bool) -> None:
+    """Run the job here (or detached) and report how it ended; exit 1 if it failed, 130 if cancelled."""
+    if background:
+        pid = manager.start_background(job_id)
+        typer.echo(f"job {job_id} started in the background (pid {pid}); follow it with `jobs show {job_id}`")
+        return
+    try:
+        p = _run_foreground(manager, job_id)
+    except JobError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(_format_progress(p))
+    counts = manager.failure_counts(job_id)
+    if counts:
+        typer.echo("failures by class: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        typer.echo(f"retry them with: python -m services jobs retry-failed {job_id}")
+    out = p.params.get("out") or (manager.ws.root / "exports" / f"{p.params.get('dataset')}-job{job_id}.csv")
+    if p.state == "completed" and p.kind.startswith("download"):
+        typer.echo(f"labelled CSV: {out}")
+    if p.state == "failed":
+        _fail(f"job {job_id} failed: {p.error}", 1)
+    if p.state == "cancelled":
+        typer.echo(f"job {job_id} cancelled; continue with `jobs resume {job_id}`")
+        raise typer.Exit(130)
+
+
+# --- download ---------------------------------------------------------------------------------------
+
+
+@download_app.command("urls")
+def download_urls(
+    csv_path: Annotated[Path, typer.Argument(help="CSV with a URL column (extra columns are kept).")],
+    dataset: Annotated[str, typer.Option(help="Dataset name in the workspace.")],
+    url_column: Annotated[str, typer.Option(help="Column holding the image URL.")] = "image_link",
+    kind: Annotated[
+        str | None, typer.Option(help="Dataset kind (REAL, GEN, train, test...); guessed from the file name.")
+    ] = None,
+    resize: Annotated[int | None, typer.Option(help="Also store an N x N copy (aspect kept, padded).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (0 = in this process).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Labelled CSV to write when done.")] = None,
+    placeholder: Annotated[bool, typer.Option(help="Store a black placeholder for failed rows (seed 000).")] = False,
+    discard_originals: Annotated[bool, typer.Option(help="With --resize, keep only the resized copy.")] = False,
+    background: Annotated[bool, typer.Option(help="Run detached; the dashboard shows progress.")] = False,
+) -> None:
+    """Download every URL of a CSV once, store images by content hash, write a labelled CSV."""
+    from services.url_download import start_url_download
+
+    ws = _ws()
+    manager = JobManager(ws)
+    try:
+        job_id = start_url_download(
+            ws, manager, csv_path, dataset, url_column, kind, resize, not discard_originals, placeholder, workers, out
+        )
+    except DatasetError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"job {job_id} created for dataset {dataset!r}")
+    _finish(manager, job_id, background)
+
+
+def _print_analysis(summary: dict[str, Any]) -> None:
+    for key, value in summary.items():
+        if isinstance(value, (list, dict)):
+            if value:
+                typer.echo(f"  {key}: {json.dumps(value)}")
+        else:
+            typer.echo(f"  {key}: {value}")
+
+
+@download_app.command("s3")
+def download_s3(
+    csv_path: Annotated[Path, typer.Argument(help="CSV of file names, with or without a header.")],
+    bucket: Annotated[str | None, typer.Option(help="S3 bucket (default: download.s3_bucket setting).")] = None,
+    prefix: Annotated[str, typer.Option(help="Key prefix to list, e.g. datalake_training/GEN/.")] = "",
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the CSV's file name).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Dataset kind; guessed from the file name (GEN_*, REAL_*).")] = None,
+    auto_confirm: Annotated[
+        bool, typer.Option("--auto-confirm", help="Skip the y/n prompt after the analysis.")
+    ] = False,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (MinIO, R2, moto...).")] = None,
+    header: Annotated[bool | None, typer.Option("--header/--no-header", help="Force header detection.")] = None,
+    name_column: Annotated[
+        str | None, typer.Option(help="Column with the file names (when there is a header).")
+    ] = None,
+    resize: Annotated[int | None, typer.Option(help="Also store an N x N copy.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (0 = in this process).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Labelled CSV to write when done.")] = None,
+    background: Annotated[bool, typer.Option(help="Run detached.")] = False,
+) -> None:
+    """Analyse a file list against an S3 prefix, confirm, then download the matches."""
+    ws = _ws()
+    bucket = bucket or ws.settings.download.s3_bucket
+    if not bucket:
+        _fail("no bucket: pass --bucket or set WORKBENCH_DOWNLOAD__S3_BUCKET")
+        return
+    _download_s3_one(
+        ws,
+        csv_path,
+        bucket,
+        prefix,
+        dataset or csv_path.stem,
+        kind,
+        auto_confirm,
+        endpoint_url or ws.settings.download.s3_endpoint_url,
+        header,
+        name_column,
+        resize,
+        workers,
+        out,
+        background,
+    )
+
+
+def _download_s3_one(
+    ws: Workspace,
+    csv_path: Path,
+    bucket: str,
+    prefix: str,
+    dataset: str,
+    kind: str | None,
+    auto_confirm: bool,
+    endpoint_url: str | None,
+    header: bool | None,
+    name_column: str | None,
+    resize: int | None,
+    workers: int | None,
+    out: Path | None,
+    background: bool,
+) -> bool:
+    from services.s3_download import analyze_s3, start_s3_download
+
+    manager = JobManager(ws)
+    try:
+        analysis = analyze_s3(ws, csv_path, bucket, prefix, endpoint_url, header, name_column)
+    except (DatasetError, S3AccessError) as exc:
+        _fail(str(exc))
+        return False
+    typer.echo(f"Analysis of {csv_path.name}:")
+    _print_analysis(analysis.summary())
+    if analysis.available == 0:
+        typer.echo("nothing to download")
+    if not auto_confirm and not typer.confirm(f"Download {analysis.available} files into dataset {dataset!r}?"):
+        typer.echo("not confirmed; nothing downloaded")
+        return False
+    try:
+        job_id = start_s3_download(
+            ws, manager, analysis, dataset, kind, header, name_column, resize, True, False, workers, out
+        )
+    except DatasetError as exc:
+        _fail(str(exc))
+        return False
+    typer.echo(f"job {job_id} created for dataset {dataset!r}")
+    _finish(manager, job_id, background)
+    return True
+
+
+@download_app.command("batch")
+def download_batch(
+    drop_folder: Annotated[Path, typer.Argument(help="Folder of KIND_name.csv files (seed 002's to_download/).")],
+    bucket: Annotated[str | None, typer.Option(help="S3 bucket (default: download.s3_bucket setting).")] = None,
+    prefix_template: Annotated[
+        str | None, typer.Option(help="Prefix per kind, default datalake_training/{KIND}/.")
+    ] = None,
+    auto_confirm: Annotated[bool, typer.Option("--auto-confirm", help="Skip the prompt for each file.")] = False,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint.")] = None,
+    resize: Annotated[int | None, typer.Option(help="Also store an N x N copy.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Every CSV in a drop folder becomes its own dataset, kind and prefix taken from its name."""
+    from services.s3_download import plan_batch
+
+    ws = _ws()
+    bucket = bucket or ws.settings.download.s3_bucket
+    if not bucket:
+        _fail("no bucket: pass --bucket or set WORKBENCH_DOWNLOAD__S3_BUCKET")
+        return
+    try:
+        entries, skipped = plan_batch(drop_folder, prefix_template or ws.settings.download.s3_prefix_template)
+    except DatasetError as exc:
+        _fail(str(exc))
+        return
+    for path, reason in skipped:
+        typer.echo(f"skipped {path.name}: {reason}")
+    if not entries:
+        _fail(f"no KIND_name.csv files in {drop_folder}")
+    for entry in entries:
+        typer.echo(
+            f"\n== {entry.csv_path.name}: kind {entry.kind}, s3://{bucket}/{entry.prefix} -> dataset {entry.dataset}"
+        )
+        _download_s3_one(
+            ws,
+            entry.csv_path,
+            bucket,
+            entry.prefix,
+            entry.dataset,
+            entry.kind,
+            auto_confirm,
+            endpoint_url or ws.settings.download.s3_endpoint_url,
+            None,
+            None,
+            resize,
+            workers,
+            None,
+            False,
+        )
+
+
+# --- jobs -------------------------------------------------------------------------------------------
+
+
+@jobs_app.command("list")
+def jobs_list(limit: Annotated[int, typer.Option(help="How many of the newest jobs.")] = 20) -> None:
+    """Jobs, newest first, with progress."""
+    jobs = JobManager(_ws()).list(limit=limit)
+    if not jobs:
+        typer.echo("no jobs yet")
+    for p in jobs:
+        typer.echo(f"{_format_progress(p)}  {p.title}")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: int, failures: Annotated[int, typer.Option(help="How many failures to list.")] = 10) -> None:
+    """One job: progress, failure classes, the first failures, its log file."""
+    manager = JobManager(_ws())
+    try:
+        p = manager.progress(job_id)
+    except JobError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(_format_progress(p))
+    typer.echo(f"title: {p.title}")
+    if p.error:
+        typer.echo(f"error: {p.error}")
+    if p.log_path:
+        typer.echo(f"log: {p.log_path}")
+    counts = manager.failure_counts(job_id)
+    if counts:
+        typer.echo("failures by class: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        for f in manager.failures(job_id, failures):
+            typer.echo(f"  {f['item_key']}: {f['error_class']}: {f['error_message']}")
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: int, background: Annotated[bool, typer.Option(help="Run detached.")] = False) -> None:
+    """Continue a cancelled, interrupted or failed job where it stopped."""
+    manager = JobManager(_ws())
+    try:
+        p = manager.progress(job_id)
+    except JobError as exc:
+        _fail(str(exc))
+        return
+    if p.state == "running":
+        _fail(f"job {job_id} is running already")
+    _finish(manager, job_id, background)
+
+
+@jobs_app.command("retry-failed")
+def jobs_retry_failed(job_id: int, background: Annotated[bool, typer.Option(help="Run detached.")] = False) -> None:
+    """Run only the failed items of a job again."""
+    manager = JobManager(_ws())
+    try:
+        count = manager.reset_failed(job_id)
+    except JobError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"{count} failed items of job {job_id} queued again")
+    _finish(manager, job_id, background)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: int, wait: Annotated[float, typer.Option(help="Seconds to wait for it to stop.")] = 0.0
+) -> None:
+    """Stop a job after the items in flight; `jobs resume` continues it later."""
+    manager = JobManager(_ws())
+    try:
+        p = manager.cancel(job_id)
+        if wait > 0 and p.state == "running":
+            p = manager.wait(job_id, timeout=wait)
+    except (JobError, TimeoutError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"job {job_id}: {'stopping' if p.state == 'running' else p.state}")
+
+
+@jobs_app.command("run", hidden=True)
+def jobs_run(job_id: int) -> None:
+    """Run a job in this process (what `--background` launches)."""
+    manager = JobManager(_ws())
+    try:
+        p = manager.run(job_id)
+    except JobError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(_format_progress(p))
+    if p.state == "failed":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("export")
+def jobs_export(job_id: int, out: Annotated[Path, typer.Option(help="CSV file to write.")]) -> None:
+    """Write the labelled CSV of a download job (all input columns + image_path, image_hash, status, error)."""
+    ws = _ws()
+    manager = JobManager(ws)
+    try:
+        p = manager.progress(job_id)
+    except JobError as exc:
+        _fail(str(exc))
+        return
+    if p.dataset_id is None:
+        _fail(f"job {job_id} has no dataset to export")
+    variant = f"border-{p.params['resize']}" if p.params.get("resize") else None
+    n = export_labelled_csv(ws.catalog, ws.root, p.dataset_id, job_id, out, variant)  # type: ignore[arg-type]
+    typer.echo(f"{n} rows written to {out}")
+
+
+# --- datasets and workspace -------------------------------------------------------------------------
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """Datasets with their row and image counts."""
+    rows = list_datasets(_ws().catalog)
+    if not rows:
+        typer.echo("no datasets yet")
+    for d in rows:
+        typer.echo(f"{d.name}\tkind={d.kind}\trows={d.rows}\timages={d.images}\tsource={d.source}")
+
+
+@workspace_app.command("info")
+def workspace_info() -> None:
+    """Where the workspace is and what it holds."""
+    ws = _ws()
+    info = ws.catalog.overview()
+    typer.echo(f"workspace: {ws.root}")
+    typer.echo(f"catalog schema: v{ws.catalog.schema_version}")
+    for key, value in info.items():
+        typer.echo(f"{key}: {value}")
+    active = JobManager(ws).list(active_only=True)
+    typer.echo(f"running jobs: {len(active)}")
+    typer.echo(f"checked at {time.strftime('%Y-%m-%d %H:%M:%S')}")

@@ -1,0 +1,178 @@
+"""Datasets: named, kinded sets of input rows (every input column kept) linked to catalog images.
+
+CSV input is streamed with the `csv` module in fixed-size batches, so a 1M-row file costs the same memory
+as a 1k-row one. The labelled export is a streamed SQL join of rows, job items and images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.catalog import Catalog
+
+INGEST_BATCH = 5000
+ADDED_COLUMNS = ["image_path", "image_hash", "status", "error"]
+
+
+class DatasetError(Exception):
+    """Bad dataset input; the message names the file, row or column and the cause."""
+
+
+@dataclass
+class Dataset:
+    id: int
+    name: str
+    kind: str
+    source: str
+    columns: list[str]
+    created_at: float
+
+
+@dataclass
+class DatasetSummary:
+    id: int
+    name: str
+    kind: str
+    source: str
+    rows: int
+    images: int
+    created_at: float
+
+
+def get_dataset(catalog: Catalog, name: str) -> Dataset | None:
+    row = catalog.conn.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return None
+    return Dataset(row["id"], row["name"], row["kind"], row["source"], json.loads(row["columns"]), row["created_at"])
+
+
+def ensure_dataset(catalog: Catalog, name: str, kind: str, source: str, columns: list[str]) -> Dataset:
+    """Create the dataset, or return it if it already holds this same source (a re-run or resume)."""
+    if not name.strip():
+        raise DatasetError("dataset name is empty")
+    existing = get_dataset(catalog, name)
+    if existing is not None:
+        if existing.source != source or existing.columns != columns:
+            raise DatasetError(
+                f"dataset {name!r} already exists with source {existing.source!r} and columns {existing.columns}; "
+                f"pick another name for {source!r}"
+            )
+        return existing
+    with catalog.write() as conn:
+        conn.execute(
+            "INSERT INTO datasets (name, kind, source, columns, created_at) VALUES (?, ?, ?, ?, ?)",
+            (name, kind, source, json.dumps(columns), time.time()),
+        )
+    found = get_dataset(catalog, name)
+    assert found is not None
+    return found
+
+
+def list_datasets(catalog: Catalog) -> list[DatasetSummary]:
+    rows = catalog.query(
+        """SELECT d.id, d.name, d.kind, d.source, d.created_at,
+                  (SELECT COUNT(*) FROM dataset_rows r WHERE r.dataset_id = d.id) AS n_rows,
+                  (SELECT COUNT(DISTINCT j.image_hash) FROM jobs jb JOIN job_items j ON j.job_id = jb.id
+                     WHERE jb.dataset_id = d.id AND j.status = 'ok') AS n_images
+           FROM datasets d ORDER BY d.id"""
+    )
+    return [
+        DatasetSummary(r["id"], r["name"], r["kind"], r["source"], r["n_rows"], r["n_images"], r["created_at"])
+        for r in rows
+    ]
+
+
+def read_csv_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        try:
+            header = next(csv.reader(fh))
+        except StopIteration:
+            raise DatasetError(f"{path}: the file is empty") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{path}: not a readable CSV ({exc})") from exc
+    return [h.strip() for h in header]
+
+
+def iter_csv_batches(path: Path, skip_header: bool = True, batch: int = INGEST_BATCH) -> Iterator[list[list[str]]]:
+    """Rows of a CSV in batches; a malformed line is reported with its line number."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        if skip_header:
+            next(reader, None)
+        chunk: list[list[str]] = []
+        try:
+            for row in reader:
+                chunk.append(row)
+                if len(chunk) >= batch:
+                    yield chunk
+                    chunk = []
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{path}, line {reader.line_num}: {exc}") from exc
+        if chunk:
+            yield chunk
+
+
+def insert_rows(catalog: Catalog, dataset_id: int, rows: list[tuple[int, list[str], str | None]]) -> None:
+    """(row_index, values, source_key) rows; re-inserting the same index is a no-op (idempotent ingest)."""
+    with catalog.write() as conn:
+        conn.executemany(
+            "INSERT OR IGNORE INTO dataset_rows (dataset_id, row_index, data, source_key) VALUES (?, ?, ?, ?)",
+            [(dataset_id, idx, json.dumps(values, ensure_ascii=False), key) for idx, values, key in rows],
+        )
+
+
+def export_labelled_csv(
+    catalog: Catalog,
+    workspace_root: Path,
+    dataset_id: int,
+    job_id: int,
+    out: Path | io.TextIOBase,
+    variant: str | None = None,
+) -> int:
+    """Every input column, in order, plus image_path, image_hash, status, error; returns the row count."""
+    row = catalog.conn.execute("SELECT columns FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+    if row is None:
+        raise DatasetError(f"no dataset with id {dataset_id}")
+    columns: list[str] = json.loads(row["columns"])
+    header = columns + [c for c in ADDED_COLUMNS if c not in columns]
+    count = 0
+    with contextlib.ExitStack() as stack:
+        if isinstance(out, Path):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fh: Any = stack.enter_context(open(out, "w", newline="", encoding="utf-8"))
+        else:
+            fh = out
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        cursor = catalog.conn.execute(
+            """SELECT r.data, j.status, j.error_class, j.error_message, j.image_hash,
+                      i.path AS original, i.is_placeholder, d.path AS derived
+               FROM dataset_rows r
+               LEFT JOIN job_items j ON j.job_id = ? AND j.item_key = r.source_key
+               LEFT JOIN images i ON i.hash = j.image_hash
+               LEFT JOIN derived_images d ON d.image_hash = j.image_hash AND d.variant = ?
+               WHERE r.dataset_id = ? ORDER BY r.row_index""",
+            (job_id, variant or "", dataset_id),
+        )
+        for r in cursor:
+            values = json.loads(r["data"])
+            values += [""] * (len(columns) - len(values))
+            status = r["status"] or "pending"
+            rel = r["derived"] or r["original"]
+            if r["is_placeholder"]:
+                status, rel = "placeholder", r["original"]
+            error = f"{r['error_class']}: {r['error_message']}" if r["error_class"] else ""
+            image_path = str(workspace_root / rel) if rel else ""
+            image_hash = r["image_hash"] if status == "ok" else ""
+            extra = {"image_path": image_path, "image_hash": image_hash, "status": status, "error": error}
+            writer.writerow(values[: len(columns)] + [extra[c] for c in ADDED_COLUMNS if c not in columns])
+            count += 1
+    return count

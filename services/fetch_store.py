@@ -1,0 +1,177 @@
+"""The worker half of a download job: fetch bytes, prove they are an image, store them by content hash,
+make the resized copy, and journal the result, for a chunk of items at a time.
+
+`process_chunk` is a plain top-level function of picklable arguments, so any `concurrent.futures` executor
+runs it: a local process pool by default, a thread pool for small jobs, a Dask client for a cluster. Each
+worker process keeps one fetcher (connection pool, per-host slots) and one thread pool across chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from services.http_fetch import FetchError, HttpFetcher
+from services.imaging import (
+    ImageCheckError,
+    border_resize,
+    check_image,
+    encode_jpeg,
+    placeholder_jpeg,
+    sha256_hex,
+)
+from services.jobs import ImageRecord, ItemResult
+from services.settings import DownloadSettings
+from services.workspace import write_atomic
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    workspace: str
+    source_kind: str  # 'url' or 's3'
+    download: dict[str, Any]  # DownloadSettings as a dict (picklable, hashable as JSON)
+    journal_dir: str
+    resize: int | None = None
+    keep_originals: bool = True
+    placeholder: bool = False
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+
+    @property
+    def variant(self) -> str | None:
+        return f"border-{self.resize}" if self.resize else None
+
+    def fingerprint(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class ByteSource(Protocol):
+    def fetch(self, locator: str) -> tuple[bytes, int]:
+        """The object's bytes and the number of attempts it took; raises FetchError."""
+        ...
+
+
+class HttpSource:
+    def __init__(self, cfg: DownloadSettings) -> None:
+        self.fetcher = HttpFetcher(cfg)
+
+    def fetch(self, locator: str) -> tuple[bytes, int]:
+        result = self.fetcher.fetch(locator)
+        return result.data, result.attempts
+
+
+class _Worker:
+    def __init__(self, opts: StoreOptions) -> None:
+        self.opts = opts
+        self.cfg = DownloadSettings(**opts.download)
+        self.source: ByteSource
+        if opts.source_kind == "s3":
+            from services.s3_client import S3Source
+
+            self.source = S3Source(self.cfg, opts.s3_bucket or "", opts.s3_endpoint_url)
+        else:
+            self.source = HttpSource(self.cfg)
+        self.pool = ThreadPoolExecutor(max_workers=self.cfg.threads_per_worker, thread_name_prefix="fetch")
+        self.root = Path(opts.workspace)
+        Path(opts.journal_dir).mkdir(parents=True, exist_ok=True)
+        self.journal_fd = os.open(
+            Path(opts.journal_dir) / f"journal-{os.getpid()}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+        )
+        self.cancel_flag = Path(opts.journal_dir) / "cancel"
+        self._placeholder: ImageRecord | None = None
+        self._lock = threading.Lock()
+
+    def journal(self, result: ItemResult) -> None:
+        os.write(self.journal_fd, (result.to_json() + "\n").encode("utf-8"))
+
+    def placeholder(self) -> ImageRecord:
+        with self._lock:
+            if self._placeholder is None:
+                data = placeholder_jpeg(self.cfg.placeholder_size)
+                digest = sha256_hex(data)
+                rel = f"images/{digest[:2]}/{digest}.jpg"
+                if not (self.root / rel).exists():
+                    write_atomic(self.root / rel, data)
+                size = self.cfg.placeholder_size
+                self._placeholder = ImageRecord(digest, "JPEG", len(data), size, size, rel, is_placeholder=True)
+            return self._placeholder
+
+
+_WORKERS: dict[str, _Worker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def _worker_for(opts: StoreOptions) -> _Worker:
+    key = opts.fingerprint()
+    with _WORKERS_LOCK:
+        if key not in _WORKERS:
+            _WORKERS[key] = _Worker(opts)
+        return _WORKERS[key]
+
+
+def process_chunk(items: list[tuple[str, str | None]], opts: StoreOptions) -> list[ItemResult]:
+    """Fetch and store a chunk of (key, locator) items; items skipped because of a cancel are left out."""
+    worker = _worker_for(opts)
+    futures = [worker.pool.submit(_process_item, worker, key, locator or key) for key, locator in items]
+    return [r for r in (f.result() for f in futures) if r is not None]
+
+
+def _process_item(worker: _Worker, key: str, locator: str) -> ItemResult | None:
+    if worker.cancel_flag.exists():
+        return None
+    opts = worker.opts
+    try:
+        data, attempts = worker.source.fetch(locator)
+        result = _store(worker, key, locator, data, attempts)
+    except (FetchError, ImageCheckError) as exc:
+        result = ItemResult(
+            key=key,
+            status="failed",
+            attempts=getattr(exc, "attempts", 1),
+            error_class=exc.error_class,
+            error_message=exc.message,
+        )
+        if opts.placeholder and exc.error_class not in ("credentials",):
+            result.image = worker.placeholder()
+    except Exception as exc:  # a bug or an unexpected library error: name it per item, never lose the run
+        result = ItemResult(
+            key=key, status="failed", error_class="error", error_message=f"{exc.__class__.__name__}: {exc}"
+        )
+    worker.journal(result)
+    return result
+
+
+def _store(worker: _Worker, key: str, locator: str, data: bytes, attempts: int) -> ItemResult:
+    opts = worker.opts
+    checked = check_image(data, worker.cfg.max_pixels, opts.resize)
+    original_rel = f"images/{checked.hash[:2]}/{checked.hash}.{checked.extension}"
+    keep_original = opts.keep_originals or not opts.resize
+    if keep_original and not (worker.root / original_rel).exists():
+        write_atomic(worker.root / original_rel, data)
+    derived: list[tuple[str, str, int, int]] = []
+    if opts.resize and opts.variant:
+        rel = f"derived/{opts.variant}/{checked.hash[:2]}/{checked.hash}.jpg"
+        if not (worker.root / rel).exists():
+            write_atomic(worker.root / rel, encode_jpeg(border_resize(checked.image, opts.resize)))
+        derived.append((opts.variant, rel, opts.resize, opts.resize))
+    source_locator = f"s3://{opts.s3_bucket}/{locator}" if opts.source_kind == "s3" else locator
+    return ItemResult(
+        key=key,
+        status="ok",
+        attempts=attempts,
+        image=ImageRecord(
+            checked.hash,
+            checked.format,
+            checked.nbytes,
+            checked.width,
+            checked.height,
+            original_rel if keep_original else None,
+        ),
+        source=(opts.source_kind, source_locator),
+        derived=derived,
+    )

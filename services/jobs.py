@@ -1,0 +1,609 @@
+"""Long jobs as rows in the catalog: created, run (here or in a detached process), resumed, cancelled,
+retried, with per-item status and progress that every page and CLI reads the same way.
+
+A job's items live in `job_items`; a run takes the pending ones in `seq` order, hands them to its task, and
+commits results in small batches. Workers also append each finished item to a journal file the moment it
+is done, so a run killed with SIGKILL loses at most the items that were in flight: the next run replays the
+journals first and never fetches a finished item again. A heartbeat row tells a live run from a dead one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from services.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+TASKS: dict[str, str] = {
+    "download_urls": "services.url_download:UrlDownloadTask",
+    "download_s3": "services.s3_download:S3DownloadTask",
+}
+FINAL_STATES = ("completed", "cancelled", "failed")
+
+
+class JobError(Exception):
+    """A job-level problem a user must act on (the message says how)."""
+
+
+class JobBusyError(JobError):
+    pass
+
+
+@dataclass
+class ImageRecord:
+    hash: str
+    format: str
+    nbytes: int
+    width: int
+    height: int
+    path: str | None
+    is_placeholder: bool = False
+
+
+@dataclass
+class ItemResult:
+    key: str
+    status: str  # ok | failed
+    attempts: int = 1
+    error_class: str | None = None
+    error_message: str | None = None
+    image: ImageRecord | None = None
+    source: tuple[str, str] | None = None  # (kind, locator) recorded when ok
+    derived: list[tuple[str, str, int, int]] = field(default_factory=list)  # (variant, relpath, w, h)
+    result: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> ItemResult:
+        data = json.loads(line)
+        image = ImageRecord(**data.pop("image")) if data.get("image") else None
+        data.pop("image", None)
+        source = tuple(data.pop("source")) if data.get("source") else None
+        derived = [tuple(d) for d in data.pop("derived", [])]
+        return cls(image=image, source=source, derived=derived, **data)  # type: ignore[arg-type]
+
+
+@dataclass
+class PendingItem:
+    key: str
+    locator: str | None
+    attempts: int
+
+
+@dataclass
+class JobProgress:
+    id: int
+    kind: str
+    title: str
+    state: str  # created, running, interrupted, completed, cancelled, failed
+    done: int
+    failed: int
+    total: int
+    rate: float  # items per second in the current (or last) run
+    eta_seconds: float | None
+    created_at: float
+    finished_at: float | None
+    error: str | None
+    log_path: str | None
+    dataset_id: int | None
+    params: dict[str, Any]
+    cancel_requested: bool
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.done - self.failed)
+
+    @property
+    def fraction(self) -> float:
+        return (self.done + self.failed) / self.total if self.total else 0.0
+
+    @property
+    def is_active(self) -> bool:
+        return self.state == "running"
+
+
+class RunContext:
+    """What a task sees while it runs: where to report results and whether to stop."""
+
+    def __init__(self, manager: JobManager, job_id: int, on_progress: Callable[[JobProgress], None] | None):
+        self.manager = manager
+        self.job_id = job_id
+        self.stop_event = threading.Event()
+        self.fatal_error: str | None = None
+        self._on_progress = on_progress
+        self.journal_dir = manager.ws.job_dir(job_id)
+        self.cancel_flag = self.journal_dir / "cancel"
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_event.is_set()
+
+    def report(self, results: list[ItemResult]) -> None:
+        task = self.manager.task_for_job(self.job_id)
+        fatal = [r for r in results if r.status == "failed" and r.error_class in task.fatal_classes]
+        keep = [r for r in results if not (r.status == "failed" and r.error_class in task.fatal_classes)]
+        self.manager.apply_results(self.job_id, keep)
+        if fatal and self.fatal_error is None:
+            self.fatal_error = fatal[0].error_message or fatal[0].error_class
+            log.error("job %s stopped: %s", self.job_id, self.fatal_error)
+            self.request_stop()
+        if self._on_progress is not None:
+            self._on_progress(self.manager.progress(self.job_id))
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self.cancel_flag.touch()
+
+
+class JobTask(Protocol):
+    kind: ClassVar[str]
+    fatal_classes: ClassVar[frozenset[str]]
+    sticky_classes: ClassVar[frozenset[str]]  # failures that retry-failed cannot fix (e.g. missing)
+
+    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None: ...
+
+    def process(
+        self, ws: Workspace, job_id: int, params: dict[str, Any], items: Iterator[PendingItem], ctx: RunContext
+    ) -> None: ...
+
+    def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None: ...
+
+
+class JobManager:
+    """One per process (the dashboard keeps it in `st.cache_resource`); all state is in the catalog."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.catalog = ws.catalog
+        self._tasks: dict[str, JobTask] = {}
+
+    # --- creating and reading ------------------------------------------------------------------------
+
+    def task(self, kind: str) -> JobTask:
+        if kind not in self._tasks:
+            if kind not in TASKS:
+                raise JobError(f"unknown job kind {kind!r}; known: {', '.join(sorted(TASKS))}")
+            module, _, name = TASKS[kind].partition(":")
+            self._tasks[kind] = getattr(importlib.import_module(module), name)()
+        return self._tasks[kind]
+
+    def task_for_job(self, job_id: int) -> JobTask:
+        return self.task(self._row(job_id)["kind"])
+
+    def create(self, kind: str, title: str, params: dict[str, Any], dataset_id: int | None = None) -> int:
+        self.task(kind)  # fail now, not in the background, if the kind is unknown
+        with self.catalog.write() as conn:
+            cur = conn.execute(
+                """INSERT INTO jobs (kind, title, dataset_id, params, state, created_at)
+                   VALUES (?, ?, ?, ?, 'created', ?)""",
+                (kind, title, dataset_id, json.dumps(params), time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def _row(self, job_id: int) -> Any:
+        row = self.catalog.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"no job with id {job_id}")
+        return row
+
+    def params(self, job_id: int) -> dict[str, Any]:
+        return dict(json.loads(self._row(job_id)["params"]))
+
+    def progress(self, job_id: int) -> JobProgress:
+        return self._progress_from_row(self._row(job_id))
+
+    def list(self, limit: int = 50, active_only: bool = False) -> list[JobProgress]:
+        rows = self.catalog.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+        jobs = [self._progress_from_row(r) for r in rows]
+        return [j for j in jobs if j.is_active] if active_only else jobs
+
+    def _progress_from_row(self, row: Any) -> JobProgress:
+        now = time.time()
+        state = row["state"]
+        if state == "running" and not self._is_live(row, now):
+            state = "interrupted"
+        done, failed, total = row["n_ok"], row["n_failed"], row["n_total"]
+        rate, eta = 0.0, None
+        if row["run_started_at"]:
+            end = row["finished_at"] if row["state"] in FINAL_STATES and row["finished_at"] else now
+            if state == "interrupted":
+                end = row["heartbeat_at"] or end
+            elapsed = max(1e-6, end - row["run_started_at"])
+            rate = max(0, done + failed - row["run_done_at_start"]) / elapsed
+            remaining = max(0, total - done - failed)
+            eta = remaining / rate if rate > 0 and state == "running" else None
+        return JobProgress(
+            id=row["id"],
+            kind=row["kind"],
+            title=row["title"],
+            state=state,
+            done=done,
+            failed=failed,
+            total=total,
+            rate=rate,
+            eta_seconds=eta,
+            created_at=row["created_at"],
+            finished_at=row["finished_at"],
+            error=row["error"],
+            log_path=row["log_path"],
+            dataset_id=row["dataset_id"],
+            params=json.loads(row["params"]),
+            cancel_requested=bool(row["cancel_requested"]),
+        )
+
+    def _is_live(self, row: Any, now: float) -> bool:
+        if row["heartbeat_at"] is None or now - row["heartbeat_at"] > self.ws.settings.job_stale_seconds:
+            return False
+        if row["host"] == socket.gethostname() and row["pid"]:
+            return _pid_alive(int(row["pid"]))
+        return True
+
+    def failures(self, job_id: int, limit: int = 200) -> list[dict[str, Any]]:
+        rows = self.catalog.query(
+            """SELECT item_key, locator, error_class, error_message, attempts FROM job_items
+               WHERE job_id = ? AND status = 'failed' ORDER BY seq LIMIT ?""",
+            (job_id, limit),
+        )
+        return [dict(r) for r in rows]
+
+    def failure_counts(self, job_id: int) -> dict[str, int]:
+        rows = self.catalog.query(
+            """SELECT error_class, COUNT(*) AS n FROM job_items WHERE job_id = ? AND status = 'failed'
+               GROUP BY error_class ORDER BY n DESC""",
+            (job_id,),
+        )
+        return {r["error_class"] or "unknown": r["n"] for r in rows}
+
+    # --- items ---------------------------------------------------------------------------------------
+
+    def add_items(self, job_id: int, items: list[tuple[str, str | None]]) -> int:
+        """Add (key, locator) items; keys already in the job are ignored (a URL is fetched once per job)."""
+        with self.catalog.write() as conn:
+            start = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM job_items WHERE job_id = ?", (job_id,))
+            seq0 = int(start.fetchone()[0])
+            before = conn.total_changes
+            conn.executemany(
+                """INSERT OR IGNORE INTO job_items (job_id, item_key, seq, locator, status)
+                   VALUES (?, ?, ?, ?, 'pending')""",
+                [(job_id, key, seq0 + i + 1, loc) for i, (key, loc) in enumerate(items)],
+            )
+            return conn.total_changes - before
+
+    def mark_known(self, job_id: int, known: dict[str, str]) -> None:
+        """Items whose source is already stored: done without a fetch (a URL is fetched once, ever)."""
+        if not known:
+            return
+        with self.catalog.write() as conn:
+            conn.executemany(
+                """UPDATE job_items SET status = 'ok', image_hash = ?, result = '{"cached": true}',
+                   updated_at = ? WHERE job_id = ? AND item_key = ? AND status = 'pending'""",
+                [(h, time.time(), job_id, key) for key, h in known.items()],
+            )
+
+    def pending_items(self, job_id: int, page: int = 1000) -> Iterator[PendingItem]:
+        """Pending items in dispatch order, read page by page so memory stays flat at any size."""
+        last = 0
+        while True:
+            rows = self.catalog.query(
+                """SELECT item_key, locator, attempts, seq FROM job_items
+                   WHERE job_id = ? AND status = 'pending' AND seq > ? ORDER BY seq LIMIT ?""",
+                (job_id, last, page),
+            )
+            if not rows:
+                return
+            for r in rows:
+                yield PendingItem(r["item_key"], r["locator"], r["attempts"])
+            last = rows[-1]["seq"]
+
+    def apply_results(self, job_id: int, results: list[ItemResult]) -> None:
+        """Record results of items still pending (so a journal replayed twice counts once)."""
+        if not results:
+            return
+        now = time.time()
+        n_ok = n_failed = 0
+        with self.catalog.write() as conn:
+            for r in results:
+                cur = conn.execute(
+                    """UPDATE job_items SET status = ?, attempts = attempts + ?, error_class = ?,
+                       error_message = ?, image_hash = ?, result = ?, updated_at = ?
+                       WHERE job_id = ? AND item_key = ? AND status = 'pending'""",
+                    (
+                        r.status,
+                        r.attempts,
+                        r.error_class,
+                        r.error_message,
+                        r.image.hash if r.image else None,
+                        json.dumps(r.result) if r.result else None,
+                        now,
+                        job_id,
+                        r.key,
+                    ),
+                )
+                if cur.rowcount == 0:
+                    continue
+                if r.image is not None:
+                    img = r.image
+                    self.catalog.record_image(
+                        conn,
+                        image_hash=img.hash,
+                        fmt=img.format,
+                        nbytes=img.nbytes,
+                        width=img.width,
+                        height=img.height,
+                        path=img.path,
+                        is_placeholder=img.is_placeholder,
+                    )
+                    if r.status == "ok" and r.source is not None:
+                        self.catalog.record_source(conn, r.source[0], r.source[1], img.hash)
+                    for variant, relpath, w, h in r.derived:
+                        self.catalog.record_derived(conn, img.hash, variant, relpath, w, h)
+                if r.status == "ok":
+                    n_ok += 1
+                else:
+                    n_failed += 1
+            conn.execute(
+                "UPDATE jobs SET n_ok = n_ok + ?, n_failed = n_failed + ?, heartbeat_at = ? WHERE id = ?",
+                (n_ok, n_failed, now, job_id),
+            )
+
+    def recount(self, job_id: int) -> None:
+        with self.catalog.write() as conn:
+            conn.execute(
+                """UPDATE jobs SET
+                     n_total = (SELECT COUNT(*) FROM job_items WHERE job_id = :id),
+                     n_ok = (SELECT COUNT(*) FROM job_items WHERE job_id = :id AND status = 'ok'),
+                     n_failed = (SELECT COUNT(*) FROM job_items WHERE job_id = :id AND status = 'failed')
+                   WHERE id = :id""",
+                {"id": job_id},
+            )
+
+    def _replay_journals(self, job_id: int) -> int:
+        replayed = 0
+        for path in sorted(self.ws.job_dir(job_id).glob("journal-*.jsonl")):
+            results = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    results.append(ItemResult.from_json(line))
+                except (ValueError, TypeError, KeyError):
+                    continue  # a line cut by the kill; that item is simply run again
+            for start in range(0, len(results), 500):
+                self.apply_results(job_id, results[start : start + 500])
+            replayed += len(results)
+            path.unlink()
+        return replayed
+
+    # --- running -------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        job_id: int,
+        on_progress: Callable[[JobProgress], None] | None = None,
+        executor: Executor | None = None,
+    ) -> JobProgress:
+        """Run (or resume) a job in this process until it completes, is cancelled or fails."""
+        self._claim(job_id)
+        job_dir = self.ws.job_dir(job_id)
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        log_path = self.ws.root / "logs" / f"{self._row(job_id)['kind'].split('_')[0]}_{stamp}_job{job_id}.log"
+        handler = logging.FileHandler(log_path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("services").addHandler(handler)
+        logging.getLogger("services").setLevel(logging.INFO)
+        self.catalog.conn.execute("UPDATE jobs SET log_path = ? WHERE id = ?", (str(log_path), job_id))
+        ctx = RunContext(self, job_id, on_progress)
+        stop_heartbeat = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job_id, ctx, stop_heartbeat), daemon=True)
+        beat.start()
+        previous_sigterm = _install_sigterm(ctx)
+        row = self._row(job_id)
+        task = self.task(row["kind"])
+        params = json.loads(row["params"])
+        state, error = "failed", "the run ended unexpectedly"
+        try:
+            replayed = self._replay_journals(job_id)
+            if replayed:
+                log.info("job %s: replayed %d journaled results from an earlier run", job_id, replayed)
+            if not row["planned"]:
+                task.plan(self.ws, job_id, params)
+                self.catalog.conn.execute("UPDATE jobs SET planned = 1 WHERE id = ?", (job_id,))
+            self.recount(job_id)
+            self.catalog.conn.execute("UPDATE jobs SET run_done_at_start = n_ok + n_failed WHERE id = ?", (job_id,))
+            log.info("job %s (%s) running: %s", job_id, row["kind"], row["title"])
+            if executor is not None:
+                params = {**params, "_executor": executor}
+            task.process(self.ws, job_id, params, self.pending_items(job_id), ctx)
+            if ctx.fatal_error:
+                state, error = "failed", ctx.fatal_error
+            elif ctx.stop_requested:
+                state, error = "cancelled", None
+            else:
+                task.finish(self.ws, job_id, params)
+                state, error = "completed", None
+        except KeyboardInterrupt:
+            state, error = "cancelled", None
+            raise
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            state, error = "failed", f"{exc.__class__.__name__}: {exc}"
+        finally:
+            stop_heartbeat.set()
+            beat.join(timeout=5)
+            _restore_sigterm(previous_sigterm)
+            with self.catalog.write() as conn:
+                conn.execute(
+                    """UPDATE jobs SET state = ?, error = ?, finished_at = ?, heartbeat_at = ?, pid = NULL
+                       WHERE id = ?""",
+                    (state, error, time.time(), time.time(), job_id),
+                )
+            if state in ("completed", "cancelled"):
+                for path in job_dir.glob("journal-*.jsonl"):
+                    path.unlink()  # every line is in the catalog now
+            ctx.cancel_flag.unlink(missing_ok=True)
+            log.info("job %s %s%s", job_id, state, f": {error}" if error else "")
+            logging.getLogger("services").removeHandler(handler)
+            handler.close()
+        return self.progress(job_id)
+
+    def _claim(self, job_id: int) -> None:
+        with self.catalog.write() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobError(f"no job with id {job_id}")
+            if row["state"] == "running" and self._is_live(row, time.time()):
+                raise JobBusyError(f"job {job_id} is already running (pid {row['pid']} on {row['host']})")
+            now = time.time()
+            conn.execute(
+                """UPDATE jobs SET state = 'running', pid = ?, host = ?, heartbeat_at = ?, run_started_at = ?,
+                   cancel_requested = 0, error = NULL, finished_at = NULL WHERE id = ?""",
+                (os.getpid(), socket.gethostname(), now, now, job_id),
+            )
+        (self.ws.job_dir(job_id) / "cancel").unlink(missing_ok=True)
+
+    def _heartbeat(self, job_id: int, ctx: RunContext, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            try:
+                self.catalog.conn.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ?", (time.time(), job_id))
+                if self.catalog.scalar("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)):
+                    ctx.request_stop()
+            except Exception:  # a busy database must not kill the job; the next beat tries again
+                log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+        self.catalog.close()
+
+    def start_background(self, job_id: int) -> int:
+        """Run the job in a detached process that outlives the browser tab and the dashboard."""
+        progress = self.progress(job_id)
+        if progress.state == "running":
+            raise JobBusyError(f"job {job_id} is already running")
+        out = self.ws.root / "logs" / f"runner-{job_id}.out"
+        with open(out, "ab") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services", "--workspace", str(self.ws.root), "jobs", "run", str(job_id)],
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+        return proc.pid
+
+    def cancel(self, job_id: int) -> JobProgress:
+        """Ask a running job to stop after the items in flight; a job not running is marked cancelled."""
+        progress = self.progress(job_id)
+        with self.catalog.write() as conn:
+            if progress.state == "running":
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                (self.ws.job_dir(job_id) / "cancel").touch()
+            elif progress.state in ("created", "interrupted", "failed"):
+                conn.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = ?, pid = NULL WHERE id = ?",
+                    (time.time(), job_id),
+                )
+        return self.progress(job_id)
+
+    def reset_failed(self, job_id: int) -> int:
+        """Make failed items pending again (not those no retry can fix); returns how many."""
+        task = self.task_for_job(job_id)
+        if self.progress(job_id).state == "running":
+            raise JobBusyError(f"job {job_id} is running; cancel it or wait before retrying its failures")
+        sticky = sorted(task.sticky_classes)
+        marks = ",".join("?" * len(sticky)) or "''"
+        with self.catalog.write() as conn:
+            cur = conn.execute(
+                f"""UPDATE job_items SET status = 'pending', error_class = NULL, error_message = NULL,
+                    image_hash = NULL, result = NULL
+                    WHERE job_id = ? AND status = 'failed' AND COALESCE(error_class, '') NOT IN ({marks})""",
+                (job_id, *sticky),
+            )
+            conn.execute("UPDATE jobs SET state = 'created', finished_at = NULL WHERE id = ?", (job_id,))
+            count = cur.rowcount
+        self.recount(job_id)
+        return count
+
+    def wait(self, job_id: int, timeout: float = 600.0, poll: float = 0.2) -> JobProgress:
+        """Block until the job is no longer running (for the CLI's `--wait` and for tests)."""
+        deadline = time.time() + timeout
+        while True:
+            progress = self.progress(job_id)
+            if progress.state in FINAL_STATES:
+                return progress
+            if time.time() > deadline:
+                raise TimeoutError(f"job {job_id} still {progress.state} after {timeout}s")
+            time.sleep(poll)
+
+
+def dispatch_chunks(
+    items: Iterator[PendingItem],
+    submit: Callable[[list[PendingItem]], Future[list[ItemResult]]],
+    ctx: RunContext,
+    chunk_size: int,
+    max_in_flight: int,
+) -> None:
+    """Feed chunks of items to an executor with a bounded number in flight, reporting as chunks finish."""
+    in_flight: set[Future[list[ItemResult]]] = set()
+    exhausted = False
+    while True:
+        while not exhausted and not ctx.stop_requested and len(in_flight) < max_in_flight:
+            chunk = list(itertools.islice(items, chunk_size))
+            if not chunk:
+                exhausted = True
+                break
+            in_flight.add(submit(chunk))
+        if not in_flight:
+            return
+        done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+        for fut in done:
+            ctx.report(fut.result())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child (exited, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _install_sigterm(ctx: RunContext) -> Any:
+    """SIGTERM and a first Ctrl+C stop the run cleanly after the items in flight (resumable)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if ctx.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        ctx.request_stop()
+
+    signal.signal(signal.SIGTERM, on_interrupt)
+    signal.signal(signal.SIGINT, on_interrupt)
+    return previous
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])

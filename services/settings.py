@@ -1,0 +1,152 @@
+"""Settings: one pydantic-settings class, env prefix ``WORKBENCH_``, optional ``config.yaml``.
+
+Order of precedence (highest first): explicit arguments, environment variables, `.streamlit/secrets.toml`
+(secrets only), `config.yaml`, defaults. The YAML file also accepts the seed projects' keys
+(`gemini_api_key`, `caption_model`, `processing.image_max_size`, ...), so their config files work unchanged.
+Secrets are `SecretStr`: they never appear in a repr, a log line or a page.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "WORKBENCH_"
+
+
+class ProcessingSettings(BaseModel):
+    """The seed projects' `processing:` block (Gemini request pacing and image size)."""
+
+    image_max_size: int = 768
+    max_retries: int = 3
+    retry_backoff_seconds: float = 2.0
+    per_request_sleep_seconds: float = 0.0
+
+
+class DownloadSettings(BaseModel):
+    """Limits for fetching images over HTTP and S3; defaults suit a laptop on a normal network."""
+
+    workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    threads_per_worker: int = 32
+    chunk_size: int = 64
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    total_timeout: float = 60.0
+    max_retries: int = 3
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    max_retry_after: float = 60.0
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 100_000_000
+    max_redirects: int = 5
+    per_host_limit: int = 16
+    user_agent: str = "image-workbench/0.1 (+https://github.com/)"
+    block_private_networks: bool = False
+    placeholder_size: int = 100
+    s3_prefix_template: str = "datalake_training/{KIND}/"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+
+
+class YamlSource(PydanticBaseSettingsSource):
+    """Reads `config.yaml`; the seeds' layout maps onto ours field for field."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        data = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: expected a mapping at the top level, got {type(data).__name__}")
+        return data
+
+
+class SecretsTomlSource(PydanticBaseSettingsSource):
+    """Reads secrets (only) from Streamlit's `.streamlit/secrets.toml`."""
+
+    SECRET_KEYS = ("gemini_api_key", "api_token")
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        data = tomllib.loads(self.path.read_text(encoding="utf-8"))
+        out = {k: data[k] for k in self.SECRET_KEYS if k in data}
+        if "GEMINI_API_KEY" in data and "gemini_api_key" not in out:
+            out["gemini_api_key"] = data["GEMINI_API_KEY"]
+        return out
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Nested values come from env as `WORKBENCH_DOWNLOAD__MAX_RETRIES=5`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    workspace: Path = Path("workspace")
+    gemini_api_key: SecretStr | None = None
+    api_token: SecretStr | None = None
+    caption_model: str = "gemini-2.5-flash-lite"
+    processing: ProcessingSettings = ProcessingSettings()
+    download: DownloadSettings = DownloadSettings()
+    job_stale_seconds: float = 15.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_path = Path(os.environ.get(f"{ENV_PREFIX}CONFIG", "config.yaml"))
+        secrets_path = Path(os.environ.get(f"{ENV_PREFIX}SECRETS", ".streamlit/secrets.toml"))
+        return (
+            init_settings,
+            env_settings,
+            _GeminiEnvAlias(settings_cls),
+            SecretsTomlSource(settings_cls, secrets_path),
+            YamlSource(settings_cls, config_path),
+        )
+
+
+class _GeminiEnvAlias(PydanticBaseSettingsSource):
+    """Accepts the SDK's own `GEMINI_API_KEY` / `GOOGLE_API_KEY` variables as well as ours."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+            if os.environ.get(name):
+                return {"gemini_api_key": os.environ[name]}
+        return {}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and files, with explicit overrides (e.g. `workspace=`) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,149 @@
+"""Download stage for URL CSVs (seed 000's `train.csv` / `test.csv` and any CSV with a URL column).
+
+Rows are ingested with every input column; each distinct URL becomes one job item, and a URL already
+stored by an earlier job is marked done without a fetch. The labelled CSV is written when the job ends.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any, ClassVar
+
+from services.datasets import (
+    DatasetError,
+    ensure_dataset,
+    export_labelled_csv,
+    insert_rows,
+    iter_csv_batches,
+    read_csv_header,
+)
+from services.executors import make_executor
+from services.fetch_store import StoreOptions, process_chunk
+from services.jobs import JobManager, PendingItem, RunContext, dispatch_chunks
+from services.workspace import Workspace
+
+KIND_FROM_NAME = re.compile(r"^(REAL|GEN)[_-]", re.IGNORECASE)
+
+
+def guess_kind(csv_path: Path) -> str:
+    stem = csv_path.stem
+    match = KIND_FROM_NAME.match(stem)
+    if match:
+        return match.group(1).upper()
+    return "test" if "test" in stem.lower() else "train"
+
+
+def start_url_download(
+    ws: Workspace,
+    manager: JobManager,
+    csv_path: Path,
+    dataset: str,
+    url_column: str = "image_link",
+    kind: str | None = None,
+    resize: int | None = None,
+    keep_originals: bool = True,
+    placeholder: bool = False,
+    workers: int | None = None,
+    out: Path | None = None,
+) -> int:
+    """Validate the request, register the dataset and create the job; returns the job id (not yet run)."""
+    csv_path = Path(csv_path).expanduser().resolve()
+    if not csv_path.is_file():
+        raise DatasetError(f"{csv_path}: no such file")
+    header = read_csv_header(csv_path)
+    if url_column not in header:
+        raise DatasetError(f"{csv_path}: no column {url_column!r}; columns are {', '.join(header)}")
+    if resize is not None and not 8 <= resize <= 4096:
+        raise DatasetError(f"--resize {resize}: must be between 8 and 4096 pixels")
+    ds = ensure_dataset(ws.catalog, dataset, kind or guess_kind(csv_path), str(csv_path), header)
+    params = {
+        "csv_path": str(csv_path),
+        "url_column": url_column,
+        "resize": resize,
+        "keep_originals": keep_originals,
+        "placeholder": placeholder,
+        "workers": workers if workers is not None else ws.settings.download.workers,
+        "out": str(Path(out).expanduser().resolve()) if out else None,
+        "dataset": dataset,
+    }
+    return manager.create("download_urls", f"Download URLs: {dataset} ({csv_path.name})", params, ds.id)
+
+
+def labelled_csv_path(ws: Workspace, job_id: int, params: dict[str, Any]) -> Path:
+    return Path(params["out"]) if params.get("out") else ws.root / "exports" / f"{params['dataset']}-job{job_id}.csv"
+
+
+class DownloadTaskBase(ABC):
+    """What URL and S3 downloads share: fetch through `process_chunk`, write the labelled CSV at the end."""
+
+    kind: ClassVar[str] = ""
+    fatal_classes: ClassVar[frozenset[str]] = frozenset()
+    sticky_classes: ClassVar[frozenset[str]] = frozenset()
+
+    @abstractmethod
+    def store_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> StoreOptions:
+        """Where this kind's bytes come from and how they are stored."""
+
+    def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
+        opts = self.store_options(ws, job_id, params)
+        workers = int(params.get("workers") or 0)
+        given: Executor | None = params.get("_executor")
+        executor = given or make_executor(workers)
+        pending: Any = items
+
+        def submit(chunk: list[PendingItem]) -> Any:
+            return executor.submit(process_chunk, [(i.key, i.locator) for i in chunk], opts)
+
+        try:
+            dispatch_chunks(
+                pending,
+                submit,
+                ctx,
+                chunk_size=ws.settings.download.chunk_size,
+                max_in_flight=max(2, 2 * workers),
+            )
+        finally:
+            if given is None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        variant = f"border-{params['resize']}" if params.get("resize") else None
+        dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
+        export_labelled_csv(ws.catalog, ws.root, dataset_id, job_id, labelled_csv_path(ws, job_id, params), variant)
+
+
+class UrlDownloadTask(DownloadTaskBase):
+    kind: ClassVar[str] = "download_urls"
+    sticky_classes: ClassVar[frozenset[str]] = frozenset({"invalid_url", "blocked_url"})
+
+    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        manager = JobManager(ws)
+        csv_path = Path(params["csv_path"])
+        header = read_csv_header(csv_path)
+        col = header.index(params["url_column"])
+        dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
+        index = 0
+        for batch in iter_csv_batches(csv_path):
+            rows = []
+            for values in batch:
+                url = values[col].strip() if col < len(values) else ""
+                rows.append((index, values, url))
+                index += 1
+            insert_rows(ws.catalog, dataset_id, rows)
+            urls = list(dict.fromkeys(key for _, _, key in rows))
+            manager.add_items(job_id, [(u, None) for u in urls])
+            manager.mark_known(job_id, ws.catalog.source_hashes("url", urls))
+
+    def store_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> StoreOptions:
+        return StoreOptions(
+            workspace=str(ws.root),
+            source_kind="url",
+            download=ws.settings.download.model_dump(),
+            journal_dir=str(ws.job_dir(job_id)),
+            resize=params.get("resize"),
+            keep_originals=bool(params.get("keep_originals", True)),
+            placeholder=bool(params.get("placeholder")),
+        )

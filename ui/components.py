@@ -1,0 +1,143 @@
+"""Widgets shared by pages: the live job panel, job tables, formatting."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from services.jobs import JobBusyError, JobError, JobManager, JobProgress
+from services.url_download import labelled_csv_path
+
+STATE_ICONS = {
+    "created": ":material/schedule:",
+    "running": ":material/progress_activity:",
+    "interrupted": ":material/warning:",
+    "completed": ":material/check_circle:",
+    "cancelled": ":material/cancel:",
+    "failed": ":material/error:",
+}
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60}s"
+    return f"{seconds // 3600}h {(seconds % 3600) // 60}m"
+
+
+def jobs_frame(jobs: list[JobProgress]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "id": j.id,
+                "job": j.title,
+                "state": j.state,
+                "progress": j.fraction,
+                "ok": j.done,
+                "failed": j.failed,
+                "total": j.total,
+                "rate /s": round(j.rate, 1),
+                "ETA": format_seconds(j.eta_seconds),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created_at)),
+            }
+            for j in jobs
+        ]
+    )
+
+
+def jobs_table(jobs: list[JobProgress], key: str) -> None:
+    if not jobs:
+        st.caption("No jobs yet.")
+        return
+    st.dataframe(
+        jobs_frame(jobs),
+        hide_index=True,
+        key=key,
+        column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)},
+    )
+
+
+def _act(label: str, action, job_id: int) -> None:  # type: ignore[no-untyped-def]
+    try:
+        action(job_id)
+    except (JobBusyError, JobError) as exc:
+        st.error(f"{label}: {exc}")
+        return
+    st.rerun()
+
+
+def job_panel(manager: JobManager, job_id: int) -> None:
+    """Live progress of one job, refreshed every second while it runs, with cancel / resume / retry."""
+    initial = manager.progress(job_id)
+    every = 1.0 if initial.state in ("running", "created") else None
+
+    @st.fragment(run_every=every)
+    def _panel() -> None:
+        p = manager.progress(job_id)
+        st.markdown(f"**Job {p.id}** · {p.title} · {STATE_ICONS.get(p.state, '')} `{p.state}`")
+        st.progress(p.fraction, text=f"{p.done + p.failed:,} of {p.total:,} items")
+        cols = st.columns(5)
+        cols[0].metric("ok", f"{p.done:,}")
+        cols[1].metric("failed", f"{p.failed:,}")
+        cols[2].metric("total", f"{p.total:,}")
+        cols[3].metric("rate", f"{p.rate:.1f}/s")
+        cols[4].metric("ETA", format_seconds(p.eta_seconds))
+        if p.error:
+            st.error(p.error)
+        if p.state == "interrupted":
+            st.warning("This job stopped without finishing (its process is gone). Resume continues where it left off.")
+        buttons = st.columns(4)
+        if p.state == "running":
+            if buttons[0].button("Cancel", key=f"cancel-{job_id}", icon=":material/stop:"):
+                manager.cancel(job_id)
+                st.toast(f"Job {job_id} will stop after the items in flight.")
+        elif p.state in ("interrupted", "cancelled", "failed", "created") and p.pending:
+            if buttons[0].button("Resume", key=f"resume-{job_id}", icon=":material/play_arrow:"):
+                _act("Resume", manager.start_background, job_id)
+        if p.failed and p.state != "running":
+            if buttons[1].button(f"Retry {p.failed:,} failed", key=f"retry-{job_id}", icon=":material/replay:"):
+                _act("Retry", lambda j: (manager.reset_failed(j), manager.start_background(j)), job_id)
+        if p.state in ("running", "created") and every is None:
+            st.rerun()
+        if p.failed:
+            counts = manager.failure_counts(job_id)
+            st.caption("Failures by class: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+            failures = manager.failures(job_id, limit=200)
+            st.dataframe(pd.DataFrame(failures), hide_index=True, key=f"fail-{job_id}")
+        if p.state == "completed" and p.kind.startswith("download"):
+            path = labelled_csv_path(manager.ws, job_id, p.params)
+            if Path(path).is_file() and Path(path).stat().st_size > 50 * 1024 * 1024:
+                st.caption(f"Labelled CSV written to `{path}` (too large to offer for download here).")
+            elif Path(path).is_file():
+                st.download_button(
+                    "Labelled CSV",
+                    data=Path(path).read_bytes(),
+                    file_name=Path(path).name,
+                    mime="text/csv",
+                    key=f"csv-{job_id}",
+                    icon=":material/download:",
+                )
+                st.caption(f"Written to `{path}`")
+        if p.log_path:
+            st.caption(f"Log: `{p.log_path}`")
+        if every is not None and p.state not in ("running", "created"):
+            st.rerun()
+
+    _panel()
+
+
+def planned_page(issue: int, what: str, steps: list[str]) -> None:
+    """A page whose stage is not built yet: says what it will do, offers nothing that pretends to work."""
+    st.info(
+        f"This stage is not built yet (roadmap issue #{issue}). Nothing on this page runs.",
+        icon=":material/construction:",
+    )
+    st.markdown(what)
+    st.markdown("\n".join(f"- {s}" for s in steps))
