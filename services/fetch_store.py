@@ -86,6 +86,10 @@ class _Worker:
         self._placeholder: ImageRecord | None = None
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        os.close(self.journal_fd)
+
     def journal(self, result: ItemResult) -> None:
         os.write(self.journal_fd, (result.to_json() + "\n").encode("utf-8"))
 
@@ -104,6 +108,14 @@ class _Worker:
 
 _WORKERS: dict[str, _Worker] = {}
 _WORKERS_LOCK = threading.Lock()
+
+
+def release_workers() -> None:
+    """Drop this process's cached fetchers (a new run re-reads credentials and settings)."""
+    with _WORKERS_LOCK:
+        for worker in _WORKERS.values():
+            worker.close()
+        _WORKERS.clear()
 
 
 def _worker_for(opts: StoreOptions) -> _Worker:

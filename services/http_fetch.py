@@ -206,10 +206,11 @@ class HttpFetcher:
             resp = self.pool.request("GET", url, preload_content=False, redirect=False, retries=False)
         except NameResolutionError as exc:
             raise FetchError("dns", f"cannot resolve host {urlsplit(url).hostname!r}") from exc
-        except ConnectTimeoutError as exc:
-            raise FetchError("timeout", f"connect timed out after {cfg.connect_timeout}s", retryable=True) from exc
+        # NewConnectionError subclasses ConnectTimeoutError in urllib3 2, so it must come first.
         except NewConnectionError as exc:
             raise FetchError("connect", f"connection failed: {_reason(exc)}", retryable=True) from exc
+        except ConnectTimeoutError as exc:
+            raise FetchError("timeout", f"connect timed out after {cfg.connect_timeout}s", retryable=True) from exc
         except ReadTimeoutError as exc:
             raise FetchError("timeout", f"no response within {cfg.read_timeout}s", retryable=True) from exc
         except SSLError as exc:

@@ -134,6 +134,9 @@ class RunContext:
 
     @property
     def stop_requested(self) -> bool:
+        """Set by SIGTERM, Ctrl+C, a fatal item, or `cancel()` (seen here through the cancel flag file)."""
+        if not self.stop_event.is_set() and self.cancel_flag.exists():
+            self.stop_event.set()
         return self.stop_event.is_set()
 
     def report(self, results: list[ItemResult]) -> None:
@@ -430,10 +433,14 @@ class JobManager:
             if executor is not None:
                 params = {**params, "_executor": executor}
             task.process(self.ws, job_id, params, self.pending_items(job_id), ctx)
+            self.recount(job_id)
+            left = self.progress(job_id).pending
             if ctx.fatal_error:
                 state, error = "failed", ctx.fatal_error
             elif ctx.stop_requested:
                 state, error = "cancelled", None
+            elif left:
+                state, error = "failed", f"{left} items were left unprocessed; resume the job to run them"
             else:
                 task.finish(self.ws, job_id, params)
                 state, error = "completed", None

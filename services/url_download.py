@@ -21,7 +21,7 @@ from services.datasets import (
     read_csv_header,
 )
 from services.executors import make_executor
-from services.fetch_store import StoreOptions, process_chunk
+from services.fetch_store import StoreOptions, process_chunk, release_workers
 from services.jobs import JobManager, PendingItem, RunContext, dispatch_chunks
 from services.workspace import Workspace
 
@@ -108,6 +108,7 @@ class DownloadTaskBase(ABC):
         finally:
             if given is None:
                 executor.shutdown(wait=True, cancel_futures=True)
+            release_workers()
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         variant = f"border-{params['resize']}" if params.get("resize") else None

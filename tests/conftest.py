@@ -1,0 +1,104 @@
+"""Shared fixtures: a fresh workspace with fast retry settings, the loopback image server, a moto S3 server."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from services.jobs import JobManager  # noqa: E402
+from services.settings import load_settings  # noqa: E402
+from services.workspace import Workspace  # noqa: E402
+from tests.support.image_server import ImageServer  # noqa: E402
+
+FAST_ENV = {
+    "WORKBENCH_DOWNLOAD__BACKOFF_BASE": "0.05",
+    "WORKBENCH_DOWNLOAD__BACKOFF_MAX": "0.2",
+    "WORKBENCH_DOWNLOAD__READ_TIMEOUT": "1",
+    "WORKBENCH_DOWNLOAD__CONNECT_TIMEOUT": "1",
+    "WORKBENCH_DOWNLOAD__TOTAL_TIMEOUT": "5",
+    "WORKBENCH_DOWNLOAD__MAX_RETRIES": "2",
+    "WORKBENCH_DOWNLOAD__MAX_BYTES": "2000000",
+    "WORKBENCH_DOWNLOAD__WORKERS": "0",
+    "WORKBENCH_DOWNLOAD__THREADS_PER_WORKER": "8",
+    "WORKBENCH_DOWNLOAD__CHUNK_SIZE": "16",
+    "WORKBENCH_JOB_STALE_SECONDS": "5",
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test reads the developer's config.yaml, secrets or AWS profile; retries are fast."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("WORKBENCH_", "AWS_")) or name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+            monkeypatch.delenv(name, raising=False)
+    for key, value in FAST_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    yield
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Iterator[Workspace]:
+    workspace = Workspace(tmp_path / "ws", load_settings())
+    yield workspace
+    workspace.close()
+
+
+@pytest.fixture
+def manager(ws: Workspace) -> JobManager:
+    return JobManager(ws)
+
+
+@pytest.fixture
+def image_server() -> Iterator[ImageServer]:
+    server = ImageServer(max_bytes_hint=2_000_000).start()
+    yield server
+    server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 over real HTTP on loopback; boto3 talks to it like any S3-compatible store."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def write_csv(path: Path, header: list[str] | None, rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        if header is not None:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
