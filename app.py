@@ -9,15 +9,17 @@ from ui.state import get_job_manager, get_workspace
 st.set_page_config(page_title="Image workbench", page_icon=":material/photo_library:", layout="wide")
 
 PAGES = {
-    "Workspace": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],
+    "Workspace": [st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)],
     "Stages": [
-        st.Page("pages/download.py", title="Download", icon=":material/download:", url_path="download"),
-        st.Page("pages/preprocess.py", title="Preprocess", icon=":material/tune:", url_path="preprocess"),
-        st.Page("pages/describe.py", title="Describe & Categorize", icon=":material/description:", url_path="describe"),
-        st.Page("pages/embed_train.py", title="Embed & Train", icon=":material/hub:", url_path="embed"),
-        st.Page("pages/classify.py", title="Classify", icon=":material/label:", url_path="classify"),
-        st.Page("pages/ocr.py", title="OCR", icon=":material/document_scanner:", url_path="ocr"),
-        st.Page("pages/compare.py", title="Compare REAL vs GEN", icon=":material/compare:", url_path="compare"),
+        st.Page("app_pages/download.py", title="Download", icon=":material/download:", url_path="download"),
+        st.Page("app_pages/preprocess.py", title="Preprocess", icon=":material/tune:", url_path="preprocess"),
+        st.Page(
+            "app_pages/describe.py", title="Describe & Categorize", icon=":material/description:", url_path="describe"
+        ),
+        st.Page("app_pages/embed_train.py", title="Embed & Train", icon=":material/hub:", url_path="embed"),
+        st.Page("app_pages/classify.py", title="Classify", icon=":material/label:", url_path="classify"),
+        st.Page("app_pages/ocr.py", title="OCR", icon=":material/document_scanner:", url_path="ocr"),
+        st.Page("app_pages/compare.py", title="Compare REAL vs GEN", icon=":material/compare:", url_path="compare"),
     ],
 }
 

@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     processing: ProcessingSettings = ProcessingSettings()
     download: DownloadSettings = DownloadSettings()
     job_stale_seconds: float = 15.0
+    max_upload_mb: int = 512
 
     @classmethod
     def settings_customise_sources(

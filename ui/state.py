@@ -10,12 +10,20 @@ from services.workspace import Workspace
 
 
 @st.cache_resource(show_spinner=False)
-def get_workspace() -> Workspace:
-    """The workspace named by WORKBENCH_WORKSPACE (default ./workspace), opened once per server process."""
-    settings = load_settings()
+def _open_workspace(root: str) -> Workspace:
+    settings = load_settings(workspace=root)
     return Workspace.open(settings.workspace, settings)
 
 
 @st.cache_resource(show_spinner=False)
+def _job_manager(root: str) -> JobManager:
+    return JobManager(_open_workspace(root))
+
+
+def get_workspace() -> Workspace:
+    """The workspace named by WORKBENCH_WORKSPACE (default ./workspace), opened once per server process."""
+    return _open_workspace(str(load_settings().workspace.expanduser().resolve()))
+
+
 def get_job_manager() -> JobManager:
-    return JobManager(get_workspace())
+    return _job_manager(str(load_settings().workspace.expanduser().resolve()))

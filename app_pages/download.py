@@ -36,7 +36,7 @@ def _save_upload(upload) -> Path:  # type: ignore[no-untyped-def]
 def _csv_source(key: str, label: str) -> Path | None:
     how = st.radio("Source", ["Upload a CSV", "Path on the server"], horizontal=True, key=f"{key}-how")
     if how == "Upload a CSV":
-        upload = st.file_uploader(label, type=["csv"], key=f"{key}-upload")
+        upload = st.file_uploader(label, type=["csv"], key=f"{key}-upload", max_upload_size=ws.settings.max_upload_mb)
         return _save_upload(upload) if upload is not None else None
     text = st.text_input("CSV path", key=f"{key}-path", placeholder="/data/train.csv")
     if not text:

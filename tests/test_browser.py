@@ -1,0 +1,95 @@
+"""A real browser session: Debian chromium driven by Playwright uploads a CSV on the Download page, starts
+the download against the loopback image server, and sees the finished job and its labelled CSV."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port, write_csv
+from tests.support.image_server import ImageServer, make_jpeg
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    ws_root = tmp_path / "browser-ws"
+    env = dict(os.environ, WORKBENCH_WORKSPACE=str(ws_root), PYTHONPATH=str(ROOT))
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.terminate()
+        pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
+    yield base, ws_root
+    proc.terminate()
+    proc.wait(15)
+    log.close()
+
+
+def test_upload_csv_start_download_see_results(
+    dashboard: tuple[str, Path], image_server: ImageServer, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, ws_root = dashboard
+    urls = [image_server.add(f"b{i}.jpg", make_jpeg(80, 60, seed=i)) for i in range(4)]
+    rows = [[u, str(i), "item_weight", f"{i}.5 gram"] for i, u in enumerate(urls)]
+    rows.append([image_server.url("/status/404"), "9", "item_weight", "1 gram"])
+    csv_path = write_csv(tmp_path / "train.csv", ["image_link", "group_id", "entity_name", "entity_value"], rows)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{base}/download", wait_until="domcontentloaded")
+        expect(page.get_by_role("heading", name="Download", exact=True)).to_be_visible(timeout=30_000)
+        # a deep link on a fresh server still goes through app.py's navigation (and its sidebar)
+        expect(page.get_by_text("Compare REAL vs GEN")).to_be_visible()
+        expect(page.get_by_text("Catalog schema v1")).to_be_visible()
+        page.locator("input[type=file]").first.set_input_files(str(csv_path))
+        expect(page.get_by_text("First rows of")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Start download").click()
+        expect(page.get_by_text("completed", exact=True)).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("4 of 5 items").or_(page.get_by_text("5 of 5 items"))).to_be_visible()
+        expect(page.get_by_role("button", name="Labelled CSV")).to_be_visible(timeout=15_000)
+        expect(page.get_by_text("http_4xx").first).to_be_visible()
+        page.screenshot(path=str(tmp_path / "download-page.png"), full_page=True)
+        browser.close()
+    exports = list((ws_root / "exports").glob("*.csv"))
+    assert len(exports) == 1
+    assert "4.5 gram" not in exports[0].read_text() and "3.5 gram" in exports[0].read_text()
