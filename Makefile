@@ -39,7 +39,9 @@ lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# nginx serves the benchmark's images; img2dataset gets its own venv under .bench/ on first use.
 bench-download: $(STAMP)
+	@command -v nginx >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
 	$(PY) benchmarks/download.py
 
 clean:

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from tqdm import tqdm
@@ -53,9 +53,17 @@ def _ws() -> Workspace:
     return _state["ws"]
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _job(manager: JobManager, job_id: int) -> JobProgress:
+    """The job's progress, or exit 2 with a clear message if there is no such job."""
+    try:
+        return manager.progress(job_id)
+    except JobError as exc:
+        _fail(str(exc))
 
 
 def _format_progress(p: JobProgress) -> str:
@@ -89,7 +97,6 @@ def _finish(manager: JobManager, job_id: int, background: bool) -> None:
         p = _run_foreground(manager, job_id)
     except JobError as exc:
         _fail(str(exc))
-        return
     typer.echo(_format_progress(p))
     counts = manager.failure_counts(job_id)
     if counts:
@@ -134,7 +141,6 @@ def download_urls(
         )
     except DatasetError as exc:
         _fail(str(exc))
-        return
     typer.echo(f"job {job_id} created for dataset {dataset!r}")
     _finish(manager, job_id, background)
 
@@ -173,7 +179,6 @@ def download_s3(
     bucket = bucket or ws.settings.download.s3_bucket
     if not bucket:
         _fail("no bucket: pass --bucket or set WORKBENCH_DOWNLOAD__S3_BUCKET")
-        return
     _download_s3_one(
         ws,
         csv_path,
@@ -215,7 +220,6 @@ def _download_s3_one(
         analysis = analyze_s3(ws, csv_path, bucket, prefix, endpoint_url, header, name_column)
     except (DatasetError, S3AccessError) as exc:
         _fail(str(exc))
-        return False
     typer.echo(f"Analysis of {csv_path.name}:")
     _print_analysis(analysis.summary())
     if analysis.available == 0:
@@ -229,7 +233,6 @@ def _download_s3_one(
         )
     except DatasetError as exc:
         _fail(str(exc))
-        return False
     typer.echo(f"job {job_id} created for dataset {dataset!r}")
     _finish(manager, job_id, background)
     return True
@@ -254,36 +257,41 @@ def download_batch(
     bucket = bucket or ws.settings.download.s3_bucket
     if not bucket:
         _fail("no bucket: pass --bucket or set WORKBENCH_DOWNLOAD__S3_BUCKET")
-        return
     try:
         entries, skipped = plan_batch(drop_folder, prefix_template or ws.settings.download.s3_prefix_template)
     except DatasetError as exc:
         _fail(str(exc))
-        return
     for path, reason in skipped:
         typer.echo(f"skipped {path.name}: {reason}")
     if not entries:
         _fail(f"no KIND_name.csv files in {drop_folder}")
+    failed: list[str] = []
     for entry in entries:
         typer.echo(
             f"\n== {entry.csv_path.name}: kind {entry.kind}, s3://{bucket}/{entry.prefix} -> dataset {entry.dataset}"
         )
-        _download_s3_one(
-            ws,
-            entry.csv_path,
-            bucket,
-            entry.prefix,
-            entry.dataset,
-            entry.kind,
-            auto_confirm,
-            endpoint_url or ws.settings.download.s3_endpoint_url,
-            None,
-            None,
-            resize,
-            workers,
-            None,
-            False,
-        )
+        try:
+            _download_s3_one(
+                ws,
+                entry.csv_path,
+                bucket,
+                entry.prefix,
+                entry.dataset,
+                entry.kind,
+                auto_confirm,
+                endpoint_url or ws.settings.download.s3_endpoint_url,
+                None,
+                None,
+                resize,
+                workers,
+                None,
+                False,
+            )
+        except typer.Exit as exc:  # one bad file does not stop the others
+            if exc.exit_code not in (0, None):
+                failed.append(entry.csv_path.name)
+    if failed:
+        _fail(f"{len(failed)} of {len(entries)} files did not finish: {', '.join(failed)}", 1)
 
 
 # --- jobs -------------------------------------------------------------------------------------------
@@ -303,11 +311,7 @@ def jobs_list(limit: Annotated[int, typer.Option(help="How many of the newest jo
 def jobs_show(job_id: int, failures: Annotated[int, typer.Option(help="How many failures to list.")] = 10) -> None:
     """One job: progress, failure classes, the first failures, its log file."""
     manager = JobManager(_ws())
-    try:
-        p = manager.progress(job_id)
-    except JobError as exc:
-        _fail(str(exc))
-        return
+    p = _job(manager, job_id)
     typer.echo(_format_progress(p))
     typer.echo(f"title: {p.title}")
     if p.error:
@@ -325,12 +329,7 @@ def jobs_show(job_id: int, failures: Annotated[int, typer.Option(help="How many 
 def jobs_resume(job_id: int, background: Annotated[bool, typer.Option(help="Run detached.")] = False) -> None:
     """Continue a cancelled, interrupted or failed job where it stopped."""
     manager = JobManager(_ws())
-    try:
-        p = manager.progress(job_id)
-    except JobError as exc:
-        _fail(str(exc))
-        return
-    if p.state == "running":
+    if _job(manager, job_id).state == "running":
         _fail(f"job {job_id} is running already")
     _finish(manager, job_id, background)
 
@@ -343,7 +342,6 @@ def jobs_retry_failed(job_id: int, background: Annotated[bool, typer.Option(help
         count = manager.reset_failed(job_id)
     except JobError as exc:
         _fail(str(exc))
-        return
     typer.echo(f"{count} failed items of job {job_id} queued again")
     _finish(manager, job_id, background)
 
@@ -360,7 +358,6 @@ def jobs_cancel(
             p = manager.wait(job_id, timeout=wait)
     except (JobError, TimeoutError) as exc:
         _fail(str(exc))
-        return
     typer.echo(f"job {job_id}: {'stopping' if p.state == 'running' else p.state}")
 
 
@@ -372,7 +369,6 @@ def jobs_run(job_id: int) -> None:
         p = manager.run(job_id)
     except JobError as exc:
         _fail(str(exc))
-        return
     typer.echo(_format_progress(p))
     if p.state == "failed":
         raise typer.Exit(1)
@@ -383,11 +379,7 @@ def jobs_export(job_id: int, out: Annotated[Path, typer.Option(help="CSV file to
     """Write the labelled CSV of a download job (all input columns + image_path, image_hash, status, error)."""
     ws = _ws()
     manager = JobManager(ws)
-    try:
-        p = manager.progress(job_id)
-    except JobError as exc:
-        _fail(str(exc))
-        return
+    p = _job(manager, job_id)
     if p.dataset_id is None:
         _fail(f"job {job_id} has no dataset to export")
     variant = f"border-{p.params['resize']}" if p.params.get("resize") else None

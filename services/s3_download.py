@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from services.datasets import DatasetError, ensure_dataset, insert_rows
-from services.fetch_store import StoreOptions
 from services.jobs import ItemResult, JobManager
 from services.s3_client import S3Object, list_prefix, make_client
 from services.url_download import DownloadTaskBase, guess_kind
@@ -221,6 +220,7 @@ def start_s3_download(
 
 class S3DownloadTask(DownloadTaskBase):
     kind: ClassVar[str] = "download_s3"
+    source_kind: ClassVar[str] = "s3"
     fatal_classes: ClassVar[frozenset[str]] = frozenset({"credentials"})
     sticky_classes: ClassVar[frozenset[str]] = frozenset({"missing", "ambiguous"})
 
@@ -260,18 +260,8 @@ class S3DownloadTask(DownloadTaskBase):
         for start in range(0, len(failures), 1000):
             manager.apply_results(job_id, failures[start : start + 1000])
 
-    def store_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> StoreOptions:
-        return StoreOptions(
-            workspace=str(ws.root),
-            source_kind="s3",
-            download=ws.settings.download.model_dump(),
-            journal_dir=str(ws.job_dir(job_id)),
-            resize=params.get("resize"),
-            keep_originals=bool(params.get("keep_originals", True)),
-            placeholder=bool(params.get("placeholder")),
-            s3_bucket=params["bucket"],
-            s3_endpoint_url=params.get("endpoint_url"),
-        )
+    def source_options(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"s3_bucket": params["bucket"], "s3_endpoint_url": params.get("endpoint_url")}
 
 
 @dataclass

@@ -83,9 +83,27 @@ class DownloadTaskBase(ABC):
     fatal_classes: ClassVar[frozenset[str]] = frozenset()
     sticky_classes: ClassVar[frozenset[str]] = frozenset()
 
+    source_kind: ClassVar[str] = "url"
+
     @abstractmethod
+    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        """Ingest rows and create the job's items (idempotent)."""
+
+    def source_options(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Where this kind's bytes come from, beyond the common options (S3: bucket and endpoint)."""
+        return {}
+
     def store_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> StoreOptions:
-        """Where this kind's bytes come from and how they are stored."""
+        return StoreOptions(
+            workspace=str(ws.root),
+            source_kind=self.source_kind,
+            download=ws.settings.download.model_dump(),
+            journal_dir=str(ws.job_dir(job_id)),
+            resize=params.get("resize"),
+            keep_originals=bool(params.get("keep_originals", True)),
+            placeholder=bool(params.get("placeholder")),
+            **self.source_options(params),
+        )
 
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
         opts = self.store_options(ws, job_id, params)
@@ -137,14 +155,3 @@ class UrlDownloadTask(DownloadTaskBase):
             urls = list(dict.fromkeys(key for _, _, key in rows))
             manager.add_items(job_id, [(u, None) for u in urls])
             manager.mark_known(job_id, ws.catalog.source_hashes("url", urls))
-
-    def store_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> StoreOptions:
-        return StoreOptions(
-            workspace=str(ws.root),
-            source_kind="url",
-            download=ws.settings.download.model_dump(),
-            journal_dir=str(ws.job_dir(job_id)),
-            resize=params.get("resize"),
-            keep_originals=bool(params.get("keep_originals", True)),
-            placeholder=bool(params.get("placeholder")),
-        )

@@ -185,3 +185,21 @@ def test_cli_s3_prompt_and_batch(real_bucket: str, tmp_path: Path) -> None:
     assert "2 ok, 0 failed" in batch.output
     listing = runner.invoke(app, ["--workspace", str(ws_root), "datasets", "list"])
     assert "GEN_batch1\tkind=GEN\trows=2\timages=2" in listing.output
+
+
+def test_cli_batch_carries_on_past_a_bad_file(real_bucket: str, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "GEN_empty.csv").write_text("")
+    write_csv(drop / "GEN_good.csv", None, [["g1"]])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--workspace", str(tmp_path / "ws"), "download", "batch", str(drop), "--bucket", BUCKET,
+            "--endpoint-url", real_bucket, "--auto-confirm",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "GEN_empty.csv: the file lists no names" in result.output
+    assert "1 ok, 0 failed" in result.output  # GEN_good still downloaded
+    assert "1 of 2 files did not finish: GEN_empty.csv" in result.output
