@@ -1,17 +1,127 @@
-"""Preprocess: planned in issue #3; the page says what it will do and runs nothing yet."""
+"""Preprocess: pick a dataset and a recipe, preview before/after, run as a job, browse the results."""
+
+from pathlib import Path
 
 import streamlit as st
 
-from ui.components import planned_page
+from services.datasets import DatasetError, list_datasets
+from services.preprocess import (
+    dataset_images,
+    preview,
+    quality_counts,
+    results_page,
+    sample_images,
+    start_folder_import,
+    start_preprocess,
+)
+from services.quality import FLAGS
+from services.recipes import RecipeError, list_recipes, load_recipe, save_recipe
+from ui.components import job_panel
+from ui.recipe_editor import edit_recipe
+from ui.state import get_job_manager, get_workspace
+
+ws = get_workspace()
+manager = get_job_manager()
+PAGE_SIZE = 12
 
 st.title("Preprocess")
-planned_page(
-    3,
-    "OCR-ready copies of a dataset's images from configurable recipes, with a before/after view.",
-    [
-        "Recipes: resize and pad to N x N (seed 000's 128 x 128), denoise, contrast, rotate, crop",
-        "Runs as a resumable job over a dataset",
-        " results keyed by image hash and recipe settings",
-        "Before/after gallery and the same recipe from `python -m services preprocess`",
-    ],
-)
+st.caption("OCR-ready copies of a dataset's images from a recipe. Results are kept per recipe version; "
+           "rerunning skips what is done.")  # fmt: skip
+
+with st.expander("Import a folder from the server as a dataset"):
+    folder = st.text_input("Folder", key="pp-folder", placeholder="/data/parts")
+    if st.button("Import folder", key="pp-import", icon=":material/drive_folder_upload:", disabled=not folder):
+        try:
+            job_id = start_folder_import(ws, manager, Path(folder))
+        except DatasetError as exc:
+            st.error(str(exc))
+        else:
+            manager.start_background(job_id)
+            st.session_state["pp-job"] = job_id
+
+names = [d.name for d in list_datasets(ws.catalog)]
+if not names:
+    st.info("No datasets yet: download some on the Download page, or import a folder above.")
+    st.stop()
+
+left, right = st.columns(2)
+dataset = left.selectbox("Dataset", names, key="pp-dataset")
+recipe_name = right.selectbox("Recipe", list_recipes(ws.root), key="pp-recipe")
+try:
+    base = load_recipe(ws.root, recipe_name)
+except RecipeError as exc:
+    st.error(str(exc))
+    st.stop()
+st.caption(f"{base.description}  \nVersion {base.version} · settings `{base.settings_hash[:10]}`")
+
+with st.container(border=True):
+    st.markdown("**Recipe**")
+    recipe = edit_recipe(base, key="pp-editor")
+    save_left, save_right = st.columns([3, 1])
+    save_as = save_left.text_input("Save as", value=base.name, key="pp-save-name", label_visibility="collapsed")
+    if save_right.button("Save recipe", key="pp-save", icon=":material/save:", disabled=recipe is None):
+        try:
+            saved = save_recipe(ws.root, recipe.model_copy(update={"name": save_as}))  # type: ignore[union-attr]
+        except (RecipeError, ValueError) as exc:
+            st.error(str(exc))
+        else:
+            st.success(f"Saved {saved.name} v{saved.version}")
+
+images = dataset_images(ws, dataset)
+st.subheader("Preview")
+if not images:
+    st.warning(f"Dataset {dataset!r} has no stored images yet.")
+elif recipe is not None:
+    seed = st.session_state.get("pp-seed", 0)
+    if st.button("Other samples", key="pp-shuffle", icon=":material/shuffle:"):
+        st.session_state["pp-seed"] = seed = seed + 1
+    for p in preview(ws, recipe, sample_images(ws, dataset, 3, seed)):
+        before, after = st.columns(2)
+        if p.error:
+            st.error(f"{p.image_hash[:12]}: {p.error}")
+            continue
+        before.image(p.before, caption=f"before · {p.image_hash[:12]}", clamp=True, width=320)
+        after.image(
+            p.after, caption="after" + (f" · flags: {', '.join(p.flags)}" if p.flags else ""), clamp=True, width=320
+        )
+
+st.subheader("Run")
+workers = st.number_input("Worker processes", 0, 64, ws.settings.download.workers, key="pp-workers")
+if st.button(
+    f"Run {recipe.name if recipe else base.name} on {len(images):,} images",
+    type="primary",
+    key="pp-run",
+    icon=":material/play_arrow:",
+    disabled=recipe is None or not images,
+):
+    job_id = start_preprocess(ws, manager, dataset, recipe, int(workers))  # type: ignore[arg-type]
+    manager.start_background(job_id)
+    st.session_state["pp-job"] = job_id
+if st.session_state.get("pp-job"):
+    with st.container(border=True):
+        job_panel(manager, int(st.session_state["pp-job"]))
+
+st.subheader("Results")
+counts = quality_counts(ws, dataset)
+cols = st.columns(len(FLAGS))
+for col, flag in zip(cols, FLAGS, strict=True):
+    col.metric(flag.replace("_", " "), f"{counts.get(flag, 0):,}")
+shown = recipe or base
+chosen = st.multiselect("Only images flagged", list(FLAGS), key="pp-flags")
+page = st.session_state.get("pp-page", 0)
+rows, total = results_page(ws, shown, dataset, chosen, page * PAGE_SIZE, PAGE_SIZE)
+if not total:
+    st.caption(f"No results yet for {shown.name} (settings `{shown.settings_hash[:10]}`) on {dataset}.")
+else:
+    pages = (total + PAGE_SIZE - 1) // PAGE_SIZE
+    nav = st.columns([1, 2, 1])
+    if nav[0].button("Previous", key="pp-prev", disabled=page == 0):
+        st.session_state["pp-page"] = page - 1
+        st.rerun()
+    nav[1].caption(f"Page {page + 1} of {pages} · {total:,} images")
+    if nav[2].button("Next", key="pp-next", disabled=page + 1 >= pages):
+        st.session_state["pp-page"] = page + 1
+        st.rerun()
+    grid = st.columns(4)
+    for i, row in enumerate(rows):
+        grid[i % 4].image(str(ws.abspath(row.output)), caption=", ".join(row.flags) or row.image_hash[:12])

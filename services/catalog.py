@@ -7,6 +7,7 @@ locked" half-way. Schema changes are numbered migrations tracked in `PRAGMA user
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -210,6 +211,36 @@ class Catalog:
                VALUES (?, ?, ?, ?, ?)""",
             (image_hash, variant, path, width, height),
         )
+
+    def record_stage(
+        self,
+        conn: sqlite3.Connection,
+        image_hash: str,
+        stage: str,
+        settings_hash: str,
+        status: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+    ) -> None:
+        conn.execute(
+            """INSERT OR REPLACE INTO stage_results
+               (image_hash, stage, settings_hash, status, result, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (image_hash, stage, settings_hash, status, json.dumps(result) if result else None, error, time.time()),
+        )
+
+    def stage_done(self, stage: str, settings_hash: str, hashes: list[str]) -> set[str]:
+        """Which of these images already have an ok result for this stage and settings."""
+        done: set[str] = set()
+        for start in range(0, len(hashes), 500):
+            part = hashes[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.query(
+                f"""SELECT image_hash FROM stage_results WHERE stage = ? AND settings_hash = ? AND status = 'ok'
+                    AND image_hash IN ({marks})""",
+                (stage, settings_hash, *part),
+            )
+            done.update(r[0] for r in rows)
+        return done
 
     def source_hashes(self, kind: str, locators: list[str]) -> dict[str, str]:
         """Which of these locators already have a stored, non-placeholder image."""

@@ -31,7 +31,9 @@ workspace_app = typer.Typer(help="The workspace folder.", no_args_is_help=True)
 app.add_typer(download_app, name="download")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(datasets_app, name="datasets")
+recipes_app = typer.Typer(help="Preprocessing recipes (presets and the workspace's own).", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
+app.add_typer(recipes_app, name="recipes")
 
 _state: dict[str, Any] = {}
 
@@ -292,6 +294,93 @@ def download_batch(
                 failed.append(entry.csv_path.name)
     if failed:
         _fail(f"{len(failed)} of {len(entries)} files did not finish: {', '.join(failed)}", 1)
+
+
+@download_app.command("folder")
+def download_folder(
+    folder: Annotated[Path, typer.Argument(help="Folder of images; sub-folder names become tags.")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the folder's name).")] = None,
+    kind: Annotated[str, typer.Option(help="Dataset kind.")] = "folder",
+    workers: Annotated[int | None, typer.Option(help="Worker processes (0 = in this process).")] = None,
+    background: Annotated[bool, typer.Option(help="Run detached.")] = False,
+) -> None:
+    """Import a local folder of images into the workspace as a dataset (stored once per content hash)."""
+    from services.preprocess import start_folder_import
+
+    ws = _ws()
+    manager = JobManager(ws)
+    try:
+        job_id = start_folder_import(ws, manager, folder, dataset, kind, workers)
+    except DatasetError as exc:
+        _fail(str(exc))
+    typer.echo(f"job {job_id} created for dataset {dataset or folder.resolve().name!r}")
+    _finish(manager, job_id, background)
+
+
+@app.command("preprocess")
+def preprocess(
+    recipe: Annotated[
+        str, typer.Option(help="Recipe name: a preset (ocr-128, ocr-line) or one saved in the workspace.")
+    ],
+    dataset: Annotated[str | None, typer.Option(help="Dataset to preprocess.")] = None,
+    folder: Annotated[Path | None, typer.Option(help="Or a folder: imported as a dataset first.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    background: Annotated[bool, typer.Option(help="Run detached.")] = False,
+) -> None:
+    """Run a recipe over every image of a dataset (or folder); skips images already done with the same recipe."""
+    from services.preprocess import start_folder_import, start_preprocess
+    from services.recipes import RecipeError
+
+    ws = _ws()
+    manager = JobManager(ws)
+    if (dataset is None) == (folder is None):
+        _fail("give exactly one of --dataset or --folder")
+    try:
+        if folder is not None:
+            dataset = dataset_name = folder.resolve().name
+            import_job = start_folder_import(ws, manager, folder, dataset_name, workers=workers)
+            typer.echo(f"importing {folder} as dataset {dataset_name!r} (job {import_job})")
+            if _run_foreground(manager, import_job).state != "completed":
+                _fail(f"import job {import_job} did not complete; see `jobs show {import_job}`", 1)
+        job_id = start_preprocess(ws, manager, dataset or "", recipe, workers)
+    except (DatasetError, RecipeError) as exc:
+        _fail(str(exc))
+    typer.echo(f"job {job_id} created: recipe {recipe!r} over dataset {dataset!r}")
+    _finish(manager, job_id, background)
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """Recipe names with version, settings hash and description."""
+    from services.recipes import list_recipes, load_recipe
+
+    ws = _ws()
+    for name in list_recipes(ws.root):
+        r = load_recipe(ws.root, name)
+        typer.echo(f"{r.name}\tv{r.version}\t{r.settings_hash[:10]}\t{len(r.ops)} ops\t{r.description}")
+
+
+@recipes_app.command("show")
+def recipes_show(name: str) -> None:
+    """A recipe as JSON (edit it and `recipes save` it back)."""
+    from services.recipes import RecipeError, load_recipe
+
+    try:
+        typer.echo(load_recipe(_ws().root, name).model_dump_json(indent=2))
+    except RecipeError as exc:
+        _fail(str(exc))
+
+
+@recipes_app.command("save")
+def recipes_save(path: Annotated[Path, typer.Argument(help="Recipe JSON file.")]) -> None:
+    """Validate and save a recipe into the workspace (its version goes up when its operations change)."""
+    from services.recipes import RecipeError, parse_recipe, save_recipe
+
+    try:
+        recipe = save_recipe(_ws().root, parse_recipe(path.read_text(encoding="utf-8")))
+    except (RecipeError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"saved {recipe.name} v{recipe.version} ({recipe.settings_hash[:10]})")
 
 
 # --- jobs -------------------------------------------------------------------------------------------

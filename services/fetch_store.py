@@ -9,7 +9,6 @@ worker process keeps one fetcher (connection pool, per-host slots) and one threa
 from __future__ import annotations
 
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from services.imaging import (
     placeholder_jpeg,
     sha256_hex,
 )
-from services.jobs import ImageRecord, ItemResult
+from services.jobs import ImageRecord, ItemResult, Journal
 from services.settings import DownloadSettings
 from services.workspace import write_atomic
 
@@ -65,6 +64,25 @@ class HttpSource:
         return result.data, result.attempts
 
 
+class PathSource:
+    """Local files (folder imports): read with the same size cap as downloads."""
+
+    def __init__(self, cfg: DownloadSettings) -> None:
+        self.cfg = cfg
+
+    def fetch(self, locator: str) -> tuple[bytes, int]:
+        path = Path(locator)
+        try:
+            size = path.stat().st_size
+            if size > self.cfg.max_bytes:
+                raise FetchError("too_large", f"{size} bytes is over the {self.cfg.max_bytes} byte limit")
+            return path.read_bytes(), 1
+        except FileNotFoundError as exc:
+            raise FetchError("missing", f"{path} no longer exists") from exc
+        except OSError as exc:
+            raise FetchError("unreadable", f"{path}: {exc.strerror or exc}") from exc
+
+
 class _Worker:
     def __init__(self, opts: StoreOptions) -> None:
         self.opts = opts
@@ -74,24 +92,19 @@ class _Worker:
             from services.s3_client import S3Source
 
             self.source = S3Source(self.cfg, opts.s3_bucket or "", opts.s3_endpoint_url)
+        elif opts.source_kind == "path":
+            self.source = PathSource(self.cfg)
         else:
             self.source = HttpSource(self.cfg)
         self.pool = ThreadPoolExecutor(max_workers=self.cfg.threads_per_worker, thread_name_prefix="fetch")
         self.root = Path(opts.workspace)
-        Path(opts.journal_dir).mkdir(parents=True, exist_ok=True)
-        self.journal_fd = os.open(
-            Path(opts.journal_dir) / f"journal-{os.getpid()}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
-        )
-        self.cancel_flag = Path(opts.journal_dir) / "cancel"
+        self.journal = Journal(opts.journal_dir)
         self._placeholder: ImageRecord | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-        os.close(self.journal_fd)
-
-    def journal(self, result: ItemResult) -> None:
-        os.write(self.journal_fd, (result.to_json() + "\n").encode("utf-8"))
+        self.journal.close()
 
     def placeholder(self) -> ImageRecord:
         with self._lock:
@@ -134,7 +147,7 @@ def process_chunk(items: list[tuple[str, str | None]], opts: StoreOptions) -> li
 
 
 def _process_item(worker: _Worker, key: str, locator: str) -> ItemResult | None:
-    if worker.cancel_flag.exists():
+    if worker.journal.cancelled:
         return None
     opts = worker.opts
     try:
@@ -154,7 +167,7 @@ def _process_item(worker: _Worker, key: str, locator: str) -> ItemResult | None:
         result = ItemResult(
             key=key, status="failed", error_class="error", error_message=f"{exc.__class__.__name__}: {exc}"
         )
-    worker.journal(result)
+    worker.journal.write(result)
     return result
 
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 TASKS: dict[str, str] = {
     "download_urls": "services.url_download:UrlDownloadTask",
     "download_s3": "services.s3_download:S3DownloadTask",
+    "import_folder": "services.preprocess:FolderImportTask",
+    "preprocess": "services.preprocess:PreprocessTask",
 }
 FINAL_STATES = ("completed", "cancelled", "failed")
 
@@ -67,6 +70,9 @@ class ItemResult:
     source: tuple[str, str] | None = None  # (kind, locator) recorded when ok
     derived: list[tuple[str, str, int, int]] = field(default_factory=list)  # (variant, relpath, w, h)
     result: dict[str, Any] | None = None
+    image_hash: str | None = None  # the image this item is about, when it records no new image
+    stages: list[tuple[str, str, str, dict[str, Any] | None, str | None]] = field(default_factory=list)
+    # per-stage results (stage, settings_hash, status, result, error) for `image_hash`
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -78,7 +84,12 @@ class ItemResult:
         data.pop("image", None)
         source = tuple(data.pop("source")) if data.get("source") else None
         derived = [tuple(d) for d in data.pop("derived", [])]
-        return cls(image=image, source=source, derived=derived, **data)  # type: ignore[arg-type]
+        stages = [tuple(x) for x in data.pop("stages", [])]
+        return cls(image=image, source=source, derived=derived, stages=stages, **data)  # type: ignore[arg-type]
+
+    @property
+    def subject_hash(self) -> str | None:
+        return self.image.hash if self.image else self.image_hash
 
 
 @dataclass
@@ -333,7 +344,7 @@ class JobManager:
                         r.attempts,
                         r.error_class,
                         r.error_message,
-                        r.image.hash if r.image else None,
+                        r.subject_hash,
                         json.dumps(r.result) if r.result else None,
                         now,
                         job_id,
@@ -356,8 +367,12 @@ class JobManager:
                     )
                     if r.status == "ok" and r.source is not None:
                         self.catalog.record_source(conn, r.source[0], r.source[1], img.hash)
+                subject = r.subject_hash
+                if subject is not None:
                     for variant, relpath, w, h in r.derived:
-                        self.catalog.record_derived(conn, img.hash, variant, relpath, w, h)
+                        self.catalog.record_derived(conn, subject, variant, relpath, w, h)
+                    for stage, settings_hash, status, result, error in r.stages:
+                        self.catalog.record_stage(conn, subject, stage, settings_hash, status, result, error)
                 if r.status == "ok":
                     n_ok += 1
                 else:
@@ -554,6 +569,76 @@ class JobManager:
             if time.time() > deadline:
                 raise TimeoutError(f"job {job_id} still {progress.state} after {timeout}s")
             time.sleep(poll)
+
+
+class Journal:
+    """Append-only per-process file of finished items: each line is written the moment an item is done,
+    so a run killed with SIGKILL loses only the items in flight."""
+
+    def __init__(self, job_dir: Path | str) -> None:
+        Path(job_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(job_dir) / f"journal-{os.getpid()}.jsonl"
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.cancel_flag = Path(job_dir) / "cancel"
+
+    def write(self, result: ItemResult) -> None:
+        os.write(self.fd, (result.to_json() + "\n").encode("utf-8"))
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_flag.exists()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class ChunkedTask(ABC):
+    """A task whose items run in chunks on an executor: `chunk_function(items, options)` in the workers."""
+
+    kind: ClassVar[str] = ""
+    fatal_classes: ClassVar[frozenset[str]] = frozenset()
+    sticky_classes: ClassVar[frozenset[str]] = frozenset()
+
+    @abstractmethod
+    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        """Create the job's items (idempotent: a killed planning is simply planned again)."""
+
+    @abstractmethod
+    def chunk_function(self) -> Callable[[list[tuple[str, str | None]], Any], list[ItemResult]]:
+        """The picklable top-level function the workers run on a chunk of (key, locator) items."""
+
+    @abstractmethod
+    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> Any:
+        """The picklable options passed with every chunk."""
+
+    def release(self) -> None:  # noqa: B027 (an optional hook)
+        """Drop per-process worker state after a run (cached clients, pools)."""
+
+    def process(
+        self, ws: Workspace, job_id: int, params: dict[str, Any], items: Iterator[PendingItem], ctx: RunContext
+    ) -> None:
+        from services.executors import make_executor
+
+        options = self.chunk_options(ws, job_id, params)
+        function = self.chunk_function()
+        workers = int(params.get("workers") or 0)
+        given: Executor | None = params.get("_executor")
+        executor = given or make_executor(workers)
+        try:
+            dispatch_chunks(
+                items,
+                lambda chunk: executor.submit(function, [(i.key, i.locator) for i in chunk], options),
+                ctx,
+                chunk_size=int(params.get("chunk_size") or ws.settings.download.chunk_size),
+                max_in_flight=max(2, 2 * workers),
+            )
+        finally:
+            if given is None:
+                executor.shutdown(wait=True, cancel_futures=True)
+            self.release()
+
+    def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Nothing by default; downloads write their labelled CSV here."""
 
 
 def dispatch_chunks(

@@ -7,8 +7,6 @@ stored by an earlier job is marked done without a fetch. The labelled CSV is wri
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,9 +18,8 @@ from services.datasets import (
     iter_csv_batches,
     read_csv_header,
 )
-from services.executors import make_executor
 from services.fetch_store import StoreOptions, process_chunk, release_workers
-from services.jobs import JobManager, PendingItem, RunContext, dispatch_chunks
+from services.jobs import ChunkedTask, JobManager
 from services.workspace import Workspace
 
 KIND_FROM_NAME = re.compile(r"^(REAL|GEN)[_-]", re.IGNORECASE)
@@ -76,24 +73,19 @@ def labelled_csv_path(ws: Workspace, job_id: int, params: dict[str, Any]) -> Pat
     return Path(params["out"]) if params.get("out") else ws.root / "exports" / f"{params['dataset']}-job{job_id}.csv"
 
 
-class DownloadTaskBase(ABC):
-    """What URL and S3 downloads share: fetch through `process_chunk`, write the labelled CSV at the end."""
-
-    kind: ClassVar[str] = ""
-    fatal_classes: ClassVar[frozenset[str]] = frozenset()
-    sticky_classes: ClassVar[frozenset[str]] = frozenset()
+class DownloadTaskBase(ChunkedTask):
+    """What URL, S3 and folder imports share: fetch through `process_chunk`, write the labelled CSV at the end."""
 
     source_kind: ClassVar[str] = "url"
-
-    @abstractmethod
-    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        """Ingest rows and create the job's items (idempotent)."""
 
     def source_options(self, params: dict[str, Any]) -> dict[str, Any]:
         """Where this kind's bytes come from, beyond the common options (S3: bucket and endpoint)."""
         return {}
 
-    def store_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> StoreOptions:
+    def chunk_function(self) -> Any:
+        return process_chunk
+
+    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> StoreOptions:
         return StoreOptions(
             workspace=str(ws.root),
             source_kind=self.source_kind,
@@ -105,28 +97,8 @@ class DownloadTaskBase(ABC):
             **self.source_options(params),
         )
 
-    def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
-        opts = self.store_options(ws, job_id, params)
-        workers = int(params.get("workers") or 0)
-        given: Executor | None = params.get("_executor")
-        executor = given or make_executor(workers)
-        pending: Any = items
-
-        def submit(chunk: list[PendingItem]) -> Any:
-            return executor.submit(process_chunk, [(i.key, i.locator) for i in chunk], opts)
-
-        try:
-            dispatch_chunks(
-                pending,
-                submit,
-                ctx,
-                chunk_size=ws.settings.download.chunk_size,
-                max_in_flight=max(2, 2 * workers),
-            )
-        finally:
-            if given is None:
-                executor.shutdown(wait=True, cancel_futures=True)
-            release_workers()
+    def release(self) -> None:
+        release_workers()
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         variant = f"border-{params['resize']}" if params.get("resize") else None

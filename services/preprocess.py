@@ -1,0 +1,341 @@
+"""Preprocess stage: run a recipe over a dataset's images (or a folder imported as a dataset), as a resumable
+job on all cores, with quality flags recorded per image.
+
+Each result is keyed by (image hash, `preprocess:<recipe>`, recipe settings hash) in `stage_results`, so a
+rerun skips what is done and an edited recipe recomputes everything under its new hash. Outputs go to
+`derived/<recipe>@<hash10>/` and are linked to the source image in `derived_images`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from services.datasets import DatasetError, ensure_dataset, insert_rows
+from services.imaging import ImageCheckError
+from services.jobs import ChunkedTask, ItemResult, JobManager, Journal
+from services.preprocess_ops import OperationError, apply_recipe, encode, load_image
+from services.quality import MEASURE_SIDE, QUALITY_STAGE, QUALITY_VERSION, measure
+from services.recipes import Recipe, load_recipe, parse_recipe
+from services.url_download import DownloadTaskBase
+from services.workspace import Workspace, write_atomic
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+SOURCE_JOB_KINDS = ("download_urls", "download_s3", "import_folder")
+
+
+# --- folder import ----------------------------------------------------------------------------------
+
+
+def start_folder_import(
+    ws: Workspace, manager: JobManager, folder: Path, dataset: str | None = None, kind: str = "folder",
+    workers: int | None = None,
+) -> int:  # fmt: skip
+    """A job that stores every image file under `folder` in the workspace; tag = parent folder name."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder")
+    name = dataset or folder.name
+    ds = ensure_dataset(ws.catalog, name, kind, str(folder), ["path", "tag"])
+    params = {"folder": str(folder), "dataset": name, "workers": workers if workers is not None else 0}
+    return manager.create("import_folder", f"Import folder: {name} ({folder})", params, ds.id)
+
+
+class FolderImportTask(DownloadTaskBase):
+    kind: ClassVar[str] = "import_folder"
+    source_kind: ClassVar[str] = "path"
+    sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image"})
+
+    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        manager = JobManager(ws)
+        folder = Path(params["folder"])
+        dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
+        files = sorted(
+            p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        for start in range(0, len(files), 5000):
+            part = files[start : start + 5000]
+            rels = [str(p.relative_to(folder)) for p in part]
+            insert_rows(
+                ws.catalog,
+                dataset_id,
+                [(start + i, [rel, p.parent.name if p.parent != folder else ""], rel) for i, (rel, p) in
+                 enumerate(zip(rels, part, strict=True))],
+            )  # fmt: skip
+            paths = {str(p): rel for rel, p in zip(rels, part, strict=True)}
+            manager.add_items(job_id, [(rel, loc) for loc, rel in paths.items()])
+            known = ws.catalog.source_hashes("path", list(paths))
+            manager.mark_known(job_id, {paths[loc]: h for loc, h in known.items()})
+
+
+# --- dataset images ---------------------------------------------------------------------------------
+
+
+def dataset_images(ws: Workspace, dataset: str) -> list[tuple[str, str]]:
+    """(image hash, path relative to the workspace) of every stored image of the dataset, once each."""
+    dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
+    if dataset_id is None:
+        names = [r[0] for r in ws.catalog.query("SELECT name FROM datasets ORDER BY name")]
+        raise DatasetError(f"no dataset named {dataset!r}; datasets: {', '.join(names) or '(none yet)'}")
+    marks = ",".join("?" * len(SOURCE_JOB_KINDS))
+    rows = ws.catalog.query(
+        f"""SELECT j.image_hash AS hash,
+                   COALESCE(i.path, (SELECT d.path FROM derived_images d WHERE d.image_hash = i.hash
+                                     ORDER BY d.width DESC LIMIT 1)) AS path,
+                   MIN(j.seq) AS first
+            FROM jobs jb JOIN job_items j ON j.job_id = jb.id JOIN images i ON i.hash = j.image_hash
+            WHERE jb.dataset_id = ? AND jb.kind IN ({marks}) AND j.status = 'ok' AND i.is_placeholder = 0
+            GROUP BY j.image_hash ORDER BY first""",
+        (dataset_id, *SOURCE_JOB_KINDS),
+    )
+    return [(r["hash"], r["path"]) for r in rows if r["path"]]
+
+
+# --- the preprocess job -----------------------------------------------------------------------------
+
+
+def stage_name(recipe: Recipe) -> str:
+    return f"preprocess:{recipe.name}"
+
+
+def start_preprocess(
+    ws: Workspace, manager: JobManager, dataset: str, recipe: Recipe | str, workers: int | None = None
+) -> int:
+    """Create the job; the recipe is frozen into it, so editing the recipe later never changes a running job."""
+    recipe = load_recipe(ws.root, recipe) if isinstance(recipe, str) else recipe
+    dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
+    if dataset_id is None:
+        dataset_images(ws, dataset)  # raises with the list of datasets
+    params = {
+        "dataset": dataset,
+        "recipe": json.loads(recipe.model_dump_json()),
+        "workers": workers if workers is not None else ws.settings.download.workers,
+        "chunk_size": 16,
+    }
+    title = f"Preprocess: {dataset} with {recipe.name} v{recipe.version}"
+    return manager.create("preprocess", title, params, dataset_id)
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    workspace: str
+    recipe_json: str
+    journal_dir: str
+    max_pixels: int
+
+
+class PreprocessTask(ChunkedTask):
+    kind: ClassVar[str] = "preprocess"
+    sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image", "too_large", "truncated"})
+
+    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        manager = JobManager(ws)
+        recipe = parse_recipe(json.dumps(params["recipe"]))
+        images = dataset_images(ws, params["dataset"])
+        for start in range(0, len(images), 5000):
+            part = images[start : start + 5000]
+            manager.add_items(job_id, part)
+            done = ws.catalog.stage_done(stage_name(recipe), recipe.settings_hash, [h for h, _ in part])
+            manager.mark_known(job_id, {h: h for h in done})
+
+    def chunk_function(self) -> Any:
+        return preprocess_chunk
+
+    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> PreprocessOptions:
+        return PreprocessOptions(
+            workspace=str(ws.root),
+            recipe_json=json.dumps(params["recipe"]),
+            journal_dir=str(ws.job_dir(job_id)),
+            max_pixels=ws.settings.download.max_pixels,
+        )
+
+    def release(self) -> None:
+        _WORKERS.clear()
+
+    def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        """A manifest CSV: source, output, size and quality flags of every image of the run."""
+        recipe = parse_recipe(json.dumps(params["recipe"]))
+        out = ws.root / "exports" / f"preprocess-{params['dataset']}-{recipe.name}-job{job_id}.csv"
+        rows = ws.catalog.conn.execute(
+            """SELECT j.item_key, j.locator, j.status, j.error_class, j.error_message, s.result, q.result AS quality
+               FROM job_items j
+               LEFT JOIN stage_results s ON s.image_hash = j.item_key AND s.stage = ? AND s.settings_hash = ?
+               LEFT JOIN stage_results q ON q.image_hash = j.item_key AND q.stage = ? AND q.settings_hash = ?
+               WHERE j.job_id = ? ORDER BY j.seq""",
+            (stage_name(recipe), recipe.settings_hash, QUALITY_STAGE, QUALITY_VERSION, job_id),
+        )
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image_hash", "source_path", "output_path", "status", "error", "quality_flags"])
+            for r in rows:
+                result = json.loads(r["result"]) if r["result"] else {}
+                quality = json.loads(r["quality"]) if r["quality"] else {}
+                output = str(ws.root / result["output"]) if result.get("output") else ""
+                error = f"{r['error_class']}: {r['error_message']}" if r["error_class"] else ""
+                flags = " ".join(quality.get("flags", []))
+                writer.writerow([r["item_key"], str(ws.abspath(r["locator"])), output, r["status"], error, flags])
+
+
+class _PreprocessWorker:
+    def __init__(self, opts: PreprocessOptions) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)  # one item per core: OpenCV's own threads would only oversubscribe
+        self.opts = opts
+        self.root = Path(opts.workspace)
+        self.recipe = parse_recipe(opts.recipe_json)
+        self.stage = stage_name(self.recipe)
+        draft = self.recipe.draft_size()
+        self.draft_side = max(draft, MEASURE_SIDE) if draft else None
+        self.journal = Journal(opts.journal_dir)
+
+
+_WORKERS: dict[str, _PreprocessWorker] = {}
+
+
+def preprocess_chunk(items: list[tuple[str, str | None]], opts: PreprocessOptions) -> list[ItemResult]:
+    """Run the recipe on a chunk of (image hash, path) items, one after another in this process."""
+    key = json.dumps([opts.workspace, opts.recipe_json, opts.journal_dir])
+    worker = _WORKERS.get(key)
+    if worker is None:
+        worker = _WORKERS[key] = _PreprocessWorker(opts)
+    results = []
+    for image_hash, locator in items:
+        if worker.journal.cancelled:
+            break
+        result = _preprocess_one(worker, image_hash, locator or "")
+        worker.journal.write(result)
+        results.append(result)
+    return results
+
+
+def _preprocess_one(worker: _PreprocessWorker, image_hash: str, locator: str) -> ItemResult:
+    recipe = worker.recipe
+    path = worker.root / locator
+    try:
+        data = path.read_bytes()
+        arr, width, height = load_image(data, worker.opts.max_pixels, worker.draft_side)
+        quality = measure(arr, width, height)
+        out = apply_recipe(arr, recipe)
+        encoded, ext = encode(out, recipe.output)
+        rel = f"derived/{recipe.variant}/{image_hash[:2]}/{image_hash}.{ext}"
+        write_atomic(worker.root / rel, encoded)
+    except FileNotFoundError:
+        return _failed(worker, image_hash, "missing", f"{path} is gone from the workspace")
+    except ImageCheckError as exc:
+        return _failed(worker, image_hash, exc.error_class, exc.message)
+    except OperationError as exc:
+        return _failed(worker, image_hash, "operation", str(exc))
+    except (MemoryError, ValueError, OSError) as exc:
+        return _failed(worker, image_hash, "error", f"{exc.__class__.__name__}: {exc}")
+    h, w = out.shape[:2]
+    result = {"output": rel, "width": w, "height": h, "recipe_version": recipe.version}
+    return ItemResult(
+        key=image_hash,
+        status="ok",
+        image_hash=image_hash,
+        derived=[(recipe.variant, rel, w, h)],
+        result=result,
+        stages=[
+            (worker.stage, recipe.settings_hash, "ok", result, None),
+            (QUALITY_STAGE, QUALITY_VERSION, "ok", quality, None),
+        ],
+    )
+
+
+def _failed(worker: _PreprocessWorker, image_hash: str, error_class: str, message: str) -> ItemResult:
+    return ItemResult(
+        key=image_hash,
+        status="failed",
+        error_class=error_class,
+        error_message=message,
+        image_hash=image_hash,
+        stages=[(worker.stage, worker.recipe.settings_hash, "failed", None, f"{error_class}: {message}")],
+    )
+
+
+# --- preview and results for the page --------------------------------------------------------------
+
+
+@dataclass
+class Preview:
+    image_hash: str
+    before: np.ndarray | None
+    after: np.ndarray | None
+    flags: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def preview(ws: Workspace, recipe: Recipe, images: list[tuple[str, str]]) -> list[Preview]:
+    """The recipe on a few images, in memory (nothing is stored)."""
+    out = []
+    for image_hash, rel in images:
+        try:
+            arr, width, height = load_image(ws.abspath(rel).read_bytes(), ws.settings.download.max_pixels)
+            flags = list(measure(arr, width, height)["flags"])  # type: ignore[arg-type]
+            out.append(Preview(image_hash, arr, apply_recipe(arr, recipe), flags))
+        except (ImageCheckError, OperationError, OSError) as exc:
+            out.append(Preview(image_hash, None, None, error=str(exc)))
+    return out
+
+
+def sample_images(ws: Workspace, dataset: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
+    images = dataset_images(ws, dataset)
+    if len(images) <= n:
+        return images
+    rng = np.random.default_rng(seed)
+    return [images[i] for i in sorted(rng.choice(len(images), n, replace=False))]
+
+
+def quality_counts(ws: Workspace, dataset: str) -> dict[str, int]:
+    """How many of the dataset's measured images carry each quality flag (aggregated in SQL)."""
+    hashes = [h for h, _ in dataset_images(ws, dataset)]
+    counts: dict[str, int] = {}
+    for start in range(0, len(hashes), 500):
+        part = hashes[start : start + 500]
+        marks = ",".join("?" * len(part))
+        for r in ws.catalog.query(
+            f"""SELECT f.value AS flag, COUNT(*) AS n FROM stage_results s, json_each(s.result, '$.flags') f
+                WHERE s.stage = ? AND s.settings_hash = ? AND s.image_hash IN ({marks}) GROUP BY f.value""",
+            (QUALITY_STAGE, QUALITY_VERSION, *part),
+        ):
+            counts[r["flag"]] = counts.get(r["flag"], 0) + r["n"]
+    return counts
+
+
+@dataclass
+class ResultRow:
+    image_hash: str
+    source: str
+    output: str
+    flags: list[str]
+
+
+def results_page(
+    ws: Workspace, recipe: Recipe, dataset: str, flags: list[str] | None = None, offset: int = 0, limit: int = 12
+) -> tuple[list[ResultRow], int]:
+    """One page of a recipe's outputs for a dataset, optionally only images with all of `flags`; and the total."""
+    sources = dict(dataset_images(ws, dataset))
+    hashes = list(sources)
+    matched: list[ResultRow] = []
+    for start in range(0, len(hashes), 500):
+        part = hashes[start : start + 500]
+        marks = ",".join("?" * len(part))
+        rows = ws.catalog.query(
+            f"""SELECT s.image_hash, s.result, q.result AS quality FROM stage_results s
+                LEFT JOIN stage_results q ON q.image_hash = s.image_hash AND q.stage = ? AND q.settings_hash = ?
+                WHERE s.stage = ? AND s.settings_hash = ? AND s.status = 'ok' AND s.image_hash IN ({marks})""",
+            (QUALITY_STAGE, QUALITY_VERSION, stage_name(recipe), recipe.settings_hash, *part),
+        )
+        for r in rows:
+            image_flags = json.loads(r["quality"])["flags"] if r["quality"] else []
+            if flags and not set(flags) <= set(image_flags):
+                continue
+            output = json.loads(r["result"])["output"]
+            matched.append(ResultRow(r["image_hash"], sources[r["image_hash"]], output, image_flags))
+    return matched[offset : offset + limit], len(matched)

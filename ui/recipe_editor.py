@@ -1,0 +1,89 @@
+"""Recipe editing widgets, generated from the operation models so every parameter is a widget."""
+
+from __future__ import annotations
+
+import json
+import typing
+from typing import Any
+
+import streamlit as st
+from pydantic import BaseModel, ValidationError
+
+from services.recipes import OPERATIONS, Recipe
+
+
+def _bounds(info: Any) -> tuple[float | None, float | None]:
+    lo = hi = None
+    for meta in info.metadata:
+        lo = getattr(meta, "ge", lo) if getattr(meta, "ge", None) is not None else lo
+        lo = getattr(meta, "gt", lo) if getattr(meta, "gt", None) is not None else lo
+        hi = getattr(meta, "le", hi) if getattr(meta, "le", None) is not None else hi
+    return lo, hi
+
+
+def op_widgets(model: type[BaseModel], values: dict[str, Any], key: str) -> dict[str, Any]:
+    """One widget per field of an operation; returns the edited values (not yet validated)."""
+    out: dict[str, Any] = {"op": values["op"]}
+    for name, info in model.model_fields.items():
+        if name == "op":
+            continue
+        current = values.get(name, info.default)
+        annotation = info.annotation
+        label = name.replace("_", " ")
+        help_text = info.description
+        wkey = f"{key}-{name}"
+        if typing.get_origin(annotation) is typing.Literal:
+            options = list(typing.get_args(annotation))
+            out[name] = st.selectbox(label, options, index=options.index(current), key=wkey, help=help_text)
+        elif annotation is bool:
+            out[name] = st.checkbox(label, value=bool(current), key=wkey, help=help_text)
+        elif annotation is int:
+            lo, hi = _bounds(info)
+            out[name] = int(
+                st.number_input(label, value=int(current), step=1, min_value=None if lo is None else int(lo),
+                                max_value=None if hi is None else int(hi), key=wkey, help=help_text)
+            )  # fmt: skip
+        elif annotation is float:
+            lo, hi = _bounds(info)
+            out[name] = float(
+                st.number_input(label, value=float(current), step=0.1, min_value=None if lo is None else float(lo),
+                                max_value=None if hi is None else float(hi), key=wkey, help=help_text)
+            )  # fmt: skip
+        else:
+            text = st.text_input(f"{label} (JSON)", value=json.dumps(current), key=wkey, help=help_text)
+            try:
+                out[name] = json.loads(text)
+            except ValueError:
+                st.error(f"{label}: not valid JSON")
+                out[name] = current
+    return out
+
+
+def edit_recipe(recipe: Recipe, key: str) -> Recipe | None:
+    """The editor; returns the edited recipe, or None while a parameter is invalid (the error is shown)."""
+    state_key = f"{key}-ops"
+    if state_key not in st.session_state or st.session_state.get(f"{key}-source") != recipe.settings_hash:
+        st.session_state[state_key] = [op.model_dump(mode="json") for op in recipe.ops]
+        st.session_state[f"{key}-source"] = recipe.settings_hash
+    ops: list[dict[str, Any]] = st.session_state[state_key]
+    edited: list[dict[str, Any]] = []
+    for i, values in enumerate(ops):
+        with st.expander(f"{i + 1}. {values['op']}", expanded=False):
+            edited.append(op_widgets(OPERATIONS[values["op"]], values, f"{key}-{i}-{values['op']}"))
+            left, right = st.columns(2)
+            if left.button("Move up", key=f"{key}-{i}-up", disabled=i == 0):
+                ops[i - 1], ops[i] = ops[i], ops[i - 1]
+                st.rerun()
+            if right.button("Remove", key=f"{key}-{i}-remove"):
+                ops.pop(i)
+                st.rerun()
+    left, right = st.columns([3, 1])
+    new_op = left.selectbox("Add an operation", list(OPERATIONS), key=f"{key}-new", label_visibility="collapsed")
+    if right.button("Add", key=f"{key}-add", icon=":material/add:"):
+        ops.append(OPERATIONS[new_op]().model_dump(mode="json"))
+        st.rerun()
+    try:
+        return Recipe.model_validate({**recipe.model_dump(exclude={"ops"}), "ops": edited})
+    except ValidationError as exc:
+        st.error(f"Recipe not valid: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+        return None
