@@ -8,7 +8,7 @@ PORT ?= 8501
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint system-deps bench-download clean
+.PHONY: run test lint system-deps bench-download bench-preprocess clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ lint: $(DEV_STAMP)
 bench-download: $(STAMP)
 	@command -v nginx >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
 	$(PY) benchmarks/download.py
+
+bench-preprocess: $(STAMP)
+	$(PY) benchmarks/preprocess.py
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -51,10 +52,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_image(data: bytes, max_pixels: int, target_size: int | None = None) -> CheckedImage:
-    """Decode `data` enough to prove it is a whole image; reduced-scale decode when `target_size` allows."""
+def decode_image(
+    data: bytes, max_pixels: int, draft_side: int | None = None, verify_only: bool = False
+) -> tuple[Image.Image, str, int, int]:
+    """Open, refuse oversized images before decoding, decode (first frame; JPEG at reduced DCT scale when
+    only `draft_side` pixels are needed on the longest side, or 1/8 scale to `verify_only`), apply EXIF
+    orientation. Returns (image, format, original width, original height); raises ImageCheckError."""
     if not data:
-        raise ImageCheckError("not_image", "empty body")
+        raise ImageCheckError("not_image", "empty body (0 bytes)")
+    fmt = "image"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -65,11 +71,15 @@ def check_image(data: bytes, max_pixels: int, target_size: int | None = None) ->
                 raise ImageCheckError(
                     "too_large", f"decompression bomb: {width}x{height} pixels is over the {max_pixels} limit"
                 )
-            if fmt == "JPEG":
-                # draft() picks the largest DCT scale still >= the requested size.
-                want = target_size or max(width, height) // 8 or 1
-                img.draft("RGB", (want, want))
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            side = max(1, max(width, height) // 8) if verify_only else draft_side
+            if side and fmt == "JPEG":
+                # draft() picks the largest DCT scale whose result is still >= the requested box
+                scale = min(1.0, side / max(width, height))
+                img.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
             img.load()
+            img = ImageOps.exif_transpose(img)
     except ImageCheckError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -79,7 +89,13 @@ def check_image(data: bytes, max_pixels: int, target_size: int | None = None) ->
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
         cls = "truncated" if "truncated" in text or "broken data stream" in text else "not_image"
-        raise ImageCheckError(cls, f"{fmt if 'fmt' in locals() else 'image'} decode failed: {text}") from exc
+        raise ImageCheckError(cls, f"{fmt} decode failed: {text}") from exc
+    return img, fmt, width, height
+
+
+def check_image(data: bytes, max_pixels: int, target_size: int | None = None) -> CheckedImage:
+    """Decode `data` enough to prove it is a whole image; reduced-scale decode when `target_size` allows."""
+    img, fmt, width, height = decode_image(data, max_pixels, target_size, verify_only=target_size is None)
     if img.mode not in ("RGB", "RGBA", "L"):
         img = img.convert("RGBA" if "A" in img.getbands() or "transparency" in img.info else "RGB")
     return CheckedImage(

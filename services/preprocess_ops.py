@@ -7,15 +7,13 @@ the recipe only needs a small image, which is where most of the speed comes from
 
 from __future__ import annotations
 
-import io
 import math
-import warnings
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from services.imaging import ImageCheckError
+from services.imaging import decode_image
 from services.recipes import (
     Binarize,
     Contrast,
@@ -41,31 +39,7 @@ class OperationError(Exception):
 
 def load_image(data: bytes, max_pixels: int, draft_side: int | None = None) -> tuple[np.ndarray, int, int]:
     """(array, original width, original height); raises ImageCheckError with a failure class."""
-    if not data:
-        raise ImageCheckError("not_image", "empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageCheckError("too_large", f"{width}x{height} pixels is over the {max_pixels} limit")
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            if draft_side and img.format == "JPEG":
-                scale = draft_side / max(width, height)
-                img.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-    except ImageCheckError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageCheckError("too_large", f"decompression bomb: {exc}") from exc
-    except Image.UnidentifiedImageError as exc:
-        raise ImageCheckError("not_image", "not a decodable image") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        cls = "truncated" if "truncated" in str(exc) else "not_image"
-        raise ImageCheckError(cls, f"decode failed: {exc}") from exc
+    img, _, width, height = decode_image(data, max_pixels, draft_side)
     return to_array(img), width, height
 
 

@@ -58,8 +58,8 @@ class DownloadSettings(BaseModel):
     s3_endpoint_url: str | None = None
 
 
-class YamlSource(PydanticBaseSettingsSource):
-    """Reads `config.yaml`; the seeds' layout maps onto ours field for field."""
+class _FileSource(PydanticBaseSettingsSource):
+    """A settings source read from one optional file; subclasses say how to read it."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
         super().__init__(settings_cls)
@@ -71,28 +71,29 @@ class YamlSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         if self.path is None or not self.path.is_file():
             return {}
-        data = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
+        return self.read(self.path.read_text(encoding="utf-8"))
+
+    def read(self, text: str) -> dict[str, Any]:
+        return {}
+
+
+class YamlSource(_FileSource):
+    """Reads `config.yaml`; the seeds' layout maps onto ours field for field."""
+
+    def read(self, text: str) -> dict[str, Any]:
+        data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{self.path}: expected a mapping at the top level, got {type(data).__name__}")
         return data
 
 
-class SecretsTomlSource(PydanticBaseSettingsSource):
+class SecretsTomlSource(_FileSource):
     """Reads secrets (only) from Streamlit's `.streamlit/secrets.toml`."""
 
     SECRET_KEYS = ("gemini_api_key", "api_token")
 
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        super().__init__(settings_cls)
-        self.path = path
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        if self.path is None or not self.path.is_file():
-            return {}
-        data = tomllib.loads(self.path.read_text(encoding="utf-8"))
+    def read(self, text: str) -> dict[str, Any]:
+        data = tomllib.loads(text)
         out = {k: data[k] for k in self.SECRET_KEYS if k in data}
         if "GEMINI_API_KEY" in data and "gemini_api_key" not in out:
             out["gemini_api_key"] = data["GEMINI_API_KEY"]

@@ -64,3 +64,16 @@ def test_rgba_png_resizes_onto_white() -> None:
 def test_placeholder_is_a_black_jpeg() -> None:
     img = Image.open(io.BytesIO(placeholder_jpeg(100)))
     assert img.size == (100, 100) and img.getpixel((50, 50)) == (0, 0, 0)
+
+
+def test_exif_orientation_applied_before_the_resized_copy() -> None:
+    img = Image.new("RGB", (200, 100), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees: portrait
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    checked = check_image(buf.getvalue(), max_pixels=10**8, target_size=64)
+    assert (checked.width, checked.height) == (200, 100)  # the stored file's own size
+    assert checked.image.height > checked.image.width  # what a viewer shows
+    out = border_resize(checked.image, 64)
+    assert out.getpixel((5, 32)) == (255, 255, 255) and out.getpixel((32, 32))[0] < 30  # padded left and right
