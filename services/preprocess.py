@@ -108,9 +108,9 @@ def start_preprocess(
 ) -> int:
     """Create the job; the recipe is frozen into it, so editing the recipe later never changes a running job."""
     recipe = load_recipe(ws.root, recipe) if isinstance(recipe, str) else recipe
+    if not dataset_images(ws, dataset):  # also raises, listing the datasets, when the name is unknown
+        raise DatasetError(f"dataset {dataset!r} has no stored images yet; download or import them first")
     dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
-    if dataset_id is None:
-        dataset_images(ws, dataset)  # raises with the list of datasets
     params = {
         "dataset": dataset,
         "recipe": json.loads(recipe.model_dump_json()),

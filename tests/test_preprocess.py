@@ -232,6 +232,10 @@ def test_cli_recipes_and_preprocess_errors(photos: Path, tmp_path: Path) -> None
     assert missing.exit_code == 2 and "no dataset named 'nope'" in missing.output
     unknown = runner.invoke(app, [*ws_args, "preprocess", "--folder", str(photos), "--recipe", "nope"])
     assert unknown.exit_code == 2 and "no recipe named 'nope'" in unknown.output
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    nothing = runner.invoke(app, [*ws_args, "preprocess", "--folder", str(empty), "--recipe", "ocr-128"])
+    assert nothing.exit_code == 2 and "has no stored images yet" in nothing.output
     ran = runner.invoke(app, [*ws_args, "preprocess", "--dataset", "photos", "--recipe", "ocr-128", "--workers", "0"])
     assert ran.exit_code == 0 and "5 ok, 0 failed" in ran.output
 
