@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import psutil
+from common import machine_description  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,8 +310,7 @@ def main() -> None:
             print(f"{row['tool']:<44}{row['n']:>7}{row['ok']:>7}{row['images_per_s']:>9.1f}{row['peak_rss_mb']:>13.0f}")
     summary: dict = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "machine": machine_description(),
         "n": args.n,
         "avg_image_bytes": avg,
         "server": args.server,

@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import psutil
+from common import machine_description  # benchmarks/ is on sys.path when run as a script
 from PIL import Image, ImageFilter, ImageOps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +138,7 @@ def main() -> None:
     print(f"\nworkbench / (a): {ratio_a:.2f}x (goal >= 0.8x)   workbench / (b): {ratio_b:.2f}x (goal >= 1.8x)")
     summary = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "machine": machine_description(),
         "n": len(files),
         "avg_image_bytes": avg,
         "workers": args.workers,

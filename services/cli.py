@@ -104,9 +104,10 @@ def _finish(manager: JobManager, job_id: int, background: bool) -> None:
     if counts:
         typer.echo("failures by class: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         typer.echo(f"retry them with: python -m services jobs retry-failed {job_id}")
-    out = p.params.get("out") or (manager.ws.root / "exports" / f"{p.params.get('dataset')}-job{job_id}.csv")
     if p.state == "completed" and p.kind.startswith("download"):
-        typer.echo(f"labelled CSV: {out}")
+        from services.url_download import labelled_csv_path
+
+        typer.echo(f"labelled CSV: {labelled_csv_path(manager.ws, job_id, p.params)}")
     if p.state == "failed":
         _fail(f"job {job_id} failed: {p.error}", 1)
     if p.state == "cancelled":

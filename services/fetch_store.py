@@ -26,7 +26,7 @@ from services.imaging import (
 )
 from services.jobs import ImageRecord, ItemResult, Journal
 from services.settings import DownloadSettings
-from services.workspace import write_atomic
+from services.workspace import derived_relpath, image_relpath, write_atomic
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class _Worker:
             if self._placeholder is None:
                 data = placeholder_jpeg(self.cfg.placeholder_size)
                 digest = sha256_hex(data)
-                rel = f"images/{digest[:2]}/{digest}.jpg"
+                rel = image_relpath(digest, "jpg")
                 if not (self.root / rel).exists():
                     write_atomic(self.root / rel, data)
                 size = self.cfg.placeholder_size
@@ -174,13 +174,13 @@ def _process_item(worker: _Worker, key: str, locator: str) -> ItemResult | None:
 def _store(worker: _Worker, key: str, locator: str, data: bytes, attempts: int) -> ItemResult:
     opts = worker.opts
     checked = check_image(data, worker.cfg.max_pixels, opts.resize)
-    original_rel = f"images/{checked.hash[:2]}/{checked.hash}.{checked.extension}"
+    original_rel = image_relpath(checked.hash, checked.extension)
     keep_original = opts.keep_originals or not opts.resize
     if keep_original and not (worker.root / original_rel).exists():
         write_atomic(worker.root / original_rel, data)
     derived: list[tuple[str, str, int, int]] = []
     if opts.resize and opts.variant:
-        rel = f"derived/{opts.variant}/{checked.hash[:2]}/{checked.hash}.jpg"
+        rel = derived_relpath(opts.variant, checked.hash, "jpg")
         if not (worker.root / rel).exists():
             write_atomic(worker.root / rel, encode_jpeg(border_resize(checked.image, opts.resize)))
         derived.append((opts.variant, rel, opts.resize, opts.resize))

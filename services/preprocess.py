@@ -23,7 +23,7 @@ from services.preprocess_ops import OperationError, apply_recipe, encode, load_i
 from services.quality import MEASURE_SIDE, QUALITY_STAGE, QUALITY_VERSION, measure
 from services.recipes import Recipe, load_recipe, parse_recipe
 from services.url_download import DownloadTaskBase
-from services.workspace import Workspace, write_atomic
+from services.workspace import Workspace, derived_relpath, write_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 SOURCE_JOB_KINDS = ("download_urls", "download_s3", "import_folder")
@@ -223,7 +223,7 @@ def _preprocess_one(worker: _PreprocessWorker, image_hash: str, locator: str) ->
         quality = measure(arr, width, height)
         out = apply_recipe(arr, recipe)
         encoded, ext = encode(out, recipe.output)
-        rel = f"derived/{recipe.variant}/{image_hash[:2]}/{image_hash}.{ext}"
+        rel = derived_relpath(recipe.variant, image_hash, ext)
         write_atomic(worker.root / rel, encoded)
     except FileNotFoundError:
         return _failed(worker, image_hash, "missing", f"{path} is gone from the workspace")

@@ -47,12 +47,6 @@ class Workspace:
                 self._cache = diskcache.Cache(str(self.root / "cache"), size_limit=2**30)
             return self._cache
 
-    def image_relpath(self, image_hash: str, extension: str) -> str:
-        return f"images/{image_hash[:2]}/{image_hash}.{extension}"
-
-    def derived_relpath(self, variant: str, image_hash: str, extension: str = "jpg") -> str:
-        return f"derived/{variant}/{image_hash[:2]}/{image_hash}.{extension}"
-
     def abspath(self, relpath: str) -> Path:
         return self.root / relpath
 
@@ -70,6 +64,16 @@ class Workspace:
         self.catalog.close()
         if self._cache is not None:
             self._cache.close()
+
+
+def image_relpath(image_hash: str, extension: str) -> str:
+    """Where an original is stored, relative to the workspace (module-level: workers only know the root)."""
+    return f"images/{image_hash[:2]}/{image_hash}.{extension}"
+
+
+def derived_relpath(variant: str, image_hash: str, extension: str) -> str:
+    """Where a derived copy (resize, recipe output) is stored, relative to the workspace."""
+    return f"derived/{variant}/{image_hash[:2]}/{image_hash}.{extension}"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
