@@ -109,6 +109,19 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX job_items_status ON job_items(job_id, status, seq);
     """,
+    # 2: versioned category lists (Describe & Categorize); a stage result names the version it used.
+    """
+    CREATE TABLE category_lists (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        categories TEXT NOT NULL,           -- JSON list, in the user's order
+        content_hash TEXT NOT NULL,         -- of the normalised list: equal lists share a hash
+        source TEXT NOT NULL,               -- upload:<file>, edit, extract:<file>, cli:<file>
+        created_at REAL NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE INDEX stage_results_stage ON stage_results(stage, settings_hash, status);
+    """,
 ]
 
 

@@ -502,3 +502,7 @@ def workspace_info() -> None:
     active = JobManager(ws).list(active_only=True)
     typer.echo(f"running jobs: {len(active)}")
     typer.echo(f"checked at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+
+
+# Stage commands live in their own modules and register themselves on `app`.
+from services import cli_describe, cli_models  # noqa: E402, F401

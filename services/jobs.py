@@ -36,6 +36,8 @@ TASKS: dict[str, str] = {
     "download_s3": "services.s3_download:S3DownloadTask",
     "import_folder": "services.preprocess:FolderImportTask",
     "preprocess": "services.preprocess:PreprocessTask",
+    "describe": "services.describe:DescribeTask",
+    "categorize_clip": "services.zero_shot:ZeroShotTask",
 }
 FINAL_STATES = ("completed", "cancelled", "failed")
 

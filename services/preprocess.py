@@ -78,13 +78,19 @@ class FolderImportTask(DownloadTaskBase):
 
 def dataset_images(ws: Workspace, dataset: str) -> list[tuple[str, str]]:
     """(image hash, path relative to the workspace) of every stored image of the dataset, once each."""
+    return [(h, path) for h, path, _ in dataset_entries(ws, dataset)]
+
+
+def dataset_entries(ws: Workspace, dataset: str) -> list[tuple[str, str, str]]:
+    """(image hash, stored path, name) per stored image of the dataset, in input order; the name is what the
+    input called it (S3 file name, path in the folder, URL), first occurrence wins."""
     dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
     if dataset_id is None:
         names = [r[0] for r in ws.catalog.query("SELECT name FROM datasets ORDER BY name")]
         raise DatasetError(f"no dataset named {dataset!r}; datasets: {', '.join(names) or '(none yet)'}")
     marks = ",".join("?" * len(SOURCE_JOB_KINDS))
     rows = ws.catalog.query(
-        f"""SELECT j.image_hash AS hash,
+        f"""SELECT j.image_hash AS hash, j.item_key AS name,
                    COALESCE(i.path, (SELECT d.path FROM derived_images d WHERE d.image_hash = i.hash
                                      ORDER BY d.width DESC LIMIT 1)) AS path,
                    MIN(j.seq) AS first
@@ -92,8 +98,8 @@ def dataset_images(ws: Workspace, dataset: str) -> list[tuple[str, str]]:
             WHERE jb.dataset_id = ? AND jb.kind IN ({marks}) AND j.status = 'ok' AND i.is_placeholder = 0
             GROUP BY j.image_hash ORDER BY first""",
         (dataset_id, *SOURCE_JOB_KINDS),
-    )
-    return [(r["hash"], r["path"]) for r in rows if r["path"]]
+    )  # SQLite takes the bare `name` from the row holding MIN(seq)
+    return [(r["hash"], r["path"], r["name"]) for r in rows if r["path"]]
 
 
 # --- the preprocess job -----------------------------------------------------------------------------

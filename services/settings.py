@@ -58,6 +58,51 @@ class DownloadSettings(BaseModel):
     s3_endpoint_url: str | None = None
 
 
+class ModelPrice(BaseModel):
+    """US dollars per million tokens; images count as input tokens."""
+
+    input_per_million: float
+    output_per_million: float
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    # Google's published paid-tier list prices (standard context) when this table was written; check
+    # https://ai.google.dev/gemini-api/docs/pricing and override in config.yaml under `gemini.prices`.
+    return {
+        "gemini-2.5-flash-lite": ModelPrice(input_per_million=0.10, output_per_million=0.40),
+        "gemini-2.5-flash": ModelPrice(input_per_million=0.30, output_per_million=2.50),
+        "gemini-2.5-pro": ModelPrice(input_per_million=1.25, output_per_million=10.00),
+    }
+
+
+class GeminiSettings(BaseModel):
+    """Request budget and client behaviour for the Describe & Categorize stage (the model is `caption_model`)."""
+
+    base_url: str | None = None  # a proxy or a test server; None means Google's endpoint
+    api_version: str | None = None
+    requests_per_minute: float = 60.0
+    burst: int = 2
+    concurrency: int = 8
+    timeout_seconds: float = 60.0
+    max_retry_delay_seconds: float = 120.0  # a server asking for a longer wait fails the item (retry later)
+    temperature: float = 0.0
+    prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+    expected_output_tokens_describe: int = 450
+    expected_output_tokens_categorize: int = 25
+    expected_latency_seconds: float = 2.5
+
+
+class ClipSettings(BaseModel):
+    """The open_clip model used for embeddings and zero-shot categories."""
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    checkpoint: str | None = None  # a local .pt/.bin/.safetensors file; overrides `pretrained`
+    device: str = "auto"
+    batch_size: int = 32
+    pull_timeout_seconds: float = 900.0
+
+
 class _FileSource(PydanticBaseSettingsSource):
     """A settings source read from one optional file; subclasses say how to read it."""
 
@@ -113,6 +158,8 @@ class Settings(BaseSettings):
     caption_model: str = "gemini-2.5-flash-lite"
     processing: ProcessingSettings = ProcessingSettings()
     download: DownloadSettings = DownloadSettings()
+    gemini: GeminiSettings = GeminiSettings()
+    clip: ClipSettings = ClipSettings()
     job_stale_seconds: float = 15.0
     max_upload_mb: int = 512
 

@@ -1,0 +1,52 @@
+"""CLI for model weights: `models pull` is the only command that downloads; `models list` shows what is local."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from services.cli import _fail, _ws, app
+
+models_app = typer.Typer(help="Model weights: pull explicitly, list what is on this machine.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="open_clip MODEL/TAG, e.g. ViT-B-32/openai.")],
+    timeout: Annotated[float | None, typer.Option(help="Seconds before giving up (default from settings).")] = None,
+) -> None:
+    """Download weights into the Hugging Face cache, where pages and jobs find them offline."""
+    from services.clip_models import ClipSpec, ModelUnavailableError, pull_weights
+
+    model, _, tag = name.partition("/")
+    if not tag:
+        _fail(f"{name!r}: give MODEL/TAG, e.g. ViT-B-32/openai")
+    limit = timeout if timeout is not None else _ws().settings.clip.pull_timeout_seconds
+    typer.echo(f"pulling {model}/{tag} (timeout {limit:.0f}s) ...")
+    try:
+        path = pull_weights(ClipSpec(model=model, pretrained=tag), limit)
+    except ModelUnavailableError as exc:
+        _fail(str(exc), 1)
+    typer.echo(f"weights at {path}")
+
+
+@models_app.command("list")
+def models_list(
+    model: Annotated[str | None, typer.Option(help="Only this open_clip model.")] = None,
+) -> None:
+    """open_clip MODEL/TAG pairs and whether their weights are on this machine."""
+    import open_clip
+
+    from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
+
+    for name, tag in open_clip.list_pretrained():
+        if model and name != model:
+            continue
+        try:
+            path, _ = resolve_weights(ClipSpec(model=name, pretrained=tag))
+            where = f"local: {path}"
+        except ModelUnavailableError:
+            where = "not downloaded"
+        typer.echo(f"{name}/{tag}\t{where}")
