@@ -38,8 +38,9 @@ class RateLimiter:
         while True:
             with self._lock:
                 now = self._clock()
-                self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
+                if now > self._updated:  # no tokens accrue during a server-imposed pause
+                    self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+                    self._updated = now
                 if now < self._paused_until:
                     delay = self._paused_until - now
                 elif self._tokens >= 1.0:
@@ -56,4 +57,5 @@ class RateLimiter:
             until = self._clock() + max(0.0, seconds)
             if until > self._paused_until:
                 self._paused_until = until
-                self._tokens = min(self._tokens, 1.0)  # no burst straight after a pause
+                self._tokens = 1.0  # one request may probe when the pause ends, no burst
+                self._updated = max(self._updated, until)

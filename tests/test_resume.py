@@ -4,7 +4,6 @@ again, and no row or image is duplicated."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from services.settings import load_settings
 from services.workspace import Workspace
 from tests.conftest import ROOT, read_csv, write_csv
 from tests.support.image_server import ImageServer, make_jpeg
+from tests.support.journals import finished_at_kill
 
 N = 240
 WORKERS = 2
@@ -65,13 +65,7 @@ def test_sigkill_mid_run_then_resume(image_server: ImageServer, tmp_path: Path) 
     assert p.state == "interrupted"
     assert p.done < N, "the kill came too late to test anything"
     # what was finished at the moment of the kill: committed items plus journaled ones
-    finished = {r["item_key"] for r in ws.catalog.query("SELECT item_key FROM job_items WHERE status != 'pending'")}
-    for journal in ws.job_dir(job_id).glob("journal-*.jsonl"):
-        for line in journal.read_text().splitlines():
-            try:
-                finished.add(json.loads(line)["key"])
-            except (ValueError, KeyError):
-                pass
+    finished = finished_at_kill(ws, job_id)
     fetched_before = image_server.completed()
 
     resumed = subprocess.run(

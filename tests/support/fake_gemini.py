@@ -21,6 +21,7 @@ Optionally it enforces its own requests-per-minute quota (429 with a retry delay
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
@@ -50,10 +51,13 @@ _PATH = re.compile(r"^/(?P<version>v[0-9a-z]+)/models/(?P<model>[^:/]+):generate
 
 
 def make_colour_png(colour: str, size: tuple[int, int] = (40, 30), noise_seed: int | None = None) -> bytes:
-    """A solid image of a palette colour (a few noisy pixels make each file distinct)."""
+    """A solid image of a palette colour; `noise_seed` inverts a 3x3 cell at a place of its own, so files (and
+    their JPEG re-encodings) differ while the mean colour stays nearest to the palette colour."""
     img = Image.new("RGB", size, PALETTE[colour])
     if noise_seed is not None:
-        img.putpixel((noise_seed % size[0], (noise_seed // size[0]) % size[1]), (noise_seed % 256, 7, 7))
+        cols, rows = size[0] // 3, size[1] // 3
+        x, y = 3 * (noise_seed % cols), 3 * ((noise_seed // cols) % rows)
+        img.paste(tuple(255 - c for c in PALETTE[colour]), (x, y, x + 3, y + 3))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -76,6 +80,7 @@ class Logged:
     kind: str  # image or text
     outcome: str
     model: str
+    digest: str  # sha256 of the image sent (or of the prompt, for text requests)
 
 
 class FakeGemini:
@@ -161,11 +166,11 @@ class FakeGemini:
             return self._error(h, 400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", details)
         body = json.loads(raw)
         self.last_body = body
-        colour, kind, prompt = self._read_request(body)
+        colour, kind, prompt, digest = self._read_request(body)
         model = match.group("model")
         outcome = self._next_outcome(colour)
         with self._lock:
-            self.log.append(Logged(time.monotonic(), colour, kind, outcome, model))
+            self.log.append(Logged(time.monotonic(), colour, kind, outcome, model, digest))
         if self.latency:
             time.sleep(self.latency)
         if outcome == "429":
@@ -206,9 +211,10 @@ class FakeGemini:
             script = self.script.get(colour)
             return script.pop(0) if script else "ok"
 
-    def _read_request(self, body: dict[str, Any]) -> tuple[str, str, str]:
+    def _read_request(self, body: dict[str, Any]) -> tuple[str, str, str, str]:
         texts: list[str] = []
         colour = None
+        digest = ""
         for content in _get(body, "contents") or []:
             for part in content.get("parts", []):
                 if "text" in part:
@@ -216,15 +222,16 @@ class FakeGemini:
                 inline = _get(part, "inlineData")
                 if inline:
                     data = base64.urlsafe_b64decode(inline["data"] + "=" * (-len(inline["data"]) % 4))
+                    digest = hashlib.sha256(data).hexdigest()
                     with Image.open(io.BytesIO(data)) as img:
                         small = img.convert("RGB").resize((1, 1), Image.Resampling.BOX)
                         colour = nearest_colour(small.getpixel((0, 0)))  # type: ignore[arg-type]
         prompt = "\n".join(texts)
         if colour is not None:
-            return colour, "image", prompt
+            return colour, "image", prompt, digest
         description = prompt.split("JSON:", 1)[-1].split("Choose", 1)[0].lower()
         words = [name for name in PALETTE if re.search(rf"\b{name}\b", description)]
-        return (words[0] if words else "none"), "text", prompt
+        return (words[0] if words else "none"), "text", prompt, hashlib.sha256(prompt.encode()).hexdigest()
 
     def _answer_text(self, colour: str, body: dict[str, Any], outcome: str) -> str:
         if outcome == "malformed":

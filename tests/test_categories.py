@@ -1,0 +1,120 @@
+"""Category lists (parsing, versions, extraction), answer validation, and the request budget."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from services.categories import (
+    UNKNOWN,
+    CategoryError,
+    extract_categories,
+    list_lists,
+    load_list,
+    parse_category_csv,
+    save_list,
+    validate_answer,
+)
+from services.gemini_client import GeminiError, parse_json_object, retry_delay_from_error
+from services.rate_limit import RateLimiter
+from services.workspace import Workspace
+
+
+def test_parse_category_csv_keeps_order_and_drops_duplicates_blanks_and_unknown():
+    data = b"Category,notes\nAnimals,x\n  Food \nanimals,dup\n,\nunknown,\nCity  Streets,\n"
+    assert parse_category_csv(data) == ["Animals", "Food", "City Streets"]
+    assert parse_category_csv("\ufeffcategory\nA\n".encode()) == ["A"]  # BOM and lower-case header
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"name\nA\n", "no `Category` column (columns: name)"),
+        (b"Category\n\n", "the list has no categories"),
+        (b'Category\n"a, b"\n', "contains a comma"),
+        (b"\xff\xfeC\x00", "not UTF-8"),
+    ],
+)
+def test_bad_category_files_say_why(data: bytes, message: str):
+    with pytest.raises(CategoryError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_category_csv(data, "cats.csv")
+
+
+def test_extract_categories_from_a_categorised_csv():
+    data = b'image_name,description,categories\na.jpg,x,"Food, Animals"\nb.jpg,y,Animals\nc.jpg,z,unknown\n'
+    assert extract_categories(data) == ["Animals", "Food"]
+    with pytest.raises(CategoryError, match="no `categories` column"):
+        extract_categories(b"image_name,description\n")
+
+
+def test_lists_are_versioned_by_content(ws: Workspace):
+    v1 = save_list(ws, "scenes", ["Food", "Animals"], "upload:a.csv")
+    assert (v1.version, v1.categories, v1.allowed[-1]) == (1, ("Food", "Animals"), UNKNOWN)
+    assert save_list(ws, "scenes", ["Food", " Animals", "food"], "edit").version == 1  # same content
+    v2 = save_list(ws, "scenes", ["Food", "Animals", "Cars"], "edit")
+    assert v2.version == 2 and v2.content_hash != v1.content_hash
+    assert load_list(ws, "scenes").version == 2 and load_list(ws, "scenes", 1).categories == ("Food", "Animals")
+    assert [x.label for x in list_lists(ws)] == ["scenes v2"]
+    assert len(list_lists(ws, all_versions=True)) == 2
+    with pytest.raises(CategoryError, match=r"no category list 'other' \(lists: scenes v2\)"):
+        load_list(ws, "other")
+    with pytest.raises(CategoryError, match="list name"):
+        save_list(ws, "../evil", ["a"], "edit")
+
+
+def test_validation_keeps_only_listed_categories_in_the_lists_spelling(ws: Workspace):
+    cats = save_list(ws, "c", ["Food", "City Streets", "Animals"], "t")
+    assert validate_answer(["food", " city  streets "], cats).categories == ["Food", "City Streets"]
+    checked = validate_answer(["Spaceships", "Animals", "Food", "City Streets"], cats)
+    assert checked.categories == ["Animals", "Food"] and checked.rejected == ["Spaceships"]
+    assert validate_answer(["Spaceships"], cats).categories == [UNKNOWN]
+    assert validate_answer("Food, Animals", cats).categories == ["Food", "Animals"]  # the seeds' string form
+    assert validate_answer(None, cats).categories == [UNKNOWN]
+    assert validate_answer(["unknown", "Food"], cats).categories == ["Food"]
+
+
+def test_json_answers_and_retry_delays_are_read_strictly():
+    assert parse_json_object('```json\n{"a": 1}\n```') == {"a": 1}
+    with pytest.raises(GeminiError, match="not JSON"):
+        parse_json_object('{"a": ')
+    with pytest.raises(GeminiError, match="not an object"):
+        parse_json_object("[1, 2]")
+
+    class Err:
+        details = {"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37.5s"}]}}
+
+    assert retry_delay_from_error(Err()) == 37.5
+    Err.details = {"error": {"details": []}}
+    assert retry_delay_from_error(Err()) is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
+
+def test_rate_limiter_budget_burst_and_server_pause():
+    clock = FakeClock()
+    limiter = RateLimiter(per_minute=60, burst=3, clock=clock, sleep=clock.sleep)
+    starts = []
+    for _ in range(6):
+        limiter.acquire()
+        starts.append(clock.now)
+    assert starts[:3] == [0.0, 0.0, 0.0]  # the burst
+    assert starts[3:] == pytest.approx([1.0, 2.0, 3.0])  # then one a second
+    limiter.pause(10.0)
+    limiter.acquire()
+    assert clock.now == pytest.approx(13.0)
+    limiter.acquire()
+    assert clock.now == pytest.approx(14.0)  # no burst straight after a pause
+    with pytest.raises(ValueError):
+        RateLimiter(per_minute=0)
