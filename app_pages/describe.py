@@ -1,17 +1,257 @@
-"""Describe & Categorize: planned in issue #4; the page says what it will do and runs nothing yet."""
+"""Describe & Categorize: Gemini descriptions and categories, CLIP zero-shot beside them, results and exports."""
 
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
-from ui.components import planned_page
+from services.categories import CategoryError, extract_categories, list_lists, load_list, parse_category_csv, save_list
+from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
+from services.datasets import DatasetError, list_datasets
+from services.describe import estimate_cost, start_describe, try_one
+from services.describe_results import EXPORT_FORMATS, ResultKeys, agreement, export, filter_results, iter_results
+from services.gemini_client import GeminiError
+from services.preprocess import dataset_images
+from services.zero_shot import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
+from ui.components import job_panel
+from ui.state import get_job_manager, get_workspace
+
+ws = get_workspace()
+manager = get_job_manager()
+settings = ws.settings
+TABLE_LIMIT = 1000
+MODES = {
+    "Describe (Gemini)": "describe",
+    "Categorize (Gemini, from descriptions)": "categorize",
+    "Describe + categorize in one call (Gemini)": "both",
+    "Categorize offline (CLIP zero-shot)": "clip",
+}
 
 st.title("Describe & Categorize")
-planned_page(
-    4,
-    "Structured Gemini descriptions of each image, and one or two categories from your fixed list.",
-    [
-        "Schema-constrained JSON (summary, objects, scene, style, camera, text, quality) through the google-genai SDK",
-        "Request cache, rate budget and a cost estimate before a run",
-        " failures retried, never stored as text",
-        "Categories validated against the list, `unknown` when nothing fits",
-    ],
+key_state = "set" if settings.gemini_api_key is not None else "missing"
+st.caption(
+    f"Model `{settings.caption_model}` · API key {key_state} · {settings.gemini.requests_per_minute:g} requests/min · "
+    f"images sent at most {settings.processing.image_max_size}px. Done images are never asked again."
 )
+if key_state == "missing":
+    st.warning(
+        "No Gemini API key. Set `WORKBENCH_GEMINI_API_KEY` (or `GEMINI_API_KEY`) in the server's environment, or "
+        "`gemini_api_key` in `.streamlit/secrets.toml`. CLIP zero-shot works without one."
+    )
+
+names = [d.name for d in list_datasets(ws.catalog)]
+if not names:
+    st.info("No datasets yet: download or import some first.")
+    st.stop()
+dataset = st.selectbox("Dataset", names, key="dc-dataset")
+
+# --- category lists ---------------------------------------------------------------------------------
+
+with st.expander("Category lists", expanded=not list_lists(ws)):
+    upload_tab, edit_tab, extract_tab = st.tabs(["Upload CSV", "Edit", "Extract from a categorised CSV"])
+    with upload_tab:
+        upload = st.file_uploader("CSV with a `Category` column", type=["csv"], key="dc-cat-upload")
+        upload_name = st.text_input("Save as list", value="categories", key="dc-cat-upload-name")
+        if st.button("Save list", key="dc-cat-upload-save", disabled=upload is None):
+            try:
+                cats = parse_category_csv(upload.getvalue(), upload.name)  # type: ignore[union-attr]
+                saved = save_list(ws, upload_name, cats, f"upload:{upload.name}")  # type: ignore[union-attr]
+                st.session_state["dc-list"] = saved.label
+                st.success(f"Saved {saved.label}: {len(saved.categories)} categories")
+            except CategoryError as exc:
+                st.error(str(exc))
+    with edit_tab:
+        lists = list_lists(ws)
+        base = st.selectbox("Start from", ["(empty)"] + [x.name for x in lists], key="dc-cat-edit-base")
+        start = [] if base == "(empty)" else list(load_list(ws, base).categories)
+        edited = st.data_editor(
+            pd.DataFrame({"Category": start or [""]}), num_rows="dynamic", key=f"dc-cat-editor-{base}"
+        )
+        edit_name = st.text_input("Save as list", value="" if base == "(empty)" else base, key="dc-cat-edit-name")
+        if st.button("Save as a new version", key="dc-cat-edit-save", disabled=not edit_name):
+            try:
+                saved = save_list(ws, edit_name, [str(c) for c in edited["Category"].dropna()], "edit")
+                st.session_state["dc-list"] = saved.label
+                st.success(f"Saved {saved.label}: {len(saved.categories)} categories")
+            except CategoryError as exc:
+                st.error(str(exc))
+    with extract_tab:
+        source = st.file_uploader("`image_name,description,categories` CSV", type=["csv"], key="dc-cat-extract")
+        extract_name = st.text_input("Save as list", value="extracted", key="dc-cat-extract-name")
+        if st.button("Extract and save", key="dc-cat-extract-save", disabled=source is None):
+            try:
+                cats = extract_categories(source.getvalue(), source.name)  # type: ignore[union-attr]
+                saved = save_list(ws, extract_name, cats, f"extract:{source.name}")  # type: ignore[union-attr]
+                st.session_state["dc-list"] = saved.label
+                st.success(f"Saved {saved.label}: {', '.join(saved.categories)}")
+            except CategoryError as exc:
+                st.error(str(exc))
+
+all_versions = list_lists(ws, all_versions=True)
+labels = [x.label for x in all_versions]
+chosen_label = st.selectbox("Category list", ["(none)"] + labels, index=1 if labels else 0, key="dc-list")
+category_list = next((x for x in all_versions if x.label == chosen_label), None)
+if category_list is not None:
+    st.caption(f"{len(category_list.categories)} categories: " + ", ".join(category_list.categories))
+
+# --- CLIP model ----------------------------------------------------------------------------------------
+
+with st.expander("CLIP model for zero-shot categories"):
+    c1, c2 = st.columns(2)
+    clip_model = c1.text_input("open_clip model", value=settings.clip.model, key="dc-clip-model")
+    clip_tag = c2.text_input("Pretrained tag", value=settings.clip.pretrained or "", key="dc-clip-tag")
+    clip_checkpoint = st.text_input(
+        "Or a local checkpoint file on the server", value=settings.clip.checkpoint or "", key="dc-clip-ckpt"
+    )
+spec = ClipSpec.from_settings(settings, clip_model, clip_tag or None, clip_checkpoint or None)
+try:
+    resolve_weights(spec)
+    clip_error = None
+except ModelUnavailableError as exc:
+    clip_error = str(exc)
+clip_key = (CLIP_STAGE, zero_shot_settings_hash(spec, category_list)) if category_list and not clip_error else None
+
+images = dataset_images(ws, dataset)
+if not images:
+    st.warning(f"Dataset {dataset!r} has no stored images yet.")
+    st.stop()
+
+# --- try one image -------------------------------------------------------------------------------------
+
+with st.expander("Try one image"):
+    index = st.number_input("Image number", 1, len(images), 1, key="dc-try-index")
+    image_hash, rel = images[int(index) - 1]
+    left, right = st.columns([1, 2])
+    left.image(str(ws.abspath(rel)), caption=image_hash[:12])
+    try_mode = "both" if category_list is not None else "describe"
+    if right.button("Ask Gemini about this image", key="dc-try", disabled=key_state == "missing"):
+        try:
+            right.json(try_one(ws, image_hash, rel, try_mode, category_list))
+        except GeminiError as exc:
+            right.error(f"{exc.error_class}: {exc.message}")
+
+# --- run -----------------------------------------------------------------------------------------------
+
+st.subheader("Run")
+mode_label = st.radio("What to run", list(MODES), key="dc-mode")
+mode = MODES[mode_label]
+needs_list = mode != "describe"
+if needs_list and category_list is None:
+    st.info("Choose or create a category list above first.")
+elif mode == "clip":
+    if clip_error:
+        st.error(clip_error)
+    else:
+        st.caption(f"{spec.label} on {settings.clip.device}; runs on this server, no API calls.")
+else:
+    try:
+        st.info(estimate_cost(ws, dataset, mode, category_list).describe(), icon=":material/payments:")
+    except DatasetError as exc:
+        st.error(str(exc))
+blocked = (needs_list and category_list is None) or (mode == "clip" and bool(clip_error))
+blocked = blocked or (mode != "clip" and key_state == "missing")
+if st.button(f"Start: {mode_label}", type="primary", key="dc-run", disabled=blocked, icon=":material/play_arrow:"):
+    try:
+        if mode == "clip":
+            job_id = start_zero_shot(ws, manager, dataset, category_list, spec)  # type: ignore[arg-type]
+        else:
+            job_id = start_describe(ws, manager, dataset, mode, category_list)
+    except (DatasetError, ModelUnavailableError) as exc:
+        st.error(str(exc))
+    else:
+        manager.start_background(job_id)
+        st.session_state["dc-job"] = job_id
+if st.session_state.get("dc-job"):
+    with st.container(border=True):
+        job_panel(manager, int(st.session_state["dc-job"]))
+
+# --- results -------------------------------------------------------------------------------------------
+
+st.subheader("Results")
+keys = ResultKeys.current(ws, category_list, clip_key)
+results = list(iter_results(ws, dataset, keys))
+f1, f2, f3 = st.columns(3)
+category_filter = f1.selectbox(
+    "Category", ["(any)"] + (list(category_list.allowed) if category_list else []), key="dc-filter-cat"
+)
+text_filter = f2.text_input("Description contains", key="dc-filter-text")
+status_filter = f3.selectbox(
+    "Show", ["all", "described", "categorized", "failed", "pending", "disagree"], key="dc-filter-status"
+)
+shown = filter_results(
+    results, None if category_filter == "(any)" else category_filter, text_filter, status_filter
+)
+counts = st.columns(4)
+counts[0].metric("Images", f"{len(results):,}")
+counts[1].metric("Described", f"{sum(r.description is not None for r in results):,}")
+counts[2].metric("Categorised", f"{sum(r.categories is not None for r in results):,}")
+counts[3].metric("Failed", f"{sum(bool(r.describe_error or r.categorize_error) for r in results):,}")
+table = pd.DataFrame(
+    [
+        {
+            "image": r.name,
+            "summary": r.summary,
+            "gemini": ", ".join(r.categories or []),
+            "clip": ", ".join(r.clip_categories or []),
+            "agree": r.agrees,
+            "error": r.describe_error or r.categorize_error or "",
+        }
+        for r in shown[:TABLE_LIMIT]
+    ],
+    columns=["image", "summary", "gemini", "clip", "agree", "error"],
+)
+st.dataframe(table, hide_index=True, key="dc-table")
+if len(shown) > TABLE_LIMIT:
+    st.caption(f"Showing the first {TABLE_LIMIT:,} of {len(shown):,}; narrow the filters or export.")
+
+if shown:
+    st.markdown("**Image detail**")
+    pick = st.selectbox("Image", [r.name for r in shown[:TABLE_LIMIT]], key="dc-detail")
+    r = next(x for x in shown if x.name == pick)
+    left, right = st.columns([1, 2])
+    left.image(str(ws.abspath(r.path)), caption=r.image_hash[:12])
+    gemini_cats, clip_cats = ", ".join(r.categories or ["-"]), ", ".join(r.clip_categories or ["-"])
+    left.markdown(f"**Gemini:** {gemini_cats}  \n**CLIP:** {clip_cats}")
+    if r.rejected:
+        left.caption("Rejected (not in the list): " + ", ".join(r.rejected))
+    if r.description:
+        right.json(r.description)
+    elif r.describe_error:
+        right.error(r.describe_error)
+    if r.clip_scores:
+        scores = pd.DataFrame({"category": list(r.clip_scores), "probability": list(r.clip_scores.values())})
+        right.plotly_chart(px.bar(scores, x="category", y="probability", title="CLIP zero-shot"), key="dc-scores")
+
+if category_list is not None and clip_key is not None:
+    rows, overall = agreement(results, category_list)
+    if rows:
+        st.markdown("**Gemini vs CLIP zero-shot**")
+        if overall is not None:
+            st.metric("Images where CLIP's top category is one of Gemini's", f"{overall:.0%}")
+        st.dataframe(
+            pd.DataFrame(
+                [{"category": a.category, "gemini": a.gemini, "clip top": a.clip, "both": a.both,
+                  "agreement": a.agreement} for a in rows]
+            ),  # fmt: skip
+            hide_index=True,
+            key="dc-agreement",
+            column_config={"agreement": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)},
+        )
+
+st.markdown("**Export**")
+fmt = st.selectbox("Format", [f for f in EXPORT_FORMATS if f != "categories-csv" or category_list], key="dc-fmt")
+if st.button("Write export", key="dc-export", icon=":material/download:"):
+    try:
+        path, n = export(ws, dataset, keys, fmt)
+        st.session_state["dc-export-file"] = (str(path), n)
+    except (ValueError, DatasetError) as exc:
+        st.error(str(exc))
+if st.session_state.get("dc-export-file"):
+    path_str, n = st.session_state["dc-export-file"]
+    path = Path(path_str)
+    if path.is_file():
+        st.download_button(
+            f"{path.name} ({n:,} images)", data=path.read_bytes(), file_name=path.name, key="dc-export-download"
+        )
+        st.caption(f"Written to `{path}`")
