@@ -8,7 +8,7 @@ PORT ?= 8501
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint system-deps bench-download bench-preprocess clean
+.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-download: $(STAMP)
 
 bench-preprocess: $(STAMP)
 	$(PY) benchmarks/preprocess.py
+
+bench-describe: $(STAMP)
+	$(PY) benchmarks/describe.py
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .ruff_cache

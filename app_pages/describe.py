@@ -1,5 +1,6 @@
 """Describe & Categorize: Gemini descriptions and categories, CLIP zero-shot beside them, results and exports."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -48,19 +49,27 @@ dataset = st.selectbox("Dataset", names, key="dc-dataset")
 
 # --- category lists ---------------------------------------------------------------------------------
 
+
+def save_categories(name: str, read: Callable[[], list[str]], source: str) -> None:
+    """Parse, store as a new version when changed, select it; errors name the row or column."""
+    try:
+        saved = save_list(ws, name, read(), source)
+    except CategoryError as exc:
+        st.error(str(exc))
+        return
+    st.session_state["dc-list"] = saved.label
+    st.success(f"Saved {saved.label}: {len(saved.categories)} categories: {', '.join(saved.categories[:20])}")
+
+
 with st.expander("Category lists", expanded=not list_lists(ws)):
     upload_tab, edit_tab, extract_tab = st.tabs(["Upload CSV", "Edit", "Extract from a categorised CSV"])
     with upload_tab:
         upload = st.file_uploader("CSV with a `Category` column", type=["csv"], key="dc-cat-upload")
         upload_name = st.text_input("Save as list", value="categories", key="dc-cat-upload-name")
-        if st.button("Save list", key="dc-cat-upload-save", disabled=upload is None):
-            try:
-                cats = parse_category_csv(upload.getvalue(), upload.name)  # type: ignore[union-attr]
-                saved = save_list(ws, upload_name, cats, f"upload:{upload.name}")  # type: ignore[union-attr]
-                st.session_state["dc-list"] = saved.label
-                st.success(f"Saved {saved.label}: {len(saved.categories)} categories")
-            except CategoryError as exc:
-                st.error(str(exc))
+        if st.button("Save list", key="dc-cat-upload-save") and upload is not None:
+            save_categories(
+                upload_name, lambda: parse_category_csv(upload.getvalue(), upload.name), f"upload:{upload.name}"
+            )
     with edit_tab:
         lists = list_lists(ws)
         base = st.selectbox("Start from", ["(empty)"] + [x.name for x in lists], key="dc-cat-edit-base")
@@ -70,23 +79,14 @@ with st.expander("Category lists", expanded=not list_lists(ws)):
         )
         edit_name = st.text_input("Save as list", value="" if base == "(empty)" else base, key="dc-cat-edit-name")
         if st.button("Save as a new version", key="dc-cat-edit-save", disabled=not edit_name):
-            try:
-                saved = save_list(ws, edit_name, [str(c) for c in edited["Category"].dropna()], "edit")
-                st.session_state["dc-list"] = saved.label
-                st.success(f"Saved {saved.label}: {len(saved.categories)} categories")
-            except CategoryError as exc:
-                st.error(str(exc))
+            save_categories(edit_name, lambda: [str(c) for c in edited["Category"].dropna()], "edit")
     with extract_tab:
         source = st.file_uploader("`image_name,description,categories` CSV", type=["csv"], key="dc-cat-extract")
         extract_name = st.text_input("Save as list", value="extracted", key="dc-cat-extract-name")
-        if st.button("Extract and save", key="dc-cat-extract-save", disabled=source is None):
-            try:
-                cats = extract_categories(source.getvalue(), source.name)  # type: ignore[union-attr]
-                saved = save_list(ws, extract_name, cats, f"extract:{source.name}")  # type: ignore[union-attr]
-                st.session_state["dc-list"] = saved.label
-                st.success(f"Saved {saved.label}: {', '.join(saved.categories)}")
-            except CategoryError as exc:
-                st.error(str(exc))
+        if st.button("Extract and save", key="dc-cat-extract-save") and source is not None:
+            save_categories(
+                extract_name, lambda: extract_categories(source.getvalue(), source.name), f"extract:{source.name}"
+            )
 
 all_versions = list_lists(ws, all_versions=True)
 labels = [x.label for x in all_versions]
@@ -179,9 +179,7 @@ text_filter = f2.text_input("Description contains", key="dc-filter-text")
 status_filter = f3.selectbox(
     "Show", ["all", "described", "categorized", "failed", "pending", "disagree"], key="dc-filter-status"
 )
-shown = filter_results(
-    results, None if category_filter == "(any)" else category_filter, text_filter, status_filter
-)
+shown = filter_results(results, None if category_filter == "(any)" else category_filter, text_filter, status_filter)
 counts = st.columns(4)
 counts[0].metric("Images", f"{len(results):,}")
 counts[1].metric("Described", f"{sum(r.description is not None for r in results):,}")
@@ -231,8 +229,16 @@ if category_list is not None and clip_key is not None:
             st.metric("Images where CLIP's top category is one of Gemini's", f"{overall:.0%}")
         st.dataframe(
             pd.DataFrame(
-                [{"category": a.category, "gemini": a.gemini, "clip top": a.clip, "both": a.both,
-                  "agreement": a.agreement} for a in rows]
+                [
+                    {
+                        "category": a.category,
+                        "gemini": a.gemini,
+                        "clip top": a.clip,
+                        "both": a.both,
+                        "agreement": a.agreement,
+                    }
+                    for a in rows
+                ]
             ),  # fmt: skip
             hide_index=True,
             key="dc-agreement",

@@ -2,7 +2,8 @@
 
 Paid APIs count requests per minute; staying under the budget avoids most 429s, and when the server still
 answers 429 with a retry delay every thread waits it out together (one thread hammering while the others
-wait would only earn more 429s).
+wait would only earn more 429s). The budget keeps accruing during the pause, up to `burst`, so a short
+pause is made up afterwards instead of lowering the rate for good.
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ class RateLimiter:
         while True:
             with self._lock:
                 now = self._clock()
-                if now > self._updated:  # no tokens accrue during a server-imposed pause
-                    self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-                    self._updated = now
+                self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+                self._updated = now
                 if now < self._paused_until:
                     delay = self._paused_until - now
                 elif self._tokens >= 1.0:
@@ -55,7 +55,4 @@ class RateLimiter:
         """The server asked everyone to wait (429 with a retry delay): no request starts before then."""
         with self._lock:
             until = self._clock() + max(0.0, seconds)
-            if until > self._paused_until:
-                self._paused_until = until
-                self._tokens = 1.0  # one request may probe when the pause ends, no burst
-                self._updated = max(self._updated, until)
+            self._paused_until = max(self._paused_until, until)

@@ -111,10 +111,18 @@ def test_rate_limiter_budget_burst_and_server_pause():
         starts.append(clock.now)
     assert starts[:3] == [0.0, 0.0, 0.0]  # the burst
     assert starts[3:] == pytest.approx([1.0, 2.0, 3.0])  # then one a second
-    limiter.pause(10.0)
+    limiter.pause(1.5)  # at t=3, with no budget left
     limiter.acquire()
-    assert clock.now == pytest.approx(13.0)
+    assert clock.now == pytest.approx(4.5)  # waited for the server, not longer
     limiter.acquire()
-    assert clock.now == pytest.approx(14.0)  # no burst straight after a pause
+    assert clock.now == pytest.approx(5.0)  # 1.5 s of budget accrued during the pause: the next one is early
+    limiter.acquire()
+    assert clock.now == pytest.approx(6.0)  # then one a second again
+    limiter.pause(100.0)
+    for _ in range(3):
+        limiter.acquire()
+    assert clock.now == pytest.approx(106.0)  # a long pause earns at most `burst` at once
+    limiter.acquire()
+    assert clock.now == pytest.approx(107.0)
     with pytest.raises(ValueError):
         RateLimiter(per_minute=0)

@@ -49,7 +49,7 @@ def test_page_without_key_warns_and_blocks_gemini_but_lists_work(page_ws: Path, 
     at.file_uploader(key="dc-cat-upload").upload("cats.csv", b"Category\nred\nblue\n", "text/csv").run()
     at.text_input(key="dc-cat-upload-name").input("colours").run()
     at.button(key="dc-cat-upload-save").click().run()
-    assert any("Saved colours v1: 2 categories" in s.value for s in at.success)
+    assert any("Saved colours v1: 2 categories: red, blue" in s.value for s in at.success)
     at.file_uploader(key="dc-cat-upload").upload("bad.csv", b"name\nred\n", "text/csv").run()
     at.button(key="dc-cat-upload-save").click().run()
     assert any("no `Category` column" in e.value for e in at.error)

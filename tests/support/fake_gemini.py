@@ -195,6 +195,11 @@ class FakeGemini:
     def _next_outcome(self, colour: str) -> str:
         with self._lock:
             self._count += 1
+            if self.burst_every and self._count % self.burst_every == 0:
+                self._burst_left = self.burst_length
+            if self._burst_left > 0:  # an overload burst: refused requests do not use the quota
+                self._burst_left -= 1
+                return "429"
             if self.rpm_limit:
                 now = time.monotonic()
                 capacity = max(1.0, self.rpm_limit / 60.0)
@@ -203,11 +208,6 @@ class FakeGemini:
                 if self._tokens < 1.0:
                     return "429"
                 self._tokens -= 1.0
-            if self.burst_every and self._count % self.burst_every == 0:
-                self._burst_left = self.burst_length
-            if self._burst_left > 0:
-                self._burst_left -= 1
-                return "429"
             script = self.script.get(colour)
             return script.pop(0) if script else "ok"
 
