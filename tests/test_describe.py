@@ -310,3 +310,32 @@ def test_cost_estimate_counts_only_work_left_and_prices_it(gws: Workspace, gemin
     unpriced = Workspace(tmp_path / "ws", gws.settings.model_copy(update={"caption_model": "gemini-9-ultra"}))
     assert estimate_cost(unpriced, dataset, "describe").cost_usd is None
     assert "not priced" in estimate_cost(unpriced, dataset, "describe").describe()
+
+
+def test_the_seeds_config_yaml_drives_model_image_size_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gemini: FakeGemini
+):
+    gemini_env(monkeypatch, gemini)
+    monkeypatch.delenv("WORKBENCH_GEMINI_API_KEY")
+    (tmp_path / "config.yaml").write_text(
+        f'gemini_api_key: "{API_KEY}"\n'
+        'caption_model: "gemini-2.5-flash"\n'
+        "processing:\n  image_max_size: 32\n  max_retries: 1\n  retry_backoff_seconds: 0.01\n"
+        "  per_request_sleep_seconds: 0.0\n"
+    )  # the seeds' file, unchanged (tests run in tmp_path)
+    ws = Workspace(tmp_path / "ws", load_settings())
+    folder = tmp_path / "big"
+    folder.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (300, 200), (220, 30, 30)).save(folder / "red.png")
+    Image.new("RGB", (300, 200), (30, 40, 220)).save(folder / "blue.png")
+    manager = JobManager(ws)
+    manager.run(start_folder_import(ws, manager, folder, "big"))
+    gemini.script["blue"] = ["500", "500"]  # max_retries 1: two attempts, then a stored failure
+    job = start_describe(ws, manager, "big")
+    p = manager.run(job)
+    assert (p.done, p.failed) == (1, 1) and manager.failure_counts(job) == {"server_error": 1}
+    assert {e.model for e in gemini.log} == {"gemini-2.5-flash"}
+    assert gemini.image_sizes and all(max(size) == 32 for size in gemini.image_sizes)
+    ws.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -26,7 +27,7 @@ def page_ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     return root
 
 
-def results_table(at: AppTest):  # noqa: ANN201 (a DataFrame)
+def results_table(at: AppTest) -> pd.DataFrame:
     """AppTest finds dataframes by position only: the results table is the one with an `image` column."""
     return next(d.value for d in at.dataframe if "image" in d.value.columns)
 

@@ -102,6 +102,7 @@ class FakeGemini:
         self.latency = latency
         self.log: list[Logged] = []
         self.last_body: dict[str, Any] | None = None
+        self.image_sizes: list[tuple[int, int]] = []
         self._lock = threading.Lock()
         self._tokens = 0.0
         self._updated = time.monotonic()
@@ -224,6 +225,7 @@ class FakeGemini:
                     data = base64.urlsafe_b64decode(inline["data"] + "=" * (-len(inline["data"]) % 4))
                     digest = hashlib.sha256(data).hexdigest()
                     with Image.open(io.BytesIO(data)) as img:
+                        self.image_sizes.append(img.size)
                         small = img.convert("RGB").resize((1, 1), Image.Resampling.BOX)
                         colour = nearest_colour(small.getpixel((0, 0)))  # type: ignore[arg-type]
         prompt = "\n".join(texts)
