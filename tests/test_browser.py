@@ -3,6 +3,7 @@ the download against the loopback image server, and sees the finished job and it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -31,10 +32,10 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+@contextlib.contextmanager
+def _dashboard_at(tmp_path: Path, ws_root: Path) -> Iterator[str]:
+    """`streamlit run app.py` on a free port over `ws_root`, with this process's environment."""
     port = free_port()
-    ws_root = tmp_path / "browser-ws"
     env = dict(os.environ, WORKBENCH_WORKSPACE=str(ws_root), PYTHONPATH=str(ROOT))
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
@@ -56,10 +57,19 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     else:
         proc.terminate()
         pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
-    yield base, ws_root
-    proc.terminate()
-    proc.wait(15)
-    log.close()
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    ws_root = tmp_path / "browser-ws"
+    with _dashboard_at(tmp_path, ws_root) as base:
+        yield base, ws_root
 
 
 def test_upload_csv_start_download_see_results(
@@ -84,7 +94,7 @@ def test_upload_csv_start_download_see_results(
         page.locator("input[type=file]").first.set_input_files(str(csv_path))
         expect(page.get_by_text("First rows of")).to_be_visible(timeout=30_000)
         page.get_by_role("button", name="Start download").click()
-        expect(page.get_by_text("completed", exact=True)).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("completed", exact=True).first).to_be_visible(timeout=60_000)
         expect(page.get_by_text("4 of 5 items").or_(page.get_by_text("5 of 5 items"))).to_be_visible()
         expect(page.get_by_role("button", name="Labelled CSV")).to_be_visible(timeout=15_000)
         expect(page.get_by_text("http_4xx").first).to_be_visible()
@@ -93,3 +103,42 @@ def test_upload_csv_start_download_see_results(
     exports = list((ws_root / "exports").glob("*.csv"))
     assert len(exports) == 1
     assert "4.5 gram" not in exports[0].read_text() and "3.5 gram" in exports[0].read_text()
+
+
+def test_describe_page_try_one_image_and_browse_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from services.describe import start_describe
+    from services.jobs import JobManager
+    from services.settings import load_settings
+    from services.workspace import Workspace
+    from tests.support.fake_gemini import FakeGemini
+    from tests.test_describe import colour_dataset, gemini_env
+
+    server = FakeGemini().start()
+    gemini_env(monkeypatch, server)  # the dashboard process inherits the key and the fake's base URL
+    try:
+        ws_root = tmp_path / "browser-ws"
+        ws = Workspace(ws_root, load_settings())
+        dataset = colour_dataset(ws, tmp_path, ["red", "blue"])
+        manager = JobManager(ws)
+        assert manager.run(start_describe(ws, manager, dataset)).state == "completed"
+        ws.close()
+        with _dashboard_at(tmp_path, ws_root) as base, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(f"{base}/describe", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Describe & Categorize")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("API key set")).to_be_visible()
+            expect(page.get_by_text("0 of 2 images need a request").first).to_be_visible(timeout=30_000)
+            summary = page.get_by_text("A red square on a plain background.")
+            expect(summary.first).to_be_visible(timeout=30_000)  # the detail view of the first image
+            before = summary.count()
+            page.get_by_text("Try one image").click()
+            page.get_by_role("button", name="Ask Gemini about this image").click()
+            expect(summary).to_have_count(before + 1, timeout=30_000)  # the answer, shown as JSON
+            page.screenshot(path=str(tmp_path / "describe-page.png"), full_page=True)
+            browser.close()
+        assert server.requests == 2  # the button's answer came from the request cache: no new request
+    finally:
+        server.stop()
