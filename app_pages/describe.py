@@ -9,11 +9,10 @@ import streamlit as st
 
 from services.categories import CategoryError, extract_categories, list_lists, load_list, parse_category_csv, save_list
 from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
-from services.datasets import DatasetError, list_datasets
+from services.datasets import DatasetError, dataset_images, list_datasets
 from services.describe import estimate_cost, start_describe, try_one
 from services.describe_results import EXPORT_FORMATS, ResultKeys, agreement, export, filter_results, iter_results
 from services.gemini_client import GeminiError
-from services.preprocess import dataset_images
 from services.zero_shot import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
 from ui.components import job_panel
 from ui.state import get_job_manager, get_workspace

@@ -4,14 +4,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from services.datasets import DatasetError, list_datasets
+from services.datasets import DatasetError, dataset_images, list_datasets
+from services.folder_import import start_folder_import
 from services.preprocess import (
-    dataset_images,
     preview,
     quality_counts,
     results_page,
     sample_images,
-    start_folder_import,
     start_preprocess,
 )
 from services.quality import FLAGS

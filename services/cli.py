@@ -306,7 +306,7 @@ def download_folder(
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
 ) -> None:
     """Import a local folder of images into the workspace as a dataset (stored once per content hash)."""
-    from services.preprocess import start_folder_import
+    from services.folder_import import start_folder_import
 
     ws = _ws()
     manager = JobManager(ws)
@@ -329,7 +329,8 @@ def preprocess(
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
 ) -> None:
     """Run a recipe over every image of a dataset (or folder); skips images already done with the same recipe."""
-    from services.preprocess import start_folder_import, start_preprocess
+    from services.folder_import import start_folder_import
+    from services.preprocess import start_preprocess
     from services.recipes import RecipeError
 
     ws = _ws()
@@ -505,4 +506,4 @@ def workspace_info() -> None:
 
 
 # Stage commands live in their own modules and register themselves on `app`.
-from services import cli_describe, cli_models  # noqa: E402, F401
+from services import cli_describe, cli_embed, cli_models  # noqa: E402, F401

@@ -167,7 +167,7 @@ class LoadedClip:
         out = []
         for start in range(0, len(images), batch_size):
             batch = torch.stack([self.preprocess(img) for img in images[start : start + batch_size]]).to(self.device)
-            with torch.inference_mode(), _autocast(self.device):
+            with torch.inference_mode(), autocast_for(self.device):
                 features = self.model.encode_image(batch)
             out.append(_normalise(features.float().cpu().numpy()))
         width = int(getattr(self.model, "embed_dim", 0) or (out[0].shape[1] if out else 0))
@@ -177,7 +177,7 @@ class LoadedClip:
         import torch
 
         tokens = self.tokenizer(texts).to(self.device)
-        with torch.inference_mode(), _autocast(self.device):
+        with torch.inference_mode(), autocast_for(self.device):
             features = self.model.encode_text(tokens)
         return _normalise(features.float().cpu().numpy())
 
@@ -192,7 +192,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _autocast(device: str) -> Any:
+def autocast_for(device: str) -> Any:
     import contextlib
 
     import torch

@@ -14,11 +14,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.catalog import Catalog
 
+if TYPE_CHECKING:
+    from services.workspace import Workspace
+
 INGEST_BATCH = 5000
+SOURCE_JOB_KINDS = ("download_urls", "download_s3", "import_folder")  # jobs that bring images into a dataset
 ADDED_COLUMNS = ["image_path", "image_hash", "status", "error"]
 
 
@@ -176,3 +180,61 @@ def export_labelled_csv(
             writer.writerow(values[: len(columns)] + [extra[c] for c in ADDED_COLUMNS if c not in columns])
             count += 1
     return count
+
+
+# --- the stored images of a dataset -------------------------------------------------------------
+
+
+def dataset_images(ws: Workspace, dataset: str) -> list[tuple[str, str]]:
+    """(image hash, path relative to the workspace) of every stored image of the dataset, once each."""
+    return [(h, path) for h, path, _ in dataset_entries(ws, dataset)]
+
+
+def dataset_entries(ws: Workspace, dataset: str) -> list[tuple[str, str, str]]:
+    """(image hash, stored path, name) per stored image of the dataset, in input order; the name is what the
+    input called it (S3 file name, path in the folder, URL), first occurrence wins."""
+    dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
+    if dataset_id is None:
+        names = [r[0] for r in ws.catalog.query("SELECT name FROM datasets ORDER BY name")]
+        raise DatasetError(f"no dataset named {dataset!r}; datasets: {', '.join(names) or '(none yet)'}")
+    marks = ",".join("?" * len(SOURCE_JOB_KINDS))
+    rows = ws.catalog.query(
+        f"""SELECT j.image_hash AS hash, j.item_key AS name,
+                   COALESCE(i.path, (SELECT d.path FROM derived_images d WHERE d.image_hash = i.hash
+                                     ORDER BY d.width DESC LIMIT 1)) AS path,
+                   MIN(j.seq) AS first
+            FROM jobs jb JOIN job_items j ON j.job_id = jb.id JOIN images i ON i.hash = j.image_hash
+            WHERE jb.dataset_id = ? AND jb.kind IN ({marks}) AND j.status = 'ok' AND i.is_placeholder = 0
+            GROUP BY j.image_hash ORDER BY first""",
+        (dataset_id, *SOURCE_JOB_KINDS),
+    )  # SQLite takes the bare `name` from the row holding MIN(seq)
+    return [(r["hash"], r["path"], r["name"]) for r in rows if r["path"]]
+
+
+NEGATIVE_TAGS = ("other-training", "other-validation")  # seed 004's folders of negatives
+
+
+def dataset_tags(ws: Workspace, dataset: str) -> dict[str, set[str]]:
+    """Tags per stored image of a folder or zip dataset (the `tag` column: the folder each copy sat in);
+    an image found in two folders carries both."""
+    ds = get_dataset(ws.catalog, dataset)
+    if ds is None:
+        raise DatasetError(f"no dataset named {dataset!r}")
+    if "tag" not in ds.columns:
+        raise DatasetError(f"dataset {dataset!r} has no tags (import a folder tree or zip with folder names as tags)")
+    column = ds.columns.index("tag")
+    rows = ws.catalog.query(
+        f"""SELECT DISTINCT j.image_hash AS hash, json_extract(r.data, '$[{column}]') AS tag
+            FROM dataset_rows r
+            JOIN jobs jb ON jb.dataset_id = r.dataset_id AND jb.kind = 'import_folder'
+            JOIN job_items j ON j.job_id = jb.id AND j.item_key = r.source_key
+            JOIN images i ON i.hash = j.image_hash
+            WHERE r.dataset_id = ? AND j.status = 'ok' AND i.is_placeholder = 0""",
+        (ds.id,),
+    )
+    tags: dict[str, set[str]] = {}
+    for r in rows:
+        tags.setdefault(r["hash"], set())
+        if r["tag"]:
+            tags[r["hash"]].add(r["tag"])
+    return tags

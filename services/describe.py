@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from services.categories import CategoryList, load_list, validate_answer
-from services.datasets import DatasetError
+from services.datasets import DatasetError, dataset_images
 from services.describe_prompts import (
     CATEGORIZE_PROMPT_VERSION,
     DESCRIBE_PROMPT,
@@ -37,9 +37,9 @@ from services.describe_prompts import (
     describe_schema,
 )
 from services.gemini_client import GeminiAnswer, GeminiCaller, GeminiError, parse_json_object
-from services.jobs import ChunkedTask, ItemResult, JobManager, Journal, PendingItem, RunContext, dispatch_chunks
-from services.preprocess import dataset_images
+from services.jobs import ItemResult, JobManager, Journal, PendingItem, RunContext, dispatch_chunks
 from services.settings import Settings
+from services.stage_tasks import ImageStageTask, require_images
 from services.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,7 @@ def start_describe(
         raise DatasetError(f"mode {mode!r}: use one of {', '.join(MODES)}")
     if mode != "describe" and category_list is None:
         raise DatasetError(f"mode {mode!r} needs a category list")
-    if not dataset_images(ws, dataset):
-        raise DatasetError(f"dataset {dataset!r} has no stored images yet; download or import them first")
+    dataset_id = require_images(ws, dataset)
     settings = ws.settings
     params: dict[str, Any] = {
         "dataset": dataset,
@@ -90,7 +89,6 @@ def start_describe(
         "concurrency": concurrency or settings.gemini.concurrency,
         "list": None if category_list is None else [category_list.name, category_list.version],
     }
-    dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
     what = {"describe": "Describe", "categorize": "Categorize", "both": "Describe + categorize"}[mode]
     title = f"{what}: {dataset} with {settings.caption_model}"
     if category_list is not None:
@@ -132,24 +130,14 @@ class JobPlan:
         return stages
 
 
-class DescribeTask(ChunkedTask):
+class DescribeTask(ImageStageTask):
     kind: ClassVar[str] = "describe"
     # Nothing a retry can fix without the user: a bad key, an unknown model, no network at all.
     fatal_classes: ClassVar[frozenset[str]] = frozenset({"config", "auth", "not_found", "connection"})
     sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image", "missing"})
 
-    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        manager = JobManager(ws)
-        plan = JobPlan.from_params(ws, params)
-        images = dataset_images(ws, params["dataset"])
-        for start in range(0, len(images), 5000):
-            part = images[start : start + 5000]
-            manager.add_items(job_id, part)
-            hashes = [h for h, _ in part]
-            done = set(hashes)
-            for stage, settings_hash in plan.done_stages():
-                done &= ws.catalog.stage_done(stage, settings_hash, hashes)
-            manager.mark_known(job_id, {h: h for h in done})
+    def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
+        return JobPlan.from_params(ws, params).done_stages()
 
     def chunk_function(self) -> Any:  # pragma: no cover - this task runs threads in the job process
         raise NotImplementedError

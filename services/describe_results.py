@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from services.categories import UNKNOWN, CategoryList
+from services.datasets import dataset_entries
 from services.describe import CATEGORIZE_STAGE, DESCRIBE_STAGE, categorize_settings_hash, describe_settings_hash
-from services.preprocess import dataset_entries
 from services.workspace import Workspace
 
 EXPORT_FORMATS = ("descriptions-csv", "categories-csv", "jsonl", "parquet")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from services.archives import ArchiveError, ArchiveLimits, ArchiveReader, is_archive_locator
 from services.http_fetch import FetchError, HttpFetcher
 from services.imaging import (
     ImageCheckError,
@@ -65,12 +66,20 @@ class HttpSource:
 
 
 class PathSource:
-    """Local files (folder imports): read with the same size cap as downloads."""
+    """Local files and zip members (folder imports): read with the same size cap as downloads."""
 
     def __init__(self, cfg: DownloadSettings) -> None:
         self.cfg = cfg
+        self.archives = ArchiveReader(ArchiveLimits(max_member_bytes=cfg.max_bytes))
 
     def fetch(self, locator: str) -> tuple[bytes, int]:
+        if is_archive_locator(locator):
+            try:
+                return self.archives.read(locator), 1
+            except FileNotFoundError as exc:
+                raise FetchError("missing", f"{locator}: the archive no longer exists") from exc
+            except (ArchiveError, KeyError, OSError, RuntimeError) as exc:
+                raise FetchError("unreadable", f"{locator}: {exc}") from exc
         path = Path(locator)
         try:
             size = path.stat().st_size
@@ -185,6 +194,7 @@ def _store(worker: _Worker, key: str, locator: str, data: bytes, attempts: int) 
             write_atomic(worker.root / rel, encode_jpeg(border_resize(checked.image, opts.resize)))
         derived.append((opts.variant, rel, opts.resize, opts.resize))
     source_locator = f"s3://{opts.s3_bucket}/{locator}" if opts.source_kind == "s3" else locator
+    source_kind = "zip" if opts.source_kind == "path" and is_archive_locator(locator) else opts.source_kind
     return ItemResult(
         key=key,
         status="ok",
@@ -197,6 +207,6 @@ def _store(worker: _Worker, key: str, locator: str, data: bytes, attempts: int) 
             checked.height,
             original_rel if keep_original else None,
         ),
-        source=(opts.source_kind, source_locator),
+        source=(source_kind, source_locator),
         derived=derived,
     )

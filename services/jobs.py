@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 TASKS: dict[str, str] = {
     "download_urls": "services.url_download:UrlDownloadTask",
     "download_s3": "services.s3_download:S3DownloadTask",
-    "import_folder": "services.preprocess:FolderImportTask",
+    "import_folder": "services.folder_import:FolderImportTask",
     "preprocess": "services.preprocess:PreprocessTask",
     "describe": "services.describe:DescribeTask",
     "categorize_clip": "services.zero_shot:ZeroShotTask",
+    "embed": "services.embed:EmbedTask",
+    "train_tags": "services.tag_training:TrainTask",
 }
 FINAL_STATES = ("completed", "cancelled", "failed")
 
@@ -312,6 +314,15 @@ class JobManager:
                 """UPDATE job_items SET status = 'ok', image_hash = ?, result = '{"cached": true}',
                    updated_at = ? WHERE job_id = ? AND item_key = ? AND status = 'pending'""",
                 [(h, time.time(), job_id, key) for key, h in known.items()],
+            )
+
+    def mark_failed(self, job_id: int, failures: dict[str, tuple[str, str]]) -> None:
+        """Items refused while planning (e.g. a zip member with '..'): failed with the reason, never run."""
+        with self.catalog.write() as conn:
+            conn.executemany(
+                """UPDATE job_items SET status = 'failed', error_class = ?, error_message = ?, updated_at = ?
+                   WHERE job_id = ? AND item_key = ? AND status = 'pending'""",
+                [(cls, msg, time.time(), job_id, key) for key, (cls, msg) in failures.items()],
             )
 
     def pending_items(self, job_id: int, page: int = 1000) -> Iterator[PendingItem]:

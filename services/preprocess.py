@@ -16,91 +16,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from services.datasets import DatasetError, ensure_dataset, insert_rows
+from services.datasets import dataset_images
 from services.imaging import ImageCheckError
-from services.jobs import ChunkedTask, ItemResult, JobManager, Journal
+from services.jobs import ItemResult, JobManager, Journal
 from services.preprocess_ops import OperationError, apply_recipe, encode, load_image
 from services.quality import MEASURE_SIDE, QUALITY_STAGE, QUALITY_VERSION, measure
 from services.recipes import Recipe, load_recipe, parse_recipe
-from services.url_download import DownloadTaskBase
+from services.stage_tasks import ImageStageTask, require_images
 from services.workspace import Workspace, derived_relpath, write_atomic
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-SOURCE_JOB_KINDS = ("download_urls", "download_s3", "import_folder")
-
-
-# --- folder import ----------------------------------------------------------------------------------
-
-
-def start_folder_import(
-    ws: Workspace, manager: JobManager, folder: Path, dataset: str | None = None, kind: str = "folder",
-    workers: int | None = None,
-) -> int:  # fmt: skip
-    """A job that stores every image file under `folder` in the workspace; tag = parent folder name."""
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: not a folder")
-    name = dataset or folder.name
-    ds = ensure_dataset(ws.catalog, name, kind, str(folder), ["path", "tag"])
-    params = {"folder": str(folder), "dataset": name, "workers": workers if workers is not None else 0}
-    return manager.create("import_folder", f"Import folder: {name} ({folder})", params, ds.id)
-
-
-class FolderImportTask(DownloadTaskBase):
-    kind: ClassVar[str] = "import_folder"
-    source_kind: ClassVar[str] = "path"
-    sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image"})
-
-    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        manager = JobManager(ws)
-        folder = Path(params["folder"])
-        dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
-        files = sorted(
-            p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        for start in range(0, len(files), 5000):
-            part = files[start : start + 5000]
-            rels = [str(p.relative_to(folder)) for p in part]
-            insert_rows(
-                ws.catalog,
-                dataset_id,
-                [(start + i, [rel, p.parent.name if p.parent != folder else ""], rel) for i, (rel, p) in
-                 enumerate(zip(rels, part, strict=True))],
-            )  # fmt: skip
-            paths = {str(p): rel for rel, p in zip(rels, part, strict=True)}
-            manager.add_items(job_id, [(rel, loc) for loc, rel in paths.items()])
-            known = ws.catalog.source_hashes("path", list(paths))
-            manager.mark_known(job_id, {paths[loc]: h for loc, h in known.items()})
-
-
-# --- dataset images ---------------------------------------------------------------------------------
-
-
-def dataset_images(ws: Workspace, dataset: str) -> list[tuple[str, str]]:
-    """(image hash, path relative to the workspace) of every stored image of the dataset, once each."""
-    return [(h, path) for h, path, _ in dataset_entries(ws, dataset)]
-
-
-def dataset_entries(ws: Workspace, dataset: str) -> list[tuple[str, str, str]]:
-    """(image hash, stored path, name) per stored image of the dataset, in input order; the name is what the
-    input called it (S3 file name, path in the folder, URL), first occurrence wins."""
-    dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
-    if dataset_id is None:
-        names = [r[0] for r in ws.catalog.query("SELECT name FROM datasets ORDER BY name")]
-        raise DatasetError(f"no dataset named {dataset!r}; datasets: {', '.join(names) or '(none yet)'}")
-    marks = ",".join("?" * len(SOURCE_JOB_KINDS))
-    rows = ws.catalog.query(
-        f"""SELECT j.image_hash AS hash, j.item_key AS name,
-                   COALESCE(i.path, (SELECT d.path FROM derived_images d WHERE d.image_hash = i.hash
-                                     ORDER BY d.width DESC LIMIT 1)) AS path,
-                   MIN(j.seq) AS first
-            FROM jobs jb JOIN job_items j ON j.job_id = jb.id JOIN images i ON i.hash = j.image_hash
-            WHERE jb.dataset_id = ? AND jb.kind IN ({marks}) AND j.status = 'ok' AND i.is_placeholder = 0
-            GROUP BY j.image_hash ORDER BY first""",
-        (dataset_id, *SOURCE_JOB_KINDS),
-    )  # SQLite takes the bare `name` from the row holding MIN(seq)
-    return [(r["hash"], r["path"], r["name"]) for r in rows if r["path"]]
-
 
 # --- the preprocess job -----------------------------------------------------------------------------
 
@@ -114,9 +37,7 @@ def start_preprocess(
 ) -> int:
     """Create the job; the recipe is frozen into it, so editing the recipe later never changes a running job."""
     recipe = load_recipe(ws.root, recipe) if isinstance(recipe, str) else recipe
-    if not dataset_images(ws, dataset):  # also raises, listing the datasets, when the name is unknown
-        raise DatasetError(f"dataset {dataset!r} has no stored images yet; download or import them first")
-    dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
+    dataset_id = require_images(ws, dataset)
     params = {
         "dataset": dataset,
         "recipe": json.loads(recipe.model_dump_json()),
@@ -135,19 +56,13 @@ class PreprocessOptions:
     max_pixels: int
 
 
-class PreprocessTask(ChunkedTask):
+class PreprocessTask(ImageStageTask):
     kind: ClassVar[str] = "preprocess"
-    sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image", "too_large", "truncated"})
+    sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image", "too_large", "truncated", "missing"})
 
-    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        manager = JobManager(ws)
+    def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         recipe = parse_recipe(json.dumps(params["recipe"]))
-        images = dataset_images(ws, params["dataset"])
-        for start in range(0, len(images), 5000):
-            part = images[start : start + 5000]
-            manager.add_items(job_id, part)
-            done = ws.catalog.stage_done(stage_name(recipe), recipe.settings_hash, [h for h, _ in part])
-            manager.mark_known(job_id, {h: h for h in done})
+        return [(stage_name(recipe), recipe.settings_hash)]
 
     def chunk_function(self) -> Any:
         return preprocess_chunk

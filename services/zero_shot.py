@@ -19,9 +19,8 @@ import numpy as np
 
 from services.categories import CategoryList, load_list
 from services.clip_models import ClipSpec, load_clip, resolve_weights
-from services.datasets import DatasetError
-from services.jobs import ChunkedTask, ItemResult, JobManager, Journal
-from services.preprocess import dataset_images
+from services.jobs import ItemResult, JobManager, Journal
+from services.stage_tasks import ImageStageTask, require_images
 from services.workspace import Workspace
 
 CLIP_STAGE = "categorize:clip"
@@ -39,8 +38,7 @@ def start_zero_shot(
 ) -> int:
     """Checks the weights are here first (an error in seconds, not a failed job later)."""
     resolve_weights(spec)
-    if not dataset_images(ws, dataset):
-        raise DatasetError(f"dataset {dataset!r} has no stored images yet; download or import them first")
+    dataset_id = require_images(ws, dataset)
     params = {
         "dataset": dataset,
         "list": [category_list.name, category_list.version],
@@ -49,7 +47,6 @@ def start_zero_shot(
         "workers": 0,  # one process: the model is loaded once and the batch uses every core
         "chunk_size": ws.settings.clip.batch_size,
     }
-    dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
     title = f"Categorize (CLIP zero-shot): {dataset} with {spec.label} ({category_list.label})"
     return manager.create("categorize_clip", title, params, dataset_id)
 
@@ -65,18 +62,11 @@ class ZeroShotOptions:
     batch_size: int
 
 
-class ZeroShotTask(ChunkedTask):
+class ZeroShotTask(ImageStageTask):
     kind: ClassVar[str] = "categorize_clip"
-    sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image", "missing"})
 
-    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        manager = JobManager(ws)
-        images = dataset_images(ws, params["dataset"])
-        for start in range(0, len(images), 5000):
-            part = images[start : start + 5000]
-            manager.add_items(job_id, part)
-            done = ws.catalog.stage_done(CLIP_STAGE, params["settings_hash"], [h for h, _ in part])
-            manager.mark_known(job_id, {h: h for h in done})
+    def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(CLIP_STAGE, params["settings_hash"])]
 
     def chunk_function(self) -> Any:
         return zero_shot_chunk

@@ -19,9 +19,9 @@ from services.describe import (
     try_one,
 )
 from services.describe_results import ResultKeys, export, filter_results, iter_results
+from services.folder_import import start_folder_import
 from services.gemini_client import GeminiError
 from services.jobs import JobManager
-from services.preprocess import start_folder_import
 from services.settings import load_settings
 from services.workspace import Workspace
 from tests.conftest import read_csv

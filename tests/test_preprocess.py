@@ -19,14 +19,10 @@ from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
 from services.cli import app
+from services.datasets import dataset_images
+from services.folder_import import start_folder_import
 from services.jobs import JobManager
-from services.preprocess import (
-    dataset_images,
-    quality_counts,
-    results_page,
-    start_folder_import,
-    start_preprocess,
-)
+from services.preprocess import quality_counts, results_page, start_preprocess
 from services.recipes import PRESETS, Crop, Recipe, ResizePad, load_recipe, save_recipe
 from services.workspace import Workspace
 from tests.conftest import ROOT, read_csv

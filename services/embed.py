@@ -1,0 +1,187 @@
+"""Embed stage: open_clip image embeddings for a dataset, as a resumable job, stored once per (image, model).
+
+The model runs in the job process (loaded once through `clip_models.load_clip`, CUDA with fp16 autocast when
+there is a GPU); a torch `DataLoader` whose worker processes decode and resize images feeds it batches, so
+decoding overlaps the forward pass. Every few batches the vectors go to a shard of the embedding store and
+the items are journaled and committed; a killed run loses at most the batches since the last shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from services.clip_models import ClipSpec, LoadedClip, autocast_for, load_clip, resolve_weights
+from services.embeddings import EMBED_STAGE, EmbeddingStore, embedding_key
+from services.jobs import ItemResult, JobManager, Journal, PendingItem, RunContext
+from services.stage_tasks import ImageStageTask, require_images
+from services.workspace import Workspace
+
+log = logging.getLogger(__name__)
+BATCHES_PER_SHARD = 8
+
+
+def start_embed(
+    ws: Workspace,
+    manager: JobManager,
+    dataset: str,
+    spec: ClipSpec,
+    batch_size: int | None = None,
+    loader_workers: int | None = None,
+) -> int:
+    """Checks the weights are on this machine first (an error in seconds, never a failed job later)."""
+    resolve_weights(spec)
+    dataset_id = require_images(ws, dataset)
+    params = {
+        "dataset": dataset,
+        "spec": dataclasses.asdict(spec),
+        "key": embedding_key(spec),
+        "batch_size": batch_size or ws.settings.clip.batch_size,
+        "loader_workers": ws.settings.clip.loader_workers if loader_workers is None else loader_workers,
+    }
+    return manager.create("embed", f"Embed: {dataset} with {spec.label}", params, dataset_id)
+
+
+class ImageFiles:
+    """Map-style dataset for the DataLoader: (index, tensor or None, error) per stored image."""
+
+    def __init__(self, root: str, items: list[tuple[str, str]], preprocess: Any) -> None:
+        self.root = root
+        self.items = items
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+
+        path = Path(self.root) / self.items[index][1]
+        try:
+            with Image.open(path) as img:
+                img.draft("RGB", (448, 448))  # JPEG: decode at reduced scale; CLIP needs 224
+                rgb = ImageOps.exif_transpose(img).convert("RGB")
+            return index, self.preprocess(rgb), None
+        except FileNotFoundError:
+            return index, None, f"missing: {path} is gone from the workspace"
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            return index, None, f"not_image: {path}: cannot decode ({exc})"
+
+
+def collate(batch: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """Stack the decoded images; pass the failures through by index."""
+    import torch
+
+    ok = [(i, t) for i, t, err in batch if err is None]
+    failed = [(i, err) for i, _, err in batch if err is not None]
+    tensors = torch.stack([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], tensors, failed  # type: ignore[return-value]
+
+
+class EmbedTask(ImageStageTask):
+    kind: ClassVar[str] = "embed"
+
+    def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(EMBED_STAGE, params["key"])]
+
+    def chunk_function(self) -> Any:  # pragma: no cover - the model runs in process(), not in chunks
+        raise NotImplementedError
+
+    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
+        loaded = load_clip(ClipSpec(**params["spec"]))
+        store = EmbeddingStore(ws, params["key"])
+        journal = Journal(ws.job_dir(job_id))
+        try:
+            while not ctx.stop_requested:
+                block = list(itertools.islice(items, 20_000))  # pending items are paged from the catalog
+                if not block:
+                    break
+                embed_block(ws, loaded, store, params, block, journal, ctx)
+        finally:
+            journal.close()
+
+    def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        store = EmbeddingStore(ws, params["key"])
+        if len(store.shards()) > 64:
+            store.compact()
+
+
+def embed_block(
+    ws: Workspace,
+    loaded: LoadedClip,
+    store: EmbeddingStore,
+    params: dict[str, Any],
+    block: list[PendingItem],
+    journal: Journal,
+    ctx: RunContext,
+) -> None:
+    """Embed a block of items with a DataLoader; write a shard and report every few batches."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    pairs = [(item.key, item.locator or "") for item in block]
+    workers = int(params.get("loader_workers") or 0)
+    loader = DataLoader(
+        ImageFiles(str(ws.root), pairs, loaded.preprocess),
+        batch_size=int(params["batch_size"]),
+        num_workers=workers,
+        collate_fn=collate,
+        multiprocessing_context="forkserver" if workers else None,  # the job process has threads
+        prefetch_factor=4 if workers else None,
+        pin_memory=loaded.device.startswith("cuda"),
+    )
+    pending_hashes: list[str] = []
+    pending_vectors: list[np.ndarray] = []
+    failures: list[ItemResult] = []
+
+    def flush() -> None:
+        results = list(failures)
+        if pending_hashes:
+            vectors = np.concatenate(pending_vectors)
+            shard = store.write_shard(pending_hashes, vectors)
+            info = {"shard": shard, "dim": int(vectors.shape[1])}
+            results += [
+                ItemResult(key=h, status="ok", image_hash=h, stages=[(EMBED_STAGE, params["key"], "ok", info, None)])
+                for h in pending_hashes
+            ]
+        for r in results:
+            journal.write(r)
+        ctx.report(results)
+        pending_hashes.clear()
+        pending_vectors.clear()
+        failures.clear()
+
+    for batches, (indices, tensors, failed) in enumerate(loader, start=1):
+        if ctx.stop_requested:
+            break
+        for index, error in failed:
+            image_hash = pairs[index][0]
+            error_class, _, message = error.partition(": ")
+            failures.append(
+                ItemResult(
+                    key=image_hash,
+                    status="failed",
+                    error_class=error_class,
+                    error_message=message,
+                    image_hash=image_hash,
+                    stages=[(EMBED_STAGE, params["key"], "failed", None, error)],
+                )  # fmt: skip
+            )
+        if tensors is not None:
+            with torch.inference_mode(), autocast_for(loaded.device):
+                features = loaded.model.encode_image(tensors.to(loaded.device, non_blocking=True))
+            features = features.float()
+            features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            pending_vectors.append(features.cpu().numpy())
+            pending_hashes.extend(pairs[i][0] for i in indices)
+        if batches % BATCHES_PER_SHARD == 0:
+            flush()
+    flush()
