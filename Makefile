@@ -8,7 +8,7 @@ PORT ?= 8501
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe clean
+.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-preprocess: $(STAMP)
 
 bench-describe: $(STAMP)
 	$(PY) benchmarks/describe.py
+
+bench-embed: $(STAMP)
+	$(PY) benchmarks/embed.py
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .ruff_cache

@@ -182,6 +182,12 @@ class LoadedClip:
         return _normalise(features.float().cpu().numpy())
 
     @property
+    def image_side(self) -> int:
+        """The model's input size (224 for ViT-B-32)."""
+        size = getattr(getattr(self.model, "visual", None), "image_size", 224)
+        return int(max(size) if isinstance(size, tuple | list) else size)
+
+    @property
     def logit_scale(self) -> float:
         scale = getattr(self.model, "logit_scale", None)
         return float(scale.exp().item()) if scale is not None else 100.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +25,16 @@ from services.workspace import Workspace
 
 log = logging.getLogger(__name__)
 BATCHES_PER_SHARD = 8
+
+
+def auto_loader_workers(device: str, cpus: int | None = None) -> int:
+    """Decoding processes beside the model. A GPU waits for images, so feed it from several cores; on a CPU
+    the forward pass already uses every core, and on 2 cores a decoding process measured 0.78x against
+    decoding in the main loop (BENCHMARKS.md), so small CPU machines decode in-process."""
+    cpus = cpus or os.cpu_count() or 1
+    if device.startswith("cuda"):
+        return max(1, min(8, cpus - 1))
+    return 0 if cpus <= 4 else cpus // 4
 
 
 def start_embed(
@@ -42,7 +53,7 @@ def start_embed(
         "spec": dataclasses.asdict(spec),
         "key": embedding_key(spec),
         "batch_size": batch_size or ws.settings.clip.batch_size,
-        "loader_workers": ws.settings.clip.loader_workers if loader_workers is None else loader_workers,
+        "loader_workers": loader_workers if loader_workers is not None else ws.settings.clip.loader_workers,
     }
     return manager.create("embed", f"Embed: {dataset} with {spec.label}", params, dataset_id)
 
@@ -50,10 +61,11 @@ def start_embed(
 class ImageFiles:
     """Map-style dataset for the DataLoader: (index, tensor or None, error) per stored image."""
 
-    def __init__(self, root: str, items: list[tuple[str, str]], preprocess: Any) -> None:
+    def __init__(self, root: str, items: list[tuple[str, str]], preprocess: Any, draft_side: int = 224) -> None:
         self.root = root
         self.items = items
         self.preprocess = preprocess
+        self.draft_side = draft_side
 
     def __len__(self) -> int:
         return len(self.items)
@@ -64,7 +76,8 @@ class ImageFiles:
         path = Path(self.root) / self.items[index][1]
         try:
             with Image.open(path) as img:
-                img.draft("RGB", (448, 448))  # JPEG: decode at reduced scale; CLIP needs 224
+                # JPEG: let the decoder scale down by 1/2, 1/4 or 1/8 while staying >= the model's input size
+                img.draft("RGB", (self.draft_side, self.draft_side))
                 rgb = ImageOps.exif_transpose(img).convert("RGB")
             return index, self.preprocess(rgb), None
         except FileNotFoundError:
@@ -128,9 +141,12 @@ def embed_block(
     from torch.utils.data import DataLoader
 
     pairs = [(item.key, item.locator or "") for item in block]
-    workers = int(params.get("loader_workers") or 0)
+    configured = params.get("loader_workers")
+    workers = auto_loader_workers(loaded.device) if configured is None else int(configured)
+    if workers and not loaded.device.startswith("cuda"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))  # leave the decoders their cores
     loader = DataLoader(
-        ImageFiles(str(ws.root), pairs, loaded.preprocess),
+        ImageFiles(str(ws.root), pairs, loaded.preprocess, loaded.image_side),
         batch_size=int(params["batch_size"]),
         num_workers=workers,
         collate_fn=collate,

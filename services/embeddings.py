@@ -75,28 +75,47 @@ class EmbeddingStore:
         return sorted(p.name[: -len(".hashes")] for p in self.folder.glob("*.hashes"))
 
     def load(self, wanted: list[str] | None = None, mmap: bool = False) -> Embeddings:
-        """All vectors of this model (or those of `wanted`), each hash once."""
-        hashes: list[str] = []
-        parts: list[np.ndarray] = []
-        seen: set[str] = set()
+        """All vectors of this model (or those of `wanted`, in that order), each hash once.
+
+        One pass: the hash lists are read first, then every kept row is copied once from a memory-mapped
+        shard into a preallocated matrix (`mmap=True` skips even that copy when a single shard holds all).
+        """
         want = set(wanted) if wanted is not None else None
+        plan: list[tuple[str, list[int] | None, int]] = []  # shard, rows to keep (None: all), shard rows
+        hashes: list[str] = []
+        seen: set[str] = set()
         for name in self.shards():
             shard_hashes = (self.folder / f"{name}.hashes").read_text(encoding="ascii").split()
-            matrix = np.load(self.folder / f"{name}.npy", mmap_mode="r" if mmap else None)
-            if matrix.shape[0] != len(shard_hashes):
-                raise ValueError(f"embedding shard {name}: {matrix.shape[0]} rows for {len(shard_hashes)} hashes")
-            keep = [i for i, h in enumerate(shard_hashes) if h not in seen and (want is None or h in want)]
-            if not keep:
+            fresh = seen.isdisjoint(shard_hashes) and len(set(shard_hashes)) == len(shard_hashes)
+            if want is None and fresh:
+                plan.append((name, None, len(shard_hashes)))
+                hashes.extend(shard_hashes)
+                seen.update(shard_hashes)
                 continue
-            if len(keep) == len(shard_hashes):
-                parts.append(np.asarray(matrix))
-            else:
-                parts.append(np.asarray(matrix[keep]))
-            for i in keep:
-                seen.add(shard_hashes[i])
-                hashes.append(shard_hashes[i])
-        dim = parts[0].shape[1] if parts else 0
-        vectors = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+            keep = []
+            for i, h in enumerate(shard_hashes):
+                if h not in seen and (want is None or h in want):
+                    seen.add(h)
+                    keep.append(i)
+                    hashes.append(h)
+            if keep:
+                plan.append((name, keep, len(shard_hashes)))
+        matrices = []
+        for name, rows, count in plan:
+            matrix = np.load(self.folder / f"{name}.npy", mmap_mode="r")
+            if matrix.shape[0] != count:
+                raise ValueError(f"embedding shard {name}: {matrix.shape[0]} rows for {count} hashes")
+            matrices.append((matrix, rows))
+        dim = matrices[0][0].shape[1] if matrices else 0
+        if mmap and len(matrices) == 1 and matrices[0][1] is None:
+            vectors = matrices[0][0]
+        else:
+            vectors = np.empty((len(hashes), dim), dtype=np.float32)
+            at = 0
+            for matrix, rows in matrices:
+                part = matrix if rows is None else matrix[rows]
+                vectors[at : at + len(part)] = part
+                at += len(part)
         result = Embeddings(hashes, vectors)
         return result.subset(wanted) if wanted is not None else result
 

@@ -100,7 +100,7 @@ class ClipSettings(BaseModel):
     checkpoint: str | None = None  # a local .pt/.bin/.safetensors file; overrides `pretrained`
     device: str = "auto"
     batch_size: int = 32
-    loader_workers: int = Field(default_factory=lambda: min(4, max(1, (os.cpu_count() or 2) - 1)))
+    loader_workers: int | None = None  # None: chosen for the device (see services.embed.auto_loader_workers)
     pull_timeout_seconds: float = 900.0
 
 
