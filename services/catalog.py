@@ -122,6 +122,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX stage_results_stage ON stage_results(stage, settings_hash, status);
     """,
+    # 3: per-tag classifier scores, one per (image, model version).
+    """
+    CREATE TABLE tag_scores (
+        image_hash TEXT NOT NULL,
+        model_sha TEXT NOT NULL,            -- sha256 of the model file: its version
+        model TEXT NOT NULL,                -- model-{type}-tag-{tag}
+        tag TEXT NOT NULL,
+        score REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (image_hash, model_sha)
+    ) WITHOUT ROWID;
+    CREATE INDEX tag_scores_model ON tag_scores(model_sha, score);
+    """,
 ]
 
 

@@ -139,12 +139,6 @@ class DescribeTask(ImageStageTask):
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return JobPlan.from_params(ws, params).done_stages()
 
-    def chunk_function(self) -> Any:  # pragma: no cover - this task runs threads in the job process
-        raise NotImplementedError
-
-    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> Any:  # pragma: no cover
-        raise NotImplementedError
-
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
         """Requests are I/O: threads in this process share one client, one budget and one cache."""
         worker = DescribeWorker(ws, JobPlan.from_params(ws, params), Journal(ws.job_dir(job_id)), ctx)

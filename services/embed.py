@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -102,22 +103,17 @@ class EmbedTask(ImageStageTask):
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return [(EMBED_STAGE, params["key"])]
 
-    def chunk_function(self) -> Any:  # pragma: no cover - the model runs in process(), not in chunks
-        raise NotImplementedError
-
-    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> Any:  # pragma: no cover
-        raise NotImplementedError
-
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
         loaded = load_clip(ClipSpec(**params["spec"]))
         store = EmbeddingStore(ws, params["key"])
+        store.write_spec(params["spec"])
         journal = Journal(ws.job_dir(job_id))
         try:
             while not ctx.stop_requested:
                 block = list(itertools.islice(items, 20_000))  # pending items are paged from the catalog
                 if not block:
                     break
-                embed_block(ws, loaded, store, params, block, journal, ctx)
+                embed_block(ws, loaded, store, params, block, ctx, lambda results: _commit(results, journal, ctx))
         finally:
             journal.close()
 
@@ -127,16 +123,22 @@ class EmbedTask(ImageStageTask):
             store.compact()
 
 
+def _commit(results: list[ItemResult], journal: Journal, ctx: RunContext) -> None:
+    for r in results:
+        journal.write(r)
+    ctx.report(results)
+
+
 def embed_block(
     ws: Workspace,
     loaded: LoadedClip,
     store: EmbeddingStore,
     params: dict[str, Any],
     block: list[PendingItem],
-    journal: Journal,
     ctx: RunContext,
+    on_results: Callable[[list[ItemResult]], None],
 ) -> None:
-    """Embed a block of items with a DataLoader; write a shard and report every few batches."""
+    """Embed a block of items with a DataLoader; write a shard and hand its results on every few batches."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -168,9 +170,7 @@ def embed_block(
                 ItemResult(key=h, status="ok", image_hash=h, stages=[(EMBED_STAGE, params["key"], "ok", info, None)])
                 for h in pending_hashes
             ]
-        for r in results:
-            journal.write(r)
-        ctx.report(results)
+        on_results(results)
         pending_hashes.clear()
         pending_vectors.clear()
         failures.clear()

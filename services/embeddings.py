@@ -9,12 +9,14 @@ so a vector is computed once; `compact` merges small shards without touching the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +70,17 @@ class EmbeddingStore:
         tmp_hashes.write_text("\n".join(hashes) + "\n", encoding="ascii")
         os.replace(tmp_hashes, self.folder / f"{name}.hashes")
         return name
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        """Which model made these vectors (classification needs it to embed new images the same way)."""
+        path = self.folder / "spec.json"
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(spec), encoding="utf-8")
+
+    def read_spec(self) -> dict[str, Any] | None:
+        path = self.folder / "spec.json"
+        return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
 
     def shards(self) -> list[str]:
         if not self.folder.is_dir():

@@ -40,6 +40,7 @@ TASKS: dict[str, str] = {
     "categorize_clip": "services.zero_shot:ZeroShotTask",
     "embed": "services.embed:EmbedTask",
     "train_tags": "services.tag_training:TrainTask",
+    "classify": "services.classify:ClassifyTask",
 }
 FINAL_STATES = ("completed", "cancelled", "failed")
 
@@ -616,13 +617,14 @@ class ChunkedTask(ABC):
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         """Create the job's items (idempotent: a killed planning is simply planned again)."""
 
-    @abstractmethod
     def chunk_function(self) -> Callable[[list[tuple[str, str | None]], Any], list[ItemResult]]:
-        """The picklable top-level function the workers run on a chunk of (key, locator) items."""
+        """The picklable top-level function the workers run on a chunk of (key, locator) items.
+        Tasks that override `process` (a model or a shared client in the job process) need none."""
+        raise NotImplementedError(f"{type(self).__name__} runs its own process()")
 
-    @abstractmethod
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> Any:
         """The picklable options passed with every chunk."""
+        raise NotImplementedError(f"{type(self).__name__} runs its own process()")
 
     def release(self) -> None:  # noqa: B027 (an optional hook)
         """Drop per-process worker state after a run (cached clients, pools)."""

@@ -142,7 +142,10 @@ def store_seed_vectors(ws: Workspace, job_id: int, metadata_path: Path) -> dict[
     for key, (hashes, vectors) in groups.items():
         matrix = np.asarray(vectors, dtype=np.float32)
         matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        shard = EmbeddingStore(ws, key).write_shard(hashes, matrix)
+        store = EmbeddingStore(ws, key)
+        model, pretrained = next((e.model, e.pretrained or "openai") for e in entries if e.model)
+        store.write_spec({"model": model, "pretrained": pretrained, "checkpoint": None, "device": "auto"})
+        shard = store.write_shard(hashes, matrix)
         with ws.catalog.write() as conn:
             for h in hashes:
                 ws.catalog.record_stage(conn, h, EMBED_STAGE, key, "ok", {"shard": shard, "dim": matrix.shape[1]}, None)

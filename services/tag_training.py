@@ -282,6 +282,7 @@ def train_tag(
             "model_type": MODEL_TYPES[model_type],
             "dataset": opts.dataset,
             "embedding_key": opts.embedding_key,
+            "embedding_spec": EmbeddingStore(ws, opts.embedding_key).read_spec(),
             "dim": int(split.x_train.shape[1]),
             "test_size": opts.test_size,
             "seed": opts.seed,

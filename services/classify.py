@@ -1,0 +1,278 @@
+"""Classify stage: every selected tag model on every image of a folder, zip or dataset, in one vectorised pass.
+
+`start_classify` imports a folder or zip (a folder-import job, run first inside the classify job) or takes an
+existing dataset. The job embeds only images with no vector for the models' embedding model yet (the same
+loader and store as `embed`), scores each block with all models at once (`scoring.score`) and stores one
+probability per image per model version in `tag_scores`. `finish` writes the outputs: seed 004's
+`output_bins` histogram (exactly n equal bins), a CSV, an `output.json`, and optionally copies of the images
+in `{type}/{tag}/{bin}/` folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from services.clip_models import ClipSpec, load_clip, resolve_weights
+from services.datasets import DatasetError, dataset_entries, get_dataset
+from services.embed import embed_block
+from services.embeddings import EMBED_STAGE, EmbeddingStore
+from services.folder_import import start_folder_import
+from services.jobs import ItemResult, JobManager, Journal, RunContext
+from services.scoring import StackedModels, bin_edges, bin_index, histogram, score, stack_models
+from services.stage_tasks import ImageStageTask
+from services.tag_models import ModelFileError, TagModel, list_models, load_models_from
+from services.workspace import Workspace, write_atomic
+
+CLASSIFY_STAGE = "classify"
+
+
+def resolve_models(ws: Workspace, models: Path | None, dataset: str | None = None) -> list[TagModel]:
+    """Models from a folder (or one file), or every model in the workspace (optionally of one dataset)."""
+    found = load_models_from(models) if models is not None else list_models(ws, dataset)
+    if not found:
+        raise ModelFileError("no trained models found; train some (python -m services train) or pass --models DIR")
+    return found
+
+
+def start_classify(
+    ws: Workspace,
+    manager: JobManager,
+    source: str,
+    models: list[TagModel],
+    bins: int = 10,
+    out: Path | None = None,
+    copy: bool = False,
+    dataset: str | None = None,
+) -> int:
+    """`source` is a folder, a zip or a dataset name. Model files and weights are checked before queueing."""
+    stacked = stack_models(models)
+    spec = _spec_of(models[0])
+    path = Path(source).expanduser()
+    import_job = None
+    if get_dataset(ws.catalog, source) is not None and not path.exists():
+        name = source
+    elif path.exists():
+        name = dataset or f"classify-{path.stem}"
+        import_job = start_folder_import(ws, manager, path, name, kind="classify")
+    else:
+        raise DatasetError(f"{source}: neither a folder, a zip, nor a dataset name")
+    if bins < 1:
+        raise DatasetError(f"bins {bins}: need at least one")
+    missing = _unembedded_count(ws, name, stacked.embedding_key) if import_job is None else 1
+    if missing:
+        resolve_weights(spec)  # images to embed: the weights must be here
+    params = {
+        "dataset": name,
+        "import_job": import_job,
+        "models": [str(m.path) for m in models],
+        "spec": dataclasses.asdict(spec),
+        "key": stacked.embedding_key,
+        "bins": bins,
+        "out": str(out) if out else None,
+        "copy": copy,
+        "batch_size": ws.settings.clip.batch_size,
+        "loader_workers": ws.settings.clip.loader_workers,
+    }
+    dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (name,))
+    title = f"Classify: {name} with {len(models)} models ({stacked.embedding_key})"
+    return manager.create("classify", title, params, dataset_id)
+
+
+def _spec_of(model: TagModel) -> ClipSpec:
+    spec = model.manifest.get("embedding_spec")
+    if not spec:
+        raise ModelFileError(f"{model.name}: its manifest does not say which CLIP model made its embeddings")
+    return ClipSpec(**spec)
+
+
+def _unembedded_count(ws: Workspace, dataset: str, key: str) -> int:
+    hashes = [h for h, _, _ in dataset_entries(ws, dataset)]
+    return len(hashes) - len(ws.catalog.stage_done(EMBED_STAGE, key, hashes))
+
+
+def _models(params: dict[str, Any]) -> list[TagModel]:
+    return [m for path in params["models"] for m in load_models_from(Path(path))]
+
+
+class ClassifyTask(ImageStageTask):
+    kind: ClassVar[str] = "classify"
+
+    def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(CLASSIFY_STAGE, _models_hash(params))]
+
+    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        import_job = params.get("import_job")
+        if import_job:
+            manager = JobManager(ws)
+            if manager.progress(import_job).state != "completed":
+                done = manager.run(import_job)
+                if done.state != "completed":
+                    raise DatasetError(f"import job {import_job} ended {done.state}: {done.error or ''}")
+        super().plan(ws, job_id, params)
+
+    def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
+        stacked = stack_models(_models(params))
+        store = EmbeddingStore(ws, params["key"])
+        journal = Journal(ws.job_dir(job_id))
+        loaded = None
+        try:
+            while not ctx.stop_requested:
+                block = list(itertools.islice(items, 10_000))
+                if not block:
+                    break
+                have = set(store.load([i.key for i in block], mmap=True).hashes)
+                missing = [i for i in block if i.key not in have]
+                failed: list[ItemResult] = []
+                if missing:
+                    loaded = loaded or load_clip(ClipSpec(**params["spec"]))
+                    embed_block(ws, loaded, store, params, missing, ctx, partial(_record_embeddings, ws, failed=failed))
+                if ctx.stop_requested:
+                    break
+                vectors = store.load([i.key for i in block])
+                results = failed + _score_and_store(ws, stacked, vectors.hashes, vectors.vectors, params)
+                for r in results:
+                    journal.write(r)
+                ctx.report(results)
+        finally:
+            journal.close()
+
+    def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        write_outputs(ws, params, ws.root / "exports" / f"classify-{params['dataset']}-job{job_id}")
+
+
+def _models_hash(params: dict[str, Any]) -> str:
+    import hashlib
+
+    shas = sorted(str(m.manifest["sha256"]) for m in _models(params))
+    return hashlib.sha256(json.dumps(shas).encode()).hexdigest()[:12]
+
+
+def _record_embeddings(ws: Workspace, results: list[ItemResult], *, failed: list[ItemResult]) -> None:
+    """Embedding results of a classify run: vectors' stage rows recorded; images that failed to decode are
+    the classify items' failures."""
+    with ws.catalog.write() as conn:
+        for r in results:
+            for stage, settings_hash, status, data, error in r.stages:
+                ws.catalog.record_stage(conn, r.key, stage, settings_hash, status, data, error)
+    failed.extend(dataclasses.replace(r, stages=[]) for r in results if r.status == "failed")
+
+
+def _score_and_store(
+    ws: Workspace, stacked: StackedModels, hashes: list[str], vectors: np.ndarray, params: dict[str, Any]
+) -> list[ItemResult]:
+    if not hashes:
+        return []
+    probabilities = score(vectors, stacked)
+    now = time.time()
+    models_hash = _models_hash(params)
+    with ws.catalog.write() as conn:
+        conn.executemany(
+            """INSERT OR REPLACE INTO tag_scores (image_hash, model_sha, model, tag, score, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?)""",
+            [
+                (h, stacked.shas[m], stacked.names[m], stacked.tags[m], float(probabilities[i, m]), now)
+                for i, h in enumerate(hashes)
+                for m in range(len(stacked))
+            ],
+        )
+    return [
+        ItemResult(
+            key=h,
+            status="ok",
+            image_hash=h,
+            stages=[(CLASSIFY_STAGE, models_hash, "ok", {"models": len(stacked)}, None)],
+        )
+        for h in hashes
+    ]
+
+
+# --- results ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Classification:
+    hashes: list[str]
+    names: list[str]  # what the input called each image
+    paths: list[str]  # stored path, relative to the workspace
+    stacked: StackedModels
+    scores: np.ndarray  # images x models; NaN where not scored
+
+    def column(self, model_name: str) -> np.ndarray:
+        return self.scores[:, self.stacked.names.index(model_name)]
+
+
+def classification(ws: Workspace, dataset: str, models: list[TagModel]) -> Classification:
+    """The stored scores of a dataset's images for these model versions (read per 500 images)."""
+    stacked = stack_models(models)
+    entries = dataset_entries(ws, dataset)
+    column = {sha: m for m, sha in enumerate(stacked.shas)}
+    scores = np.full((len(entries), len(stacked)), np.nan, dtype=np.float32)
+    row_of = {h: i for i, (h, _, _) in enumerate(entries)}
+    marks = ",".join("?" * len(stacked.shas))
+    for start in range(0, len(entries), 500):
+        part = [h for h, _, _ in entries[start : start + 500]]
+        rows = ws.catalog.query(
+            f"""SELECT image_hash, model_sha, score FROM tag_scores
+                WHERE image_hash IN ({",".join("?" * len(part))}) AND model_sha IN ({marks})""",
+            (*part, *stacked.shas),
+        )
+        for r in rows:
+            scores[row_of[r["image_hash"]], column[r["model_sha"]]] = r["score"]
+    return Classification([e[0] for e in entries], [e[2] for e in entries], [e[1] for e in entries], stacked, scores)
+
+
+def write_outputs(ws: Workspace, params: dict[str, Any], default_out: Path) -> Path:
+    """bins.json (per model histogram), scores.csv, output.json, and optional `{type}/{tag}/{bin}/` copies."""
+    out = Path(params["out"]) if params.get("out") else default_out
+    out.mkdir(parents=True, exist_ok=True)
+    result = classification(ws, params["dataset"], _models(params))
+    bins = int(params["bins"])
+    scored = ~np.isnan(result.scores).any(axis=1)
+    scores = result.scores[scored]
+    edges = bin_edges(bins)
+    counts = histogram(scores, bins) if len(scores) else np.zeros((len(result.stacked), bins), dtype=int)
+    labels = [f"{lo:.2f}-{hi:.2f}" for lo, hi in edges]
+    summary = {
+        name: {"tag": tag, "model_type": kind, "bins": dict(zip(labels, counts[m].tolist(), strict=True))}
+        for m, (name, tag, kind) in enumerate(zip(result.stacked.names, result.stacked.tags, result.stacked.types,
+                                                 strict=True))
+    }  # fmt: skip
+    write_atomic(out / "bins.json", json.dumps({"output_bins": bins, "models": summary}, indent=1).encode())
+    idx = bin_index(scores, bins) if len(scores) else np.zeros_like(scores, dtype=int)
+    kept = [i for i, ok in enumerate(scored) if ok]
+    with open(out / "scores.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_name", "image_hash", *result.stacked.names])
+        for row, i in enumerate(kept):
+            writer.writerow([result.names[i], result.hashes[i], *[f"{p:.6f}" for p in scores[row]]])
+    records = []
+    for row, i in enumerate(kept):
+        records.append({
+            "hash_id": result.hashes[i],
+            "file_name": Path(result.names[i].split("!")[-1]).name,
+            "file_path": result.names[i],
+            "classifiers": [
+                {"model_type": kind, "tag": tag, "tag_score": round(float(scores[row, m]), 6),
+                 "bin": labels[idx[row, m]]}
+                for m, (tag, kind) in enumerate(zip(result.stacked.tags, result.stacked.types, strict=True))
+            ],
+        })  # fmt: skip
+    write_atomic(out / "output.json", json.dumps(records, indent=1).encode())
+    if params.get("copy"):
+        for row, i in enumerate(kept):
+            src = ws.abspath(result.paths[i])
+            for m, (tag, kind) in enumerate(zip(result.stacked.tags, result.stacked.types, strict=True)):
+                target = out / kind / tag / labels[idx[row, m]]
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, target / f"{result.hashes[i][:16]}{src.suffix}")
+    return out

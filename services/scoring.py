@@ -1,0 +1,92 @@
+"""Vectorised scoring: every per-tag model applied to every image in one matrix product.
+
+Each trained model reduces to p = sigmoid(scale * (x . w + bias) + shift) (see `tag_models`), so a set of
+M models is a D x M matrix plus three length-M vectors, and N images are scored in N/chunk products instead
+of N x M `predict_proba` calls. Bins follow seed 004's `output_bins`, fixed: exactly n equal bins over
+[0, 1], a score of 1.0 in the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.tag_models import ModelFileError, TagModel
+
+CHUNK_ROWS = 65_536
+
+
+@dataclass
+class StackedModels:
+    names: list[str]
+    tags: list[str]
+    types: list[str]
+    shas: list[str]
+    weights: np.ndarray  # D x M, float32
+    bias: np.ndarray  # M
+    scale: np.ndarray  # M
+    shift: np.ndarray  # M
+    embedding_key: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def stack_models(models: list[TagModel]) -> StackedModels:
+    """One matrix from models trained on the same embedding model (mixing embeddings is refused)."""
+    if not models:
+        raise ModelFileError("no models to score with; train some first (python -m services train)")
+    keys = {m.manifest["embedding_key"] for m in models}
+    if len(keys) > 1:
+        raise ModelFileError(f"the models were trained on different embeddings ({', '.join(sorted(keys))}); pick one")
+    dims = {int(m.manifest["dim"]) for m in models}
+    if len(dims) > 1:
+        raise ModelFileError(f"the models expect different vector sizes: {sorted(dims)}")
+    linear = [m.linear for m in models]
+    return StackedModels(
+        names=[m.name for m in models],
+        tags=[m.tag for m in models],
+        types=[m.model_type for m in models],
+        shas=[str(m.manifest["sha256"]) for m in models],
+        weights=np.stack([w for w, _, _, _ in linear], axis=1).astype(np.float32),
+        bias=np.array([b for _, b, _, _ in linear], dtype=np.float32),
+        scale=np.array([s for _, _, s, _ in linear], dtype=np.float32),
+        shift=np.array([c for _, _, _, c in linear], dtype=np.float32),
+        embedding_key=keys.pop(),
+    )
+
+
+def score(vectors: np.ndarray, stacked: StackedModels, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """N x M probabilities, float32, computed in chunks so memory stays bounded at any N."""
+    if vectors.shape[1] != stacked.weights.shape[0]:
+        expected = stacked.weights.shape[0]
+        raise ModelFileError(f"vectors have {vectors.shape[1]} dimensions; the models expect {expected}")
+    out = np.empty((vectors.shape[0], len(stacked)), dtype=np.float32)
+    for start in range(0, vectors.shape[0], chunk_rows):
+        logits = np.asarray(vectors[start : start + chunk_rows], dtype=np.float32) @ stacked.weights
+        logits += stacked.bias
+        logits *= stacked.scale
+        logits += stacked.shift
+        np.negative(logits, out=logits)
+        np.exp(logits, out=logits)
+        logits += 1.0
+        np.reciprocal(logits, out=out[start : start + chunk_rows])
+    return out
+
+
+def bin_index(scores: np.ndarray, bins: int) -> np.ndarray:
+    """Bin of each score among `bins` equal bins over [0, 1] (1.0 falls in the last bin)."""
+    if bins < 1:
+        raise ValueError("bins must be at least 1")
+    return np.minimum((np.clip(scores, 0.0, 1.0) * bins).astype(np.int64), bins - 1)
+
+
+def bin_edges(bins: int) -> list[tuple[float, float]]:
+    return [(i / bins, (i + 1) / bins) for i in range(bins)]
+
+
+def histogram(scores: np.ndarray, bins: int) -> np.ndarray:
+    """M x bins counts: for each model, how many images fall in each bin."""
+    idx = bin_index(scores, bins)
+    return np.stack([np.bincount(idx[:, m], minlength=bins) for m in range(scores.shape[1])])
