@@ -8,7 +8,7 @@ PORT ?= 8501
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed clean
+.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed bench-classify clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-describe: $(STAMP)
 
 bench-embed: $(STAMP)
 	$(PY) benchmarks/embed.py
+
+bench-classify: $(STAMP)
+	$(PY) benchmarks/classify.py
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .ruff_cache
