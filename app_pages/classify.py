@@ -1,16 +1,128 @@
-"""Classify: planned in issue #6; the page says what it will do and runs nothing yet."""
+"""Classify: score a zip, a folder or a dataset with the trained tag models; histograms, galleries, exports."""
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
-from ui.components import planned_page
+from services.classify import classification, resolve_models, start_classify, write_outputs
+from services.clip_models import ModelUnavailableError
+from services.datasets import DatasetError, list_datasets
+from services.scoring import bin_edges, histogram
+from services.tag_models import ModelFileError, list_models
+from ui.components import job_panel, save_upload
+from ui.state import get_job_manager, get_workspace
+
+ws = get_workspace()
+manager = get_job_manager()
+settings = ws.settings
+GALLERY = 24
 
 st.title("Classify")
-planned_page(
-    6,
-    "Score new folders or uploaded zips with every tag classifier at once.",
-    [
-        "Scores per image per tag, browsable by tag and score",
-        "Zip paths and sizes checked before extraction",
-        "The same from the CLI and a small authenticated REST API",
-    ],
+st.caption("Every trained tag model on every image in one pass; images already embedded are not embedded again.")
+
+trained_on = sorted({m.manifest["dataset"] for m in list_models(ws)})
+if not trained_on:
+    st.info("No trained models yet: train some on the Embed & Train page (or `python -m services train`).")
+    st.stop()
+model_set = st.selectbox("Models trained on", trained_on, key="cl-models")
+try:
+    models = resolve_models(ws, None, model_set)
+except ModelFileError as exc:
+    st.error(str(exc))
+    st.stop()
+st.caption(f"{len(models)} models: " + ", ".join(sorted({m.tag for m in models})))
+
+# --- what to classify -----------------------------------------------------------------------------------
+
+st.subheader("Classify")
+how = st.radio("Images", ["Upload a zip", "Folder or zip on the server", "A dataset"], horizontal=True, key="cl-how")
+source: str | None = None
+name: str | None = None
+if how == "Upload a zip":
+    upload = st.file_uploader(
+        "Zip of images (folders and nested zips are read)", type=["zip"], key="cl-upload",
+        max_upload_size=settings.max_upload_mb,
+    )  # fmt: skip
+    if upload is not None:
+        source = str(save_upload(ws, upload))
+        name = f"classify-{Path(upload.name).stem}"
+elif how == "Folder or zip on the server":
+    typed = st.text_input("Path", key="cl-path", placeholder="/data/new-images.zip")
+    source = typed or None
+else:
+    source = st.selectbox("Dataset", [d.name for d in list_datasets(ws.catalog)], key="cl-dataset")
+c1, c2 = st.columns(2)
+bins = int(c1.number_input("Score bins over [0, 1]", 1, 100, 10, key="cl-bins"))
+copy = c2.checkbox("Also copy images into {type}/{tag}/{bin}/ folders", key="cl-copy")
+if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", disabled=not source):
+    try:
+        job_id = start_classify(ws, manager, source or "", models, bins, None, copy, name)
+    except (DatasetError, ModelFileError, ModelUnavailableError) as exc:
+        st.error(str(exc))
+    else:
+        manager.start_background(job_id)
+        st.session_state["cl-job"] = job_id
+        st.session_state["cl-shown"] = manager.progress(job_id).params["dataset"]  # show it below
+if st.session_state.get("cl-job"):
+    with st.container(border=True):
+        job_panel(manager, int(st.session_state["cl-job"]))
+
+# --- results --------------------------------------------------------------------------------------------
+
+st.subheader("Results")
+names = [d.name for d in list_datasets(ws.catalog)]
+shown = st.selectbox("Classified dataset", names, key="cl-shown")
+result = classification(ws, shown, models)
+scored = ~np.isnan(result.scores).any(axis=1)
+if not scored.any():
+    st.caption(f"No scores yet for {shown} with these models.")
+    st.stop()
+st.metric("Images scored", f"{int(scored.sum()):,}")
+tags = sorted(set(result.stacked.tags))
+tag = st.selectbox("Tag", tags, key="cl-tag")
+kinds = [k for t, k in zip(result.stacked.tags, result.stacked.types, strict=True) if t == tag]
+kind = st.radio("Model", kinds, horizontal=True, key="cl-kind")
+pairs = list(zip(result.stacked.tags, result.stacked.types, strict=True))
+name = result.stacked.names[pairs.index((tag, kind))]
+column = result.column(name)
+labels = [f"{lo:.2f}-{hi:.2f}" for lo, hi in bin_edges(bins)]
+counts = histogram(column[scored].reshape(-1, 1), bins)[0]
+st.plotly_chart(
+    px.bar(pd.DataFrame({"score bin": labels, "images": counts}), x="score bin", y="images", title=f"{tag}: {kind}"),
+    key="cl-hist",
 )
+threshold = st.slider("Show images scoring at least", 0.0, 1.0, 0.5, 0.01, key="cl-threshold")
+order = [i for i in np.argsort(-np.nan_to_num(column, nan=-1.0)) if scored[i] and column[i] >= threshold]
+st.caption(f"{len(order):,} images at or above {threshold:.2f}; the best {min(GALLERY, len(order))} shown.")
+grid = st.columns(6)
+for n, i in enumerate(order[:GALLERY]):
+    grid[n % 6].image(str(ws.abspath(result.paths[i])), caption=f"{column[i]:.3f} · {Path(result.names[i]).name}")
+if order:
+    pick = st.selectbox("Image detail", [result.names[i] for i in order[:200]], key="cl-detail")
+    i = result.names.index(pick)
+    left, right = st.columns([1, 2])
+    left.image(str(ws.abspath(result.paths[i])), caption=result.hashes[i][:16])
+    right.dataframe(
+        pd.DataFrame(
+            {"model": result.stacked.names, "tag": result.stacked.tags, "score": result.scores[i]}
+        ).sort_values("score", ascending=False),
+        hide_index=True,
+        key="cl-detail-table",
+    )
+
+if st.button("Write exports (bins.json, scores.csv, output.json)", key="cl-export", icon=":material/download:"):
+    out = write_outputs(
+        ws, {"dataset": shown, "models": [str(m.path) for m in models], "bins": bins, "copy": False, "out": None},
+        ws.root / "exports" / f"classify-{shown}",
+    )  # fmt: skip
+    st.session_state["cl-export-dir"] = str(out)
+if st.session_state.get("cl-export-dir"):
+    out = Path(st.session_state["cl-export-dir"])
+    cols = st.columns(3)
+    for col, file in zip(cols, ("scores.csv", "output.json", "bins.json"), strict=True):
+        if (out / file).is_file():
+            col.download_button(file, (out / file).read_bytes(), file_name=file, key=f"cl-dl-{file}")
+    st.caption(f"Written to `{out}`")

@@ -13,7 +13,7 @@ from services.embeddings import EmbeddingStore, embedding_key
 from services.folder_import import start_folder_import
 from services.tag_models import MODEL_TYPES, list_models
 from services.tag_training import start_training, trainable_tags
-from ui.components import job_panel
+from ui.components import job_panel, save_upload
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -50,25 +50,25 @@ st.caption("Folder name = tag. Zips (and zips inside them, two levels deep) are 
            "`..`, symlinks, encryption or absurd compression are refused with the reason.")  # fmt: skip
 how = st.radio("From", ["Folder or zip on the server", "Upload a zip"], horizontal=True, key="et-how")
 source: Path | None = None
+default_name = "the folder or zip name"
 if how == "Upload a zip":
-    upload = st.file_uploader("Zip of tag folders", type=["zip"], key="et-upload")
+    upload = st.file_uploader(
+        "Zip of tag folders", type=["zip"], key="et-upload", max_upload_size=settings.max_upload_mb
+    )
     if upload is not None:
-        if upload.size > settings.max_upload_mb * 2**20:
-            st.error(f"{upload.name}: {upload.size / 2**20:.0f} MB is over the {settings.max_upload_mb} MB limit")
-        else:
-            source = ws.upload_path(upload.name)
-            source.parent.mkdir(parents=True, exist_ok=True)
-            with open(source, "wb") as fh:
-                for chunk in iter(lambda: upload.read(8 * 2**20), b""):
-                    fh.write(chunk)
+        source = save_upload(ws, upload)
+        default_name = Path(upload.name).stem
 else:
     typed = st.text_input("Folder or .zip path", key="et-path", placeholder="/data/tagged-images")
     source = Path(typed).expanduser() if typed else None
 name = st.text_input(
-    "Dataset name", key="et-name", placeholder=f"default: {source.stem if source else 'the folder or zip name'}"
+    "Dataset name",
+    key="et-name",
+    placeholder=f"default: {source.stem if source and how != 'Upload a zip' else default_name}",
 )
 if st.button("Import", key="et-import", icon=":material/drive_folder_upload:", disabled=source is None):
-    start("Import", "et-import-job", lambda: start_folder_import(ws, manager, source, name or None))  # type: ignore[arg-type]
+    chosen_name = name or (default_name if how == "Upload a zip" else None)
+    start("Import", "et-import-job", lambda: start_folder_import(ws, manager, source, chosen_name))  # type: ignore[arg-type]
 follow("et-import-job")
 
 names = [d.name for d in list_datasets(ws.catalog)]

@@ -62,7 +62,7 @@ def start_classify(
     if get_dataset(ws.catalog, source) is not None and not path.exists():
         name = source
     elif path.exists():
-        name = dataset or f"classify-{path.stem}"
+        name = _free_name(ws, dataset or f"classify-{path.stem}", str(path.resolve()))
         import_job = start_folder_import(ws, manager, path, name, kind="classify")
     else:
         raise DatasetError(f"{source}: neither a folder, a zip, nor a dataset name")
@@ -86,6 +86,15 @@ def start_classify(
     dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (name,))
     title = f"Classify: {name} with {len(models)} models ({stacked.embedding_key})"
     return manager.create("classify", title, params, dataset_id)
+
+
+def _free_name(ws: Workspace, base: str, source: str) -> str:
+    """`base`, or `base-2`, `base-3`... when the name already holds another folder or zip."""
+    name, n = base, 1
+    while (existing := get_dataset(ws.catalog, name)) is not None and existing.source != source:
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def _spec_of(model: TagModel) -> ClipSpec:

@@ -8,6 +8,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,27 @@ def write_csv(path: Path, header: list[str] | None, rows: list[list[str]]) -> Pa
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A workspace with a tagged dataset embedded by a tiny CLIP model and LR + SVM models for each tag
+    (tests copy it before changing it)."""
+    from services.clip_models import ClipSpec
+    from services.embed import start_embed
+    from services.embeddings import embedding_key
+    from services.folder_import import start_folder_import
+    from services.tag_training import start_training
+    from tests.support.tiny_models import TINY_CLIP_NAME, save_tiny_clip
+    from tests.test_embed_train import tagged_tree
+
+    base = tmp_path_factory.mktemp("trained")
+    checkpoint = save_tiny_clip(base / "model")
+    spec = ClipSpec(model=TINY_CLIP_NAME, pretrained=None, checkpoint=str(checkpoint), device="cpu")
+    ws = Workspace(base / "ws", load_settings())
+    manager = JobManager(ws)
+    manager.run(start_folder_import(ws, manager, tagged_tree(base / "tagged", per_tag=12), "tagged"))
+    manager.run(start_embed(ws, manager, "tagged", spec, loader_workers=0))
+    assert manager.run(start_training(ws, manager, "tagged", embedding_key(spec))).state == "completed"
+    ws.close()
+    return base / "ws", spec

@@ -21,35 +21,16 @@ from services.api import create_app
 from services.archives import ArchiveError, ArchiveLimits, list_images
 from services.classify import classification, resolve_models, start_classify
 from services.clip_models import ClipSpec
-from services.embed import start_embed
-from services.embeddings import EmbeddingStore, embedding_key
-from services.folder_import import start_folder_import
+from services.embeddings import EmbeddingStore
 from services.jobs import JobManager
 from services.scoring import bin_edges, bin_index, histogram, score, stack_models
 from services.settings import load_settings
 from services.tag_models import load_estimator
-from services.tag_training import start_training
 from services.workspace import Workspace
 from tests.conftest import ROOT, read_csv
-from tests.support.tiny_models import TINY_CLIP_NAME, save_tiny_clip
-from tests.test_embed_train import png, tagged_tree
+from tests.test_embed_train import png
 
 TOKEN = "test-token-for-the-api"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ClipSpec]:
-    """A workspace with a tagged dataset embedded by a tiny CLIP model and LR + SVM models for each tag."""
-    base = tmp_path_factory.mktemp("trained")
-    checkpoint = save_tiny_clip(base / "model")
-    spec = ClipSpec(model=TINY_CLIP_NAME, pretrained=None, checkpoint=str(checkpoint), device="cpu")
-    ws = Workspace(base / "ws", load_settings())
-    manager = JobManager(ws)
-    manager.run(start_folder_import(ws, manager, tagged_tree(base / "tagged", per_tag=12), "tagged"))
-    manager.run(start_embed(ws, manager, "tagged", spec, loader_workers=0))
-    assert manager.run(start_training(ws, manager, "tagged", embedding_key(spec))).state == "completed"
-    ws.close()
-    return base / "ws", spec
 
 
 @pytest.fixture

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
 
 from services.jobs import JobBusyError, JobError, JobManager, JobProgress
 from services.url_download import labelled_csv_path
+from services.workspace import Workspace
+
+if TYPE_CHECKING:
+    from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 STATE_ICONS = {
     "created": ":material/schedule:",
@@ -141,3 +147,17 @@ def planned_page(issue: int, what: str, steps: list[str]) -> None:
     )
     st.markdown(what)
     st.markdown("\n".join(f"- {s}" for s in steps))
+
+
+def save_upload(ws: Workspace, upload: UploadedFile) -> Path:
+    """Stream an upload to `uploads/` once (reruns reuse the file); the name is sanitised by the workspace.
+    The size limit is the uploader's own `max_upload_size` (settings.max_upload_mb)."""
+    path = ws.upload_path(f"{upload.file_id[:12]}_{upload.name}")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.part")
+        upload.seek(0)
+        with open(tmp, "wb") as fh:
+            shutil.copyfileobj(upload, fh, 8 * 2**20)
+        tmp.replace(path)
+    return path
