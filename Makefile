@@ -25,11 +25,17 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
 run: $(STAMP)
 	WORKBENCH_WORKSPACE=$(WORKSPACE) $(PY) -m streamlit run app.py --server.port $(PORT)
 
-# Debian packages the tests need: chromium for the Playwright browser test (never `playwright install`).
+# Debian packages the tests need: chromium for the Playwright browser test (never `playwright install`),
+# tesseract (an OCR engine), a TrueType font (rendered text lines).
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-		else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v tesseract >/dev/null 2>&1 || missing="$$missing tesseract-ocr"; \
+	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 test: $(DEV_STAMP) system-deps
 	$(PY) -m ruff check .

@@ -8,6 +8,8 @@ bounded before they are read; nothing is unpickled. OpenAPI docs are at `/docs`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import io
 import re
@@ -24,6 +26,10 @@ from services.archives import ArchiveError, ArchiveLimits, ArchiveReader, list_i
 from services.clip_models import ClipSpec, ModelUnavailableError, load_clip
 from services.embeddings import EMBED_STAGE, list_embedding_keys, vector_for
 from services.imaging import ImageCheckError, decode_image, sha256_hex
+from services.ocr import OcrSetup, ocr_bytes
+from services.ocr_engines import EngineUnavailableError
+from services.ocr_rules import RulesError
+from services.recipes import RecipeError
 from services.scoring import bin_edges, bin_index, score, stack_models
 from services.tag_models import ModelFileError, TagModel, list_models
 from services.workspace import Workspace
@@ -218,7 +224,48 @@ def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
         ]
         return {"embedding": stacked.embedding_key, "results": results, "skipped": skipped}
 
+    @app.post("/ocr", dependencies=guard)
+    async def ocr(
+        request: Request,
+        engine: str | None = Query(None, description="auto, rapidocr, tesseract or trocr"),
+        recipe: str | None = Query(None, description="a Preprocess recipe"),
+        rules: str | None = Query(None, description="OCR rules, e.g. seed-003"),
+    ) -> dict[str, Any]:
+        """An image as multipart `file`, or JSON `{"image": base64, "engine"?, "recipe"?, "rules"?}` (seed
+        003's ImageRequest). Answers `code`, `cord` [x1, y1, x2, y2], `raw`, `valid`, `confidence`."""
+        data, options = await _ocr_input(request)
+        try:
+            setup = OcrSetup.resolve(
+                ws, options.get("engine") or engine, options.get("recipe") or recipe, options.get("rules") or rules
+            )
+        except (EngineUnavailableError, RulesError, RecipeError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        try:
+            return ocr_bytes(ws, data, setup)
+        except ImageCheckError as exc:
+            raise HTTPException(422, f"{exc.error_class}: {exc.message}") from None
+        except EngineUnavailableError as exc:
+            raise HTTPException(503, str(exc)) from None
+
     return app
+
+
+async def _ocr_input(request: Request) -> tuple[bytes, dict[str, str]]:
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "multipart body without a `file` part")
+        return await upload.read(), {}
+    if kind.startswith("application/json"):
+        try:
+            body = await request.json()
+            data = base64.b64decode(body["image"], validate=True)
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise HTTPException(422, 'JSON body must be {"image": "<base64>"}') from None
+        return data, {k: str(body[k]) for k in ("engine", "recipe", "rules") if body.get(k)}
+    raise HTTPException(415, "send multipart/form-data with `file`, or application/json with base64 `image`")
 
 
 def _image_row(ws: Workspace, image_hash: str) -> Any:

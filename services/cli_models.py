@@ -17,13 +17,23 @@ def models_pull(
     name: Annotated[str, typer.Argument(help="open_clip MODEL/TAG, e.g. ViT-B-32/openai.")],
     timeout: Annotated[float | None, typer.Option(help="Seconds before giving up (default from settings).")] = None,
 ) -> None:
-    """Download weights into the Hugging Face cache, where pages and jobs find them offline."""
+    """Download weights into the Hugging Face cache, where pages and jobs find them offline.
+    open_clip: MODEL/TAG (ViT-B-32/openai); TrOCR: trocr:HUB_ID (trocr:microsoft/trocr-base-printed)."""
     from services.clip_models import ClipSpec, ModelUnavailableError, pull_weights
 
+    limit = timeout if timeout is not None else _ws().settings.clip.pull_timeout_seconds
+    if name.startswith("trocr:"):
+        from services.ocr_engines import EngineUnavailableError, pull_trocr
+
+        typer.echo(f"pulling {name[6:]} (timeout {limit:.0f}s) ...")
+        try:
+            typer.echo(f"weights at {pull_trocr(name[6:], limit)}")
+        except EngineUnavailableError as exc:
+            _fail(str(exc), 1)
+        return
     model, _, tag = name.partition("/")
     if not tag:
         _fail(f"{name!r}: give MODEL/TAG, e.g. ViT-B-32/openai")
-    limit = timeout if timeout is not None else _ws().settings.clip.pull_timeout_seconds
     typer.echo(f"pulling {model}/{tag} (timeout {limit:.0f}s) ...")
     try:
         path = pull_weights(ClipSpec(model=model, pretrained=tag), limit)

@@ -41,6 +41,7 @@ TASKS: dict[str, str] = {
     "embed": "services.embed:EmbedTask",
     "train_tags": "services.tag_training:TrainTask",
     "classify": "services.classify:ClassifyTask",
+    "ocr": "services.ocr:OcrTask",
 }
 FINAL_STATES = ("completed", "cancelled", "failed")
 

@@ -104,6 +104,23 @@ class ClipSettings(BaseModel):
     pull_timeout_seconds: float = 900.0
 
 
+class OcrSettings(BaseModel):
+    """OCR engines, the default rules, and the device interfaces (socket server, result push)."""
+
+    engine: str = "auto"  # auto: trocr when its weights are here, else rapidocr, else tesseract
+    trocr_model: str = "microsoft/trocr-base-printed"  # a Hub id (pulled) or a local folder
+    device: str = "auto"
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    recipe: str | None = None  # a Preprocess recipe applied before detection
+    rules: str = "none"  # an OCR rules preset (seed-003) or a saved rules name
+    log_csv: str = "logs/ocr_log.csv"  # relative to the workspace
+    socket_max_bytes: int = 20 * 2**20
+    socket_timeout_seconds: float = 10.0
+    push_url: str | None = None  # each result is POSTed here as JSON when set
+    push_timeout_seconds: float = 5.0
+
+
 class _FileSource(PydanticBaseSettingsSource):
     """A settings source read from one optional file; subclasses say how to read it."""
 
@@ -161,6 +178,7 @@ class Settings(BaseSettings):
     download: DownloadSettings = DownloadSettings()
     gemini: GeminiSettings = GeminiSettings()
     clip: ClipSettings = ClipSettings()
+    ocr: OcrSettings = OcrSettings()
     job_stale_seconds: float = 15.0
     max_upload_mb: int = 512
 

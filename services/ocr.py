@@ -1,0 +1,384 @@
+"""OCR stage: preprocessing recipe -> line detection -> recognition -> rules, per image; as a resumable job
+over a dataset; and the CSV log every interface (job, REST, socket) appends to.
+
+A result is `{"code", "cord", "raw", "valid", "confidence", "lines"}`: `raw` is the best line as read,
+`code` the text after the rules (None when the pattern rejects every line), `cord` that line's box
+`[x1, y1, x2, y2]` in the original image's pixels when the recipe keeps the geometry (photometric steps
+only), else in the preprocessed image's. Among several lines, a line that passes the rules wins over one
+that does not, then the most confident.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from services.imaging import ImageCheckError
+from services.jobs import ItemResult, JobManager, Journal
+from services.ocr_engines import TextLine, build_engine, resolve_engine
+from services.ocr_rules import OcrRules, load_rules
+from services.preprocess_ops import apply_recipe, load_image
+from services.recipes import Recipe, load_recipe, parse_recipe
+from services.stage_tasks import ImageStageTask, require_images
+from services.workspace import Workspace
+
+log = logging.getLogger(__name__)
+OCR_STAGE = "ocr"
+LOG_HEADER = ["Serial Number", "Timestamp", "Detected Text"]
+GEOMETRY_OPS = {"crop", "rotate", "resize_pad", "resize", "unwarp_arc", "deskew"}
+
+
+@dataclass
+class OcrResult:
+    code: str | None
+    cord: list[int] | None
+    raw: str
+    valid: bool
+    confidence: float
+    engine: str
+    lines: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def recipe_keeps_geometry(recipe: Recipe | None) -> bool:
+    return recipe is None or not any(getattr(step, "op", "") in GEOMETRY_OPS for step in recipe.steps)
+
+
+def prepare(image: np.ndarray, recipe: Recipe | None) -> np.ndarray:
+    """The recipe's output as RGB uint8 (what the engines read)."""
+    out = apply_recipe(image, recipe) if recipe is not None else image
+    if out.ndim == 2:
+        out = np.stack([out] * 3, axis=-1)
+    elif out.shape[2] == 4:
+        out = out[:, :, :3]
+    return np.ascontiguousarray(out.astype(np.uint8))
+
+
+def read_image(engine_name: str, settings: Any, image: np.ndarray, recipe: Recipe | None, rules: OcrRules) -> OcrResult:
+    """One image through recipe, engine and rules (the engine is built once per process)."""
+    engine = build_engine(engine_name, settings)
+    lines = merge_rows(engine.read(prepare(image, recipe)))
+    checked = [(line, rules.apply(line.text)) for line in lines]
+    if not checked:
+        return OcrResult(None, None, "", False, 0.0, engine_name, [])
+    line, rule = max(checked, key=lambda pair: (pair[1].valid, pair[0].confidence))
+    return OcrResult(
+        code=rule.text if rule.valid else None,
+        cord=line.box,
+        raw=line.text,
+        valid=rule.valid,
+        confidence=round(line.confidence, 4),
+        engine=engine_name,
+        lines=[{"text": ln.text, "box": ln.box, "confidence": round(ln.confidence, 4), "valid": r.valid,
+                "normalised": r.text} for ln, r in checked],
+    )  # fmt: skip
+
+
+def merge_rows(lines: list[TextLine], overlap: float = 0.5) -> list[TextLine]:
+    """Pieces on the same row (vertical overlap over half the shorter height) joined left to right: detectors
+    often split a line at wide gaps, and a code printed with spaces must be read as one line."""
+    rows: list[list[TextLine]] = []
+    for line in sorted(lines, key=lambda ln: (ln.box[1] + ln.box[3]) / 2):
+        if rows:
+            last = rows[-1][-1]
+            shared = min(last.box[3], line.box[3]) - max(last.box[1], line.box[1])
+            shorter = max(1, min(last.box[3] - last.box[1], line.box[3] - line.box[1]))
+            if shared / shorter > overlap:
+                rows[-1].append(line)
+                continue
+        rows.append([line])
+    merged = []
+    for row in rows:
+        row.sort(key=lambda ln: ln.box[0])
+        box = [min(r.box[0] for r in row), min(r.box[1] for r in row), max(r.box[2] for r in row),
+               max(r.box[3] for r in row)]  # fmt: skip
+        merged.append(TextLine(" ".join(r.text for r in row if r.text), box, min(r.confidence for r in row)))
+    return merged
+
+
+def decode_bytes(data: bytes, max_pixels: int) -> np.ndarray:
+    """An uploaded or socket image as an RGB array (the Preprocess loader: EXIF, CMYK, 16-bit, alpha)."""
+    array, _, _ = load_image(data, max_pixels)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return array[:, :, :3] if array.shape[2] == 4 else array
+
+
+# --- the CSV log --------------------------------------------------------------------------------------
+
+
+def append_log(path: Path, detected: str, when: float | None = None) -> int:
+    """Append one row under an exclusive lock: the header on the first write, serial numbers that never
+    repeat, correct with several processes writing at once. Returns the row's serial number."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", newline="", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            serial = _last_serial(fh, size) + 1
+            writer = csv.writer(fh)
+            if size == 0:
+                writer.writerow(LOG_HEADER)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when or time.time()))
+            writer.writerow([serial, stamp, detected])
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return serial
+
+
+def _last_serial(fh: Any, size: int) -> int:
+    if size == 0:
+        return 0
+    fh.seek(max(0, size - 4096))
+    tail = fh.read().splitlines()
+    for line in reversed(tail):
+        first = line.split(",", 1)[0].strip()
+        if first.isdigit():
+            return int(first)
+    return 0
+
+
+def log_result(ws: Workspace, result: OcrResult) -> int:
+    detected = result.code if result.valid else (f"InvalidCode ({result.raw})" if result.raw else "NoText")
+    return append_log(ws.root / ws.settings.ocr.log_csv, detected)
+
+
+def push_result(url: str | None, payload: dict[str, Any], timeout: float) -> None:
+    """POST the result to the configured URL; a failure is logged, never raised (the reading stands)."""
+    if not url:
+        return
+    import urllib3
+
+    try:
+        urllib3.request(
+            "POST", url, body=json.dumps(payload).encode(), headers={"Content-Type": "application/json"},
+            timeout=urllib3.Timeout(total=timeout), retries=False,
+        )  # fmt: skip
+    except urllib3.exceptions.HTTPError as exc:
+        log.warning("could not push the OCR result to %s: %s", url, exc)
+
+
+# --- the job ------------------------------------------------------------------------------------------
+
+
+def ocr_settings_hash(engine: str, model: str, recipe: Recipe | None, rules: OcrRules) -> str:
+    parts = [engine, model if engine == "trocr" else "", recipe.settings_hash if recipe else None, rules.settings_hash]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+
+
+def start_ocr(
+    ws: Workspace,
+    manager: JobManager,
+    dataset: str,
+    engine: str = "auto",
+    recipe: str | None = None,
+    rules: str = "none",
+) -> int:
+    """Engine, recipe and rules are resolved and frozen into the job (errors now, not in the background)."""
+    engine = resolve_engine(engine, ws.settings)
+    recipe_obj = load_recipe(ws.root, recipe) if recipe else None
+    rules_obj = load_rules(ws.root, rules)
+    dataset_id = require_images(ws, dataset)
+    params = {
+        "dataset": dataset,
+        "engine": engine,
+        "model": ws.settings.ocr.trocr_model,
+        "recipe": json.loads(recipe_obj.model_dump_json()) if recipe_obj else None,
+        "rules": json.loads(rules_obj.model_dump_json()),
+        "settings_hash": ocr_settings_hash(engine, ws.settings.ocr.trocr_model, recipe_obj, rules_obj),
+        "workers": 0,  # engines hold models: one process, built once
+        "chunk_size": 8,
+    }
+    title = f"OCR: {dataset} with {engine}" + (f", recipe {recipe_obj.name}" if recipe_obj else "") + f", rules {rules}"
+    return manager.create("ocr", title, params, dataset_id)
+
+
+@dataclass(frozen=True)
+class OcrOptions:
+    workspace: str
+    params_json: str
+    journal_dir: str
+
+
+class OcrTask(ImageStageTask):
+    kind: ClassVar[str] = "ocr"
+
+    def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(OCR_STAGE, params["settings_hash"])]
+
+    def chunk_function(self) -> Any:
+        return ocr_chunk
+
+    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> OcrOptions:
+        return OcrOptions(str(ws.root), json.dumps(params), str(ws.job_dir(job_id)))
+
+
+def ocr_chunk(items: list[tuple[str, str | None]], opts: OcrOptions) -> list[ItemResult]:
+    from services.settings import load_settings
+
+    params = json.loads(opts.params_json)
+    ws = Workspace(opts.workspace, load_settings(workspace=opts.workspace))
+    settings = ws.settings.model_copy(
+        update={"ocr": ws.settings.ocr.model_copy(update={"trocr_model": params["model"]})}
+    )
+    recipe = parse_recipe(json.dumps(params["recipe"])) if params.get("recipe") else None
+    rules = OcrRules.model_validate(params["rules"])
+    journal = Journal(opts.journal_dir)
+    results = []
+    try:
+        for image_hash, rel in items:
+            if journal.cancelled:
+                break
+            try:
+                image = decode_bytes((ws.root / (rel or "")).read_bytes(), ws.settings.download.max_pixels)
+                found = read_image(params["engine"], settings, image, recipe, rules)
+                data = found.to_dict()
+                data["cord_space"] = "original" if recipe_keeps_geometry(recipe) else "preprocessed"
+                summary = {"code": found.code, "valid": found.valid}
+                result = ItemResult(
+                    key=image_hash, status="ok", image_hash=image_hash, result=summary,
+                    stages=[(OCR_STAGE, params["settings_hash"], "ok", data, None)],
+                )  # fmt: skip
+                log_result(ws, found)
+            except FileNotFoundError:
+                result = _failed(image_hash, params, "missing", f"{rel} is gone from the workspace")
+            except ImageCheckError as exc:
+                result = _failed(image_hash, params, exc.error_class, f"{rel}: {exc.message}")
+            except (ValueError, OSError) as exc:
+                result = _failed(image_hash, params, "not_image", f"{rel}: {exc}")
+            journal.write(result)
+            results.append(result)
+    finally:
+        journal.close()
+        ws.close()
+    return results
+
+
+def _failed(image_hash: str, params: dict[str, Any], error_class: str, message: str) -> ItemResult:
+    return ItemResult(
+        key=image_hash, status="failed", error_class=error_class, error_message=message, image_hash=image_hash,
+        stages=[(OCR_STAGE, params["settings_hash"], "failed", None, f"{error_class}: {message}")],
+    )  # fmt: skip
+
+
+def ocr_results(ws: Workspace, dataset: str, settings_hash: str) -> list[dict[str, Any]]:
+    """Rows for the page and exports: image name, code, raw, valid, confidence, box."""
+    from services.datasets import dataset_entries
+
+    entries = dataset_entries(ws, dataset)
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(entries), 500):
+        part = entries[start : start + 500]
+        marks = ",".join("?" * len(part))
+        rows = {
+            r["image_hash"]: r
+            for r in ws.catalog.query(
+                f"""SELECT image_hash, status, result, error FROM stage_results
+                    WHERE stage = ? AND settings_hash = ? AND image_hash IN ({marks})""",
+                (OCR_STAGE, settings_hash, *[h for h, _, _ in part]),
+            )
+        }
+        for image_hash, path, name in part:
+            row = rows.get(image_hash)
+            data = json.loads(row["result"]) if row is not None and row["result"] else {}
+            out.append({
+                "image": name, "hash": image_hash, "path": path, "code": data.get("code"), "raw": data.get("raw"),
+                "valid": data.get("valid"), "confidence": data.get("confidence"), "cord": data.get("cord"),
+                "error": row["error"] if row is not None else None,
+            })  # fmt: skip
+    return out
+
+
+# --- accuracy against ground truth ---------------------------------------------------------------------
+
+
+def edit_distance(a: list[str] | str, b: list[str] | str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+@dataclass
+class Accuracy:
+    images: int
+    cer: float  # character error rate: edits / reference characters
+    wer: float  # word error rate: word edits / reference words
+    exact: float  # share of images read exactly
+
+
+def accuracy(pairs: list[tuple[str, str]]) -> Accuracy:
+    """(reference, prediction) pairs -> CER, WER and exact-match rate."""
+    chars = sum(len(ref) for ref, _ in pairs) or 1
+    words = sum(len(ref.split()) for ref, _ in pairs) or 1
+    cer = sum(edit_distance(ref, hyp) for ref, hyp in pairs) / chars
+    wer = sum(edit_distance(ref.split(), hyp.split()) for ref, hyp in pairs) / words
+    exact = sum(ref == hyp for ref, hyp in pairs) / (len(pairs) or 1)
+    return Accuracy(len(pairs), round(cer, 4), round(wer, 4), round(exact, 4))
+
+
+def read_ground_truth(data: bytes) -> dict[str, str]:
+    """A CSV with `image_name,text` (or `image,expected`) columns."""
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    if not rows:
+        return {}
+    columns = {c.lower(): c for c in rows[0]}
+    name_col = next((columns[c] for c in ("image_name", "image", "file", "name") if c in columns), None)
+    text_col = next((columns[c] for c in ("text", "expected", "code", "label") if c in columns), None)
+    if name_col is None or text_col is None:
+        raise ValueError(f"ground truth needs image_name and text columns (columns: {', '.join(rows[0])})")
+    return {r[name_col]: r[text_col] for r in rows}
+
+
+# --- one image from a device (REST, socket) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OcrSetup:
+    """Engine, recipe and rules resolved once for a server (the engine itself is built on first use)."""
+
+    engine: str
+    recipe: Recipe | None
+    rules: OcrRules
+
+    @classmethod
+    def resolve(
+        cls, ws: Workspace, engine: str | None = None, recipe: str | None = None, rules: str | None = None
+    ) -> OcrSetup:
+        cfg = ws.settings.ocr
+        recipe_name = recipe if recipe is not None else cfg.recipe
+        return cls(
+            engine=resolve_engine(engine or cfg.engine, ws.settings),
+            recipe=load_recipe(ws.root, recipe_name) if recipe_name else None,
+            rules=load_rules(ws.root, rules or cfg.rules),
+        )
+
+
+def ocr_bytes(ws: Workspace, data: bytes, setup: OcrSetup) -> dict[str, Any]:
+    """Decode, read, apply the rules, log to the CSV, push if configured; the result with its log serial."""
+    image = decode_bytes(data, ws.settings.download.max_pixels)
+    found = read_image(setup.engine, ws.settings, image, setup.recipe, setup.rules)
+    payload = found.to_dict()
+    payload["cord_space"] = "original" if recipe_keeps_geometry(setup.recipe) else "preprocessed"
+    payload["serial"] = log_result(ws, found)
+    push_result(ws.settings.ocr.push_url, payload, ws.settings.ocr.push_timeout_seconds)
+    return payload
