@@ -104,7 +104,6 @@ def test_s3_tab_analyses_before_downloading(ws_root: Path, s3_endpoint: str, tmp
 @pytest.mark.parametrize(
     ("page", "issue"),
     [
-        ("app_pages/ocr.py", 7),
         ("app_pages/compare.py", 8),
     ],
 )
