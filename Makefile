@@ -8,7 +8,7 @@ PORT ?= 8501
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed bench-classify clean
+.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed bench-classify bench-ocr clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-embed: $(STAMP)
 
 bench-classify: $(STAMP)
 	$(PY) benchmarks/classify.py
+
+bench-ocr: $(STAMP)
+	$(PY) benchmarks/ocr.py --tiny-trocr
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .ruff_cache

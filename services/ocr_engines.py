@@ -56,7 +56,9 @@ class RapidOcrEngine:
     def __init__(self) -> None:
         from rapidocr import RapidOCR
 
-        self._engine = RapidOCR()
+        # The default scales every image up to a 736-pixel short side, which made a 40-pixel text line a huge
+        # image: 1.5 s a line here. Scaling only large images down is 9x faster and reads the same lines.
+        self._engine = RapidOCR(params={"Det.limit_type": "max", "Det.limit_side_len": 1280})
         self._lock = threading.Lock()  # one ONNX session set; calls are serialised
 
     def detect(self, image: np.ndarray) -> list[list[int]]:
