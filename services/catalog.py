@@ -135,6 +135,23 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX tag_scores_model ON tag_scores(model_sha, score);
     """,
+    # 4: label sets for comparisons (categories per item from a categorised CSV or from Gemini results).
+    """
+    CREATE TABLE label_sets (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        dataset_id INTEGER REFERENCES datasets(id),
+        source TEXT NOT NULL,               -- csv:<file> or gemini:<list>:<settings hash>
+        items INTEGER NOT NULL,             -- items with an answer (including failed and unknown)
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE labels (
+        set_id INTEGER NOT NULL REFERENCES label_sets(id),
+        label TEXT NOT NULL,                -- a category, 'unknown', or '(failed)'
+        item TEXT NOT NULL,                 -- an image hash, or the CSV's image_name
+        PRIMARY KEY (set_id, label, item)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

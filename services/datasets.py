@@ -238,3 +238,16 @@ def dataset_tags(ws: Workspace, dataset: str) -> dict[str, set[str]]:
         if r["tag"]:
             tags[r["hash"]].add(r["tag"])
     return tags
+
+
+def image_paths(ws: Workspace, hashes: list[str]) -> dict[str, str]:
+    """Stored path (relative to the workspace) of each of these images that has one."""
+    out: dict[str, str] = {}
+    for start in range(0, len(hashes), 500):
+        part = hashes[start : start + 500]
+        marks = ",".join("?" * len(part))
+        rows = ws.catalog.query(
+            f"SELECT hash, path FROM images WHERE path IS NOT NULL AND hash IN ({marks})", tuple(part)
+        )
+        out.update({r["hash"]: r["path"] for r in rows})
+    return out

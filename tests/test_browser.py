@@ -90,7 +90,7 @@ def test_upload_csv_start_download_see_results(
         expect(page.get_by_role("heading", name="Download", exact=True)).to_be_visible(timeout=30_000)
         # a deep link on a fresh server still goes through app.py's navigation (and its sidebar)
         expect(page.get_by_text("Compare REAL vs GEN")).to_be_visible()
-        expect(page.get_by_text("Catalog schema v3")).to_be_visible()
+        expect(page.get_by_text("Catalog schema v4")).to_be_visible()
         page.locator("input[type=file]").first.set_input_files(str(csv_path))
         expect(page.get_by_text("First rows of")).to_be_visible(timeout=30_000)
         page.get_by_role("button", name="Start download").click()
@@ -143,3 +143,32 @@ def test_describe_page_try_one_image_and_browse_results(tmp_path: Path, monkeypa
         assert server.requests == 2  # the button's answer came from the request cache: no new request
     finally:
         server.stop()
+
+
+def test_compare_page_bar_click_opens_the_gallery(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from services.compare import import_categorized_csv
+    from services.settings import load_settings
+    from services.workspace import Workspace
+    from tests.test_compare import synthetic
+
+    ws_root = tmp_path / "browser-ws"
+    ws = Workspace(ws_root, load_settings())
+    import_categorized_csv(ws, synthetic(tmp_path / "REAL_a.csv", 200, {"people": 0.2, "city": 0.3}, 1))
+    import_categorized_csv(ws, synthetic(tmp_path / "GEN_b.csv", 200, {"people": 0.5, "city": 0.3}, 2))
+    ws.close()
+    with _dashboard_at(tmp_path, ws_root) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{base}/compare", wait_until="domcontentloaded")
+        expect(page.get_by_role("heading", name="Compare REAL vs GEN")).to_be_visible(timeout=30_000)
+        page.get_by_role("tab", name="Grouped").click()
+        bars = page.locator(".stPlotlyChart").filter(visible=True).locator("g.point path")  # the open tab's chart
+        expect(bars.first).to_be_visible(timeout=30_000)
+        box = bars.first.bounding_box()  # plotly's drag layer sits on top and turns clicks into selections
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        expect(page.get_by_text(": people").first).to_be_visible(timeout=30_000)  # "GEN_b: people" gallery titles
+        page.screenshot(path=str(tmp_path / "compare-page.png"), full_page=True)
+        browser.close()

@@ -1,4 +1,4 @@
-"""Dashboard pages through Streamlit's AppTest: Home, Download (upload, path, S3 analysis), planned pages."""
+"""Dashboard pages through Streamlit's AppTest: Home, Download (upload, path, S3 analysis), the running job."""
 
 from __future__ import annotations
 
@@ -99,20 +99,6 @@ def test_s3_tab_analyses_before_downloading(ws_root: Path, s3_endpoint: str, tmp
     at.button(key="s3-confirm").click().run()
     assert wait_done(ws_root, 1) == "completed"
     assert len(list((ws_root / "images").rglob("*.jpg"))) == 1
-
-
-@pytest.mark.parametrize(
-    ("page", "issue"),
-    [
-        ("app_pages/compare.py", 8),
-    ],
-)
-def test_planned_pages_say_so_and_offer_nothing(ws_root: Path, page: str, issue: int) -> None:
-    at = app_test().run()
-    at.switch_page(page).run()
-    assert not at.exception
-    assert any(f"issue #{issue}" in i.value and "Nothing on this page runs" in i.value for i in at.info)
-    assert len(at.button) == 0
 
 
 def test_running_job_shows_on_home(ws_root: Path, image_server: ImageServer, tmp_path: Path) -> None:

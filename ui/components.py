@@ -139,16 +139,6 @@ def job_panel(manager: JobManager, job_id: int) -> None:
     _panel()
 
 
-def planned_page(issue: int, what: str, steps: list[str]) -> None:
-    """A page whose stage is not built yet: says what it will do, offers nothing that pretends to work."""
-    st.info(
-        f"This stage is not built yet (roadmap issue #{issue}). Nothing on this page runs.",
-        icon=":material/construction:",
-    )
-    st.markdown(what)
-    st.markdown("\n".join(f"- {s}" for s in steps))
-
-
 def save_upload(ws: Workspace, upload: UploadedFile) -> Path:
     """Stream an upload to `uploads/` once (reruns reuse the file); the name is sanitised by the workspace.
     The size limit is the uploader's own `max_upload_size` (settings.max_upload_mb)."""
