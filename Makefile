@@ -8,7 +8,7 @@ PORT ?= 8501
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed bench-classify bench-ocr clean
+.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed bench-classify bench-ocr bench-compare clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,9 @@ bench-classify: $(STAMP)
 
 bench-ocr: $(STAMP)
 	$(PY) benchmarks/ocr.py --tiny-trocr
+
+bench-compare: $(STAMP)
+	$(PY) benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .ruff_cache
