@@ -197,6 +197,7 @@ def main() -> None:
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled")
     env["WORKBENCH_DOWNLOAD__THREADS_PER_WORKER"] = str(args.threads)
+    env["WORKBENCH_DOWNLOAD__ALLOWED_NETWORKS"] = '["127.0.0.0/8"]'  # the benchmark's own loopback server
     env["WORKBENCH_DOWNLOAD__PER_HOST_LIMIT"] = str(args.threads)
 
     def ours(n: int, tag: str, extra: list[str]) -> dict:

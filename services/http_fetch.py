@@ -84,8 +84,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
-def check_url(url: str, block_private: bool) -> None:
-    """Refuse what a shared server must not fetch: other schemes, and (if told) private addresses."""
+def check_url(url: str, block_private: bool, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse what a shared server must not fetch: other schemes, and non-global addresses (private, loopback,
+    link-local such as 169.254.169.254) unless inside an allowed network."""
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -101,10 +102,14 @@ def check_url(url: str, block_private: bool) -> None:
             infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
         except socket.gaierror as exc:
             raise FetchError("dns", f"cannot resolve {parts.hostname}: {exc}") from exc
+        networks = [ipaddress.ip_network(n, strict=False) for n in allowed]
         for info in infos:
             addr = ipaddress.ip_address(info[4][0])
-            if not addr.is_global:
-                raise FetchError("blocked_url", f"{parts.hostname} resolves to non-public address {addr}")
+            if not addr.is_global and not any(addr in net for net in networks):
+                raise FetchError(
+                    "blocked_url",
+                    f"{parts.hostname} resolves to non-public address {addr} (allow it with download.allowed_networks)",
+                )
 
 
 class HttpFetcher:
@@ -169,7 +174,7 @@ class HttpFetcher:
         current = url
         seen = {url}
         for _hop in range(self.cfg.max_redirects + 1):
-            check_url(current, self.cfg.block_private_networks)
+            check_url(current, self.cfg.block_private_networks, tuple(self.cfg.allowed_networks))
             host = urlsplit(current).hostname or ""
             with self._slot(host):
                 status, headers, body = self._request(current)

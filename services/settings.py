@@ -51,7 +51,10 @@ class DownloadSettings(BaseModel):
     max_redirects: int = 5
     per_host_limit: int = 16
     user_agent: str = "image-workbench/0.1 (+https://github.com/)"
-    block_private_networks: bool = False
+    # A shared server must not fetch its own network: private, loopback, link-local (cloud metadata) and other
+    # non-global addresses are refused after DNS resolution and on every redirect, unless listed here.
+    block_private_networks: bool = True
+    allowed_networks: list[str] = Field(default_factory=list)  # CIDRs, e.g. ["10.1.2.0/24"]
     placeholder_size: int = 100
     s3_prefix_template: str = "datalake_training/{KIND}/"
     s3_bucket: str | None = None

@@ -33,6 +33,7 @@ FAST_ENV = {
     "WORKBENCH_DOWNLOAD__THREADS_PER_WORKER": "8",
     "WORKBENCH_DOWNLOAD__CHUNK_SIZE": "16",
     "WORKBENCH_JOB_STALE_SECONDS": "5",
+    "WORKBENCH_DOWNLOAD__ALLOWED_NETWORKS": '["127.0.0.0/8"]',  # the loopback test servers, explicitly
 }
 
 

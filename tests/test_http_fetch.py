@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from services.http_fetch import FetchError, HttpFetcher, parse_retry_after
+from services.http_fetch import FetchError, HttpFetcher, check_url, parse_retry_after
 from services.settings import DownloadSettings, load_settings
 from tests.support.image_server import ImageServer, make_jpeg
 
@@ -95,12 +95,27 @@ def test_redirect_is_followed_and_bounded(served: ImageServer, cfg: DownloadSett
     assert "more than 0 redirects" in info.value.message
 
 
-def test_private_addresses_blocked_on_a_shared_server(served: ImageServer, cfg: DownloadSettings) -> None:
-    shared = cfg.model_copy(update={"block_private_networks": True})
+def test_private_addresses_blocked_by_default(served: ImageServer, cfg: DownloadSettings) -> None:
+    assert DownloadSettings().block_private_networks and DownloadSettings().allowed_networks == []
+    shared = cfg.model_copy(update={"allowed_networks": []})  # the tests allow loopback; a server does not
     with pytest.raises(FetchError) as info:
         HttpFetcher(shared).fetch(served.url("/img/a.jpg"))
-    assert info.value.error_class == "blocked_url"
+    assert info.value.error_class == "blocked_url" and "allowed_networks" in info.value.message
     assert served.completed() == {}  # refused before any request was sent
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/x.jpg", "http://[::1]:80/x.jpg",
+                "http://192.168.0.1/x.jpg", "http://localhost/x.jpg"):  # fmt: skip
+        with pytest.raises(FetchError) as info:
+            check_url(url, True)
+        assert info.value.error_class == "blocked_url", url
+    check_url("http://10.1.2.3/x.jpg", True, ("10.1.2.0/24",))  # an allowed network passes
+
+
+def test_a_redirect_to_a_private_address_is_refused(served: ImageServer, cfg: DownloadSettings) -> None:
+    only_this_server = cfg.model_copy(update={"allowed_networks": ["127.0.0.1/32"]})
+    served.add_redirect("to-metadata", "http://169.254.169.254/latest/meta-data/")
+    with pytest.raises(FetchError) as info:
+        HttpFetcher(only_this_server).fetch(served.url("/goto/to-metadata"))
+    assert info.value.error_class == "blocked_url" and "169.254.169.254" in info.value.message
 
 
 def test_wrong_content_type_does_not_matter(served: ImageServer, cfg: DownloadSettings) -> None:

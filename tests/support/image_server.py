@@ -11,6 +11,7 @@ Routes (all GET):
   /html                       an HTML page labelled image/jpeg
   /loop/A -> /loop/B -> /loop/A   a redirect loop
   /redirect/NAME              302 to /img/NAME
+  /goto/NAME                  302 to the URL registered with add_redirect (anywhere, e.g. a private address)
   /huge                       Content-Length far over the limit
   /huge-chunked               a chunked body that grows past the limit
   /notimage                   random bytes labelled image/jpeg
@@ -71,6 +72,7 @@ class ImageServer:
         self.log: list[tuple[str, int, int]] = []  # (path, status, body bytes sent)
         self.lock = threading.Lock()
         self.hits: Counter[str] = Counter()
+        self.redirects: dict[str, str] = {}  # /goto/NAME -> any absolute URL
         self.max_bytes_hint = max_bytes_hint
         server = self
 
@@ -98,6 +100,10 @@ class ImageServer:
     def add(self, name: str, data: bytes, content_type: str = "image/jpeg") -> str:
         self.images[name] = (data, content_type)
         return self.url(f"/img/{name}")
+
+    def add_redirect(self, name: str, target: str) -> str:
+        self.redirects[name] = target
+        return self.url(f"/goto/{name}")
 
     def start(self) -> ImageServer:
         self.thread.start()
@@ -167,6 +173,8 @@ class ImageServer:
             h.close_connection = True
             with self.lock:
                 self.log.append((h.path, 200, 0))
+        elif route == "goto":
+            self._send(h, 302, b"", "text/plain", {"Location": self.redirects[parts[1]]})
         elif route == "wrongtype":
             self._image(h, parts[1], "text/html")
         elif route == "html":
