@@ -1,9 +1,11 @@
-"""The dashboard's entry point: navigation over the stage pages, workspace facts in the sidebar."""
+"""The dashboard's entry point: the sign-in gate, navigation over the stage pages, workspace facts."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from services.settings import load_settings
+from ui.auth import require_sign_in
 from ui.state import get_job_manager, get_workspace
 
 st.set_page_config(page_title="Image workbench", page_icon=":material/photo_library:", layout="wide")
@@ -23,6 +25,7 @@ PAGES = {
     ],
 }
 
+require_sign_in(load_settings())  # every page is behind this when sign-in is configured
 navigation = st.navigation(PAGES)
 
 ws = get_workspace()

@@ -506,4 +506,4 @@ def workspace_info() -> None:
 
 
 # Stage commands live in their own modules and register themselves on `app`.
-from services import cli_classify, cli_compare, cli_describe, cli_embed, cli_models, cli_ocr  # noqa: E402, F401
+from services import cli_classify, cli_compare, cli_describe, cli_embed, cli_models, cli_ocr, cli_server  # noqa: E402, F401

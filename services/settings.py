@@ -156,7 +156,7 @@ class YamlSource(_FileSource):
 class SecretsTomlSource(_FileSource):
     """Reads secrets (only) from Streamlit's `.streamlit/secrets.toml`."""
 
-    SECRET_KEYS = ("gemini_api_key", "api_token")
+    SECRET_KEYS = ("gemini_api_key", "api_token", "users")
 
     def read(self, text: str) -> dict[str, Any]:
         data = tomllib.loads(text)
@@ -176,6 +176,7 @@ class Settings(BaseSettings):
     workspace: Path = Path("workspace")
     gemini_api_key: SecretStr | None = None
     api_token: SecretStr | None = None
+    users: dict[str, SecretStr] = Field(default_factory=dict)  # sign-in: name -> PBKDF2 hash (services.auth)
     caption_model: str = "gemini-2.5-flash-lite"
     processing: ProcessingSettings = ProcessingSettings()
     download: DownloadSettings = DownloadSettings()
