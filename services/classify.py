@@ -24,7 +24,7 @@ import numpy as np
 
 from services.clip_models import ClipSpec, load_clip, resolve_weights
 from services.datasets import DatasetError, dataset_entries, get_dataset
-from services.embed import embed_block
+from services.embed import embed_block, embed_missing_on_executor
 from services.embeddings import EMBED_STAGE, EmbeddingStore
 from services.folder_import import start_folder_import
 from services.jobs import ItemResult, JobManager, Journal, RunContext
@@ -142,9 +142,12 @@ class ClassifyTask(ImageStageTask):
                 have = set(store.load([i.key for i in block], mmap=True).hashes)
                 missing = [i for i in block if i.key not in have]
                 failed: list[ItemResult] = []
-                if missing:
+                record = partial(_record_embeddings, ws, failed=failed)
+                if missing and params.get("_executor") is not None:  # embed on the cluster's workers
+                    embed_missing_on_executor(store, params, missing, str(ws.root), record)
+                elif missing:
                     loaded = loaded or load_clip(ClipSpec(**params["spec"]))
-                    embed_block(ws, loaded, store, params, missing, ctx, partial(_record_embeddings, ws, failed=failed))
+                    embed_block(ws, loaded, store, params, missing, ctx, record)
                 if ctx.stop_requested:
                     break
                 vectors = store.load([i.key for i in block])

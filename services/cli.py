@@ -89,8 +89,20 @@ def _run_foreground(manager: JobManager, job_id: int) -> JobProgress:
     return result
 
 
-def _finish(manager: JobManager, job_id: int, background: bool) -> None:
+ExecutorOpt = Annotated[
+    str | None, typer.Option(help="local (default) or dask://HOST:PORT: run the chunks on a Dask cluster.")
+]
+
+
+def _finish(manager: JobManager, job_id: int, background: bool, executor: str | None = None) -> None:
     """Run the job here (or detached) and report how it ended; exit 1 if it failed, 130 if cancelled."""
+    if executor:
+        from services.executors import ExecutorError
+
+        try:
+            manager.set_executor(job_id, executor)
+        except ExecutorError as exc:
+            _fail(str(exc))
     if background:
         pid = manager.start_background(job_id)
         typer.echo(f"job {job_id} started in the background (pid {pid}); follow it with `jobs show {job_id}`")
@@ -132,6 +144,7 @@ def download_urls(
     placeholder: Annotated[bool, typer.Option(help="Store a black placeholder for failed rows (seed 000).")] = False,
     discard_originals: Annotated[bool, typer.Option(help="With --resize, keep only the resized copy.")] = False,
     background: Annotated[bool, typer.Option(help="Run detached; the dashboard shows progress.")] = False,
+    executor: ExecutorOpt = None,
 ) -> None:
     """Download every URL of a CSV once, store images by content hash, write a labelled CSV."""
     from services.url_download import start_url_download
@@ -145,7 +158,7 @@ def download_urls(
     except DatasetError as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created for dataset {dataset!r}")
-    _finish(manager, job_id, background)
+    _finish(manager, job_id, background, executor)
 
 
 def _print_analysis(summary: dict[str, Any]) -> None:
@@ -176,6 +189,7 @@ def download_s3(
     workers: Annotated[int | None, typer.Option(help="Worker processes (0 = in this process).")] = None,
     out: Annotated[Path | None, typer.Option(help="Labelled CSV to write when done.")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
+    executor: ExecutorOpt = None,
 ) -> None:
     """Analyse a file list against an S3 prefix, confirm, then download the matches."""
     ws = _ws()
@@ -197,6 +211,7 @@ def download_s3(
         workers,
         out,
         background,
+        executor,
     )
 
 
@@ -215,6 +230,7 @@ def _download_s3_one(
     workers: int | None,
     out: Path | None,
     background: bool,
+    executor: str | None = None,
 ) -> bool:
     from services.s3_download import analyze_s3, start_s3_download
 
@@ -237,7 +253,7 @@ def _download_s3_one(
     except DatasetError as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created for dataset {dataset!r}")
-    _finish(manager, job_id, background)
+    _finish(manager, job_id, background, executor)
     return True
 
 
@@ -304,6 +320,7 @@ def download_folder(
     kind: Annotated[str, typer.Option(help="Dataset kind.")] = "folder",
     workers: Annotated[int | None, typer.Option(help="Worker processes (0 = in this process).")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
+    executor: ExecutorOpt = None,
 ) -> None:
     """Import a local folder of images into the workspace as a dataset (stored once per content hash)."""
     from services.folder_import import start_folder_import
@@ -315,7 +332,7 @@ def download_folder(
     except DatasetError as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created for dataset {dataset or folder.resolve().name!r}")
-    _finish(manager, job_id, background)
+    _finish(manager, job_id, background, executor)
 
 
 @app.command("preprocess")
@@ -327,6 +344,7 @@ def preprocess(
     folder: Annotated[Path | None, typer.Option(help="Or a folder: imported as a dataset first.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
+    executor: ExecutorOpt = None,
 ) -> None:
     """Run a recipe over every image of a dataset (or folder); skips images already done with the same recipe."""
     from services.folder_import import start_folder_import
@@ -348,7 +366,7 @@ def preprocess(
     except (DatasetError, RecipeError) as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created: recipe {recipe!r} over dataset {dataset!r}")
-    _finish(manager, job_id, background)
+    _finish(manager, job_id, background, executor)
 
 
 @recipes_app.command("list")

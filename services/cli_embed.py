@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli import _fail, _finish, _run_foreground, _ws, app
+from services.cli import ExecutorOpt, _fail, _finish, _run_foreground, _ws, app
 from services.clip_models import ClipSpec, ModelUnavailableError
 from services.datasets import DatasetError
 from services.jobs import JobManager
@@ -68,6 +68,7 @@ def embed(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
     loader_workers: Annotated[int | None, typer.Option(help="Processes decoding images for the model.")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
+    executor: ExecutorOpt = None,
 ) -> None:
     """CLIP vectors for every image not yet embedded with this model; local weights only."""
     from services.embed import start_embed
@@ -80,7 +81,7 @@ def embed(
     except (DatasetError, ModelUnavailableError) as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created: embed {dataset!r} with {spec.label}")
-    _finish(manager, job_id, background)
+    _finish(manager, job_id, background, executor)
 
 
 @app.command("train")

@@ -104,9 +104,12 @@ class EmbedTask(ImageStageTask):
         return [(EMBED_STAGE, params["key"])]
 
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
-        loaded = load_clip(ClipSpec(**params["spec"]))
         store = EmbeddingStore(ws, params["key"])
         store.write_spec(params["spec"])
+        if params.get("_executor") is not None:  # a cluster: workers load the model and embed whole chunks
+            embed_on_executor(ws, store, params, items, ctx, Journal(ws.job_dir(job_id)))
+            return
+        loaded = load_clip(ClipSpec(**params["spec"]))
         journal = Journal(ws.job_dir(job_id))
         try:
             while not ctx.stop_requested:
@@ -201,3 +204,110 @@ def embed_block(
         if batches % BATCHES_PER_SHARD == 0:
             flush()
     flush()
+
+
+# --- on a cluster ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedChunkOptions:
+    workspace: str
+    spec: ClipSpec
+    batch_size: int
+
+
+def embed_chunk(
+    items: list[tuple[str, str | None]], opts: EmbedChunkOptions
+) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """On a worker: decode and embed a chunk with the worker's own cached model; (hashes, vectors, failures)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    loaded = load_clip(opts.spec)
+    images, hashes, failures = [], [], []
+    for image_hash, rel in items:
+        path = Path(opts.workspace) / (rel or "")
+        try:
+            with Image.open(path) as img:
+                img.draft("RGB", (loaded.image_side, loaded.image_side))
+                images.append(ImageOps.exif_transpose(img).convert("RGB"))
+            hashes.append(image_hash)
+        except FileNotFoundError:
+            failures.append((image_hash, f"missing: {path} is gone from the workspace"))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            failures.append((image_hash, f"not_image: {path}: cannot decode ({exc})"))
+    vectors = loaded.embed_images(images, opts.batch_size) if images else np.zeros((0, 0), dtype=np.float32)
+    return hashes, vectors, failures
+
+
+def embed_on_executor(
+    ws: Workspace, store: EmbeddingStore, params: dict[str, Any], items: Any, ctx: RunContext, journal: Journal
+) -> None:
+    """Chunks of images to the executor's workers; each returned chunk becomes a shard, journaled and reported."""
+    from services.jobs import dispatch_chunks
+
+    executor = params["_executor"]
+    opts = EmbedChunkOptions(str(ws.root), ClipSpec(**params["spec"]), int(params["batch_size"]))
+
+    def submit(chunk: list[PendingItem]) -> Any:
+        future = executor.submit(embed_chunk, [(i.key, i.locator) for i in chunk], opts)
+        return _as_results(future, store, params["key"], journal)
+
+    try:
+        dispatch_chunks(
+            items, submit, ctx, chunk_size=int(params.get("chunk_size") or 256),
+            max_in_flight=int(params.get("in_flight") or 8),
+        )  # fmt: skip
+    finally:
+        journal.close()
+
+
+def _as_results(future: Any, store: EmbeddingStore, key: str, journal: Journal | None) -> Any:
+    """A future of ItemResults from a future of (hashes, vectors, failures): the shard is written here."""
+    from concurrent.futures import Future
+
+    out: Future[list[ItemResult]] = Future()
+
+    def done(f: Any) -> None:
+        try:
+            hashes, vectors, failures = f.result()
+            results = [
+                ItemResult(
+                    key=h, status="failed", error_class=e.partition(": ")[0], error_message=e.partition(": ")[2],
+                    image_hash=h, stages=[(EMBED_STAGE, key, "failed", None, e)],
+                )
+                for h, e in failures
+            ]  # fmt: skip
+            if hashes:
+                shard = store.write_shard(hashes, vectors)
+                info = {"shard": shard, "dim": int(vectors.shape[1])}
+                results += [
+                    ItemResult(key=h, status="ok", image_hash=h, stages=[(EMBED_STAGE, key, "ok", info, None)])
+                    for h in hashes
+                ]
+            for r in results if journal is not None else []:
+                journal.write(r)  # type: ignore[union-attr]
+            out.set_result(results)
+        except Exception as exc:  # a lost worker: the chunk's items stay pending for the next run
+            out.set_exception(exc)
+
+    future.add_done_callback(done)
+    return out
+
+
+def embed_missing_on_executor(
+    store: EmbeddingStore, params: dict[str, Any], items: list[PendingItem], workspace: str,
+    on_results: Callable[[list[ItemResult]], None],
+) -> None:  # fmt: skip
+    """Classify's path on a cluster: embed these items there, chunk by chunk, handing each chunk's results on."""
+    from concurrent.futures import as_completed
+
+    executor = params["_executor"]
+    opts = EmbedChunkOptions(workspace, ClipSpec(**params["spec"]), int(params["batch_size"]))
+    size = int(params.get("chunk_size") or 256)
+    futures = [
+        _as_results(executor.submit(embed_chunk, [(i.key, i.locator) for i in items[s : s + size]], opts), store,
+                    params["key"], None)
+        for s in range(0, len(items), size)
+    ]  # fmt: skip
+    for future in as_completed(futures):
+        on_results(future.result())

@@ -318,6 +318,20 @@ class JobManager:
                 [(h, time.time(), job_id, key) for key, h in known.items()],
             )
 
+    def set_executor(self, job_id: int, url: str | None) -> None:
+        """Run this job's chunks on a Dask cluster (`dask://host:port`), or locally (None)."""
+        from services.executors import check_executor_url
+
+        checked = check_executor_url(url)
+        with self.catalog.write() as conn:
+            row = conn.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            params = json.loads(row["params"])
+            if checked:
+                params["executor"] = checked
+            else:
+                params.pop("executor", None)
+            conn.execute("UPDATE jobs SET params = ? WHERE id = ?", (json.dumps(params), job_id))
+
     def mark_failed(self, job_id: int, failures: dict[str, tuple[str, str]]) -> None:
         """Items refused while planning (e.g. a zip member with '..'): failed with the reason, never run."""
         with self.catalog.write() as conn:
@@ -450,6 +464,7 @@ class JobManager:
         task = self.task(row["kind"])
         params = json.loads(row["params"])
         state, error = "failed", "the run ended unexpectedly"
+        release_executor: Callable[[], None] | None = None
         try:
             replayed = self._replay_journals(job_id)
             if replayed:
@@ -460,6 +475,10 @@ class JobManager:
             self.recount(job_id)
             self.catalog.conn.execute("UPDATE jobs SET run_done_at_start = n_ok + n_failed WHERE id = ?", (job_id,))
             log.info("job %s (%s) running: %s", job_id, row["kind"], row["title"])
+            if executor is None and params.get("executor"):  # a Dask cluster named when the job was made
+                from services.executors import executor_from_url
+
+                executor, release_executor = executor_from_url(params["executor"])
             if executor is not None:
                 params = {**params, "_executor": executor}
             task.process(self.ws, job_id, params, self.pending_items(job_id), ctx)
@@ -481,6 +500,8 @@ class JobManager:
             log.exception("job %s failed", job_id)
             state, error = "failed", f"{exc.__class__.__name__}: {exc}"
         finally:
+            if release_executor is not None:
+                release_executor()
             stop_heartbeat.set()
             beat.join(timeout=5)
             _restore_sigterm(previous_sigterm)
@@ -646,7 +667,7 @@ class ChunkedTask(ABC):
                 lambda chunk: executor.submit(function, [(i.key, i.locator) for i in chunk], options),
                 ctx,
                 chunk_size=int(params.get("chunk_size") or ws.settings.download.chunk_size),
-                max_in_flight=max(2, 2 * workers),
+                max_in_flight=max(2, 2 * workers) if given is None else int(params.get("in_flight") or 32),
             )
         finally:
             if given is None:

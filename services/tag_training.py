@@ -173,8 +173,6 @@ class Split:
 
 def split_for_tag(embeddings: Embeddings, tags: dict[str, set[str]], tag: str, test_size: float, seed: int) -> Split:
     """Tag images (positives) against negatives, stratified; `other-validation` goes to the test set only."""
-    from sklearn.model_selection import train_test_split
-
     index = {h: i for i, h in enumerate(embeddings.hashes)}
     pos = [index[h] for h, t in tags.items() if tag in t and h in index]
     train_neg = [index[h] for h, t in tags.items() if "other-training" in t and tag not in t and h in index]
@@ -187,13 +185,15 @@ def split_for_tag(embeddings: Embeddings, tags: dict[str, set[str]], tag: str, t
         raise TooFewError(
             f"tag {tag!r}: {len(pos)} images and {len(train_neg)} negatives; at least {2 * MIN_PER_CLASS} of each"
         )
-    rows = np.array(pos + train_neg)
-    y = np.array([1] * len(pos) + [0] * len(train_neg))
-    n_test = max(2, int(round(test_size * len(rows))))
-    tr, te = train_test_split(np.arange(len(rows)), test_size=n_test, stratify=y, random_state=seed)
-    x_test = embeddings.vectors[np.concatenate([rows[te], np.array(test_neg, dtype=int)])]
-    y_test = np.concatenate([y[te], np.zeros(len(test_neg), dtype=int)])
-    return Split(embeddings.vectors[rows[tr]], y[tr], x_test, y_test, negatives)
+    # Stratified by hand so the test set always holds at least one image of each class, however small.
+    rng = np.random.default_rng(seed)
+    pos_order, neg_order = rng.permutation(pos), rng.permutation(train_neg)
+    n_pos, n_neg = max(1, round(test_size * len(pos))), max(1, round(test_size * len(train_neg)))
+    train_rows = np.concatenate([pos_order[n_pos:], neg_order[n_neg:]]).astype(int)
+    test_rows = np.concatenate([pos_order[:n_pos], neg_order[:n_neg], np.array(test_neg, dtype=int)]).astype(int)
+    y_train = np.array([1] * (len(pos) - n_pos) + [0] * (len(train_neg) - n_neg))
+    y_test = np.array([1] * n_pos + [0] * (n_neg + len(test_neg)))
+    return Split(embeddings.vectors[train_rows], y_train, embeddings.vectors[test_rows], y_test, negatives)
 
 
 def make_estimator(model_type: str, y_train: np.ndarray, seed: int) -> Any:
