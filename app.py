@@ -6,6 +6,7 @@ import streamlit as st
 
 from services.settings import load_settings
 from ui.auth import require_sign_in
+from ui.components import executor_setting
 from ui.state import get_job_manager, get_workspace
 
 st.set_page_config(page_title="Image workbench", page_icon=":material/photo_library:", layout="wide")
@@ -33,5 +34,6 @@ with st.sidebar:
     st.caption(f"Workspace `{ws.root}`")
     active = get_job_manager().list(limit=20, active_only=True)
     st.caption(f"Catalog schema v{ws.catalog.schema_version} · {len(active)} job(s) running")
+executor_setting()
 
 navigation.run()

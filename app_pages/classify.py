@@ -12,7 +12,7 @@ from services.clip_models import ModelUnavailableError
 from services.datasets import DatasetError, list_datasets
 from services.scoring import bin_edges, histogram
 from services.tag_models import ModelFileError, list_models
-from ui.components import job_panel, save_upload
+from ui.components import job_panel, launch, save_upload
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -63,7 +63,7 @@ if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", 
     except (DatasetError, ModelFileError, ModelUnavailableError) as exc:
         st.error(str(exc))
     else:
-        manager.start_background(job_id)
+        launch(manager, job_id)
         st.session_state["cl-job"] = job_id
         st.session_state["cl-shown"] = manager.progress(job_id).params["dataset"]  # show it below
 if st.session_state.get("cl-job"):

@@ -14,7 +14,7 @@ from services.describe import estimate_cost, start_describe, try_one
 from services.describe_results import EXPORT_FORMATS, ResultKeys, agreement, export, filter_results, iter_results
 from services.gemini_client import GeminiError
 from services.zero_shot import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
-from ui.components import job_panel
+from ui.components import job_panel, launch
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -159,7 +159,7 @@ if st.button(f"Start: {mode_label}", type="primary", key="dc-run", disabled=bloc
     except (DatasetError, ModelUnavailableError) as exc:
         st.error(str(exc))
     else:
-        manager.start_background(job_id)
+        launch(manager, job_id)
         st.session_state["dc-job"] = job_id
 if st.session_state.get("dc-job"):
     with st.container(border=True):

@@ -10,7 +10,7 @@ from services.datasets import DatasetError, read_csv_header
 from services.s3_client import S3AccessError
 from services.s3_download import analyze_s3, plan_batch, start_s3_download
 from services.url_download import guess_kind, start_url_download
-from ui.components import job_panel, jobs_table
+from ui.components import job_panel, jobs_table, launch
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -54,7 +54,7 @@ def _dataset_default(path: Path) -> str:
 
 
 def _start(job_id: int) -> None:
-    manager.start_background(job_id)
+    launch(manager, job_id)
     st.session_state["download-job"] = job_id
     st.toast(f"Job {job_id} started")
 

@@ -13,7 +13,7 @@ from services.embeddings import EmbeddingStore, embedding_key
 from services.folder_import import start_folder_import
 from services.tag_models import MODEL_TYPES, list_models
 from services.tag_training import start_training, trainable_tags
-from ui.components import job_panel, save_upload
+from ui.components import job_panel, launch, save_upload
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -32,7 +32,7 @@ def start(label: str, key: str, create) -> None:  # type: ignore[no-untyped-def]
     except (DatasetError, ModelUnavailableError) as exc:
         st.error(str(exc))
         return
-    manager.start_background(job_id)
+    launch(manager, job_id)
     st.session_state[key] = job_id
     st.toast(f"{label}: job {job_id} started")
 

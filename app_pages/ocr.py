@@ -20,7 +20,7 @@ from services.ocr import (
 from services.ocr_engines import EngineUnavailableError, engine_status, resolve_engine
 from services.ocr_rules import OcrRules, RulesError, list_rules, load_rules, save_rules
 from services.recipes import RecipeError, list_recipes, load_recipe
-from ui.components import job_panel, save_upload
+from ui.components import job_panel, launch, save_upload
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -137,7 +137,7 @@ if st.button("Run OCR", type="primary", key="ocr-run", disabled=target is None, 
         except (DatasetError, EngineUnavailableError, RulesError, RecipeError) as exc:
             st.error(str(exc))
         else:
-            manager.start_background(job_id)
+            launch(manager, job_id)
             st.session_state["ocr-job"] = job_id
 if st.session_state.get("ocr-job"):
     with st.container(border=True):

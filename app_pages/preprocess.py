@@ -15,7 +15,7 @@ from services.preprocess import (
 )
 from services.quality import FLAGS
 from services.recipes import RecipeError, list_recipes, load_recipe, save_recipe
-from ui.components import job_panel
+from ui.components import job_panel, launch
 from ui.recipe_editor import edit_recipe
 from ui.state import get_job_manager, get_workspace
 
@@ -35,7 +35,7 @@ with st.expander("Import a folder from the server as a dataset"):
         except DatasetError as exc:
             st.error(str(exc))
         else:
-            manager.start_background(job_id)
+            launch(manager, job_id)
             st.session_state["pp-job"] = job_id
 
 names = [d.name for d in list_datasets(ws.catalog)]
@@ -94,7 +94,7 @@ if st.button(
     disabled=recipe is None or not images,
 ):
     job_id = start_preprocess(ws, manager, dataset, recipe, int(workers))  # type: ignore[arg-type]
-    manager.start_background(job_id)
+    launch(manager, job_id)
     st.session_state["pp-job"] = job_id
 if st.session_state.get("pp-job"):
     with st.container(border=True):

@@ -111,3 +111,28 @@ def test_cli_takes_the_executor_option(cluster: str, tmp_path: Path):
     bad = subprocess.run([*base, "preprocess", "--folder", str(folder), "--recipe", "ocr-128", "--executor", "x:1"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "dask://HOST:PORT" in bad.stderr
+
+
+def test_the_sidebar_chooses_where_page_jobs_run(cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from streamlit.testing.v1 import AppTest
+
+    from services.settings import load_settings
+
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(tmp_path / "ws"))
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(make_jpeg(64, 48, seed=i))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.sidebar.text_input(key="executor-input").input("spark://nope:1").run()
+    assert any("dask://HOST:PORT" in e.value for e in at.sidebar.error)
+    at.sidebar.text_input(key="executor-input").input(cluster).run()
+    assert at.session_state["executor-url"] == cluster
+    at.switch_page("app_pages/preprocess.py").run()
+    at.text_input(key="pp-folder").input(str(folder)).run()
+    at.button(key="pp-import").click().run()
+    ws = Workspace(tmp_path / "ws", load_settings())
+    job_id = at.session_state["pp-job"]
+    assert JobManager(ws).progress(job_id).params["executor"] == cluster
+    assert JobManager(ws).wait(job_id, timeout=120).state == "completed"
+    ws.close()

@@ -151,3 +151,24 @@ def save_upload(ws: Workspace, upload: UploadedFile) -> Path:
             shutil.copyfileobj(upload, fh, 8 * 2**20)
         tmp.replace(path)
     return path
+
+
+def launch(manager: JobManager, job_id: int) -> None:
+    """Start a job detached, on the Dask cluster chosen in the sidebar when there is one."""
+    executor = st.session_state.get("executor-url")
+    if executor:
+        manager.set_executor(job_id, executor)
+    manager.start_background(job_id)
+
+
+def executor_setting() -> None:
+    """The sidebar's 'Run jobs on' field: local, or a Dask scheduler for the shardable stages."""
+    from services.executors import ExecutorError, check_executor_url
+
+    hint = "local, or dask://HOST:PORT for download, preprocess, embed and classify"
+    value = st.sidebar.text_input("Run jobs on", value="local", key="executor-input", help=hint)
+    try:
+        st.session_state["executor-url"] = check_executor_url(value)
+    except ExecutorError as exc:
+        st.session_state["executor-url"] = None
+        st.sidebar.error(str(exc))
