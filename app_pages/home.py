@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from services.datasets import list_datasets
+from services.demo import build_demo
 from ui.components import job_panel, jobs_table
 from ui.state import get_job_manager, get_workspace
 
@@ -32,8 +33,16 @@ if datasets:
     )
 else:
     st.info(
-        "No datasets yet. Start on the Download page, or run `python -m services download urls CSV --dataset NAME`."
+        "No datasets yet. Start on the Download page, or run `python -m services download urls CSV --dataset NAME`, "
+        "or build the demo: sample photos, generated images, tagged shapes, OCR parts and categorised CSVs, made "
+        "offline in about half a minute (`python -m services demo`)."
     )
+    if st.button("Build the demo workspace", key="home-demo", icon=":material/auto_awesome:"):
+        with st.status("Building the demo workspace", expanded=True) as status:
+            made = build_demo(ws, progress=st.write)
+            status.update(label="Demo ready", state="complete")
+        st.success(f"Demo CLIP checkpoint (random weights, colours only): `{made['checkpoint']}`")
+        st.rerun()
 
 st.subheader("Jobs")
 running = manager.list(limit=20, active_only=True)
