@@ -172,3 +172,38 @@ def test_compare_page_bar_click_opens_the_gallery(tmp_path: Path) -> None:
         expect(page.get_by_text(": people").first).to_be_visible(timeout=30_000)  # "GEN_b: people" gallery titles
         page.screenshot(path=str(tmp_path / "compare-page.png"), full_page=True)
         browser.close()
+
+
+def test_two_sessions_and_a_cli_job_share_one_workspace(tmp_path: Path, image_server: ImageServer) -> None:
+    """Two browser sessions follow a job started from the CLI; one cancels it and the other sees it stop."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from services.jobs import JobManager
+    from services.settings import load_settings
+    from services.workspace import Workspace
+
+    for i in range(60):
+        image_server.add(f"c{i}.jpg", make_jpeg(32, 32, seed=i))
+    rows = [[image_server.url(f"/slow/0.5/c{i}.jpg"), "1", "e", "v"] for i in range(60)]
+    csv_path = write_csv(tmp_path / "slow.csv", ["image_link", "group_id", "entity_name", "entity_value"], rows)
+    ws_root = tmp_path / "browser-ws"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WORKBENCH_DOWNLOAD__THREADS_PER_WORKER="2")
+    started = subprocess.run(
+        [sys.executable, "-m", "services", "--workspace", str(ws_root), "download", "urls", str(csv_path),
+         "--dataset", "slow", "--background"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    with _dashboard_at(tmp_path, ws_root) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        first, second = (browser.new_context().new_page() for _ in range(2))  # two sessions, no shared cookies
+        for page in (first, second):
+            page.goto(base, wait_until="domcontentloaded")
+            expect(page.get_by_text("running", exact=True).first).to_be_visible(timeout=30_000)
+        first.get_by_role("button", name="Cancel").first.click()
+        for page in (first, second):  # the second session sees the cancel through the catalog
+            expect(page.get_by_text("cancelled", exact=True).first).to_be_visible(timeout=60_000)
+        browser.close()
+    ws = Workspace(ws_root, load_settings())
+    p = JobManager(ws).progress(1)
+    assert p.state == "cancelled" and 0 < p.done < 60
+    ws.close()
