@@ -27,7 +27,7 @@ st.title("Compare REAL vs GEN")
 st.caption("Category shares of two sets, tested per category with correction for many tests; counts are "
            "aggregated in the database, so a million images per set chart as fast as a hundred.")  # fmt: skip
 
-with st.expander("Add a set", expanded=not list_label_sets(ws)):
+with st.expander("Add a set", expanded=len(list_label_sets(ws)) < 2):
     csv_tab, gemini_tab = st.tabs(["Categorised CSV", "A dataset's Gemini categories"])
     with csv_tab:
         upload = st.file_uploader("image_name,description,categories", type=["csv"], key="cmp-upload",

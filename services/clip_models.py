@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +128,18 @@ def _cached_file(cfg: dict[str, Any]) -> str | None:
     return None
 
 
+def _config_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "image-workbench" / "open_clip_configs"
+
+
+_REGISTERED: set[str] = set()
+_CONFIG_LOCK = threading.Lock()
+
+
 def _register_sidecar_config(model: str, checkpoint: Path) -> None:
+    """Make a custom architecture known to open_clip under `model`. open_clip rescans every config folder it
+    was ever given, so the folder must outlive the call (a temporary one broke concurrent page runs)."""
     import open_clip
 
     sidecar = checkpoint.parent / "open_clip_config.json"
@@ -137,9 +147,16 @@ def _register_sidecar_config(model: str, checkpoint: Path) -> None:
         return
     data = json.loads(sidecar.read_text(encoding="utf-8"))
     model_cfg = data.get("model_cfg", data)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / f"{model}.json").write_text(json.dumps(model_cfg), encoding="utf-8")
-        open_clip.add_model_config(Path(tmp))
+    folder = _config_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{model}.json"
+    tmp = folder / f".{model}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(json.dumps(model_cfg), encoding="utf-8")
+    os.replace(tmp, target)
+    with _CONFIG_LOCK:
+        if str(target) not in _REGISTERED:
+            _REGISTERED.add(str(target))
+            open_clip.add_model_config(target)  # a file that stays: later rescans can always read it
 
 
 def pick_device(requested: str = "auto") -> str:
