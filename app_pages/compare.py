@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from services.categories import list_lists
+from services.clusters import cluster_sets
 from services.compare import (
     CompareError,
     compare_sets,
@@ -16,7 +17,14 @@ from services.compare import (
     list_label_sets,
 )
 from services.compare_embeddings import compare_embeddings, confounds
-from services.compare_report import counts_figure, difference_figure, grouped_figure, html_report, projection_figure
+from services.compare_report import (
+    cluster_section,
+    counts_figure,
+    difference_figure,
+    grouped_figure,
+    html_report,
+    projection_figure,
+)
 from services.datasets import image_paths, list_datasets
 from services.embeddings import list_embedding_keys
 from ui.components import save_upload
@@ -148,6 +156,33 @@ else:
             st.dataframe(pd.DataFrame(embedded.duplicates, columns=["A", "B", "cosine"]), hide_index=True,
                          key="cmp-dups")  # fmt: skip
 
+st.subheader("Clusters")
+st.caption("Both sets clustered together (on the embedding above when computed, else on descriptions): which "
+           "kinds of image B has more of than A, and the words that describe them.")  # fmt: skip
+if st.button("Find clusters", key="cmp-clusters"):
+    try:
+        chosen_key = st.session_state["cmp-embedded"][0].key if st.session_state.get("cmp-embedded") else None
+        st.session_state["cmp-cluster-report"] = cluster_sets(ws, set_a, set_b, chosen_key)
+    except ValueError as exc:
+        st.error(str(exc))
+cluster_report = st.session_state.get("cmp-cluster-report")
+if cluster_report is not None and cluster_report.a == set_a.name and cluster_report.b == set_b.name:
+    st.caption(f"{len(cluster_report.clusters)} clusters by {cluster_report.method} on {cluster_report.features}")
+    table = pd.DataFrame([{"cluster": "noise" if c.id == -1 else c.id, set_a.name: c.n_a, set_b.name: c.n_b,
+                           "log2 lift": round(c.lift, 3), "keywords": ", ".join(c.keywords)}
+                          for c in cluster_report.clusters])  # fmt: skip
+    picked_cluster = st.dataframe(table, hide_index=True, key="cmp-cluster-table", on_select="rerun",
+                                  selection_mode="single-row")  # fmt: skip
+    rows = picked_cluster.get("selection", {}).get("rows", []) if isinstance(picked_cluster, dict) else []
+    if rows:
+        c = cluster_report.clusters[rows[0]]
+        paths = image_paths(ws, c.items_a + c.items_b)
+        grid = st.columns(8)
+        for i, item in enumerate(c.items_a + c.items_b):
+            if item in paths:
+                grid[i % 8].image(str(ws.abspath(paths[item])), caption="A" if item in c.items_a else "B")
+    st.dataframe(pd.DataFrame([vars(k) for k in cluster_report.keywords]), hide_index=True, key="cmp-keywords")
+
 st.subheader("Confounds")
 if st.button("Check image properties per set", key="cmp-confounds"):
     found = confounds(ws, {set_a.name: list(iter_set_items(ws, set_a)), set_b.name: list(iter_set_items(ws, set_b))})
@@ -163,7 +198,8 @@ if st.button("Write the HTML report and CSV tables", key="cmp-report"):
     from services.compare_report import write_tables
 
     out = ws.root / "exports" / f"compare-{set_a.name}-vs-{set_b.name}.html"
-    html_report(result, out, embedded)
+    clustered = st.session_state.get("cmp-cluster-report")
+    html_report(result, out, embedded, sections=[cluster_section(clustered)] if clustered is not None else None)
     write_tables(result, out.parent / f"compare-{set_a.name}-vs-{set_b.name}")
     st.session_state["cmp-report-path"] = str(out)
 if st.session_state.get("cmp-report-path"):

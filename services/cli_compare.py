@@ -82,3 +82,34 @@ def compare_import(
     except CompareError as exc:
         _fail(str(exc))
     typer.echo(f"label set {label_set.name!r}: {label_set.items:,} images")
+
+
+@app.command("clusters")
+def clusters(
+    a: Annotated[str, typer.Option("--a", help="Set A: a categorised CSV, a label set or a dataset.")],
+    b: Annotated[str, typer.Option("--b", help="Set B, the same way.")],
+    list_name: Annotated[str | None, typer.Option("--list", help="For datasets: their Gemini category list.")] = None,
+    embedding: Annotated[str | None, typer.Option(help="Cluster on this CLIP embedding (else descriptions).")] = None,
+    method: Annotated[str, typer.Option(help="auto, hdbscan or kmeans.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="An HTML report of the clusters and keywords.")] = None,
+) -> None:
+    """Cluster both sets together; per cluster and keyword: counts, shares and the log2 lift of B over A."""
+    from services.clusters import cluster_sets
+    from services.compare import compare_sets
+    from services.compare_report import cluster_section, html_report, thumbnail_uris
+
+    ws = _ws()
+    try:
+        set_a, set_b = resolve_set(ws, a, list_name), resolve_set(ws, b, list_name)
+        report = cluster_sets(ws, set_a, set_b, embedding, method)
+    except (CompareError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{len(report.clusters)} clusters by {report.method} on {report.features}")
+    for c in report.clusters[:15]:
+        name = "noise" if c.id == -1 else f"cluster {c.id}"
+        typer.echo(f"  {name}: {c.n_a} vs {c.n_b}, log2 lift {c.lift:+.2f}  [{', '.join(c.keywords[:5])}]")
+    if out is not None:
+        items = [i for c in report.clusters for i in c.items_a[:4] + c.items_b[:4]]
+        section = cluster_section(report, thumbnail_uris(ws, items))
+        html_report(compare_sets(ws, set_a, set_b), out, sections=[section])
+        typer.echo(f"report: {out}")

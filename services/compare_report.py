@@ -13,9 +13,10 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from services.clusters import ClusterReport
 from services.compare import Comparison
 from services.compare_embeddings import Confounds, EmbeddingComparison
-from services.workspace import write_atomic
+from services.workspace import Workspace, write_atomic
 
 COLOURS = {"a": "#1f77b4", "b": "#d62728"}
 
@@ -116,6 +117,7 @@ def html_report(
     embeddings: EmbeddingComparison | None = None,
     confound: Confounds | None = None,
     figures: list[go.Figure] | None = None,
+    sections: list[str] | None = None,
 ) -> Path:
     """One HTML file with everything (plotly.js inlined once, so it opens without a network)."""
     figures = figures or [grouped_figure(c), grouped_figure(c, normalised=True), difference_figure(c)]
@@ -144,6 +146,7 @@ def html_report(
         parts += [f"<p class=warn>{html.escape(w)}</p>" for w in embeddings.warnings]
     if confound is not None:
         parts += [f"<p class=warn>{html.escape(w)}</p>" for w in confound.warnings]
+    parts += sections or []
     style = "body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:3px 6px}.warn{color:#a60}"
     document = f"<!doctype html><html><head><meta charset=utf-8><title>Comparison</title><style>{style}</style>" \
                f"</head><body>{''.join(parts)}</body></html>"  # fmt: skip
@@ -155,3 +158,49 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def cluster_section(report: ClusterReport, thumbnails: dict[str, str] | None = None) -> str:
+    """The clusters as HTML (every model-written or user-written text escaped); `thumbnails` maps an item to a
+    data URI shown in its cluster's strip."""
+    thumbnails = thumbnails or {}
+    rows = []
+    for c in report.clusters:
+        strip = "".join(
+            f'<img src="{html.escape(thumbnails[i])}" width=48 height=48 alt="">'
+            for i in (c.items_a[:4] + c.items_b[:4]) if i in thumbnails
+        )  # fmt: skip
+        name = "noise" if c.id == -1 else str(c.id)
+        rows.append([name, c.n_a, c.n_b, f"{c.share_a:.3f}", f"{c.share_b:.3f}", f"{c.lift:+.2f}",
+                     ", ".join(c.keywords), strip])  # fmt: skip
+    header = ["cluster", report.a, report.b, f"share {report.a}", f"share {report.b}", "log2 lift", "keywords", ""]
+    body = _table(header[:-1], [r[:-1] for r in rows])
+    # the thumbnail strips are built from data URIs we made, so they go in unescaped, one row per cluster
+    strips = "".join(f"<p><b>cluster {html.escape(str(r[0]))}</b> {r[-1]}</p>" for r in rows if r[-1])
+    words = _table(["keyword", report.a, report.b, "log2 lift"],
+                   [[k.keyword, k.n_a, k.n_b, f"{k.lift:+.2f}"] for k in report.keywords])  # fmt: skip
+    return (f"<h2>Clusters ({html.escape(report.method)} on {html.escape(report.features)})</h2>{body}{strips}"
+            f"<h3>Keywords</h3>{words}")  # fmt: skip
+
+
+def thumbnail_uris(ws: Workspace, items: list[str], side: int = 64) -> dict[str, str]:
+    """Small JPEG data URIs of the items that are stored images (a self-contained report needs no files)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from services.datasets import image_paths
+
+    out = {}
+    for item, rel in image_paths(ws, items).items():
+        try:
+            with Image.open(ws.abspath(rel)) as img:
+                img = img.convert("RGB")
+                img.thumbnail((side, side))
+                buf = io.BytesIO()
+                img.save(buf, format="JPEG", quality=80)
+            out[item] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        except OSError:
+            continue
+    return out
