@@ -576,6 +576,11 @@ class JobManager:
                 )
         return self.progress(job_id)
 
+    def retryable_failures(self, job_id: int) -> int:
+        """Failed items that `reset_failed` would queue again (not those of classes no retry can fix)."""
+        sticky = self.task_for_job(job_id).sticky_classes
+        return sum(n for cls, n in self.failure_counts(job_id).items() if cls not in sticky)
+
     def reset_failed(self, job_id: int) -> int:
         """Make failed items pending again (not those no retry can fix); returns how many."""
         task = self.task_for_job(job_id)

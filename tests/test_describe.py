@@ -139,7 +139,7 @@ def test_faults_are_retried_and_failures_stored_as_failures_then_retried(
     job = start_describe(gws, manager, dataset)
     p = manager.run(job)
     assert (p.state, p.done, p.failed) == ("completed", 4, 1)
-    assert manager.failure_counts(job) == {"malformed_response": 1}
+    assert manager.failure_counts(job) == {"malformed_response": 1} and manager.retryable_failures(job) == 1
     [failure] = manager.failures(job)
     assert "not JSON" in failure["error_message"] and failure["attempts"] == 4
     results = results_by_name(gws, dataset, ResultKeys.current(gws))

@@ -100,6 +100,7 @@ def test_tagged_import_reads_nested_zips_refuses_bad_members_and_never_changes_i
     assert failures["more.zip!notes.txt"] == ("refused", "not an image file")
     assert failures["red/broken.png"][0] == "not_image"
     assert p.failed == 4 and p.done == 3 * 16 + 48 + 4 + 1 + 1
+    assert manager.retryable_failures(job) == 0  # refusals and non-images: no retry can fix them
     tags = dataset_tags(ws, "tagged")
     by_name = {name: h for h, _, name in dataset_entries(ws, "tagged")}
     assert tags[hashlib.sha256(png("red", 0)).hexdigest()] == {"red", "green"}

@@ -107,8 +107,9 @@ def job_panel(manager: JobManager, job_id: int) -> None:
         elif p.state in ("interrupted", "cancelled", "failed", "created") and p.pending:
             if buttons[0].button("Resume", key=f"resume-{job_id}", icon=":material/play_arrow:"):
                 _act("Resume", manager.start_background, job_id)
-        if p.failed and p.state != "running":
-            if buttons[1].button(f"Retry {p.failed:,} failed", key=f"retry-{job_id}", icon=":material/replay:"):
+        retryable = manager.retryable_failures(job_id) if p.failed and p.state != "running" else 0
+        if retryable:  # failures no retry can fix (a refused zip member, not an image) are not offered
+            if buttons[1].button(f"Retry {retryable:,} failed", key=f"retry-{job_id}", icon=":material/replay:"):
                 _act("Retry", lambda j: (manager.reset_failed(j), manager.start_background(j)), job_id)
         if p.state in ("running", "created") and every is None:
             st.rerun()
