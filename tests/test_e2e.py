@@ -32,7 +32,21 @@ def completed(page, count: int) -> None:  # type: ignore[no-untyped-def]
     expect(page.locator("code").filter(has_text="completed")).to_have_count(count, timeout=180_000)
 
 
+def settle(page) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the script run in progress is over: a click during a rerun can be lost."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(300)
+    expect(page.get_by_test_id("stStatusWidget")).to_be_hidden(timeout=120_000)
+
+
+def click(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    settle(page)
+    page.get_by_role("button", name=name).first.click()
+
+
 def choose(page, label: str, option: str) -> None:  # type: ignore[no-untyped-def]
+    settle(page)
     page.get_by_label(label, exact=True).click()
     page.get_by_role("option", name=option, exact=True).click()
 
@@ -79,13 +93,13 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
             page.goto(f"{base}/download", wait_until="domcontentloaded")
             page.locator("input[type=file]").first.set_input_files(str(csv_path))
             expect(page.get_by_text("First rows of")).to_be_visible(timeout=60_000)
-            page.get_by_role("button", name="Start download").click()
+            click(page, "Start download")
             completed(page, 1)
             shot(page, "1-download")
 
             # 2. preprocess it
             page.goto(f"{base}/preprocess", wait_until="domcontentloaded")
-            page.get_by_role("button", name="Run ocr-128 on 6 images").click()
+            click(page, "Run ocr-128 on 6 images")
             completed(page, 1)
             shot(page, "2-preprocess")
 
@@ -94,10 +108,11 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
             expect(page.get_by_text("API key set")).to_be_visible(timeout=60_000)
             page.locator("input[type=file]").first.set_input_files(str(tmp_path / "cats.csv"))
             expect(page.get_by_text("cats.csv").first).to_be_visible(timeout=60_000)  # the upload has landed
-            page.get_by_role("button", name="Save list").click()
+            click(page, "Save list")
             expect(page.get_by_text("Saved categories v1")).to_be_visible(timeout=60_000)
+            settle(page)
             page.get_by_text("Describe + categorize in one call (Gemini)").click(timeout=60_000)
-            page.get_by_role("button", name="Start: Describe + categorize in one call (Gemini)").click()
+            click(page, "Start: Describe + categorize in one call (Gemini)")
             completed(page, 1)
             page.reload(wait_until="domcontentloaded")
             expect(page.locator('[data-testid="stJson"]').first).to_be_visible(timeout=60_000)
@@ -106,15 +121,16 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
 
             # 4. import a tagged folder, embed it with the tiny CLIP model, train
             page.goto(f"{base}/embed", wait_until="domcontentloaded")
+            settle(page)
             path_box = page.get_by_label("Folder or .zip path")
             path_box.fill(str(tree))
             path_box.press("Enter")
-            page.get_by_role("button", name="Import", exact=True).click()
+            click(page, "Import")
             completed(page, 1)
             choose(page, "Dataset", "colours")
-            page.get_by_role("button", name="Embed", exact=True).click()
+            click(page, "Embed")
             completed(page, 2)
-            page.get_by_role("button", name="Train", exact=True).click()
+            click(page, "Train")
             completed(page, 3)  # the page reruns itself when the job ends: no reload (that would be a new session)
             expect(page.get_by_text("Precision-recall: blue")).to_be_visible(timeout=60_000)
             shot(page, "4-embed-train")
@@ -123,7 +139,7 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
             page.goto(f"{base}/classify", wait_until="domcontentloaded")
             page.locator("input[type=file]").first.set_input_files(str(tmp_path / "new.zip"))
             expect(page.get_by_text("new.zip").first).to_be_visible(timeout=60_000)
-            page.get_by_role("button", name="Classify", exact=True).click()
+            click(page, "Classify")
             completed(page, 1)
             expect(page.get_by_text("Images scored")).to_be_visible(timeout=60_000)
             shot(page, "5-classify")
@@ -139,7 +155,7 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
             for path in (real, gen):
                 page.locator("input[type=file]").first.set_input_files(str(path))
                 expect(page.get_by_text(path.name).first).to_be_visible(timeout=60_000)
-                page.get_by_role("button", name="Import CSV").click()
+                click(page, "Import CSV")
                 expect(page.get_by_text(f"{path.stem}: 150 images")).to_be_visible(timeout=60_000)
             page.reload(wait_until="domcontentloaded")
             expect(page.get_by_text("Jensen-Shannon divergence")).to_be_visible(timeout=60_000)
