@@ -45,6 +45,16 @@ def click(page, name: str) -> None:  # type: ignore[no-untyped-def]
     page.get_by_role("button", name=name).first.click()
 
 
+def upload(page, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Give the page's first file uploader a file, once the page is idle, and wait until it shows it."""
+    from playwright.sync_api import expect
+
+    settle(page)
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    expect(page.get_by_text(path.name).filter(visible=True).first).to_be_visible(timeout=60_000)
+    settle(page)
+
+
 def choose(page, label: str, option: str) -> None:  # type: ignore[no-untyped-def]
     settle(page)
     page.get_by_label(label, exact=True).click()
@@ -74,11 +84,11 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
                          [[u, str(i), "item_weight", f"{i} g"] for i, u in enumerate(urls)])  # fmt: skip
     (tmp_path / "cats.csv").write_text("Category\nred\ngreen\nblue\n")
     tree = tagged_tree(tmp_path / "colours", per_tag=8)
-    upload = io.BytesIO()
-    with zipfile.ZipFile(upload, "w") as zf:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
         for i, colour in enumerate(["red", "blue"]):
             zf.writestr(f"new/{colour}.png", png(colour, 700 + i))
-    (tmp_path / "new.zip").write_bytes(upload.getvalue())
+    (tmp_path / "new.zip").write_bytes(archive.getvalue())
     (tmp_path / "part.png").write_bytes(render_png("Z5O1234S678", mono=True))
     real = synthetic(tmp_path / "REAL_e2e.csv", 150, {"people": 0.2, "city": 0.3}, 1)
     gen = synthetic(tmp_path / "GEN_e2e.csv", 150, {"people": 0.5, "city": 0.3}, 2)
@@ -91,7 +101,7 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
 
             # 1. download a URL CSV
             page.goto(f"{base}/download", wait_until="domcontentloaded")
-            page.locator("input[type=file]").first.set_input_files(str(csv_path))
+            upload(page, csv_path)
             expect(page.get_by_text("First rows of")).to_be_visible(timeout=60_000)
             click(page, "Start download")
             completed(page, 1)
@@ -106,8 +116,7 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
             # 3. describe and categorise with the fake Gemini server
             page.goto(f"{base}/describe", wait_until="domcontentloaded")
             expect(page.get_by_text("API key set")).to_be_visible(timeout=60_000)
-            page.locator("input[type=file]").first.set_input_files(str(tmp_path / "cats.csv"))
-            expect(page.get_by_text("cats.csv").first).to_be_visible(timeout=60_000)  # the upload has landed
+            upload(page, tmp_path / "cats.csv")
             click(page, "Save list")
             expect(page.get_by_text("Saved categories v1")).to_be_visible(timeout=60_000)
             settle(page)
@@ -137,8 +146,7 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
 
             # 5. classify an uploaded zip
             page.goto(f"{base}/classify", wait_until="domcontentloaded")
-            page.locator("input[type=file]").first.set_input_files(str(tmp_path / "new.zip"))
-            expect(page.get_by_text("new.zip").first).to_be_visible(timeout=60_000)
+            upload(page, tmp_path / "new.zip")
             click(page, "Classify")
             completed(page, 1)
             expect(page.get_by_text("Images scored")).to_be_visible(timeout=60_000)
@@ -146,15 +154,14 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
 
             # 6. OCR an image
             page.goto(f"{base}/ocr", wait_until="domcontentloaded")
-            page.locator("input[type=file]").first.set_input_files(str(tmp_path / "part.png"))
+            upload(page, tmp_path / "part.png")
             expect(page.get_by_text("25012345678").first).to_be_visible(timeout=120_000)
             shot(page, "6-ocr")
 
             # 7. compare REAL vs GEN
             page.goto(f"{base}/compare", wait_until="domcontentloaded")
             for path in (real, gen):
-                page.locator("input[type=file]").first.set_input_files(str(path))
-                expect(page.get_by_text(path.name).first).to_be_visible(timeout=60_000)
+                upload(page, path)
                 click(page, "Import CSV")
                 expect(page.get_by_text(f"{path.stem}: 150 images")).to_be_visible(timeout=60_000)
             page.reload(wait_until="domcontentloaded")
