@@ -262,22 +262,9 @@ def pull_weights(spec: ClipSpec, timeout: float) -> str:
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.model)) or "none"
         raise ModelUnavailableError(f"{spec.model} has no pretrained tag {spec.pretrained!r} (tags: {tags})")
-    result: dict[str, Any] = {}
+    from services.pulls import PullError, pull_with_timeout
 
-    def fetch() -> None:
-        try:
-            result["path"] = download_pretrained(cfg)
-        except Exception as exc:  # any network or hub failure is reported the same way
-            result["error"] = exc
-
-    worker = threading.Thread(target=fetch, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise ModelUnavailableError(f"pulling {spec.model}/{spec.pretrained} took over {timeout:.0f}s; stopped")
-    if "error" in result or not result.get("path"):
-        raise ModelUnavailableError(
-            f"could not download {spec.model}/{spec.pretrained}: {result.get('error')}; check the network or "
-            "copy a Hugging Face cache from a machine that has it"
-        )
-    return str(result["path"])
+    try:
+        return pull_with_timeout(lambda: download_pretrained(cfg), timeout, f"{spec.model}/{spec.pretrained}")
+    except PullError as exc:
+        raise ModelUnavailableError(str(exc)) from None

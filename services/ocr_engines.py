@@ -228,19 +228,10 @@ def pull_trocr(model_id: str, timeout: float) -> str:
     """Download a TrOCR model into the Hugging Face cache (the explicit pull; nothing else downloads)."""
     from huggingface_hub import snapshot_download
 
-    result: dict[str, Any] = {}
+    from services.pulls import PullError, pull_with_timeout
 
-    def fetch() -> None:
-        try:
-            result["path"] = snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
-        except Exception as exc:  # any network or hub failure is reported the same way
-            result["error"] = exc
-
-    worker = threading.Thread(target=fetch, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise EngineUnavailableError(f"pulling {model_id} took over {timeout:.0f}s; stopped")
-    if "error" in result:
-        raise EngineUnavailableError(f"could not download {model_id}: {result['error']}")
-    return str(result["path"])
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    try:
+        return pull_with_timeout(lambda: snapshot_download(model_id, allow_patterns=patterns), timeout, model_id)
+    except PullError as exc:
+        raise EngineUnavailableError(str(exc)) from None
