@@ -111,7 +111,7 @@ workers = None if loader_workers is None else int(loader_workers)
 if st.button("Embed", type="primary", key="et-embed", icon=":material/memory:", disabled=not weights_ok):
     start("Embed", "et-embed-job", lambda: start_embed(ws, manager, dataset, spec, int(batch_size), workers))
 follow("et-embed-job")
-st.caption(f"{len(EmbeddingStore(ws, key).load(mmap=True)):,} vectors stored for `{key}`.")
+st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for `{key}`.")
 
 # --- train ----------------------------------------------------------------------------------------------
 

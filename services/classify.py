@@ -139,7 +139,7 @@ class ClassifyTask(ImageStageTask):
                 block = list(itertools.islice(items, 10_000))
                 if not block:
                     break
-                have = set(store.load([i.key for i in block], mmap=True).hashes)
+                have = store.stored_hashes()
                 missing = [i for i in block if i.key not in have]
                 failed: list[ItemResult] = []
                 record = partial(_record_embeddings, ws, failed=failed)

@@ -87,6 +87,13 @@ class EmbeddingStore:
             return []
         return sorted(p.name[: -len(".hashes")] for p in self.folder.glob("*.hashes"))
 
+    def stored_hashes(self) -> set[str]:
+        """Which images have a vector: the hash lists only, no vector is read (for counts and checks)."""
+        out: set[str] = set()
+        for name in self.shards():
+            out.update((self.folder / f"{name}.hashes").read_text(encoding="ascii").split())
+        return out
+
     def load(self, wanted: list[str] | None = None, mmap: bool = False) -> Embeddings:
         """All vectors of this model (or those of `wanted`, in that order), each hash once.
 

@@ -73,7 +73,7 @@ def start_training(
     if not 0.0 < test_size < 1.0:
         raise DatasetError(f"test size {test_size}: give a fraction between 0 and 1")
     hashes = list(dataset_tags(ws, dataset))
-    have = len(EmbeddingStore(ws, embedding_key).load(hashes, mmap=True))
+    have = len(EmbeddingStore(ws, embedding_key).stored_hashes() & set(hashes))
     if have < len(hashes):
         raise DatasetError(
             f"{len(hashes) - have} of {len(hashes)} images of {dataset!r} have no {embedding_key} embedding; "

@@ -184,6 +184,7 @@ def test_store_compaction_and_duplicates(ws: Workspace):
     assert store.compact(rows_per_shard=4) == 2
     assert len(store.shards()) == 2 and store.load().hashes == got.hashes
     assert np.array_equal(store.load(["h6", "h0", "nope"]).vectors, got.vectors[[6, 0]])
+    assert store.stored_hashes() == {f"h{i}" for i in range(7)}
     with pytest.raises(ValueError, match="3 hashes for 2 vectors"):
         store.write_shard(["a", "b", "c"], a[:2])
 
