@@ -37,6 +37,17 @@ FAST_ENV = {
 }
 
 
+_MAIN = sys.modules["__main__"]
+
+
+@pytest.fixture(autouse=True)
+def restore_main_module() -> Iterator[None]:
+    """Streamlit's AppTest runs a page as `__main__` and leaves it there; a later spawn or forkserver child
+    would then re-run app.py instead of pytest's entry point. Put pytest's back after every test."""
+    yield
+    sys.modules["__main__"] = _MAIN
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No test reads the developer's config.yaml, secrets or AWS profile; retries are fast."""
