@@ -39,11 +39,13 @@ system-deps:
 
 test: $(DEV_STAMP) system-deps
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # nginx serves the benchmark's images; img2dataset gets its own venv under .bench/ on first use.
 bench-download: $(STAMP)

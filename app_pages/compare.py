@@ -41,9 +41,9 @@ with st.expander("Add a set", expanded=len(list_label_sets(ws)) < 2):
         upload = st.file_uploader("image_name,description,categories", type=["csv"], key="cmp-upload",
                                   max_upload_size=ws.settings.max_upload_mb)  # fmt: skip
         csv_name = st.text_input("Set name", key="cmp-csv-name", placeholder="default: the file name")
-        if st.button("Import CSV", key="cmp-import", disabled=upload is None):
+        if st.button("Import CSV", key="cmp-import", disabled=upload is None) and upload is not None:
             try:
-                saved = import_categorized_csv(ws, save_upload(ws, upload), csv_name or upload.name.rsplit(".", 1)[0])  # type: ignore[union-attr]
+                saved = import_categorized_csv(ws, save_upload(ws, upload), csv_name or upload.name.rsplit(".", 1)[0])
                 st.success(f"{saved.name}: {saved.items:,} images")
             except CompareError as exc:
                 st.error(str(exc))
@@ -93,7 +93,7 @@ with normalised:
 with difference:
     st.plotly_chart(difference_figure(result), key="cmp-difference")
 
-points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else []
+points = event.get("selection", {}).get("points", []) if isinstance(event, dict) else []
 choices = [s.category for s in result.categories] + list(result.special)
 if points and points[0].get("x") != st.session_state.get("cmp-last-click"):  # a new bar was clicked
     st.session_state["cmp-last-click"] = points[0]["x"]
@@ -148,10 +148,10 @@ else:
         chosen_points = lasso.get("selection", {}).get("points", []) if isinstance(lasso, dict) else []
         if chosen_points:
             st.caption(f"{len(chosen_points)} images selected")
-            grid = st.columns(6)
+            lasso_grid = st.columns(6)
             paths = image_paths(ws, [p["customdata"] for p in chosen_points[:24]])
             for i, path in enumerate(paths.values()):
-                grid[i % 6].image(str(ws.abspath(path)))
+                lasso_grid[i % 6].image(str(ws.abspath(path)))
         if embedded.duplicates:
             st.dataframe(pd.DataFrame(embedded.duplicates, columns=["A", "B", "cosine"]), hide_index=True,
                          key="cmp-dups")  # fmt: skip
@@ -177,10 +177,10 @@ if cluster_report is not None and cluster_report.a == set_a.name and cluster_rep
     if rows:
         c = cluster_report.clusters[rows[0]]
         paths = image_paths(ws, c.items_a + c.items_b)
-        grid = st.columns(8)
+        cluster_grid = st.columns(8)
         for i, item in enumerate(c.items_a + c.items_b):
             if item in paths:
-                grid[i % 8].image(str(ws.abspath(paths[item])), caption="A" if item in c.items_a else "B")
+                cluster_grid[i % 8].image(str(ws.abspath(paths[item])), caption="A" if item in c.items_a else "B")
     st.dataframe(pd.DataFrame([vars(k) for k in cluster_report.keywords]), hide_index=True, key="cmp-keywords")
 
 st.subheader("Confounds")
@@ -205,6 +205,6 @@ if st.button("Write the HTML report and CSV tables", key="cmp-report"):
 if st.session_state.get("cmp-report-path"):
     from pathlib import Path
 
-    path = Path(st.session_state["cmp-report-path"])
-    st.download_button("Report (HTML)", path.read_bytes(), file_name=path.name, key="cmp-report-download")
-    st.caption(f"Written to `{path}` with CSV tables beside it")
+    report_path = Path(st.session_state["cmp-report-path"])
+    st.download_button("Report (HTML)", report_path.read_bytes(), file_name=report_path.name, key="cmp-report-download")
+    st.caption(f"Written to `{report_path}` with CSV tables beside it")

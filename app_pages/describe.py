@@ -66,8 +66,9 @@ with st.expander("Category lists", expanded=not list_lists(ws)):
         upload = st.file_uploader("CSV with a `Category` column", type=["csv"], key="dc-cat-upload")
         upload_name = st.text_input("Save as list", value="categories", key="dc-cat-upload-name")
         if st.button("Save list", key="dc-cat-upload-save") and upload is not None:
+            uploaded = upload
             save_categories(
-                upload_name, lambda: parse_category_csv(upload.getvalue(), upload.name), f"upload:{upload.name}"
+                upload_name, lambda: parse_category_csv(uploaded.getvalue(), uploaded.name), f"upload:{uploaded.name}"
             )
     with edit_tab:
         lists = list_lists(ws)
@@ -83,8 +84,11 @@ with st.expander("Category lists", expanded=not list_lists(ws)):
         source = st.file_uploader("`image_name,description,categories` CSV", type=["csv"], key="dc-cat-extract")
         extract_name = st.text_input("Save as list", value="extracted", key="dc-cat-extract-name")
         if st.button("Extract and save", key="dc-cat-extract-save") and source is not None:
+            extract_from = source
             save_categories(
-                extract_name, lambda: extract_categories(source.getvalue(), source.name), f"extract:{source.name}"
+                extract_name,
+                lambda: extract_categories(extract_from.getvalue(), extract_from.name),
+                f"extract:{extract_from.name}",
             )
 
 all_versions = list_lists(ws, all_versions=True)

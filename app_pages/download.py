@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from services.datasets import DatasetError, read_csv_header
 from services.s3_client import S3AccessError
@@ -24,7 +25,7 @@ st.caption(
 )
 
 
-def _save_upload(upload) -> Path:  # type: ignore[no-untyped-def]
+def _save_upload(upload: UploadedFile) -> Path:
     data = upload.getvalue()
     digest = hashlib.sha256(data).hexdigest()[:12]
     path = ws.upload_path(f"{digest}_{upload.name}")

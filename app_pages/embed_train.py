@@ -1,5 +1,6 @@
 """Embed & Train: import a tagged folder or zip, embed it with open_clip, train per-tag classifiers."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ st.caption("CLIP embeddings stored once per image and model; one logistic regres
            "SVM per tag, trained against the `other-training` negatives.")  # fmt: skip
 
 
-def start(label: str, key: str, create) -> None:  # type: ignore[no-untyped-def]
+def start(label: str, key: str, create: Callable[[], int]) -> None:
     """Create a job (errors shown, nothing queued), run it detached and follow it below."""
     try:
         job_id = create()

@@ -76,8 +76,8 @@ elif recipe is not None:
         st.session_state["pp-seed"] = seed = seed + 1
     for p in preview(ws, recipe, sample_images(ws, dataset, 3, seed)):
         before, after = st.columns(2)
-        if p.error:
-            st.error(f"{p.image_hash[:12]}: {p.error}")
+        if p.error or p.before is None or p.after is None:
+            st.error(f"{p.image_hash[:12]}: {p.error or 'no preview'}")
             continue
         before.image(p.before, caption=f"before · {p.image_hash[:12]}", clamp=True, width=320)
         after.image(

@@ -330,8 +330,9 @@ def _decoded(data: bytes, max_pixels: int = 100_000_000) -> tuple[str, Any]:
 
 def _vectors(ws: Workspace, model: TagModel, key: str, images: list[tuple[str, Any]]) -> np.ndarray:
     """Stored vectors for known images; the rest embedded here with the models' CLIP model (loaded once)."""
-    known = {h: vector_for(ws, key, h) for h, _ in images}
-    todo = [(h, img) for h, img in images if known[h] is None]
+    stored = {h: vector_for(ws, key, h) for h, _ in images}
+    known: dict[str, np.ndarray] = {h: v for h, v in stored.items() if v is not None}
+    todo = [(h, img) for h, img in images if h not in known]
     if todo:
         spec = model.manifest.get("embedding_spec")
         if not spec:

@@ -492,7 +492,7 @@ def jobs_export(job_id: int, out: Annotated[Path, typer.Option(help="CSV file to
     if p.dataset_id is None:
         _fail(f"job {job_id} has no dataset to export")
     variant = f"border-{p.params['resize']}" if p.params.get("resize") else None
-    n = export_labelled_csv(ws.catalog, ws.root, p.dataset_id, job_id, out, variant)  # type: ignore[arg-type]
+    n = export_labelled_csv(ws.catalog, ws.root, p.dataset_id, job_id, out, variant)
     typer.echo(f"{n} rows written to {out}")
 
 

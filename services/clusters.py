@@ -131,7 +131,7 @@ def top_keywords(texts_by_cluster: dict[int, list[str]], n: int = 6) -> dict[int
     except ValueError:  # only stop words
         return {c: [] for c in texts_by_cluster}
     terms = np.array(vectorizer.get_feature_names_out())
-    out = {c: [] for c in texts_by_cluster}
+    out: dict[int, list[str]] = {c: [] for c in texts_by_cluster}
     for row, c in zip(matrix, ids, strict=True):
         order = np.argsort(-row)[:n]
         out[c] = [str(terms[i]) for i in order if row[i] > 0]

@@ -280,10 +280,11 @@ def compare_sets(ws: Workspace, a: LabelSet, b: LabelSet, test: str = "g-test") 
                 warning,
             )  # fmt: skip
         )
-    tested = [s for s in stats if s.p_value is not None]
+    tested = [stat for stat in stats if stat.p_value is not None]
     if tested:
-        for s, q in zip(tested, false_discovery_control([s.p_value for s in tested], method="bh"), strict=True):
-            s.q_value = float(q)
+        p_values = [stat.p_value for stat in tested if stat.p_value is not None]
+        for stat, q_value in zip(tested, false_discovery_control(p_values, method="bh"), strict=True):
+            stat.q_value = float(q_value)
     p = np.array([counts_a.get(c, 0) for c in categories], dtype=float)
     q = np.array([counts_b.get(c, 0) for c in categories], dtype=float)
     special = {label: (counts_a.get(label, 0), counts_b.get(label, 0)) for label in SPECIAL}

@@ -68,7 +68,7 @@ def projection(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray,
     """2-D coordinates of both sets together: UMAP when installed, PCA otherwise."""
     data = np.concatenate([x, y])
     try:
-        import umap  # type: ignore[import-not-found]
+        import umap
 
         return np.asarray(umap.UMAP(n_components=2, random_state=seed).fit_transform(data)), "UMAP"
     except ImportError:

@@ -195,8 +195,8 @@ def thumbnail_uris(ws: Workspace, items: list[str], side: int = 64) -> dict[str,
     out = {}
     for item, rel in image_paths(ws, items).items():
         try:
-            with Image.open(ws.abspath(rel)) as img:
-                img = img.convert("RGB")
+            with Image.open(ws.abspath(rel)) as opened:
+                img = opened.convert("RGB")
                 img.thumbnail((side, side))
                 buf = io.BytesIO()
                 img.save(buf, format="JPEG", quality=80)

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,7 +124,7 @@ def iter_csv_batches(path: Path, skip_header: bool = True, batch: int = INGEST_B
             yield chunk
 
 
-def insert_rows(catalog: Catalog, dataset_id: int, rows: list[tuple[int, list[str], str | None]]) -> None:
+def insert_rows(catalog: Catalog, dataset_id: int, rows: Sequence[tuple[int, list[str], str | None]]) -> None:
     """(row_index, values, source_key) rows; re-inserting the same index is a no-op (idempotent ingest)."""
     with catalog.write() as conn:
         conn.executemany(

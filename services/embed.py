@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from services.embeddings import EMBED_STAGE, EmbeddingStore, embedding_key
 from services.jobs import ItemResult, JobManager, Journal, PendingItem, RunContext
 from services.stage_tasks import ImageStageTask, require_images
 from services.workspace import Workspace
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 BATCHES_PER_SHARD = 8
@@ -94,7 +97,7 @@ def collate(batch: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, l
     ok = [(i, t) for i, t, err in batch if err is None]
     failed = [(i, err) for i, _, err in batch if err is not None]
     tensors = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], tensors, failed  # type: ignore[return-value]
+    return [i for i, _ in ok], tensors, failed
 
 
 class EmbedTask(ImageStageTask):
@@ -150,8 +153,11 @@ def embed_block(
     workers = auto_loader_workers(loaded.device) if configured is None else int(configured)
     if workers and not loaded.device.startswith("cuda"):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))  # leave the decoders their cores
-    loader = DataLoader(
-        ImageFiles(str(ws.root), pairs, loaded.preprocess, loaded.image_side),
+    files = cast(
+        "Dataset[tuple[int, Any, str | None]]", ImageFiles(str(ws.root), pairs, loaded.preprocess, loaded.image_side)
+    )
+    loader: DataLoader[tuple[int, Any, str | None]] = DataLoader(
+        files,
         batch_size=int(params["batch_size"]),
         num_workers=workers,
         collate_fn=collate,

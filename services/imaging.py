@@ -64,7 +64,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = img.format or "UNKNOWN"
             width, height = img.size
             if width * height > max_pixels:

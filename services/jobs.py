@@ -9,6 +9,7 @@ journals first and never fetches a finished item again. A heartbeat row tells a 
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import itertools
 import json
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,7 +92,7 @@ class ItemResult:
         source = tuple(data.pop("source")) if data.get("source") else None
         derived = [tuple(d) for d in data.pop("derived", [])]
         stages = [tuple(x) for x in data.pop("stages", [])]
-        return cls(image=image, source=source, derived=derived, stages=stages, **data)  # type: ignore[arg-type]
+        return cls(image=image, source=source, derived=derived, stages=stages, **data)
 
     @property
     def subject_hash(self) -> str | None:
@@ -276,7 +277,7 @@ class JobManager:
             return _pid_alive(int(row["pid"]))
         return True
 
-    def failures(self, job_id: int, limit: int = 200) -> list[dict[str, Any]]:
+    def failures(self, job_id: int, limit: int = 200) -> builtins.list[dict[str, Any]]:
         rows = self.catalog.query(
             """SELECT item_key, locator, error_class, error_message, attempts FROM job_items
                WHERE job_id = ? AND status = 'failed' ORDER BY seq LIMIT ?""",
@@ -294,7 +295,7 @@ class JobManager:
 
     # --- items ---------------------------------------------------------------------------------------
 
-    def add_items(self, job_id: int, items: list[tuple[str, str | None]]) -> int:
+    def add_items(self, job_id: int, items: Sequence[tuple[str, str | None]]) -> int:
         """Add (key, locator) items; keys already in the job are ignored (a URL is fetched once per job)."""
         with self.catalog.write() as conn:
             start = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM job_items WHERE job_id = ?", (job_id,))
@@ -356,7 +357,7 @@ class JobManager:
                 yield PendingItem(r["item_key"], r["locator"], r["attempts"])
             last = rows[-1]["seq"]
 
-    def apply_results(self, job_id: int, results: list[ItemResult]) -> None:
+    def apply_results(self, job_id: int, results: builtins.list[ItemResult]) -> None:
         """Record results of items still pending (so a journal replayed twice counts once)."""
         if not results:
             return
@@ -463,7 +464,8 @@ class JobManager:
         row = self._row(job_id)
         task = self.task(row["kind"])
         params = json.loads(row["params"])
-        state, error = "failed", "the run ended unexpectedly"
+        state: str = "failed"
+        error: str | None = "the run ended unexpectedly"
         release_executor: Callable[[], None] | None = None
         try:
             replayed = self._replay_journals(job_id)

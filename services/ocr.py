@@ -54,7 +54,7 @@ class OcrResult:
 
 
 def recipe_keeps_geometry(recipe: Recipe | None) -> bool:
-    return recipe is None or not any(getattr(step, "op", "") in GEOMETRY_OPS for step in recipe.steps)
+    return recipe is None or not any(getattr(step, "op", "") in GEOMETRY_OPS for step in recipe.ops)
 
 
 def prepare(image: np.ndarray, recipe: Recipe | None) -> np.ndarray:
@@ -155,7 +155,9 @@ def _last_serial(fh: Any, size: int) -> int:
 
 
 def log_result(ws: Workspace, result: OcrResult) -> int:
-    detected = result.code if result.valid else (f"InvalidCode ({result.raw})" if result.raw else "NoText")
+    detected = (
+        result.code if result.valid and result.code else (f"InvalidCode ({result.raw})" if result.raw else "NoText")
+    )
     return append_log(ws.root / ws.settings.ocr.log_csv, detected)
 
 
@@ -233,7 +235,7 @@ def ocr_chunk(items: list[tuple[str, str | None]], opts: OcrOptions) -> list[Ite
     from services.settings import load_settings
 
     params = json.loads(opts.params_json)
-    ws = Workspace(opts.workspace, load_settings(workspace=opts.workspace))
+    ws = Workspace(Path(opts.workspace), load_settings(workspace=opts.workspace))
     settings = ws.settings.model_copy(
         update={"ocr": ws.settings.ocr.model_copy(update={"trocr_model": params["model"]})}
     )

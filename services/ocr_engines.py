@@ -70,7 +70,11 @@ class RapidOcrEngine:
     def read(self, image: np.ndarray) -> list[TextLine]:
         with self._lock:
             result = self._engine(image)
-        boxes, texts, scores = getattr(result, "boxes", None), getattr(result, "txts", None), result.scores
+        boxes, texts, scores = (
+            getattr(result, "boxes", None),
+            getattr(result, "txts", None),
+            getattr(result, "scores", None),
+        )
         if boxes is None or texts is None:
             return []
         return [TextLine(str(t), _box(b), float(s)) for b, t, s in zip(boxes, texts, scores or [], strict=False)]
@@ -178,7 +182,7 @@ def build_engine(name: str, settings: Settings) -> Engine:
                 _CACHE[key] = TrOcrEngine(ocr.trocr_model, ocr.max_new_tokens, ocr.batch_size, ocr.device)
             else:
                 raise EngineUnavailableError(f"unknown OCR engine {name!r}; engines: {', '.join(ENGINES)}")
-        return _CACHE[key]  # type: ignore[no-any-return]
+        return _CACHE[key]
 
 
 def engine_status(settings: Settings) -> dict[str, str | None]:

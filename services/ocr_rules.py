@@ -59,7 +59,8 @@ class OcrRules(BaseModel):
     def normalise(self, raw: str) -> str:
         """Stripped and mapped text (what the pattern is checked against)."""
         text = "".join(ch for ch in raw if ch not in self.strip)
-        return text.translate(str.maketrans(self.mapping)) if self.mapping else text
+        table: dict[str, str | int | None] = dict(self.mapping)
+        return text.translate(str.maketrans(table)) if self.mapping else text
 
     def apply(self, raw: str) -> RuleResult:
         text = self.normalise(raw)

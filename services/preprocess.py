@@ -198,7 +198,7 @@ def preview(ws: Workspace, recipe: Recipe, images: list[tuple[str, str]]) -> lis
     for image_hash, rel in images:
         try:
             arr, width, height = load_image(ws.abspath(rel).read_bytes(), ws.settings.download.max_pixels)
-            flags = list(measure(arr, width, height)["flags"])  # type: ignore[arg-type]
+            flags = list(measure(arr, width, height)["flags"])
             out.append(Preview(image_hash, arr, apply_recipe(arr, recipe), flags))
         except (ImageCheckError, OperationError, OSError) as exc:
             out.append(Preview(image_hash, None, None, error=str(exc)))

@@ -6,6 +6,8 @@ resolution (and whether it was decoded at reduced scale).
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -21,7 +23,7 @@ QUALITY_VERSION = "v1"
 FLAGS = ("too_dark", "too_bright", "blurry", "tiny", "extreme_aspect", "near_uniform")
 
 
-def measure(arr: np.ndarray, width: int, height: int) -> dict[str, object]:
+def measure(arr: np.ndarray, width: int, height: int) -> dict[str, Any]:
     """Metrics and flags; `width` and `height` are the original image's, not the (maybe reduced) array's."""
     gray = arr if arr.ndim == 2 else cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
     h, w = gray.shape
@@ -31,7 +33,7 @@ def measure(arr: np.ndarray, width: int, height: int) -> dict[str, object]:
     mean, std = float(gray.mean()), float(gray.std())
     lap_var = float(cv2.Laplacian(gray, cv2.CV_64F).var())
     aspect = max(width, height) / max(1, min(width, height))
-    flags = []
+    flags: list[str] = []
     if mean < DARK_MEAN:
         flags.append("too_dark")
     if mean > BRIGHT_MEAN:

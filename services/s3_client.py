@@ -8,6 +8,7 @@ any S3-compatible store. A credentials problem is one message for the whole run,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -48,7 +49,7 @@ class S3Object:
     size: int
 
 
-def make_client(cfg: DownloadSettings, endpoint_url: str | None = None, pool: int | None = None):  # type: ignore[no-untyped-def]
+def make_client(cfg: DownloadSettings, endpoint_url: str | None = None, pool: int | None = None) -> Any:
     config = Config(
         retries={"max_attempts": cfg.max_retries + 1, "mode": "standard"},
         max_pool_connections=max(pool or cfg.threads_per_worker, 10),
@@ -58,7 +59,7 @@ def make_client(cfg: DownloadSettings, endpoint_url: str | None = None, pool: in
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
-def list_prefix(client, bucket: str, prefix: str) -> list[S3Object]:  # type: ignore[no-untyped-def]
+def list_prefix(client: Any, bucket: str, prefix: str) -> list[S3Object]:
     """Every object under the prefix, in one paginated listing."""
     out: list[S3Object] = []
     try:

@@ -98,7 +98,7 @@ def read_seed_json(metadata_path: Path, tags_path: Path | None = None) -> list[S
             SeedEntry(
                 hash_id=hash_id,
                 path=str(path),
-                tags=tags_of.get(hash_id) if tag_map is not None else list(rec.get("image_tags") or []),
+                tags=tags_of.get(hash_id, []) if tag_map is not None else list(rec.get("image_tags") or []),
                 vector=[float(v) for v in vector] if vector else None,
                 model=rec.get("model") or rec.get("clip_model"),
                 pretrained=rec.get("pretrained"),

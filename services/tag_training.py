@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -139,7 +140,7 @@ def _data(ws: Workspace, opts: TrainOptions) -> tuple[Embeddings, dict[str, set[
 def train_chunk(items: list[tuple[str, str | None]], opts: TrainOptions) -> list[ItemResult]:
     from services.settings import load_settings
 
-    ws = Workspace(opts.workspace, load_settings(workspace=opts.workspace))
+    ws = Workspace(Path(opts.workspace), load_settings(workspace=opts.workspace))
     journal = Journal(opts.journal_dir)
     results = []
     try:

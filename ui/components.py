@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,7 +71,7 @@ def jobs_table(jobs: list[JobProgress], key: str) -> None:
     )
 
 
-def _act(label: str, action, job_id: int) -> None:  # type: ignore[no-untyped-def]
+def _act(label: str, action: Callable[[int], object], job_id: int) -> None:
     try:
         action(job_id)
     except (JobBusyError, JobError) as exc:
