@@ -25,14 +25,13 @@ from services.jobs import JobManager
 from services.ocr import (
     LOG_HEADER,
     OcrSetup,
-    accuracy,
     append_log,
     ocr_bytes,
     ocr_results,
-    read_ground_truth,
     read_image,
     start_ocr,
 )
+from services.ocr_accuracy import accuracy, read_ground_truth
 from services.ocr_engines import EngineUnavailableError, build_engine, engine_status, load_trocr, resolve_engine
 from services.ocr_rules import PRESETS, OcrRules, RulesError, load_rules, save_rules
 from services.ocr_socket import HEADER, OcrSocketServer, send_image
