@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from services.datasets import DatasetError, DatasetSummary, dataset_images, list_datasets
+from services.datasets import DatasetError, DatasetSummary, dataset_entries, list_datasets
 from services.folder_import import start_folder_import
 from services.imaging import ImageCheckError
 from services.ocr import (
@@ -20,7 +20,7 @@ from services.ocr import (
     read_image,
     start_ocr,
 )
-from services.ocr_accuracy import NAME_MATCHING, read_ground_truth, score_against_truth
+from services.ocr_accuracy import NAME_MATCHING, read_ground_truth, score_against_truth, truth_report_csv
 from services.ocr_engines import EngineUnavailableError, engine_status, resolve_engine
 from services.ocr_rules import OcrRules, RulesError, list_rules, load_rules, save_rules
 from services.recipes import RecipeError, list_recipes, load_recipe, parse_recipe
@@ -50,7 +50,8 @@ engine_choice = c1.selectbox("Engine", ["auto", *available], key="ocr-engine")
 engine = resolve_engine(engine_choice, settings)
 c1.caption(f"auto uses {resolve_engine('auto', settings)}")
 recipe_name = c2.selectbox("Preprocess recipe", ["(none)", *list_recipes(ws.root)], key="ocr-recipe")
-rules_name = c3.selectbox("Rules", list_rules(ws.root), index=list_rules(ws.root).index("seed-003"), key="ocr-rules")
+st.session_state.setdefault("ocr-rules", "seed-003")  # the default; saving edited rules selects them
+rules_name = c3.selectbox("Rules", list_rules(ws.root), key="ocr-rules")
 try:
     recipe = load_recipe(ws.root, recipe_name) if recipe_name != "(none)" else None
     base_rules = load_rules(ws.root, rules_name)
@@ -60,6 +61,19 @@ except (RecipeError, RulesError) as exc:
 if recipe is not None:
     c2.caption(recipe.description or f"{len(recipe.ops)} steps")
 c3.caption(base_rules.description)
+
+
+def save_and_select(edited: OcrRules, name: str) -> None:
+    """Save the edited rules under `name` and select them, so a job can use them at once."""
+    try:
+        description = edited.description if name == edited.name else f"Edited from {edited.name}."
+        path = save_rules(ws.root, edited.model_copy(update={"name": name, "description": description}))
+    except (RulesError, ValueError) as exc:
+        st.session_state["ocr-rules-save-error"] = str(exc)
+        return
+    st.session_state["ocr-rules"] = name
+    st.session_state["ocr-rules-saved"] = f"Saved to `{path}` and selected."
+
 
 with st.expander("Edit the rules"):
     strip = st.text_input("Characters to strip", base_rules.strip, key=f"ocr-strip-{rules_name}")
@@ -77,11 +91,11 @@ with st.expander("Edit the rules"):
         st.error(str(exc))
         rules = base_rules
     save_as = st.text_input("Save as", value="" if rules_name in ("none", "seed-003") else rules_name, key="ocr-save")
-    if st.button("Save rules", key="ocr-save-rules", disabled=not save_as):
-        try:
-            st.success(f"Saved to `{save_rules(ws.root, rules.model_copy(update={'name': save_as}))}`")
-        except RulesError as exc:
-            st.error(str(exc))
+    st.button("Save rules", key="ocr-save-rules", disabled=not save_as, on_click=save_and_select, args=(rules, save_as))
+    if saved := st.session_state.pop("ocr-rules-saved", None):
+        st.success(saved)
+    if failed := st.session_state.pop("ocr-rules-save-error", None):
+        st.error(failed)
 
 
 def ordered_for_ocr(datasets: list[DatasetSummary]) -> list[str]:
@@ -90,10 +104,15 @@ def ordered_for_ocr(datasets: list[DatasetSummary]) -> list[str]:
     return [d.name for d in ocr] + [d.name for d in datasets if d.kind.lower() != "ocr"]
 
 
-def warn_misfit(sized: list[tuple[str, int, int]], what: str) -> None:
+def warn_misfit(sized: list[tuple[str, int, int]], what: str, short: bool = False) -> None:
     """The recipe's crop checked against these image sizes: a warning naming the images it does not fit."""
     problems = fit_problems(recipe, sized)
     if recipe is None or not problems:
+        return
+    if short:
+        st.warning(f"Recipe **{recipe.name}** does not fit {len(problems)} of {len(sized)} {what} (first: "
+                   f"`{problems[0][0]}`, {problems[0][1]}). The job fails those images with `recipe_misfit`.",
+                   icon=":material/crop:")  # fmt: skip
         return
     shown = "\n".join(f"- `{name}`: {problem}" for name, problem in problems[:5])
     more = f"\n- ... and {len(problems) - 5} more" if len(problems) > 5 else ""
@@ -151,6 +170,17 @@ def show_preview(name: str, data: bytes) -> None:
                  "confidence": found.confidence, "lines": found.lines})  # fmt: skip
 
 
+def sample_sizes(dataset: str) -> list[tuple[str, int, int]]:
+    """(name, width, height) of the dataset's first images, read from their headers (what the recipe meets)."""
+    sized = []
+    for _, rel, image_name in dataset_entries(ws, dataset)[:FIT_SAMPLE]:
+        try:
+            sized.append((image_name, *oriented_size(ws.abspath(rel))))
+        except (OSError, ImageCheckError):
+            pass  # a file that is gone or unreadable fails in the job with its own reason
+    return sized
+
+
 def upload_name(name: str) -> str:
     """An uploaded file's own name, never a path (the folder import keeps it as the image name)."""
     base = PurePosixPath(name.replace("\\", "/").replace("\x00", "")).name
@@ -196,33 +226,28 @@ if how == "Upload images":
             job = start_folder_import(ws, manager, folder, folder.name, kind="ocr")
             st.session_state["ocr-dataset"] = folder.name
             st.session_state["ocr-target"] = folder.name
-            manager.run(job)  # a handful of uploaded files: imported right here
-            st.success(f"Added as dataset `{folder.name}`: run it below.")
+            imported = manager.run(job)  # a handful of uploaded files: imported right here
+            unread = f" ({imported.failed:,} could not be read)" if imported.failed else ""
+            st.success(f"Added {imported.done:,} images as dataset `{folder.name}`{unread}: run it below.")
             names = ordered_for_ocr(list_datasets(ws.catalog))
 elif not names:
     st.info("No datasets yet: upload images above and add them as a dataset, or import a folder with "
             "`python -m services ocr FOLDER`.")  # fmt: skip
 else:
     dataset = st.selectbox("Dataset", names, key="ocr-dataset", help="Datasets imported for OCR are listed first.")
-    images = dataset_images(ws, dataset)
-    if not images:
+    entries = dataset_entries(ws, dataset)
+    if not entries:
         st.warning(f"Dataset {dataset!r} has no stored images yet: its download or import has not finished.")
     else:
-        sample = [(f"image {i + 1}", ws.abspath(rel)) for i, (_, rel) in enumerate(images[:FIT_SAMPLE])]
-        sized = []
-        for label, path in sample:
-            try:
-                sized.append((label, *oriented_size(path.read_bytes())))
-            except (OSError, ImageCheckError):
-                pass
-        warn_misfit(sized, f"sampled images of {dataset}")
-        index = st.number_input(f"Preview image (of {len(images)})", 1, len(images), 1, key="ocr-preview-index")
+        warn_misfit(sample_sizes(dataset), f"sampled images of {dataset}")
+        index = st.number_input(f"Preview image (of {len(entries)})", 1, len(entries), 1, key="ocr-preview-index")
+        _, rel, image_name = entries[int(index) - 1]
         try:
-            data = ws.abspath(images[int(index) - 1][1]).read_bytes()
+            data = ws.abspath(rel).read_bytes()
         except OSError as exc:
-            st.error(f"image {int(index)} of {dataset}: {exc.strerror or exc}")
+            st.error(f"{image_name}: {exc.strerror or exc}")
         else:
-            show_preview(f"image {int(index)}", data)
+            show_preview(image_name, data)
 
 # --- batch ----------------------------------------------------------------------------------------------
 
@@ -230,6 +255,8 @@ st.subheader("Run over a dataset")
 target = st.selectbox("Dataset to read", names, key="ocr-target", help="Datasets imported for OCR are listed first.")
 if target is None:
     st.caption("No datasets yet: add uploaded images as a dataset above, or import a folder with the CLI.")
+if target is not None:
+    warn_misfit(sample_sizes(target), f"sampled images of {target}", short=True)
 saved_rules = rules_name if rules == base_rules else None
 if saved_rules is None:
     st.warning("The rules are edited: save them first (a job uses saved rules so it can be resumed). The results "
@@ -257,8 +284,9 @@ if target:
     else:
         failed = sum(1 for r in rows if r["error"])
         accepted = sum(1 for r in rows if r["valid"])
-        st.caption(f"{len(rows):,} images read with {engine}, {recipe_words} and rules {rules_name}: "
-                   f"{accepted:,} accepted by the rules, {failed:,} failed.")  # fmt: skip
+        st.caption(f"{len(rows):,} images with {engine}, {recipe_words} and rules {rules_name}: {accepted:,} read "
+                   f"and accepted by the rules, {len(rows) - accepted - failed:,} not accepted (or no text), "
+                   f"{failed:,} failed (see the error column).")  # fmt: skip
         frame = pd.DataFrame(rows)[["image", "code", "raw", "valid", "confidence", "cord", "error"]]
         st.dataframe(frame, hide_index=True, key="ocr-results")
         st.download_button("Results CSV", frame.to_csv(index=False).encode(), file_name=f"ocr-{target}.csv",
@@ -293,7 +321,8 @@ if target:
                         more = " ..." if len(report.unmatched) > 5 else ""
                         st.caption(f"{len(report.unmatched):,} ground-truth rows match no image read: "
                                    f"{', '.join(report.unmatched[:5])}{more}")  # fmt: skip
+                    rates = {c: st.column_config.NumberColumn(c.upper(), format="percent") for c in ("cer", "wer")}
                     scores = pd.DataFrame([vars(s) for s in report.images])
-                    st.dataframe(scores, hide_index=True, key="ocr-accuracy")
-                    st.download_button("Accuracy CSV", scores.to_csv(index=False).encode(),
+                    st.dataframe(scores, hide_index=True, key="ocr-accuracy", column_config=rates)
+                    st.download_button("Accuracy CSV", truth_report_csv(report).encode(),
                                        file_name=f"ocr-accuracy-{target}.csv", key="ocr-accuracy-csv")  # fmt: skip

@@ -94,12 +94,12 @@ def fit_problems(recipe: Recipe | None, sized: list[tuple[str, int, int]]) -> li
     return [(name, problem) for name, problem in found if problem is not None]
 
 
-def oriented_size(data: bytes) -> tuple[int, int]:
+def oriented_size(source: bytes | Path) -> tuple[int, int]:
     """Width and height as the image will be read (EXIF rotation applied), from its header: no decoding."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             width, height = img.size
             orientation = img.getexif().get(0x0112, 1)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -275,6 +275,8 @@ class OcrOptions:
 
 class OcrTask(ImageStageTask):
     kind: ClassVar[str] = "ocr"
+    # the recipe is frozen into the job: a retry meets the same crop box (run again with a recipe that fits)
+    sticky_classes: ClassVar[frozenset[str]] = ImageStageTask.sticky_classes | {RecipeMisfitError.error_class}
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return [(OCR_STAGE, params["settings_hash"])]
@@ -315,8 +317,8 @@ def ocr_chunk(items: list[tuple[str, str | None]], opts: OcrOptions) -> list[Ite
                 log_result(ws, found)
             except FileNotFoundError:
                 result = _failed(image_hash, params, "missing", f"{rel} is gone from the workspace")
-            except RecipeMisfitError as exc:
-                result = _failed(image_hash, params, exc.error_class, f"{rel}: {exc}")
+            except RecipeMisfitError as exc:  # the item's locator names the file; the reason stays readable
+                result = _failed(image_hash, params, exc.error_class, str(exc))
             except ImageCheckError as exc:
                 result = _failed(image_hash, params, exc.error_class, f"{rel}: {exc.message}")
             except (ValueError, OSError) as exc:

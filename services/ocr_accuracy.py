@@ -174,25 +174,31 @@ def score_against_truth(truth: dict[str, str], rows: list[dict[str, Any]]) -> Tr
     return report
 
 
+REPORT_COLUMNS = ["image", "reference", "prediction", "char_edits", "chars", "cer", "word_edits", "words", "wer",
+                  "exact", "error"]  # fmt: skip
+
+
+def truth_report_csv(report: TruthReport) -> str:
+    """A row per image, then an `(overall)` row with the summed edits and lengths (when anything matched)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(REPORT_COLUMNS)
+    for score in report.images:
+        writer.writerow([asdict(score)[c] for c in REPORT_COLUMNS])
+    if report.overall is not None:
+        o, images = report.overall, report.images
+        chars, words = sum(s.chars for s in images), sum(s.words for s in images)
+        char_edits, word_edits = sum(s.char_edits for s in images), sum(s.word_edits for s in images)
+        writer.writerow(["(overall)", "", "", char_edits, chars, o.cer, word_edits, words, o.wer, o.exact, ""])
+    return buffer.getvalue()
+
+
 def write_truth_report(report: TruthReport, path: Path) -> Path:
-    """JSON (the whole report) or CSV (a row per image, then an `(overall)` row) by the file's suffix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
-        return path
-    if path.suffix.lower() != ".csv":
+    """JSON (the whole report) or CSV (`truth_report_csv`) by the file's suffix."""
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".csv"):
         raise ValueError(f"{path}: the accuracy report is written as .json or .csv")
-    columns = ["image", "reference", "prediction", "char_edits", "chars", "cer", "word_edits", "words", "wer", "exact",
-               "error"]  # fmt: skip
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for score in report.images:
-            writer.writerow([asdict(score)[c] for c in columns])
-        if report.overall is not None:
-            o = report.overall
-            chars = sum(s.chars for s in report.images)
-            words = sum(s.words for s in report.images)
-            writer.writerow(["(overall)", "", "", sum(s.char_edits for s in report.images), chars, o.cer,
-                             sum(s.word_edits for s in report.images), words, o.wer, o.exact, ""])  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report.to_dict(), indent=1) if suffix == ".json" else truth_report_csv(report)
+    path.write_text(text, encoding="utf-8", newline="")
     return path

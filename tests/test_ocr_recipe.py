@@ -188,6 +188,7 @@ def test_job_over_a_dataset_with_a_recipe_and_with_a_misfit(ws_with_recipe: Work
     misfit = manager.run(start_ocr(ws, manager, "parts", engine="rapidocr", recipe="ocr-line", rules="seed-003"))
     assert (misfit.state, misfit.done, misfit.failed) == ("completed", 0, 3)
     assert manager.failure_counts(misfit.id) == {"recipe_misfit": 3}
+    assert manager.retryable_failures(misfit.id) == 0  # the recipe is frozen into the job: a retry cannot fit
     failed = ocr_results(ws, "parts", misfit.params["settings_hash"])
     assert all(r["code"] is None and MISFIT_REASON in r["error"] for r in failed)
 
