@@ -1,7 +1,5 @@
 """OCR: pick an engine, recipe and rules, preview with boxes drawn, run over a dataset, check accuracy."""
 
-from pathlib import PurePosixPath
-
 import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
@@ -164,7 +162,8 @@ def show_preview(name: str, data: bytes) -> None:
     if not found.raw:
         right.caption("No text line was found in this image" + (" after the recipe." if recipe else "."))
     elif not found.valid:
-        right.caption(f"Read `{found.raw}`, which the rules {rules_name!r} do not accept.")
+        edited = " (edited)" if rules != base_rules else ""
+        right.caption(f"Read `{found.raw}`, which the rules {rules_name!r}{edited} do not accept.")
     with right.expander("Details"):
         st.json({"code": found.code, "cord": found.cord, "raw": found.raw, "valid": found.valid,
                  "confidence": found.confidence, "lines": found.lines})  # fmt: skip
@@ -179,12 +178,6 @@ def sample_sizes(dataset: str) -> list[tuple[str, int, int]]:
         except (OSError, ImageCheckError):
             pass  # a file that is gone or unreadable fails in the job with its own reason
     return sized
-
-
-def upload_name(name: str) -> str:
-    """An uploaded file's own name, never a path (the folder import keeps it as the image name)."""
-    base = PurePosixPath(name.replace("\\", "/").replace("\x00", "")).name
-    return base if base not in ("", ".", "..") else "upload"
 
 
 # --- images ---------------------------------------------------------------------------------------------
@@ -222,7 +215,7 @@ if how == "Upload images":
             folder = ws.root / "uploads" / f"ocr-{uploads[0].file_id[:8]}"
             folder.mkdir(parents=True, exist_ok=True)
             for upload in uploads:
-                save_upload(ws, upload).replace(folder / upload_name(upload.name))
+                save_upload(ws, upload).replace(folder / ws.upload_path(upload.name).name)  # the workspace's guard
             job = start_folder_import(ws, manager, folder, folder.name, kind="ocr")
             st.session_state["ocr-dataset"] = folder.name
             st.session_state["ocr-target"] = folder.name

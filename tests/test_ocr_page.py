@@ -150,3 +150,19 @@ def test_ocr_datasets_come_first_and_accuracy_says_no_match_or_scores_like_jiwer
     assert metrics["CER"] == f"{jiwer.cer(refs, hyps):.2%}" and metrics["WER"] == f"{jiwer.wer(refs, hyps):.2%}"
     assert metrics["Exact match"] == "67%"
     assert any("1 ground-truth rows match no image read: zzz.png" in c.value for c in at.caption)
+
+
+def test_an_uploaded_name_never_becomes_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "page-ws"
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(root))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("app_pages/ocr.py").run()
+    at.selectbox(key="ocr-engine").set_value("tesseract").run()
+    hostile = "../../../outside/evil name.png"
+    at.file_uploader(key="ocr-upload").set_value((hostile, render_png("25012345678", mono=True), "image/png")).run()
+    at.button(key="ocr-import").click().run()
+    assert not at.exception, at.exception
+    assert not (tmp_path / "outside").exists() and not (root / "outside").exists()
+    stored = [p.relative_to(root / "uploads") for p in (root / "uploads").rglob("*.png")]
+    assert [p.name for p in stored if len(p.parts) == 2] == ["evil_name.png"]  # inside uploads/ocr-*/
+    assert any(s.value.startswith("Added 1 images as dataset") for s in at.success)
