@@ -4,28 +4,32 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from services.datasets import DatasetError, dataset_images, list_datasets
+from services.datasets import DatasetError, DatasetSummary, dataset_entries, list_datasets
 from services.folder_import import start_folder_import
 from services.imaging import ImageCheckError
 from services.ocr import (
-    accuracy,
+    OcrResult,
     decode_bytes,
+    fit_problems,
     ocr_results,
     ocr_settings_hash,
+    oriented_size,
     prepare,
-    read_ground_truth,
     read_image,
     start_ocr,
 )
+from services.ocr_accuracy import NAME_MATCHING, read_ground_truth, score_against_truth, truth_report_csv
 from services.ocr_engines import EngineUnavailableError, engine_status, resolve_engine
 from services.ocr_rules import OcrRules, RulesError, list_rules, load_rules, save_rules
-from services.recipes import RecipeError, list_recipes, load_recipe
+from services.recipes import RecipeError, list_recipes, load_recipe, parse_recipe
 from ui.components import job_panel, launch, save_upload
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
 manager = get_job_manager()
 settings = ws.settings
+PAGE_SIZE = 4  # uploaded images previewed at once
+FIT_SAMPLE = 24  # dataset images whose size is checked against the recipe
 
 st.title("OCR")
 st.caption("Preprocessing recipe, then line detection and recognition, then rules that repair look-alike "
@@ -44,13 +48,30 @@ engine_choice = c1.selectbox("Engine", ["auto", *available], key="ocr-engine")
 engine = resolve_engine(engine_choice, settings)
 c1.caption(f"auto uses {resolve_engine('auto', settings)}")
 recipe_name = c2.selectbox("Preprocess recipe", ["(none)", *list_recipes(ws.root)], key="ocr-recipe")
-rules_name = c3.selectbox("Rules", list_rules(ws.root), index=list_rules(ws.root).index("seed-003"), key="ocr-rules")
+st.session_state.setdefault("ocr-rules", "seed-003")  # the default; saving edited rules selects them
+rules_name = c3.selectbox("Rules", list_rules(ws.root), key="ocr-rules")
 try:
     recipe = load_recipe(ws.root, recipe_name) if recipe_name != "(none)" else None
     base_rules = load_rules(ws.root, rules_name)
 except (RecipeError, RulesError) as exc:
     st.error(str(exc))
     st.stop()
+if recipe is not None:
+    c2.caption(recipe.description or f"{len(recipe.ops)} steps")
+c3.caption(base_rules.description)
+
+
+def save_and_select(edited: OcrRules, name: str) -> None:
+    """Save the edited rules under `name` and select them, so a job can use them at once."""
+    try:
+        description = edited.description if name == edited.name else f"Edited from {edited.name}."
+        path = save_rules(ws.root, edited.model_copy(update={"name": name, "description": description}))
+    except (RulesError, ValueError) as exc:
+        st.session_state["ocr-rules-save-error"] = str(exc)
+        return
+    st.session_state["ocr-rules"] = name
+    st.session_state["ocr-rules-saved"] = f"Saved to `{path}` and selected."
+
 
 with st.expander("Edit the rules"):
     strip = st.text_input("Characters to strip", base_rules.strip, key=f"ocr-strip-{rules_name}")
@@ -68,77 +89,180 @@ with st.expander("Edit the rules"):
         st.error(str(exc))
         rules = base_rules
     save_as = st.text_input("Save as", value="" if rules_name in ("none", "seed-003") else rules_name, key="ocr-save")
-    if st.button("Save rules", key="ocr-save-rules", disabled=not save_as):
+    st.button("Save rules", key="ocr-save-rules", disabled=not save_as, on_click=save_and_select, args=(rules, save_as))
+    if saved := st.session_state.pop("ocr-rules-saved", None):
+        st.success(saved)
+    if failed := st.session_state.pop("ocr-rules-save-error", None):
+        st.error(failed)
+
+
+def ordered_for_ocr(datasets: list[DatasetSummary]) -> list[str]:
+    """Datasets of text parts (imported for OCR) first, newest first; photos and the rest after them."""
+    ocr = sorted((d for d in datasets if d.kind.lower() == "ocr"), key=lambda d: d.created_at, reverse=True)
+    return [d.name for d in ocr] + [d.name for d in datasets if d.kind.lower() != "ocr"]
+
+
+def warn_misfit(sized: list[tuple[str, int, int]], what: str, short: bool = False) -> None:
+    """The recipe's crop checked against these image sizes: a warning naming the images it does not fit."""
+    problems = fit_problems(recipe, sized)
+    if recipe is None or not problems:
+        return
+    if short:
+        st.warning(f"Recipe **{recipe.name}** does not fit {len(problems)} of {len(sized)} {what} (first: "
+                   f"`{problems[0][0]}`, {problems[0][1]}). The job fails those images with `recipe_misfit`.",
+                   icon=":material/crop:")  # fmt: skip
+        return
+    shown = "\n".join(f"- `{name}`: {problem}" for name, problem in problems[:5])
+    more = f"\n- ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+    st.warning(
+        f"Recipe **{recipe.name}** does not fit {len(problems)} of {len(sized)} {what}:\n{shown}{more}\n\n"
+        "An image outside the crop box fails with `recipe_misfit`; a cut box reads only part of the image. "
+        "Pick another recipe (or none), or save a copy with a crop box that fits on the Preprocess page.",
+        icon=":material/crop:",
+    )
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def read_preview(
+    data: bytes, engine: str, model: str, recipe_json: str | None, rules_json: str
+) -> tuple[Image.Image | None, OcrResult | None, str | None]:
+    """(image with boxes drawn, result, None) or (None, None, why not); cached so reruns do not read again."""
+    recipe = parse_recipe(recipe_json) if recipe_json else None
+    rules = OcrRules.model_validate_json(rules_json)
+    try:
+        original = decode_bytes(data, settings.download.max_pixels)
+        prepared = prepare(original, recipe)
+        found = read_image(engine, settings, original, recipe, rules)
+    except ImageCheckError as exc:
+        return None, None, f"{exc.error_class}: {exc.message}"
+    except (EngineUnavailableError, ValueError) as exc:  # RecipeMisfitError is a ValueError
+        return None, None, str(exc)
+    drawn = Image.fromarray(prepared).convert("RGB")
+    draw = ImageDraw.Draw(drawn)
+    for line in found.lines:
+        draw.rectangle(line["box"], outline=(0, 170, 0) if line["valid"] else (220, 0, 0), width=3)
+    return drawn, found, None
+
+
+def show_preview(name: str, data: bytes) -> None:
+    recipe_json = recipe.model_dump_json() if recipe else None
+    drawn, found, problem = read_preview(data, engine, settings.ocr.trocr_model, recipe_json, rules.model_dump_json())
+    if drawn is None or found is None:
+        st.error(f"**{name}**: {problem}")
+        return
+    left, right = st.columns([3, 2])
+    left.image(drawn, caption=f"{name} · boxes: green passes the rules, red does not")
+    if found.valid and found.code:
+        shown = found.code
+    elif found.raw:
+        shown = "InvalidCode"
+    else:
+        shown = "No text"
+    right.metric(f"Code in {name}", shown)
+    if not found.raw:
+        right.caption("No text line was found in this image" + (" after the recipe." if recipe else "."))
+    elif not found.valid:
+        edited = " (edited)" if rules != base_rules else ""
+        right.caption(f"Read `{found.raw}`, which the rules {rules_name!r}{edited} do not accept.")
+    with right.expander("Details"):
+        st.json({"code": found.code, "cord": found.cord, "raw": found.raw, "valid": found.valid,
+                 "confidence": found.confidence, "lines": found.lines})  # fmt: skip
+
+
+def sample_sizes(dataset: str) -> list[tuple[str, int, int]]:
+    """(name, width, height) of the dataset's first images, read from their headers (what the recipe meets)."""
+    sized = []
+    for _, rel, image_name in dataset_entries(ws, dataset)[:FIT_SAMPLE]:
         try:
-            st.success(f"Saved to `{save_rules(ws.root, rules.model_copy(update={'name': save_as}))}`")
-        except RulesError as exc:
-            st.error(str(exc))
+            sized.append((image_name, *oriented_size(ws.abspath(rel))))
+        except (OSError, ImageCheckError):
+            pass  # a file that is gone or unreadable fails in the job with its own reason
+    return sized
+
 
 # --- images ---------------------------------------------------------------------------------------------
 
 st.subheader("Images")
 how = st.radio("From", ["Upload images", "A dataset"], horizontal=True, key="ocr-how")
-dataset: str | None = None
-preview_bytes: bytes | None = None
+datasets = list_datasets(ws.catalog)
+names = ordered_for_ocr(datasets)
 if how == "Upload images":
     uploads = st.file_uploader(
         "Images", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"], accept_multiple_files=True,
         key="ocr-upload", max_upload_size=settings.max_upload_mb,
     )  # fmt: skip
-    if uploads:
-        preview_bytes = uploads[0].getvalue()
+    if not uploads:
+        st.caption("Upload one or more images to preview the engine, recipe and rules on each of them.")
+    else:
+        sized = []
+        for upload in uploads:
+            try:
+                sized.append((upload.name, *oriented_size(upload.getvalue())))
+            except ImageCheckError:
+                pass  # its preview says why it cannot be read
+        warn_misfit(sized, "uploaded images")
+        pages = (len(uploads) + PAGE_SIZE - 1) // PAGE_SIZE
+        page = 1
+        if pages > 1:
+            page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key="ocr-upload-page"))
+        first = (page - 1) * PAGE_SIZE
+        shown = uploads[first : first + PAGE_SIZE]
+        st.caption(f"Images {first + 1}–{first + len(shown)} of {len(uploads)}")
+        for upload in shown:
+            with st.container(border=True):
+                show_preview(upload.name, upload.getvalue())
         if st.button(f"Add {len(uploads)} images as a dataset", key="ocr-import"):
             folder = ws.root / "uploads" / f"ocr-{uploads[0].file_id[:8]}"
             folder.mkdir(parents=True, exist_ok=True)
             for upload in uploads:
-                save_upload(ws, upload).replace(folder / upload.name.replace("/", "_"))
+                save_upload(ws, upload).replace(folder / ws.upload_path(upload.name).name)  # the workspace's guard
             job = start_folder_import(ws, manager, folder, folder.name, kind="ocr")
             st.session_state["ocr-dataset"] = folder.name
-            manager.run(job)  # a handful of uploaded files: imported right here
+            st.session_state["ocr-target"] = folder.name
+            imported = manager.run(job)  # a handful of uploaded files: imported right here
+            unread = f" ({imported.failed:,} could not be read)" if imported.failed else ""
+            st.success(f"Added {imported.done:,} images as dataset `{folder.name}`{unread}: run it below.")
+            names = ordered_for_ocr(list_datasets(ws.catalog))
+elif not names:
+    st.info("No datasets yet: upload images above and add them as a dataset, or import a folder with "
+            "`python -m services ocr FOLDER`.")  # fmt: skip
 else:
-    names = [d.name for d in list_datasets(ws.catalog)]
-    if names:
-        dataset = st.selectbox("Dataset", names, key="ocr-dataset")
-        images = dataset_images(ws, dataset)
-        if images:
-            index = st.number_input("Preview image", 1, len(images), 1, key="ocr-preview-index")
-            preview_bytes = ws.abspath(images[int(index) - 1][1]).read_bytes()
-
-if preview_bytes is not None:
-    try:
-        original = decode_bytes(preview_bytes, settings.download.max_pixels)
-        prepared = prepare(original, recipe)
-        found = read_image(engine, settings, original, recipe, rules)
-    except (ImageCheckError, EngineUnavailableError, ValueError) as exc:
-        st.error(str(exc))
+    dataset = st.selectbox("Dataset", names, key="ocr-dataset", help="Datasets imported for OCR are listed first.")
+    entries = dataset_entries(ws, dataset)
+    if not entries:
+        st.warning(f"Dataset {dataset!r} has no stored images yet: its download or import has not finished.")
     else:
-        drawn = Image.fromarray(prepared).convert("RGB")
-        draw = ImageDraw.Draw(drawn)
-        for line in found.lines:
-            draw.rectangle(line["box"], outline=(0, 170, 0) if line["valid"] else (220, 0, 0), width=3)
-        left, right = st.columns([3, 2])
-        left.image(drawn, caption="boxes: green passes the rules, red does not")
-        right.metric("Code", found.code or "InvalidCode")
-        right.json({"code": found.code, "cord": found.cord, "raw": found.raw, "valid": found.valid,
-                    "confidence": found.confidence, "lines": found.lines})  # fmt: skip
+        warn_misfit(sample_sizes(dataset), f"sampled images of {dataset}")
+        index = st.number_input(f"Preview image (of {len(entries)})", 1, len(entries), 1, key="ocr-preview-index")
+        _, rel, image_name = entries[int(index) - 1]
+        try:
+            data = ws.abspath(rel).read_bytes()
+        except OSError as exc:
+            st.error(f"{image_name}: {exc.strerror or exc}")
+        else:
+            show_preview(image_name, data)
 
 # --- batch ----------------------------------------------------------------------------------------------
 
 st.subheader("Run over a dataset")
-names = [d.name for d in list_datasets(ws.catalog)]
-target = st.selectbox("Dataset to read", names, key="ocr-target") if names else None
-if st.button("Run OCR", type="primary", key="ocr-run", disabled=target is None, icon=":material/document_scanner:"):
-    saved_rules = rules_name if rules == base_rules else None
-    if saved_rules is None:
-        st.warning("Save the edited rules first: a job uses saved rules so it can be resumed.")
+target = st.selectbox("Dataset to read", names, key="ocr-target", help="Datasets imported for OCR are listed first.")
+if target is None:
+    st.caption("No datasets yet: add uploaded images as a dataset above, or import a folder with the CLI.")
+if target is not None:
+    warn_misfit(sample_sizes(target), f"sampled images of {target}", short=True)
+saved_rules = rules_name if rules == base_rules else None
+if saved_rules is None:
+    st.warning("The rules are edited: save them first (a job uses saved rules so it can be resumed). The results "
+               f"below are for the saved rules {rules_name!r}.")  # fmt: skip
+if st.button("Run OCR", type="primary", key="ocr-run", disabled=target is None or saved_rules is None,
+             icon=":material/document_scanner:"):  # fmt: skip
+    try:
+        job_id = start_ocr(ws, manager, target or "", engine, None if recipe is None else recipe.name, rules_name)
+    except (DatasetError, EngineUnavailableError, RulesError, RecipeError) as exc:
+        st.error(str(exc))
     else:
-        try:
-            job_id = start_ocr(ws, manager, target or "", engine, None if recipe is None else recipe.name, saved_rules)
-        except (DatasetError, EngineUnavailableError, RulesError, RecipeError) as exc:
-            st.error(str(exc))
-        else:
-            launch(manager, job_id)
-            st.session_state["ocr-job"] = job_id
+        launch(manager, job_id)
+        st.session_state["ocr-job"] = job_id
 if st.session_state.get("ocr-job"):
     with st.container(border=True):
         job_panel(manager, int(st.session_state["ocr-job"]))
@@ -146,26 +270,52 @@ if st.session_state.get("ocr-job"):
 if target:
     settings_hash = ocr_settings_hash(engine, settings.ocr.trocr_model, recipe, base_rules)
     rows = [r for r in ocr_results(ws, target, settings_hash) if r["raw"] is not None or r["error"]]
-    if rows:
+    recipe_words = f"recipe {recipe.name}" if recipe else "no recipe"
+    if not rows:
+        st.caption(f"No readings yet for {target} with {engine}, {recipe_words} and rules {rules_name}: press Run "
+                   "OCR. (Results are kept per engine, recipe and rules: changing one shows its own.)")  # fmt: skip
+    else:
+        failed = sum(1 for r in rows if r["error"])
+        accepted = sum(1 for r in rows if r["valid"])
+        st.caption(f"{len(rows):,} images with {engine}, {recipe_words} and rules {rules_name}: {accepted:,} read "
+                   f"and accepted by the rules, {len(rows) - accepted - failed:,} not accepted (or no text), "
+                   f"{failed:,} failed (see the error column).")  # fmt: skip
         frame = pd.DataFrame(rows)[["image", "code", "raw", "valid", "confidence", "cord", "error"]]
         st.dataframe(frame, hide_index=True, key="ocr-results")
         st.download_button("Results CSV", frame.to_csv(index=False).encode(), file_name=f"ocr-{target}.csv",
                            key="ocr-results-csv")  # fmt: skip
-        truth_file = st.file_uploader("Ground truth CSV (image_name,text)", type=["csv"], key="ocr-truth")
+
+        st.markdown("**Accuracy against ground truth**")
+        truth_file = st.file_uploader("Ground truth CSV (image_name,text)", type=["csv"], key="ocr-truth",
+                                      help=NAME_MATCHING.capitalize() + ".")  # fmt: skip
         if truth_file is not None:
             try:
                 truth = read_ground_truth(truth_file.getvalue())
             except (ValueError, UnicodeDecodeError) as exc:
-                st.error(str(exc))
+                st.error(f"{truth_file.name}: {exc}")
             else:
-                by_name = {r["image"]: r for r in rows}
-                pairs = [(text, by_name[name]["code"] or by_name[name]["raw"] or "") for name, text in truth.items()
-                         if name in by_name]  # fmt: skip
-                score = accuracy(pairs)
-                m1, m2, m3, m4 = st.columns(4)
-                m1.metric("Images compared", f"{score.images:,}")
-                m2.metric("CER", f"{score.cer:.2%}")
-                m3.metric("WER", f"{score.wer:.2%}")
-                m4.metric("Exact match", f"{score.exact:.0%}")
-    else:
-        st.caption(f"No readings yet for {target} with {engine}, this recipe and these rules.")
+                report = score_against_truth(truth, rows)
+                if report.overall is None:
+                    st.warning(
+                        f"No match: none of the {report.truth_rows:,} ground-truth rows names one of the "
+                        f"{report.result_rows:,} images read, so there is nothing to score. "
+                        f"{NAME_MATCHING.capitalize()}. Images here are named like "
+                        + ", ".join(f"`{r['image']}`" for r in rows[:3])
+                        + (f"; the CSV names {', '.join(f'`{n}`' for n in list(truth)[:3])}." if truth else ".")
+                    )
+                else:
+                    score = report.overall
+                    m1, m2, m3, m4 = st.columns(4)
+                    m1.metric("Images compared", f"{score.images:,} of {report.truth_rows:,}")
+                    m2.metric("CER", f"{score.cer:.2%}")
+                    m3.metric("WER", f"{score.wer:.2%}")
+                    m4.metric("Exact match", f"{score.exact:.0%}")
+                    if report.unmatched:
+                        more = " ..." if len(report.unmatched) > 5 else ""
+                        st.caption(f"{len(report.unmatched):,} ground-truth rows match no image read: "
+                                   f"{', '.join(report.unmatched[:5])}{more}")  # fmt: skip
+                    rates = {c: st.column_config.NumberColumn(c.upper(), format="percent") for c in ("cer", "wer")}
+                    scores = pd.DataFrame([vars(s) for s in report.images])
+                    st.dataframe(scores, hide_index=True, key="ocr-accuracy", column_config=rates)
+                    st.download_button("Accuracy CSV", truth_report_csv(report).encode(),
+                                       file_name=f"ocr-accuracy-{target}.csv", key="ocr-accuracy-csv")  # fmt: skip

@@ -25,7 +25,8 @@ from common import machine_description  # benchmarks/ is on sys.path when run as
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.ocr import accuracy, read_image  # noqa: E402
+from services.ocr import read_image  # noqa: E402
+from services.ocr_accuracy import accuracy  # noqa: E402
 from services.ocr_engines import engine_status  # noqa: E402
 from services.ocr_rules import PRESETS  # noqa: E402
 from services.settings import load_settings  # noqa: E402

@@ -26,7 +26,7 @@ from services.archives import ArchiveError, ArchiveLimits, ArchiveReader, list_i
 from services.clip_models import ClipSpec, ModelUnavailableError, load_clip
 from services.embeddings import EMBED_STAGE, list_embedding_keys, vector_for
 from services.imaging import ImageCheckError, decode_image, sha256_hex
-from services.ocr import OcrSetup, ocr_bytes
+from services.ocr import OcrSetup, RecipeMisfitError, ocr_bytes
 from services.ocr_engines import EngineUnavailableError
 from services.ocr_rules import RulesError
 from services.recipes import RecipeError
@@ -244,6 +244,8 @@ def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
             return ocr_bytes(ws, data, setup)
         except ImageCheckError as exc:
             raise HTTPException(422, f"{exc.error_class}: {exc.message}") from None
+        except RecipeMisfitError as exc:
+            raise HTTPException(422, f"{exc.error_class}: {exc}") from None
         except EngineUnavailableError as exc:
             raise HTTPException(503, str(exc)) from None
 

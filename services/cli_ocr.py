@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +21,8 @@ from services.recipes import RecipeError
 EngineOpt = Annotated[str | None, typer.Option(help="auto, rapidocr, tesseract or trocr (default from settings).")]
 RecipeOpt = Annotated[str | None, typer.Option(help="A Preprocess recipe applied first (e.g. ocr-line).")]
 RulesOpt = Annotated[str | None, typer.Option(help="OCR rules: none, seed-003, a saved name or a JSON file.")]
+TruthOpt = Annotated[Path | None, typer.Option(help="Ground-truth CSV (image_name,text): CER/WER per image, overall.")]
+OutOpt = Annotated[Path | None, typer.Option(help="Write the accuracy report here (.json or .csv); needs --truth.")]
 
 
 @app.command("ocr")
@@ -29,19 +31,31 @@ def ocr(
     engine: EngineOpt = None,
     recipe: RecipeOpt = None,
     rules: RulesOpt = None,
+    truth: TruthOpt = None,
+    out: OutOpt = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
 ) -> None:
     """Read text: detection, recognition, rules; one image prints its JSON, a set runs as a resumable job."""
     from services.folder_import import start_folder_import
-    from services.ocr import OcrSetup, ocr_bytes, ocr_results, start_ocr
+    from services.imaging import ImageCheckError
+    from services.ocr import OcrSetup, RecipeMisfitError, ocr_bytes, ocr_results, start_ocr
 
+    truth_rows = _read_truth(truth, out, background)
     ws = _ws()
     cfg = ws.settings.ocr
     path = Path(source).expanduser()
     try:
         if path.is_file() and path.suffix.lower() != ".zip":
             setup = OcrSetup.resolve(ws, engine, recipe, rules)
-            typer.echo(json.dumps(ocr_bytes(ws, path.read_bytes(), setup)))
+            try:
+                result = ocr_bytes(ws, path.read_bytes(), setup)
+            except RecipeMisfitError as exc:
+                _fail(f"{path.name}: {exc}", 1)
+            except ImageCheckError as exc:
+                _fail(f"{path.name}: {exc.error_class}: {exc.message}", 1)
+            typer.echo(json.dumps(result))
+            if truth_rows is not None:
+                _report_accuracy(truth_rows, [{"image": path.name, **result}], out)
             return
         manager = JobManager(ws)
         dataset = source
@@ -56,9 +70,59 @@ def ocr(
     _finish(manager, job_id, background)
     if not background:
         settings_hash = manager.progress(job_id).params["settings_hash"]
-        for row in ocr_results(ws, dataset, settings_hash)[:50]:
-            typer.echo(f"{row['image']}\t{row['code'] or '-'}\t{row['raw'] or ''}\t{row['confidence']}")
+        rows = [r for r in ocr_results(ws, dataset, settings_hash) if r["raw"] is not None or r["error"]]
+        for row in rows[:50]:
+            if row["error"]:
+                typer.echo(f"{row['image']}\tfailed: {row['error']}")
+            else:
+                typer.echo(f"{row['image']}\t{row['code'] or '-'}\t{row['raw']}\t{row['confidence']}")
+        if len(rows) > 50:
+            typer.echo(f"... {len(rows) - 50} more; all of them: jobs export {job_id}")
         typer.echo(f"log: {ws.root / cfg.log_csv}")
+        if truth_rows is not None:
+            _report_accuracy(truth_rows, rows, out)
+
+
+def _read_truth(truth: Path | None, out: Path | None, background: bool) -> dict[str, str] | None:
+    """The ground truth, read before any OCR runs so a bad file costs nothing."""
+    from services.ocr_accuracy import read_ground_truth
+
+    if truth is None:
+        if out is not None:
+            _fail("--out writes the accuracy report: give --truth CSV too")
+        return None
+    if background:
+        _fail("--truth needs the results: run without --background (or score later with --truth on the same set)")
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        _fail(f"--out {out}: the accuracy report is written as .json or .csv")
+    try:
+        return read_ground_truth(truth.expanduser().read_bytes())
+    except OSError as exc:
+        _fail(f"--truth {truth}: {exc.strerror or exc}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        _fail(f"--truth {truth}: {exc}")
+
+
+def _report_accuracy(truth: dict[str, str], rows: list[dict[str, Any]], out: Path | None) -> None:
+    """The per-image table and the overall line; exit 1 when no ground-truth name matched an image."""
+    from services.ocr_accuracy import score_against_truth, write_truth_report
+
+    report = score_against_truth(truth, rows)
+    if report.images:
+        typer.echo("image\treference\tprediction\tCER\tWER")
+        for s in report.images:
+            cer = "-" if s.cer is None else f"{s.cer:.2%}"
+            wer = "-" if s.wer is None else f"{s.wer:.2%}"
+            failed = f"\t({s.error})" if s.error else ""
+            typer.echo(f"{s.image}\t{s.reference}\t{s.prediction}\t{cer}\t{wer}{failed}")
+    if out is not None:
+        typer.echo(f"accuracy report: {write_truth_report(report, out.expanduser())}")
+    if report.overall is None:
+        _fail(report.summary(), 1)
+    typer.echo(report.summary())
+    if report.unmatched:
+        shown = ", ".join(report.unmatched[:5]) + (" ..." if len(report.unmatched) > 5 else "")
+        typer.echo(f"{len(report.unmatched)} ground-truth names matched no image: {shown}")
 
 
 @app.command("ocr-engines")

@@ -5,7 +5,8 @@ A result is `{"code", "cord", "raw", "valid", "confidence", "lines"}`: `raw` is 
 `code` the text after the rules (None when the pattern rejects every line), `cord` that line's box
 `[x1, y1, x2, y2]` in the original image's pixels when the recipe keeps the geometry (photometric steps
 only), else in the preprocessed image's. Among several lines, a line that passes the rules wins over one
-that does not, then the most confident.
+that does not, then the most confident. A recipe that cannot apply to an image (a crop box outside it)
+raises `RecipeMisfitError` naming the step: one failed item or one error answer, never a crash.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from services.imaging import ImageCheckError
 from services.jobs import ItemResult, JobManager, Journal
 from services.ocr_engines import TextLine, build_engine, resolve_engine
 from services.ocr_rules import OcrRules, load_rules
-from services.preprocess_ops import apply_recipe, load_image
-from services.recipes import Recipe, load_recipe, parse_recipe
+from services.preprocess_ops import OperationError, apply_recipe, load_image
+from services.recipes import Crop, Recipe, Resize, ResizePad, load_recipe, parse_recipe
 from services.stage_tasks import ImageStageTask, require_images
 from services.workspace import Workspace
 
@@ -53,13 +54,67 @@ class OcrResult:
         return asdict(self)
 
 
+class RecipeMisfitError(ValueError):
+    """The recipe cannot apply to this image (e.g. `ocr-line`'s crop box on a small image); the message names
+    the recipe, the step and the image size."""
+
+    error_class = "recipe_misfit"
+
+
 def recipe_keeps_geometry(recipe: Recipe | None) -> bool:
     return recipe is None or not any(getattr(step, "op", "") in GEOMETRY_OPS for step in recipe.ops)
 
 
+def recipe_fit_problem(recipe: Recipe | None, width: int, height: int) -> str | None:
+    """Why the recipe's crop does not fit a `width` x `height` image (outside it, or cut by its edge), or None.
+    Sizes are followed through crops and resizes; after a rotate, unwarp or deskew the size depends on the
+    image, so later crops are left to the run (which fails that image with the reason)."""
+    w, h = width, height
+    for number, op in enumerate(recipe.ops if recipe else [], start=1):
+        if isinstance(op, Crop):
+            x1, y1, x2, y2 = op.box
+            if x1 >= w or y1 >= h:
+                return f"step {number} (crop): box {op.box} lies outside the {w}x{h} image"
+            if x2 > w or y2 > h:
+                kept = f"{min(x2, w) - x1}x{min(y2, h) - y1}"
+                return f"step {number} (crop): box {op.box} is cut to {kept} by the edge of the {w}x{h} image"
+            w, h = x2 - x1, y2 - y1
+        elif isinstance(op, Resize):
+            w, h = op.width, op.height
+        elif isinstance(op, ResizePad):
+            w = h = op.size
+        elif op.op in GEOMETRY_OPS:
+            return None
+    return None
+
+
+def fit_problems(recipe: Recipe | None, sized: list[tuple[str, int, int]]) -> list[tuple[str, str]]:
+    """(name, why) for each (name, width, height) the recipe's crop does not fit."""
+    found = [(name, recipe_fit_problem(recipe, w, h)) for name, w, h in sized]
+    return [(name, problem) for name, problem in found if problem is not None]
+
+
+def oriented_size(source: bytes | Path) -> tuple[int, int]:
+    """Width and height as the image will be read (EXIF rotation applied), from its header: no decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            width, height = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageCheckError("not_image", f"not a readable image ({exc.__class__.__name__})") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def prepare(image: np.ndarray, recipe: Recipe | None) -> np.ndarray:
     """The recipe's output as RGB uint8 (what the engines read)."""
-    out = apply_recipe(image, recipe) if recipe is not None else image
+    out = image
+    if recipe is not None:
+        try:
+            out = apply_recipe(image, recipe)
+        except OperationError as exc:
+            raise RecipeMisfitError(f"recipe {recipe.name!r} does not fit this image: {exc}") from None
     if out.ndim == 2:
         out = np.stack([out] * 3, axis=-1)
     elif out.shape[2] == 4:
@@ -220,6 +275,8 @@ class OcrOptions:
 
 class OcrTask(ImageStageTask):
     kind: ClassVar[str] = "ocr"
+    # the recipe is frozen into the job: a retry meets the same crop box (run again with a recipe that fits)
+    sticky_classes: ClassVar[frozenset[str]] = ImageStageTask.sticky_classes | {RecipeMisfitError.error_class}
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return [(OCR_STAGE, params["settings_hash"])]
@@ -260,6 +317,8 @@ def ocr_chunk(items: list[tuple[str, str | None]], opts: OcrOptions) -> list[Ite
                 log_result(ws, found)
             except FileNotFoundError:
                 result = _failed(image_hash, params, "missing", f"{rel} is gone from the workspace")
+            except RecipeMisfitError as exc:  # the item's locator names the file; the reason stays readable
+                result = _failed(image_hash, params, exc.error_class, str(exc))
             except ImageCheckError as exc:
                 result = _failed(image_hash, params, exc.error_class, f"{rel}: {exc.message}")
             except (ValueError, OSError) as exc:
@@ -305,50 +364,6 @@ def ocr_results(ws: Workspace, dataset: str, settings_hash: str) -> list[dict[st
                 "error": row["error"] if row is not None else None,
             })  # fmt: skip
     return out
-
-
-# --- accuracy against ground truth ---------------------------------------------------------------------
-
-
-def edit_distance(a: list[str] | str, b: list[str] | str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
-
-
-@dataclass
-class Accuracy:
-    images: int
-    cer: float  # character error rate: edits / reference characters
-    wer: float  # word error rate: word edits / reference words
-    exact: float  # share of images read exactly
-
-
-def accuracy(pairs: list[tuple[str, str]]) -> Accuracy:
-    """(reference, prediction) pairs -> CER, WER and exact-match rate."""
-    chars = sum(len(ref) for ref, _ in pairs) or 1
-    words = sum(len(ref.split()) for ref, _ in pairs) or 1
-    cer = sum(edit_distance(ref, hyp) for ref, hyp in pairs) / chars
-    wer = sum(edit_distance(ref.split(), hyp.split()) for ref, hyp in pairs) / words
-    exact = sum(ref == hyp for ref, hyp in pairs) / (len(pairs) or 1)
-    return Accuracy(len(pairs), round(cer, 4), round(wer, 4), round(exact, 4))
-
-
-def read_ground_truth(data: bytes) -> dict[str, str]:
-    """A CSV with `image_name,text` (or `image,expected`) columns."""
-    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
-    if not rows:
-        return {}
-    columns = {c.lower(): c for c in rows[0]}
-    name_col = next((columns[c] for c in ("image_name", "image", "file", "name") if c in columns), None)
-    text_col = next((columns[c] for c in ("text", "expected", "code", "label") if c in columns), None)
-    if name_col is None or text_col is None:
-        raise ValueError(f"ground truth needs image_name and text columns (columns: {', '.join(rows[0])})")
-    return {r[name_col]: r[text_col] for r in rows}
 
 
 # --- one image from a device (REST, socket) ---------------------------------------------------------

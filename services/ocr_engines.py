@@ -24,6 +24,7 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 ENGINES = ("rapidocr", "tesseract", "trocr")
+RAPIDOCR_LOGGER = "RapidOCR"  # rapidocr's own logger (propagate off, its own INFO handler)
 _CACHE: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
 
@@ -45,6 +46,13 @@ class Engine(Protocol):
     def read(self, image: np.ndarray) -> list[TextLine]: ...
 
 
+def _quiet_level(name: str) -> int:
+    """The level RapidOCR's logger keeps: what it was set to (by the CLI, say), at least ERROR. Its INFO lines
+    name the models it loads; its warnings say "the text detection result is empty" for every image without
+    text, which each result already says."""
+    return max(logging.getLogger(name).level, logging.ERROR)
+
+
 def _box(points: Any) -> list[int]:
     arr = np.asarray(points, dtype=float).reshape(-1, 2)
     return [int(arr[:, 0].min()), int(arr[:, 1].min()), int(round(arr[:, 0].max())), int(round(arr[:, 1].max()))]
@@ -54,11 +62,16 @@ class RapidOcrEngine:
     name = "rapidocr"
 
     def __init__(self) -> None:
+        quiet = _quiet_level(RAPIDOCR_LOGGER)  # read before the engine sets it
         from rapidocr import RapidOCR
 
         # The default scales every image up to a 736-pixel short side, which made a 40-pixel text line a huge
         # image: 1.5 s a line here. Scaling only large images down is 9x faster and reads the same lines.
-        self._engine = RapidOCR(params={"Det.limit_type": "max", "Det.limit_side_len": 1280})
+        # RapidOCR sets its logger's level from Global.log_level on every construction (default INFO: lines for
+        # each model it loads); ask for ERROR, then put back the level the logger had if that was higher.
+        params = {"Det.limit_type": "max", "Det.limit_side_len": 1280, "Global.log_level": "error"}
+        self._engine = RapidOCR(params=params)
+        logging.getLogger(RAPIDOCR_LOGGER).setLevel(quiet)
         self._lock = threading.Lock()  # one ONNX session set; calls are serialised
 
     def detect(self, image: np.ndarray) -> list[list[int]]:

@@ -57,10 +57,11 @@ class OcrRules(BaseModel):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     def normalise(self, raw: str) -> str:
-        """Stripped and mapped text (what the pattern is checked against)."""
+        """Stripped and mapped text, whitespace trimmed at the ends (what the pattern is checked against): an
+        engine's stray leading or trailing space is never part of a code, for every rules set, `none` included."""
         text = "".join(ch for ch in raw if ch not in self.strip)
         table: dict[str, str | int | None] = dict(self.mapping)
-        return text.translate(str.maketrans(table)) if self.mapping else text
+        return (text.translate(str.maketrans(table)) if self.mapping else text).strip()
 
     def apply(self, raw: str) -> RuleResult:
         text = self.normalise(raw)

@@ -5,9 +5,10 @@ Protocol (per message, any number of messages per connection):
                     an encoded image (PNG, JPEG, ...)
   server -> client: one UTF-8 JSON line ending in "\\n": the OCR result (`code`, `cord`, `raw`, `valid`,
                     `confidence`, `serial`, ...) or `{"error": "..."}`.
-A length of 0 or over the limit, a connection silent for `ocr.socket_timeout_seconds` mid-message, or an
-image that does not decode gets an error line; framing errors and timeouts also close the connection (the
-stream cannot be resynchronised). Each client has its own thread; the engine is shared and built once.
+A length of 0 or over the limit, a connection silent for `ocr.socket_timeout_seconds` mid-message, an
+image that does not decode, or one the recipe does not fit (`recipe_misfit: ...`) gets an error line;
+framing errors and timeouts also close the connection (the stream cannot be resynchronised). Each client
+has its own thread; the engine is shared and built once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import struct
 from typing import Any
 
 from services.imaging import ImageCheckError
-from services.ocr import OcrSetup, ocr_bytes
+from services.ocr import OcrSetup, RecipeMisfitError, ocr_bytes
 from services.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class _Handler(socketserver.BaseRequestHandler):
                 result = ocr_bytes(self.server.ws, data, self.server.setup)
             except ImageCheckError as exc:
                 result = {"error": f"{exc.error_class}: {exc.message}"}
+            except RecipeMisfitError as exc:  # this image, not the server: the next message may fit
+                result = {"error": f"{exc.error_class}: {exc}"}
             except Exception as exc:  # one bad image must not take the server down
                 log.exception("OCR failed for a socket message")
                 result = {"error": f"{exc.__class__.__name__}: {exc}"}

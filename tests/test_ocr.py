@@ -7,8 +7,11 @@ import base64
 import csv
 import json
 import multiprocessing
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,19 +28,19 @@ from services.jobs import JobManager
 from services.ocr import (
     LOG_HEADER,
     OcrSetup,
-    accuracy,
     append_log,
     ocr_bytes,
     ocr_results,
-    read_ground_truth,
     read_image,
     start_ocr,
 )
+from services.ocr_accuracy import accuracy, read_ground_truth
 from services.ocr_engines import EngineUnavailableError, build_engine, engine_status, load_trocr, resolve_engine
 from services.ocr_rules import PRESETS, OcrRules, RulesError, load_rules, save_rules
 from services.ocr_socket import HEADER, OcrSocketServer, send_image
 from services.settings import load_settings
 from services.workspace import Workspace
+from tests.conftest import ROOT
 from tests.support.text_images import render_line, render_lines, render_png
 from tests.support.tiny_trocr import CHARS, save_tiny_trocr
 
@@ -88,6 +91,25 @@ def test_rules_files_are_validated_saved_and_loaded(tmp_path: Path):
     assert custom.settings_hash != SEED.settings_hash
 
 
+def test_none_rules_trim_whitespace_at_the_ends_as_documented():
+    none = PRESETS["none"]
+    assert none.description == "Text as read, whitespace trimmed at the ends."
+    assert (none.apply("  Quality OK \n").text, none.apply("  Quality OK \n").valid) == ("Quality OK", True)
+    assert none.apply("a  b").text == "a  b"  # only the ends
+    assert none.apply(" \t\n").valid is False and none.apply("").valid is False
+
+
+def test_seed_003_and_saved_rules_behave_as_before_with_the_trim(tmp_path: Path):
+    assert SEED.apply(" Z5O1234S678\n").text == "25012345678" and SEED.apply(" Z5O1234S678\n").valid
+    plates = OcrRules(name="plates", strip="-", mapping={"O": "0"}, pattern=r"[A-Z]{2} \d{4}")
+    save_rules(tmp_path, plates)
+    loaded = load_rules(tmp_path, "plates")
+    assert loaded.settings_hash == plates.settings_hash  # stored results stay valid: the rules did not change
+    assert loaded.apply("AB 12O4").valid and loaded.apply("AB-12O4 ").text == "AB1204"
+    assert loaded.apply(" AB 1204 ").text == "AB 1204" and loaded.apply(" AB 1204 ").valid
+    assert not loaded.apply("AB  1204").valid  # inner spaces are still the rules' business
+
+
 # --- engines ---------------------------------------------------------------------------------------
 
 
@@ -103,6 +125,28 @@ def test_offline_engines_read_rendered_lines(engine: str):
     assert code.valid and code.code == "25012345678"
     x1, y1, x2, y2 = code.cord
     assert 0 <= x1 < x2 and 0 <= y1 < y2
+
+
+@pytest.mark.parametrize("preset_level", [None, "WARNING", "CRITICAL"])
+def test_rapidocr_does_not_turn_its_info_logs_back_on(tmp_path: Path, preset_level: str | None):
+    """The CLI quiets third-party loggers; building and using the engine must not undo that (RapidOCR's
+    constructor sets INFO and logs each model it loads; it warns for every image without text)."""
+    script = (
+        "import logging, sys\n"
+        "import numpy as np\n"
+        + (f"logging.getLogger('RapidOCR').setLevel(logging.{preset_level})\n" if preset_level else "")
+        + "from services.ocr_engines import RapidOcrEngine\n"
+        "from tests.support.text_images import render_line\n"
+        "engine = RapidOcrEngine()\n"
+        "print(engine.read(np.array(render_line('Quality OK')))[0].text)\n"
+        "print(engine.read(np.full((60, 200, 3), 255, np.uint8)))\n"
+        "print(logging.getLevelName(logging.getLogger('RapidOCR').level))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["Quality", "OK", "[]", preset_level if preset_level == "CRITICAL" else "ERROR"]
+    assert "[INFO]" not in run.stderr and "[WARNING]" not in run.stderr, run.stderr
 
 
 def test_the_line_that_passes_the_rules_wins_and_its_box_is_reported():
