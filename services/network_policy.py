@@ -95,6 +95,8 @@ class CheckedTarget:
 
 
 def _refuse_bad_characters(text: str, what: str, allow_space: bool = False) -> None:
+    if text.isascii() and text.isprintable() and "\\" not in text and (allow_space or " " not in text):
+        return  # the common case, without a per-character loop
     for ch in text:
         if ch == " " and allow_space:
             continue
