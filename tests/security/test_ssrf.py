@@ -356,20 +356,22 @@ def test_s3_endpoint_on_a_non_allowed_address_is_refused_up_front(
 def test_s3_endpoint_refusal_on_the_cli_and_the_page(
     aws_keys: None, secret: RecordingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streamlit.testing.v1 import AppTest
-    from typer.testing import CliRunner
+    import os
+    import subprocess
+    import sys
 
-    from services.cli import app
+    from streamlit.testing.v1 import AppTest
 
     names = write_csv(tmp_path / "GEN_x.csv", None, [["a.jpg"]])
-    run = CliRunner().invoke(
-        app,
-        ["--workspace", str(tmp_path / "cli-ws"), "download", "s3", str(names), "--bucket", "bkt",
-         "--endpoint-url", secret.base, "--auto-confirm"],
+    run = subprocess.run(
+        [sys.executable, "-m", "services", "--workspace", str(tmp_path / "cli-ws"), "download", "s3", str(names),
+         "--bucket", "bkt", "--endpoint-url", secret.base, "--auto-confirm"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert run.exit_code == 2
-    assert "download.allowed_networks" in run.output and "Traceback" not in run.output
-    assert len(run.output.strip().splitlines()) == 1  # one line, naming the cause and the setting
+    assert run.returncode == 2, run.stderr
+    assert "download.allowed_networks" in run.stderr and "Traceback" not in run.stderr + run.stdout
+    assert len(run.stderr.strip().splitlines()) == 1  # one line, naming the cause and the setting
+    assert "workbench-test" not in run.stderr + run.stdout  # no secret echoed
 
     monkeypatch.setenv("WORKBENCH_WORKSPACE", str(tmp_path / "page-ws"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
