@@ -13,13 +13,15 @@ Server-side request forgery comes from three gaps, each closed here:
 
 Non-global addresses (loopback, private, link-local such as 169.254.169.254, shared, multicast, reserved)
 are refused unless inside `download.allowed_networks`; `download.block_private_networks = false` (a
-laptop) checks the parse only. The resolver is injectable (`socket.getaddrinfo` by default) so tests can
+laptop) refuses no address (the parse and the pinned connection stay). Error messages never show a URL's
+user name or password. The resolver is injectable (`socket.getaddrinfo` by default) so tests can
 simulate rebinding.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +49,7 @@ _IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _JUDGED_BY_INNER = (_IPV4_MAPPED, _IPV4_TRANSLATED, _IPV4_COMPATIBLE, _NAT64)
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*)(?:[^/?#@]*@)+")
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
 
 
@@ -92,6 +95,11 @@ class CheckedTarget:
     @property
     def server_hostname(self) -> str:
         return self.url.host
+
+
+def redact(url: str) -> str:
+    """The URL as messages show it: any user name and password replaced by `***`, at most 200 characters."""
+    return _USERINFO.sub(r"\1***@", url)[:200]
 
 
 def _refuse_bad_characters(text: str, what: str, allow_space: bool = False) -> None:
@@ -156,7 +164,7 @@ def parse_url(url: str, schemes: Sequence[str] = WEB_SCHEMES, *, require_port: b
     if not isinstance(url, str):
         raise UrlRefused("invalid_url", f"expected a URL string, got {type(url).__name__}")
     text = url.strip()
-    shown = text[:200] or "(empty)"
+    shown = redact(text) or "(empty)"
     if not text:
         raise UrlRefused("invalid_url", "empty URL")
     # A plain space is read alike by every parser in a path or query (CSVs of unencoded links have them);
@@ -212,7 +220,7 @@ def parse_url(url: str, schemes: Sequence[str] = WEB_SCHEMES, *, require_port: b
 def join_location(base: ParsedUrl, location: str) -> ParsedUrl:
     """A redirect's Location against the URL that sent it, through the same strict parser (a backslash or a
     control character in the raw header is refused before joining)."""
-    _refuse_bad_characters(location.strip(), f"redirect Location {location[:200]!r}")
+    _refuse_bad_characters(location.strip(), f"redirect Location {redact(location.strip())!r}")
     return parse_url(urljoin(base.url, location.strip()))
 
 

@@ -96,6 +96,7 @@ def test_forged_urls_are_refused_before_any_connection(
     for url in forged:
         error = refused(fetcher, url)
         assert error.error_class == "invalid_url", (url, error.error_class, error.message)
+        assert "user:pw" not in error.message  # a password in a URL is never echoed
         with pytest.raises(FetchError, match=".") as info:
             check_url(url, True, tuple(cfg.allowed_networks))  # the public check agrees
         assert info.value.error_class == "invalid_url"
