@@ -10,11 +10,13 @@ back to the job process, which alone writes the catalog.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from urllib.parse import urlsplit
+
+from services.network_policy import ParsedUrl, UrlRefused, parse_url
 
 LOCAL = ("", "local")
+FORM = "use local or dask://HOST:PORT (a Dask scheduler)"
 
 
 def make_executor(workers: int) -> Executor:
@@ -29,14 +31,46 @@ class ExecutorError(ValueError):
     pass
 
 
+def _parse_executor_url(url: str) -> ParsedUrl:
+    try:
+        parsed = parse_url(url, ("dask",), require_port=True)
+    except UrlRefused as exc:
+        raise ExecutorError(f"executor {exc.message}; {FORM}") from None
+    if parsed.target != "/":
+        raise ExecutorError(f"executor {url!r}: a scheduler address has no path; {FORM}")
+    return parsed
+
+
 def check_executor_url(url: str | None) -> str | None:
-    """None for local execution, else a normalised `dask://host:port`; raises with the expected form."""
+    """None for local execution, else a normalised `dask://host:port`; raises with the expected form. The
+    address goes through the network policy's strict parser (scheme, host, port 1-65535, no userinfo)."""
     if url is None or url.strip().lower() in LOCAL:
         return None
-    parts = urlsplit(url.strip())
-    if parts.scheme != "dask" or not parts.hostname or not parts.port:
-        raise ExecutorError(f"executor {url!r}: use local or dask://HOST:PORT (a Dask scheduler)")
-    return f"dask://{parts.hostname}:{parts.port}"
+    return f"dask://{_parse_executor_url(url).host_header}"
+
+
+def check_page_executor(url: str | None, listed: Iterable[str], restricted: bool) -> str | None:
+    """The executor a dashboard user chose: on a server with sign-in (`restricted`), only a scheduler an
+    administrator listed in `dask_schedulers` (or local); on an open workbench, any valid address."""
+    checked = check_executor_url(url)
+    if checked is None or not restricted:
+        return checked
+    if checked not in listed_schedulers(listed):
+        raise ExecutorError(
+            f"executor {checked}: this server has sign-in, so pages may use only the Dask schedulers an "
+            "administrator lists in the dask_schedulers setting"
+        )
+    return checked
+
+
+def listed_schedulers(listed: Iterable[str]) -> list[str]:
+    """The administrator's `dask_schedulers`, normalised; an invalid entry raises naming it."""
+    out: list[str] = []
+    for entry in listed:
+        checked = check_executor_url(entry)
+        if checked is not None and checked not in out:
+            out.append(checked)
+    return out
 
 
 def executor_from_url(url: str, timeout: float = 10.0) -> tuple[Executor, Callable[[], None]]:
@@ -46,9 +80,8 @@ def executor_from_url(url: str, timeout: float = 10.0) -> tuple[Executor, Callab
         raise ExecutorError("a local run needs no executor URL")
     from distributed import Client
 
-    parts = urlsplit(checked)
     try:
-        client = Client(f"tcp://{parts.hostname}:{parts.port}", timeout=timeout)
+        client = Client(f"tcp://{_parse_executor_url(checked).host_header}", timeout=timeout)
     except OSError as exc:
         raise ExecutorError(f"cannot reach the Dask scheduler at {checked}: {exc}") from None
     executor = client.get_executor()

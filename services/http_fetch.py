@@ -1,22 +1,22 @@
 """Fetching one URL well: pooled connections, timeouts, retries that honour Retry-After, per-host limits,
 checked redirects, a size cap, and every failure named by class.
 
-Redirects are followed by hand so that each hop is checked (scheme, and on a shared server, the address it
-resolves to) and loops are caught. Retries use tenacity: exponential backoff with jitter, or the server's
-Retry-After when it gives one (up to a cap; a longer wait fails the item instead of stalling a worker).
+Every hop goes through the network policy (services/network_policy.py): one strict parse, one resolution,
+every address classified, and the connection made to the checked address only. Redirects are followed by
+hand so that each hop is checked and loops are caught. Retries use tenacity: exponential backoff with
+jitter, or the server's Retry-After when it gives one (up to a cap; a longer wait fails the item instead of
+stalling a worker).
 """
 
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import random
-import socket
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from typing import Any
 
 import urllib3
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -31,6 +31,15 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from services.network_policy import (
+    CheckedTarget,
+    NetworkPolicy,
+    Resolver,
+    UrlRefused,
+    join_location,
+    parse_networks,
+    parse_url,
+)
 from services.settings import DownloadSettings
 
 FAILURE_CLASSES = (
@@ -85,50 +94,43 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def check_url(url: str, block_private: bool, allowed: tuple[str, ...] = ()) -> None:
-    """Refuse what a shared server must not fetch: other schemes, and non-global addresses (private, loopback,
-    link-local such as 169.254.169.254) unless inside an allowed network."""
+    """Refuse what a shared server must not fetch (the network policy's checks, as FetchError): a URL the
+    strict parser refuses, and, when `block_private`, a host resolving to a non-global address (private,
+    loopback, link-local such as 169.254.169.254, or an IPv6 form carrying one) outside `allowed`."""
     try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise FetchError("invalid_url", f"cannot parse URL: {exc}") from exc
-    if not url.strip():
-        raise FetchError("invalid_url", "empty URL")
-    if parts.scheme not in ("http", "https"):
-        raise FetchError("invalid_url", f"scheme {parts.scheme or '(none)'!r} is not http or https")
-    if not parts.hostname:
-        raise FetchError("invalid_url", "URL has no host")
-    if block_private:
-        try:
-            infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
-        except socket.gaierror as exc:
-            raise FetchError("dns", f"cannot resolve {parts.hostname}: {exc}") from exc
-        networks = [ipaddress.ip_network(n, strict=False) for n in allowed]
-        for info in infos:
-            addr = ipaddress.ip_address(info[4][0])
-            if not addr.is_global and not any(addr in net for net in networks):
-                raise FetchError(
-                    "blocked_url",
-                    f"{parts.hostname} resolves to non-public address {addr} (allow it with download.allowed_networks)",
-                )
+        parsed = parse_url(url)
+        if block_private:
+            NetworkPolicy(True, parse_networks(allowed)).check_parsed(parsed)
+    except UrlRefused as exc:
+        raise FetchError(exc.error_class, exc.message) from None
 
 
 class HttpFetcher:
-    """One per worker process: a shared connection pool and per-host concurrency slots."""
+    """One per worker process: a keep-alive pool per (scheme, address, port, TLS name), per-host slots.
 
-    def __init__(self, cfg: DownloadSettings) -> None:
+    Every hop goes through the network policy, and the request is sent to the address the policy checked
+    (`connection_from_host(ip, ...)`), with the URL's host as Host header, SNI name and certificate name:
+    nothing is resolved a second time. `resolver` and `ca_certs` are for tests (rebinding, a private CA).
+    """
+
+    def __init__(self, cfg: DownloadSettings, resolver: Resolver | None = None, ca_certs: str | None = None) -> None:
         self.cfg = cfg
+        self.policy = NetworkPolicy.from_settings(cfg, resolver)
+        self.headers = {"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.5"}
+        extra: dict[str, Any] = {"ca_certs": ca_certs} if ca_certs else {}
         self.pool = urllib3.PoolManager(
             num_pools=256,
             maxsize=max(cfg.per_host_limit, cfg.threads_per_worker),
             block=False,
             retries=False,
             timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout),
-            headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.5"},
+            **extra,
         )
         self._slots: dict[str, threading.BoundedSemaphore] = defaultdict(
             lambda: threading.BoundedSemaphore(cfg.per_host_limit)
         )
         self._slots_lock = threading.Lock()
+        self._answered: dict[tuple[str, int], str] = {}
 
     def _slot(self, host: str) -> threading.BoundedSemaphore:
         with self._slots_lock:
@@ -171,21 +173,29 @@ class HttpFetcher:
         return min(self.cfg.backoff_max, base + random.uniform(0, self.cfg.backoff_base))
 
     def _fetch_once(self, url: str) -> tuple[bytes, str, str]:
-        current = url
-        seen = {url}
+        try:
+            current = parse_url(url)
+        except UrlRefused as exc:
+            raise FetchError(exc.error_class, exc.message) from None
+        seen = {current.url}
         for _hop in range(self.cfg.max_redirects + 1):
-            check_url(current, self.cfg.block_private_networks, tuple(self.cfg.allowed_networks))
-            host = urlsplit(current).hostname or ""
-            with self._slot(host):
-                status, headers, body = self._request(current)
+            try:
+                target = self.policy.check_parsed(current)
+            except UrlRefused as exc:
+                raise FetchError(exc.error_class, exc.message) from None
+            with self._slot(current.host):
+                status, headers, body = self._request(target)
             if status in REDIRECT_CODES:
                 location = headers.get("Location")
                 if not location:
                     raise FetchError("http_4xx" if status < 400 else "http_5xx", f"HTTP {status} without Location")
-                current = urljoin(current, location)
-                if current in seen:
-                    raise FetchError("redirect_loop", f"redirect loop back to {current}")
-                seen.add(current)
+                try:
+                    current = join_location(current, location)
+                except UrlRefused as exc:
+                    raise FetchError(exc.error_class, f"redirect refused: {exc.message}") from None
+                if current.url in seen:
+                    raise FetchError("redirect_loop", f"redirect loop back to {current.url}")
+                seen.add(current.url)
                 continue
             if status == 429 or 400 <= status < 500:
                 raise FetchError(
@@ -201,16 +211,44 @@ class HttpFetcher:
                     retryable=status in RETRYABLE_STATUS,
                     retry_after=parse_retry_after(headers.get("Retry-After")),
                 )
-            return body, current, headers.get("Content-Type", "")
+            return body, current.url, headers.get("Content-Type", "")
         raise FetchError("redirect_loop", f"more than {self.cfg.max_redirects} redirects")
 
-    def _request(self, url: str) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
+    def _open(self, target: CheckedTarget) -> urllib3.BaseHTTPResponse:
+        """Send the GET to the first checked address that accepts a connection (a refused or unreachable
+        address falls through to the next one the name resolved to, as a resolving client would)."""
+        url = target.url
+        tls = {"server_hostname": url.host, "assert_hostname": url.host} if url.scheme == "https" else None
+        headers = {**self.headers, "Host": url.host_header}
+        # The address that answered last time goes first (only ever one of the addresses just checked), so a
+        # dead first address (say an unreachable IPv6 one) costs one failed connect, not one per request.
+        preferred = self._answered.get((url.host, url.port))
+        addresses = target.addresses
+        if preferred in addresses and addresses[0] != preferred:
+            addresses = (preferred, *(a for a in addresses if a != preferred))
+        for index, address in enumerate(addresses):
+            pool = self.pool.connection_from_host(address, url.port, url.scheme, pool_kwargs=tls)
+            try:
+                response = pool.urlopen(
+                    "GET", url.target, headers=headers, redirect=False, retries=False,
+                    preload_content=False, assert_same_host=False,
+                )  # fmt: skip
+            except NewConnectionError:
+                if index + 1 == len(addresses):
+                    raise
+                continue
+            if index:
+                self._answered[(url.host, url.port)] = address
+            return response
+        raise AssertionError("a checked target has at least one address")
+
+    def _request(self, target: CheckedTarget) -> tuple[int, urllib3.HTTPHeaderDict, bytes]:
         cfg = self.cfg
         started = time.monotonic()
         try:
-            resp = self.pool.request("GET", url, preload_content=False, redirect=False, retries=False)
+            resp = self._open(target)
         except NameResolutionError as exc:
-            raise FetchError("dns", f"cannot resolve host {urlsplit(url).hostname!r}") from exc
+            raise FetchError("dns", f"cannot resolve host {target.url.host!r}") from exc
         # NewConnectionError subclasses ConnectTimeoutError in urllib3 2, so it must come first.
         except NewConnectionError as exc:
             raise FetchError("connect", f"connection failed: {_reason(exc)}", retryable=True) from exc

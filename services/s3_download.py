@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from services.datasets import DatasetError, ensure_dataset, insert_rows
 from services.jobs import ItemResult, JobManager
-from services.s3_client import S3Object, list_prefix, make_client
+from services.s3_client import S3Object, check_endpoint, list_prefix, make_client
 from services.url_download import DownloadTaskBase, guess_kind
 from services.workspace import Workspace
 
@@ -137,7 +137,9 @@ def _stem(base: str) -> str:
 def cached_listing(
     ws: Workspace, bucket: str, prefix: str, endpoint_url: str | None, refresh: bool = False
 ) -> list[S3Object]:
-    """One listing per (endpoint, bucket, prefix) for ten minutes: the analysis and the job share it."""
+    """One listing per (endpoint, bucket, prefix) for ten minutes: the analysis and the job share it. The
+    endpoint is checked against the network policy first, so a cached listing never skips the check."""
+    check_endpoint(ws.settings.download, endpoint_url)
     key = ("s3-listing", endpoint_url or "", bucket, prefix)
     if not refresh:
         hit = ws.cache.get(key)
@@ -221,7 +223,8 @@ def start_s3_download(
 class S3DownloadTask(DownloadTaskBase):
     kind: ClassVar[str] = "download_s3"
     source_kind: ClassVar[str] = "s3"
-    fatal_classes: ClassVar[frozenset[str]] = frozenset({"credentials"})
+    # Every request goes to one endpoint: a refused endpoint would fail every item, so it stops the job.
+    fatal_classes: ClassVar[frozenset[str]] = frozenset({"credentials", "blocked_url", "invalid_url"})
     sticky_classes: ClassVar[frozenset[str]] = frozenset({"missing", "ambiguous"})
 
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:

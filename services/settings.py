@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,21 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "WORKBENCH_"
+
+
+def _strict_url(value: str | None, setting: str) -> str | None:
+    """An admin-set URL through the network policy's strict parser (no userinfo, backslash, control
+    characters, bad port), so every component reading it sees the same host. Not subject to
+    `download.allowed_networks`: only an administrator sets it, and a LAN address is a normal choice."""
+    if not value:
+        return None
+    from services.network_policy import UrlRefused, parse_url
+
+    try:
+        parse_url(value)
+    except UrlRefused as exc:
+        raise ValueError(f"{setting}: {exc.message}") from None
+    return value
 
 
 class ProcessingSettings(BaseModel):
@@ -60,6 +75,14 @@ class DownloadSettings(BaseModel):
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
 
+    @field_validator("allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        from services.network_policy import parse_networks
+
+        parse_networks(value)  # a typo fails at load, naming the entry, not at the first download
+        return value
+
 
 class ModelPrice(BaseModel):
     """US dollars per million tokens; images count as input tokens."""
@@ -94,6 +117,11 @@ class GeminiSettings(BaseModel):
     expected_output_tokens_categorize: int = 25
     expected_latency_seconds: float = 2.5
 
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        return _strict_url(value, "gemini.base_url")
+
 
 class ClipSettings(BaseModel):
     """The open_clip model used for embeddings and zero-shot categories."""
@@ -122,6 +150,11 @@ class OcrSettings(BaseModel):
     socket_timeout_seconds: float = 10.0
     push_url: str | None = None  # each result is POSTed here as JSON when set
     push_timeout_seconds: float = 5.0
+
+    @field_validator("push_url")
+    @classmethod
+    def _check_push_url(cls, value: str | None) -> str | None:
+        return _strict_url(value, "ocr.push_url")
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -183,6 +216,10 @@ class Settings(BaseSettings):
     gemini: GeminiSettings = GeminiSettings()
     clip: ClipSettings = ClipSettings()
     ocr: OcrSettings = OcrSettings()
+    # Dask schedulers (dask://HOST:PORT) that page users may choose under "Run jobs on" when sign-in is
+    # configured; a typed address would let any signed-in user make the server connect anywhere. The CLI
+    # (someone with a shell) takes any scheduler.
+    dask_schedulers: list[str] = Field(default_factory=list)
     job_stale_seconds: float = 15.0
     max_upload_mb: int = 512
 

@@ -108,7 +108,9 @@ class DownloadTaskBase(ChunkedTask):
 
 class UrlDownloadTask(DownloadTaskBase):
     kind: ClassVar[str] = "download_urls"
-    sticky_classes: ClassVar[frozenset[str]] = frozenset({"invalid_url", "blocked_url"})
+    # blocked_url is not sticky: the policy is checked again at fetch time, so a retry after an administrator
+    # allows the network succeeds (and one that is still refused fails the same way).
+    sticky_classes: ClassVar[frozenset[str]] = frozenset({"invalid_url"})
 
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         manager = JobManager(ws)

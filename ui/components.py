@@ -164,13 +164,29 @@ def launch(manager: JobManager, job_id: int) -> None:
 
 
 def executor_setting() -> None:
-    """The sidebar's 'Run jobs on' field: local, or a Dask scheduler for the shardable stages."""
-    from services.executors import ExecutorError, check_executor_url
+    """The sidebar's 'Run jobs on': local or a Dask scheduler for the shardable stages. On a server with
+    sign-in, only the schedulers an administrator lists in `dask_schedulers` are offered (a typed address
+    would let any signed-in user make the server connect anywhere); an open workbench takes any address."""
+    from services.auth import sign_in_required
+    from services.executors import ExecutorError, check_page_executor, listed_schedulers
+    from services.settings import load_settings
+    from ui.auth import _oidc_configured
 
-    hint = "local, or dask://HOST:PORT for download, preprocess, embed and classify"
-    value = st.sidebar.text_input("Run jobs on", value="local", key="executor-input", help=hint)
+    settings = load_settings()
+    restricted = sign_in_required(settings) or _oidc_configured()
     try:
-        st.session_state["executor-url"] = check_executor_url(value)
+        if restricted:
+            listed = listed_schedulers(settings.dask_schedulers)
+            value = st.sidebar.selectbox(
+                "Run jobs on",
+                ["local", *listed],
+                key="executor-choice",
+                help="local, or a Dask scheduler an administrator listed in the dask_schedulers setting",
+            )
+        else:
+            hint = "local, or dask://HOST:PORT for download, preprocess, embed and classify"
+            value = st.sidebar.text_input("Run jobs on", value="local", key="executor-input", help=hint)
+        st.session_state["executor-url"] = check_page_executor(value, settings.dask_schedulers, restricted)
     except ExecutorError as exc:
         st.session_state["executor-url"] = None
         st.sidebar.error(str(exc))
