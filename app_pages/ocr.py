@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
+from services import csv_safety
 from services.datasets import DatasetError, dataset_images, list_datasets
 from services.folder_import import start_folder_import
 from services.imaging import ImageCheckError
@@ -147,10 +148,13 @@ if target:
     settings_hash = ocr_settings_hash(engine, settings.ocr.trocr_model, recipe, base_rules)
     rows = [r for r in ocr_results(ws, target, settings_hash) if r["raw"] is not None or r["error"]]
     if rows:
-        frame = pd.DataFrame(rows)[["image", "code", "raw", "valid", "confidence", "cord", "error"]]
+        columns = ["image", "code", "raw", "valid", "confidence", "cord", "error"]
+        frame = pd.DataFrame(rows)[columns]
         st.dataframe(frame, hide_index=True, key="ocr-results")
-        st.download_button("Results CSV", frame.to_csv(index=False).encode(), file_name=f"ocr-{target}.csv",
-                           key="ocr-results-csv")  # fmt: skip
+        results_csv = csv_safety.to_bytes(
+            columns, ([r.get(c) for c in columns] for r in rows), settings.csv_formula_guard
+        )
+        st.download_button("Results CSV", results_csv, file_name=f"ocr-{target}.csv", key="ocr-results-csv")
         truth_file = st.file_uploader("Ground truth CSV (image_name,text)", type=["csv"], key="ocr-truth")
         if truth_file is not None:
             try:

@@ -333,6 +333,15 @@ class JobManager:
                 params.pop("executor", None)
             conn.execute("UPDATE jobs SET params = ? WHERE id = ?", (json.dumps(params), job_id))
 
+    def update_params(self, job_id: int, values: dict[str, Any]) -> None:
+        """Add options to a job's parameters (e.g. `raw_csv`); a resumed run sees them too."""
+        with self.catalog.write() as conn:
+            row = conn.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobError(f"no job with id {job_id}")
+            params = {**json.loads(row["params"]), **values}
+            conn.execute("UPDATE jobs SET params = ? WHERE id = ?", (json.dumps(params), job_id))
+
     def mark_failed(self, job_id: int, failures: dict[str, tuple[str, str]]) -> None:
         """Items refused while planning (e.g. a zip member with '..'): failed with the reason, never run."""
         with self.catalog.write() as conn:

@@ -10,7 +10,6 @@ that does not, then the most confident.
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import hashlib
 import io
@@ -24,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from services import csv_safety
 from services.imaging import ImageCheckError
 from services.jobs import ItemResult, JobManager, Journal
 from services.ocr_engines import TextLine, build_engine, resolve_engine
@@ -120,7 +120,7 @@ def decode_bytes(data: bytes, max_pixels: int) -> np.ndarray:
 # --- the CSV log --------------------------------------------------------------------------------------
 
 
-def append_log(path: Path, detected: str, when: float | None = None) -> int:
+def append_log(path: Path, detected: str, when: float | None = None, guard: bool = True) -> int:
     """Append one row under an exclusive lock: the header on the first write, serial numbers that never
     repeat, correct with several processes writing at once. Returns the row's serial number."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def append_log(path: Path, detected: str, when: float | None = None) -> int:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             serial = _last_serial(fh, size) + 1
-            writer = csv.writer(fh)
+            writer = csv_safety.writer(fh, guard)  # the reading is hostile text: formula-guarded
             if size == 0:
                 writer.writerow(LOG_HEADER)
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when or time.time()))
@@ -148,7 +148,7 @@ def _last_serial(fh: Any, size: int) -> int:
     fh.seek(max(0, size - 4096))
     tail = fh.read().splitlines()
     for line in reversed(tail):
-        first = line.split(",", 1)[0].strip()
+        first = line.split(",", 1)[0].strip().strip('"')  # quoted when formula-guarded
         if first.isdigit():
             return int(first)
     return 0
@@ -158,7 +158,7 @@ def log_result(ws: Workspace, result: OcrResult) -> int:
     detected = (
         result.code if result.valid and result.code else (f"InvalidCode ({result.raw})" if result.raw else "NoText")
     )
-    return append_log(ws.root / ws.settings.ocr.log_csv, detected)
+    return append_log(ws.root / ws.settings.ocr.log_csv, detected, guard=ws.settings.csv_formula_guard)
 
 
 def push_result(url: str | None, payload: dict[str, Any], timeout: float) -> None:
@@ -340,7 +340,7 @@ def accuracy(pairs: list[tuple[str, str]]) -> Accuracy:
 
 def read_ground_truth(data: bytes) -> dict[str, str]:
     """A CSV with `image_name,text` (or `image,expected`) columns."""
-    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    rows = list(csv_safety.dict_reader(io.StringIO(data.decode("utf-8-sig"))))  # our results CSV, unguarded
     if not rows:
         return {}
     columns = {c.lower(): c for c in rows[0]}

@@ -8,7 +8,6 @@ rerun skips what is done and an edited recipe recomputes everything under its ne
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from services import csv_safety
 from services.datasets import dataset_images
 from services.imaging import ImageCheckError
 from services.jobs import ItemResult, JobManager, Journal
@@ -90,8 +90,7 @@ class PreprocessTask(ImageStageTask):
                WHERE j.job_id = ? ORDER BY j.seq""",
             (stage_name(recipe), recipe.settings_hash, QUALITY_STAGE, QUALITY_VERSION, job_id),
         )
-        with open(out, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
+        with csv_safety.open_for_write(out, csv_safety.guard_enabled(ws.settings, params)) as writer:
             writer.writerow(["image_hash", "source_path", "output_path", "status", "error", "quality_flags"])
             for r in rows:
                 result = json.loads(r["result"]) if r["result"] else {}
