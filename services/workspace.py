@@ -33,7 +33,7 @@ class Workspace:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser().resolve()
-        for sub in ("images", "derived", "logs", "uploads", "exports", "jobs", "cache"):
+        for sub in ("images", "derived", "logs", "uploads", "exports", "jobs", "cache", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.catalog = self._open_catalog()
         self._cache: diskcache.Cache | None = None
@@ -133,13 +133,88 @@ def derived_relpath(variant: str, image_hash: str, extension: str) -> str:
     return f"derived/{variant}/{image_hash[:2]}/{image_hash}.{extension}"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary name and rename, so a killed process never leaves half a file under the name."""
+def write_atomic(path: Path, data: bytes, staging: Path | None = None) -> None:
+    """Write via a temporary name and rename, so a killed process never leaves half a file under the name.
+
+    The temporary name carries the writer's pid (`.<name>.<pid>.<thread>.tmp`), so a later run can tell a
+    leftover of a killed process from a file being written. `staging` (the workspace's `tmp/`, on the same
+    filesystem) keeps the temporary files of the big content folders in one place that is cheap to sweep."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    folder = staging if staging is not None else path.parent
+    tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        try:
+            fh = open(tmp, "wb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+            fh = open(tmp, "wb")  # noqa: SIM115
+        with fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an error leaves no temporary file behind
+        raise
+
+
+# Temporary files of atomic writes, each naming the pid that writes it: write_atomic and csv_safety
+# (`.<name>.<pid>.<thread>.tmp`), embedding shards (`.<ns>-<pid>-<hex>.npy.tmp`), page uploads (`.<name>.<pid>.part`).
+_TEMP_NAMES = (
+    re.compile(r"^\..+\.(?P<pid>\d+)\.\d+\.tmp$"),
+    re.compile(r"^\.\d{20}-(?P<pid>\d+)-[0-9a-f]{8}\.(?:npy|hashes)\.tmp$"),
+    re.compile(r"^\..+\.(?P<pid>\d+)\.part$"),
+)
+# Where they are, and how deep to look: never images/ or derived/ themselves (millions of files), whose
+# writers stage in tmp/.
+_TEMP_FOLDERS = (("tmp", 3), ("models", 4), ("embeddings", 1), ("exports", 1), ("uploads", 0))
+
+
+def remove_stale_temp_files(root: Path, started_at: float, extra: list[Path] | None = None) -> list[Path]:
+    """Remove temporary files that killed runs left behind: older than `started_at` (the run that sweeps) and
+    written by a process that is no longer alive on this machine. Returns what was removed."""
+    removed: list[Path] = []
+    folders = [(root / name, depth) for name, depth in _TEMP_FOLDERS] + [(p, 0) for p in extra or []]
+    for folder, depth in folders:
+        for path in _walk(folder, depth):
+            match = next((m for m in (p.match(path.name) for p in _TEMP_NAMES) if m), None)
+            if match is None or pid_alive(int(match["pid"])):
+                continue
+            try:
+                if path.stat().st_mtime < started_at - 2.0:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+def _walk(folder: Path, depth: int) -> list[Path]:
+    """Files under `folder`, at most `depth` folders down (no symlinks followed)."""
+    files: list[Path] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    files.append(Path(entry.path))
+                elif depth > 0 and entry.is_dir(follow_symlinks=False):
+                    files.extend(_walk(Path(entry.path), depth - 1))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        pass
+    return files
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs here (a zombie does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
