@@ -518,7 +518,7 @@ class JobManager:
             self.recount(job_id)
             left = self.progress(job_id).pending
             if ctx.fatal_error and ctx.fatal_class == DISK_FULL:
-                state, error = "interrupted", _disk_full_error(job_id, ctx.fatal_error)
+                state, error = "interrupted", _disk_full_error(self.ws.root, job_id, ctx.fatal_error)
             elif ctx.fatal_error:
                 state, error = "failed", ctx.fatal_error
             elif ctx.stop_requested:
@@ -534,7 +534,7 @@ class JobManager:
         except Exception as exc:
             if is_disk_full(exc):
                 log.error("job %s interrupted: disk full", job_id, exc_info=True)
-                state, error = "interrupted", _disk_full_error(job_id, f"{exc.__class__.__name__}: {exc}")
+                state, error = "interrupted", _disk_full_error(self.ws.root, job_id, f"{exc.__class__.__name__}: {exc}")
             else:
                 log.exception("job %s failed", job_id)
                 state, error = "failed", f"{exc.__class__.__name__}: {exc}"
@@ -582,10 +582,11 @@ class JobManager:
             return None
         except (sqlite3.Error, OSError) as exc:
             log.error("job %s: could not record its end (%s: %s)", job_id, state, error, exc_info=True)
-            reason = error if state == "interrupted" and error else _disk_full_error(
-                job_id, f"the run ended {state}{f' ({error})' if error else ''} but the catalog could not record "
-                f"it: {exc.__class__.__name__}: {exc}"
-            )  # fmt: skip
+            if state == "interrupted" and error:
+                reason = error
+            else:
+                ended = f"the run ended {state}{f' ({error})' if error else ''} but the catalog could not record it"
+                reason = _disk_full_error(self.ws.root, job_id, f"{ended}: {exc.__class__.__name__}: {exc}")
             _write_stop_reason(self.ws.root / "jobs" / str(job_id), reason)
             return reason
 
@@ -807,8 +808,10 @@ def _mark_disk_full(result: ItemResult) -> ItemResult:
     return result
 
 
-def _disk_full_error(job_id: int, detail: str) -> str:
-    return f"disk full ({detail}); free space, then `python -m services jobs resume {job_id}` continues it"
+def _disk_full_error(root: Path, job_id: int, detail: str) -> str:
+    return (
+        f"disk full ({detail}); free space where {root} is, then `python -m services jobs resume {job_id}` continues it"
+    )
 
 
 def _output_folders(params: dict[str, Any]) -> list[Path]:
