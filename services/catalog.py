@@ -184,12 +184,15 @@ class Catalog:
             return "missing"
         if self.path.stat().st_size == 0:
             return "empty (0 bytes)"
-        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-        finally:
-            conn.close()
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:  # cannot be read read-only (e.g. WAL files it may not create): existing
+            return None
         return "without tables" if version == 0 and tables == 0 else None
 
     @property

@@ -83,10 +83,29 @@ def _log_traceback(exc: BaseException, workspace: Path | None) -> None:
         pass
 
 
+class _OneLineFormatter(logging.Formatter):
+    """`warning: <message>`: no traceback on the terminal (the job log and logs/cli.log keep it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {one_line(record.getMessage())}"
+
+
+def _warnings_as_lines() -> None:
+    """Warnings and errors logged while a command runs reach stderr as one line each (without a handler on
+    the root logger, Python's last-resort handler would print them with their tracebacks)."""
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, _OneLineFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(_OneLineFormatter())
+        root.addHandler(handler)
+
+
 def run_cli(app: Callable[[], object], debug: Callable[[], bool], workspace: Callable[[], Path | None]) -> None:
     """Run the typer app; turn what escapes it into one line and an exit code."""
     logging.raiseExceptions = False  # a log write on a full disk must not print its own traceback
     quiet_third_party_loggers()
+    _warnings_as_lines()
     try:
         app()
     except Exception as exc:

@@ -150,7 +150,13 @@ def write_atomic(path: Path, data: bytes, staging: Path | None = None) -> None:
             fh = open(tmp, "wb")  # noqa: SIM115
         with fh:
             fh.write(data)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV or staging is None:
+                raise
+            tmp.unlink(missing_ok=True)  # the staging folder is on another filesystem: write beside the target
+            write_atomic(path, data)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk or an error leaves no temporary file behind
         raise

@@ -98,6 +98,18 @@ def test_a_lost_catalog_over_content_is_refused_with_the_fix_and_nothing_is_recr
     assert "recovered\tkind=folder\trows=1\timages=1" in cli(root, "datasets", "list").stdout
 
 
+def test_the_dashboard_says_what_is_wrong_and_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from streamlit.testing.v1 import AppTest
+
+    root = workspace_with_images(tmp_path / "ws")
+    (root / "catalog.sqlite").write_bytes(b"")
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(root))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "is empty (0 bytes)" in at.error[0].value and "new-catalog" in at.error[0].value
+    assert (root / "catalog.sqlite").stat().st_size == 0
+
+
 def test_an_empty_folder_still_gets_a_new_catalog_and_a_good_one_is_never_replaced(tmp_path: Path):
     ws = Workspace(tmp_path / "fresh", load_settings())  # no content: a new catalog is what the user wants
     assert ws.catalog.schema_version >= 4
