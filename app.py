@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
+from services.catalog import CatalogError
+from services.log_setup import quiet_third_party_loggers
 from services.settings import load_settings
 from ui.auth import require_sign_in
 from ui.components import executor_setting
 from ui.state import get_job_manager, get_workspace
 
 st.set_page_config(page_title="Image workbench", page_icon=":material/photo_library:", layout="wide")
+quiet_third_party_loggers()
 
 PAGES = {
     "Workspace": [st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True)],
@@ -29,7 +32,11 @@ PAGES = {
 require_sign_in(load_settings())  # every page is behind this when sign-in is configured
 navigation = st.navigation(PAGES)
 
-ws = get_workspace()
+try:
+    ws = get_workspace()
+except CatalogError as exc:  # a missing, emptied or damaged catalog over existing content: say so, change nothing
+    st.error(str(exc))
+    st.stop()
 with st.sidebar:
     st.caption(f"Workspace `{ws.root}`")
     active = get_job_manager().list(limit=20, active_only=True)

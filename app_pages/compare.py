@@ -200,7 +200,7 @@ if st.button("Write the HTML report and CSV tables", key="cmp-report"):
     out = ws.root / "exports" / f"compare-{set_a.name}-vs-{set_b.name}.html"
     clustered = st.session_state.get("cmp-cluster-report")
     html_report(result, out, embedded, sections=[cluster_section(clustered)] if clustered is not None else None)
-    write_tables(result, out.parent / f"compare-{set_a.name}-vs-{set_b.name}")
+    write_tables(result, out.parent / f"compare-{set_a.name}-vs-{set_b.name}", ws.settings.csv_formula_guard)
     st.session_state["cmp-report-path"] = str(out)
 if st.session_state.get("cmp-report-path"):
     from pathlib import Path

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 
+from services import csv_safety
 from services.datasets import DatasetError, DatasetSummary, dataset_entries, list_datasets
 from services.folder_import import start_folder_import
 from services.imaging import ImageCheckError
@@ -280,10 +281,13 @@ if target:
         st.caption(f"{len(rows):,} images with {engine}, {recipe_words} and rules {rules_name}: {accepted:,} read "
                    f"and accepted by the rules, {len(rows) - accepted - failed:,} not accepted (or no text), "
                    f"{failed:,} failed (see the error column).")  # fmt: skip
-        frame = pd.DataFrame(rows)[["image", "code", "raw", "valid", "confidence", "cord", "error"]]
+        columns = ["image", "code", "raw", "valid", "confidence", "cord", "error"]
+        frame = pd.DataFrame(rows)[columns]
         st.dataframe(frame, hide_index=True, key="ocr-results")
-        st.download_button("Results CSV", frame.to_csv(index=False).encode(), file_name=f"ocr-{target}.csv",
-                           key="ocr-results-csv")  # fmt: skip
+        results_csv = csv_safety.to_bytes(
+            columns, ([r.get(c) for c in columns] for r in rows), settings.csv_formula_guard
+        )
+        st.download_button("Results CSV", results_csv, file_name=f"ocr-{target}.csv", key="ocr-results-csv")
 
         st.markdown("**Accuracy against ground truth**")
         truth_file = st.file_uploader("Ground truth CSV (image_name,text)", type=["csv"], key="ocr-truth",
@@ -317,5 +321,5 @@ if target:
                     rates = {c: st.column_config.NumberColumn(c.upper(), format="percent") for c in ("cer", "wer")}
                     scores = pd.DataFrame([vars(s) for s in report.images])
                     st.dataframe(scores, hide_index=True, key="ocr-accuracy", column_config=rates)
-                    st.download_button("Accuracy CSV", truth_report_csv(report).encode(),
+                    st.download_button("Accuracy CSV", truth_report_csv(report, settings.csv_formula_guard).encode(),
                                        file_name=f"ocr-accuracy-{target}.csv", key="ocr-accuracy-csv")  # fmt: skip

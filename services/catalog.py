@@ -155,15 +155,45 @@ MIGRATIONS: list[str] = [
 ]
 
 
+class CatalogError(Exception):
+    """The catalog cannot be used as it is (missing or empty over existing content, damaged); the message says
+    what is wrong and how to recover. Nothing is changed on disk when it is raised."""
+
+
+class NewCatalogRefused(CatalogError):
+    """A new, empty catalog would be created where the caller said one must not be."""
+
+
 class Catalog:
     """Thread-safe handle: one SQLite connection per thread, opened lazily."""
 
-    def __init__(self, path: Path | str, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: Path | str, busy_timeout_ms: int = 30_000, create_if_new: bool = True) -> None:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not create_if_new and (state := self.new_state()) is not None:
+            raise NewCatalogRefused(f"{self.path} is {state}")
         self.migrate()
+
+    def new_state(self) -> str | None:
+        """Why opening would make a new, empty catalog ('missing', 'empty (0 bytes)', 'without tables'), or None
+        for a catalog with a schema. Read-only: the file is not created or changed. A file that is not a
+        database raises sqlite3.DatabaseError."""
+        if not self.path.exists():
+            return "missing"
+        if self.path.stat().st_size == 0:
+            return "empty (0 bytes)"
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:  # cannot be read read-only (e.g. WAL files it may not create): existing
+            return None
+        return "without tables" if version == 0 and tables == 0 else None
 
     @property
     def conn(self) -> sqlite3.Connection:

@@ -7,7 +7,6 @@ new version and keeps the old answers for comparison. `unknown` is always allowe
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -15,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services import csv_safety
 from services.workspace import Workspace
 
 UNKNOWN = "unknown"
@@ -92,12 +92,13 @@ def extract_categories(data: bytes, filename: str = "categorized.csv") -> list[s
     return sorted(normalise(found), key=str.lower)
 
 
-def _csv_rows(data: bytes, filename: str) -> csv.DictReader[str]:
+def _csv_rows(data: bytes, filename: str) -> csv_safety.DictRows:
+    """Rows with the formula guard stripped: categorised CSVs are often our own exports (csv_safety)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CategoryError(f"{filename}: not UTF-8 text (byte {exc.start})") from None
-    return csv.DictReader(io.StringIO(text))
+    return csv_safety.dict_reader(io.StringIO(text))
 
 
 def save_list(ws: Workspace, name: str, categories: list[str], source: str) -> CategoryList:

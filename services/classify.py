@@ -10,7 +10,6 @@ in `{type}/{tag}/{bin}/` folders.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 import json
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from services import csv_safety
 from services.clip_models import ClipSpec, load_clip, resolve_weights
 from services.datasets import DatasetError, dataset_entries, get_dataset
 from services.embed import embed_block, embed_missing_on_executor
@@ -262,8 +262,7 @@ def write_outputs(ws: Workspace, params: dict[str, Any], default_out: Path) -> P
     write_atomic(out / "bins.json", json.dumps({"output_bins": bins, "models": summary}, indent=1).encode())
     idx = bin_index(scores, bins) if len(scores) else np.zeros_like(scores, dtype=int)
     kept = [i for i, ok in enumerate(scored) if ok]
-    with open(out / "scores.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+    with csv_safety.open_for_write(out / "scores.csv", csv_safety.guard_enabled(ws.settings, params)) as writer:
         writer.writerow(["image_name", "image_hash", *result.stacked.names])
         for row, i in enumerate(kept):
             writer.writerow([result.names[i], result.hashes[i], *[f"{p:.6f}" for p in scores[row]]])

@@ -22,7 +22,9 @@ from services.settings import load_settings
 from services.workspace import Workspace
 
 app = typer.Typer(
-    help="Image-dataset workbench: download, preprocess, describe, embed, classify, compare.", no_args_is_help=True
+    help="Image-dataset workbench: download, preprocess, describe, embed, classify, compare.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold keys and tokens; tracebacks show only with --debug
 )
 download_app = typer.Typer(help="Fetch images from URL CSVs or S3 into the workspace.", no_args_is_help=True)
 jobs_app = typer.Typer(help="List, resume, retry, cancel and export jobs.", no_args_is_help=True)
@@ -44,8 +46,27 @@ def main(
         Path | None,
         typer.Option("--workspace", "-w", help="Workspace folder (default: $WORKBENCH_WORKSPACE or ./workspace)."),
     ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of an error (it is always in logs/cli.log).")
+    ] = False,
 ) -> None:
     _state["workspace"] = workspace
+    _state["debug"] = debug
+
+
+def cli_debug() -> bool:
+    """Whether `--debug` was given (read by the entry point's error handler)."""
+    return bool(_state.get("debug"))
+
+
+def cli_workspace_root() -> Path | None:
+    """The workspace this command used or named, for the error log (None if it cannot be told)."""
+    if "ws" in _state:
+        return Path(_state["ws"].root)
+    try:
+        return load_settings(workspace=_state.get("workspace")).workspace.expanduser().resolve()
+    except Exception:
+        return None
 
 
 def _ws() -> Workspace:
@@ -92,10 +113,28 @@ def _run_foreground(manager: JobManager, job_id: int) -> JobProgress:
 ExecutorOpt = Annotated[
     str | None, typer.Option(help="local (default) or dask://HOST:PORT: run the chunks on a Dask cluster.")
 ]
+RawCsvOpt = Annotated[
+    bool,
+    typer.Option(
+        "--raw-csv", help="Write CSV cells as they are, without the spreadsheet formula guard (machine consumers)."
+    ),
+]
 
 
-def _finish(manager: JobManager, job_id: int, background: bool, executor: str | None = None) -> None:
-    """Run the job here (or detached) and report how it ended; exit 1 if it failed, 130 if cancelled."""
+def _csv_guard(raw_csv: bool) -> bool:
+    """Whether this command's CSVs are formula-guarded: the setting, unless `--raw-csv` was given."""
+    return not raw_csv and _ws().settings.csv_formula_guard
+
+
+def _finish(
+    manager: JobManager, job_id: int, background: bool, executor: str | None = None, raw_csv: bool = False
+) -> None:
+    """Run the job here (or detached) and report how it ended; exit 1 if it failed or was interrupted (disk
+    full), 130 if cancelled. `raw_csv` is stored in the job, so a resumed run writes its CSVs the same way."""
+    if raw_csv:
+        from services.csv_safety import RAW_CSV_PARAM
+
+        manager.update_params(job_id, {RAW_CSV_PARAM: True})
     if executor:
         from services.executors import ExecutorError
 
@@ -122,6 +161,8 @@ def _finish(manager: JobManager, job_id: int, background: bool, executor: str | 
         typer.echo(f"labelled CSV: {labelled_csv_path(manager.ws, job_id, p.params)}")
     if p.state == "failed":
         _fail(f"job {job_id} failed: {p.error}", 1)
+    if p.state == "interrupted":
+        _fail(f"job {job_id} interrupted: {p.error or 'its run stopped'}", 1)
     if p.state == "cancelled":
         typer.echo(f"job {job_id} cancelled; continue with `jobs resume {job_id}`")
         raise typer.Exit(130)
@@ -145,6 +186,7 @@ def download_urls(
     discard_originals: Annotated[bool, typer.Option(help="With --resize, keep only the resized copy.")] = False,
     background: Annotated[bool, typer.Option(help="Run detached; the dashboard shows progress.")] = False,
     executor: ExecutorOpt = None,
+    raw_csv: RawCsvOpt = False,
 ) -> None:
     """Download every URL of a CSV once, store images by content hash, write a labelled CSV."""
     from services.url_download import start_url_download
@@ -158,7 +200,7 @@ def download_urls(
     except DatasetError as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created for dataset {dataset!r}")
-    _finish(manager, job_id, background, executor)
+    _finish(manager, job_id, background, executor, raw_csv)
 
 
 def _print_analysis(summary: dict[str, Any]) -> None:
@@ -190,6 +232,7 @@ def download_s3(
     out: Annotated[Path | None, typer.Option(help="Labelled CSV to write when done.")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
     executor: ExecutorOpt = None,
+    raw_csv: RawCsvOpt = False,
 ) -> None:
     """Analyse a file list against an S3 prefix, confirm, then download the matches."""
     ws = _ws()
@@ -212,6 +255,7 @@ def download_s3(
         out,
         background,
         executor,
+        raw_csv,
     )
 
 
@@ -231,6 +275,7 @@ def _download_s3_one(
     out: Path | None,
     background: bool,
     executor: str | None = None,
+    raw_csv: bool = False,
 ) -> bool:
     from services.s3_download import analyze_s3, start_s3_download
 
@@ -253,7 +298,7 @@ def _download_s3_one(
     except DatasetError as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created for dataset {dataset!r}")
-    _finish(manager, job_id, background, executor)
+    _finish(manager, job_id, background, executor, raw_csv)
     return True
 
 
@@ -321,6 +366,7 @@ def download_folder(
     workers: Annotated[int | None, typer.Option(help="Worker processes (0 = in this process).")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
     executor: ExecutorOpt = None,
+    raw_csv: RawCsvOpt = False,
 ) -> None:
     """Import a local folder of images into the workspace as a dataset (stored once per content hash)."""
     from services.folder_import import start_folder_import
@@ -332,7 +378,7 @@ def download_folder(
     except DatasetError as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created for dataset {dataset or folder.resolve().name!r}")
-    _finish(manager, job_id, background, executor)
+    _finish(manager, job_id, background, executor, raw_csv)
 
 
 @app.command("preprocess")
@@ -345,6 +391,7 @@ def preprocess(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
     executor: ExecutorOpt = None,
+    raw_csv: RawCsvOpt = False,
 ) -> None:
     """Run a recipe over every image of a dataset (or folder); skips images already done with the same recipe."""
     from services.folder_import import start_folder_import
@@ -366,7 +413,7 @@ def preprocess(
     except (DatasetError, RecipeError) as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created: recipe {recipe!r} over dataset {dataset!r}")
-    _finish(manager, job_id, background, executor)
+    _finish(manager, job_id, background, executor, raw_csv)
 
 
 @recipes_app.command("list")
@@ -484,7 +531,9 @@ def jobs_run(job_id: int) -> None:
 
 
 @jobs_app.command("export")
-def jobs_export(job_id: int, out: Annotated[Path, typer.Option(help="CSV file to write.")]) -> None:
+def jobs_export(
+    job_id: int, out: Annotated[Path, typer.Option(help="CSV file to write.")], raw_csv: RawCsvOpt = False
+) -> None:
     """Write the labelled CSV of a download job (all input columns + image_path, image_hash, status, error)."""
     ws = _ws()
     manager = JobManager(ws)
@@ -492,7 +541,7 @@ def jobs_export(job_id: int, out: Annotated[Path, typer.Option(help="CSV file to
     if p.dataset_id is None:
         _fail(f"job {job_id} has no dataset to export")
     variant = f"border-{p.params['resize']}" if p.params.get("resize") else None
-    n = export_labelled_csv(ws.catalog, ws.root, p.dataset_id, job_id, out, variant)
+    n = export_labelled_csv(ws.catalog, ws.root, p.dataset_id, job_id, out, variant, guard=_csv_guard(raw_csv))
     typer.echo(f"{n} rows written to {out}")
 
 
@@ -521,6 +570,31 @@ def workspace_info() -> None:
     active = JobManager(ws).list(active_only=True)
     typer.echo(f"running jobs: {len(active)}")
     typer.echo(f"checked at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+
+
+@workspace_app.command("new-catalog")
+def workspace_new_catalog(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Start a new, empty catalog where the old one is missing, empty or damaged (kept as
+    catalog.sqlite.broken-TIME); then `download folder WORKSPACE/images` imports the stored images again."""
+    from services.catalog import CatalogError
+    from services.workspace import set_aside_catalog
+
+    settings = load_settings(workspace=_state.get("workspace"))
+    root = settings.workspace.expanduser().resolve()
+    try:
+        Workspace(root, settings).close()
+    except CatalogError as exc:
+        typer.echo(f"problem: {exc}")
+    else:
+        _fail(f"the catalog of {root} opens fine; nothing was changed")
+    if not yes and not typer.confirm(f"Set the old catalog aside and start a new, empty one in {root}?"):
+        _fail("not confirmed; nothing was changed", 1)
+    for moved in set_aside_catalog(root):
+        typer.echo(f"kept the old file as {moved}")
+    Workspace(root, settings, allow_new_catalog=True).close()
+    typer.echo(f"new catalog: {root / 'catalog.sqlite'}")
 
 
 # Stage commands live in their own modules and register themselves on `app`.

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli import ExecutorOpt, _fail, _finish, _ws, app
+from services.cli import ExecutorOpt, RawCsvOpt, _fail, _finish, _ws, app
 from services.clip_models import ModelUnavailableError
 from services.datasets import DatasetError
 from services.jobs import JobManager
@@ -28,6 +28,7 @@ def classify(
     dataset: Annotated[str | None, typer.Option(help="Name for the imported images (default classify-NAME).")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
     executor: ExecutorOpt = None,
+    raw_csv: RawCsvOpt = False,
 ) -> None:
     """Every model on every image in one vectorised pass; stored vectors are reused, new images embedded."""
     from services.classify import resolve_models, start_classify
@@ -40,7 +41,7 @@ def classify(
     except (DatasetError, ModelFileError, ModelUnavailableError) as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created: {len(chosen)} models")
-    _finish(manager, job_id, background, executor)
+    _finish(manager, job_id, background, executor, raw_csv)
     if not background:
         progress = manager.progress(job_id)
         where = out or ws.root / "exports" / f"classify-{progress.params['dataset']}-job{job_id}"

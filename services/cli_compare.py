@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli import _fail, _ws, app
+from services.cli import RawCsvOpt, _csv_guard, _fail, _ws, app
 from services.compare import CompareError, LabelSet
 from services.workspace import Workspace
 
@@ -36,6 +36,7 @@ def compare(
     list_name: Annotated[str | None, typer.Option("--list", help="For datasets: their Gemini category list.")] = None,
     test: Annotated[str, typer.Option(help="g-test or chi-square.")] = "g-test",
     embedding: Annotated[str | None, typer.Option(help="Embedding key for FD, KID and the domain AUC.")] = None,
+    raw_csv: RawCsvOpt = False,
 ) -> None:
     """Category distributions of two sets: charts, per-category tests, divergence, optional embedding metrics."""
     from services.compare import compare_sets, iter_set_items
@@ -56,7 +57,7 @@ def compare(
         except ValueError as exc:
             _fail(str(exc))
     report = html_report(result, out, embedded, confounds(ws, {set_a.name: items_a, set_b.name: items_b}))
-    tables = write_tables(result, out.parent)
+    tables = write_tables(result, out.parent, _csv_guard(raw_csv))
     significant = [s for s in result.categories if s.q_value is not None and s.q_value < 0.05]
     typer.echo(f"{set_a.name}: {set_a.items:,} images, {set_b.name}: {set_b.items:,} images, "
                f"{len(result.categories)} categories, JSD {result.jsd:.4f}")  # fmt: skip

@@ -14,7 +14,7 @@ import typer
 from services.categories import CategoryError, CategoryList, extract_categories, load_list, parse_category_csv
 from services.categories import list_lists as _list_lists
 from services.categories import save_list as _save_list
-from services.cli import _fail, _finish, _ws, app
+from services.cli import RawCsvOpt, _csv_guard, _fail, _finish, _ws, app
 from services.datasets import DatasetError
 from services.gemini_client import GeminiError, make_client
 from services.jobs import JobManager
@@ -141,6 +141,7 @@ def describe_export(
     ] = "descriptions-csv",
     list_name: Annotated[str | None, typer.Option("--list", help="Category list (for categories): NAME[@vN].")] = None,
     out: Annotated[Path | None, typer.Option(help="File to write (default: workspace exports/).")] = None,
+    raw_csv: RawCsvOpt = False,
 ) -> None:
     """The seeds' `image_name,description[,categories]` CSVs, or the full JSON per image."""
     from services.describe_results import ResultKeys, export
@@ -148,7 +149,7 @@ def describe_export(
     ws = _ws()
     category_list = _resolve_list(ws, None, list_name)
     try:
-        path, n = export(ws, dataset, ResultKeys.current(ws, category_list), fmt, out)
+        path, n = export(ws, dataset, ResultKeys.current(ws, category_list), fmt, out, guard=_csv_guard(raw_csv))
     except (DatasetError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"{n} images written to {path}")

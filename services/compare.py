@@ -14,7 +14,6 @@ distributions (base 2, 0..1).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from services import csv_safety
 from services.categories import UNKNOWN, CategoryList, load_list
 from services.datasets import ensure_dataset, insert_rows
 from services.workspace import Workspace
@@ -114,7 +114,7 @@ def import_categorized_csv(ws: Workspace, path: Path, name: str | None = None) -
     except OSError as exc:
         raise CompareError(f"{path}: {exc.strerror or exc}") from None
     with fh:
-        reader = csv.DictReader(fh)
+        reader = csv_safety.dict_reader(fh)  # our own categorised CSVs: formula guard stripped
         columns = reader.fieldnames or []
         lower = {c.strip().lower(): c for c in columns}
         if "categories" not in lower or "image_name" not in lower:

@@ -6,13 +6,13 @@ The pages render these same figures; the report inlines plotly.js once so it ope
 
 from __future__ import annotations
 
-import csv
 import html
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
+from services import csv_safety
 from services.clusters import ClusterReport
 from services.compare import Comparison
 from services.compare_embeddings import Confounds, EmbeddingComparison
@@ -88,11 +88,11 @@ def projection_figure(e: EmbeddingComparison, names: tuple[str, str], hashes: li
     return figure
 
 
-def write_tables(c: Comparison, out: Path) -> list[Path]:
+def write_tables(c: Comparison, out: Path, guard: bool = True) -> list[Path]:
+    """The tables as CSV; category and set names are formula-guarded unless `guard` is False (csv_safety)."""
     out.mkdir(parents=True, exist_ok=True)
     stats_path = out / "category_stats.csv"
-    with open(stats_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+    with csv_safety.open_for_write(stats_path, guard) as writer:
         writer.writerow(["category", f"count_{c.a.name}", f"count_{c.b.name}", f"share_{c.a.name}",
                          f"share_{c.b.name}", "difference", "ci_low", "ci_high", c.test, "p_value", "q_value",
                          "warning"])  # fmt: skip
@@ -103,8 +103,7 @@ def write_tables(c: Comparison, out: Path) -> list[Path]:
                              "" if s.p_value is None else f"{s.p_value:.6g}",
                              "" if s.q_value is None else f"{s.q_value:.6g}", s.warning or ""])  # fmt: skip
     special_path = out / "unknown_and_failed.csv"
-    with open(special_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+    with csv_safety.open_for_write(special_path, guard) as writer:
         writer.writerow(["label", c.a.name, c.b.name])
         for label, (n_a, n_b) in c.special.items():
             writer.writerow([label, n_a, n_b])

@@ -14,8 +14,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from services import csv_safety
 from services.catalog import Catalog
 
 if TYPE_CHECKING:
@@ -140,8 +141,10 @@ def export_labelled_csv(
     job_id: int,
     out: Path | io.TextIOBase,
     variant: str | None = None,
+    guard: bool = True,
 ) -> int:
-    """Every input column, in order, plus image_path, image_hash, status, error; returns the row count."""
+    """Every input column, in order, plus image_path, image_hash, status, error; returns the row count.
+    Cells are formula-guarded unless `guard` is False (services/csv_safety.py); a file is written atomically."""
     row = catalog.conn.execute("SELECT columns FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
     if row is None:
         raise DatasetError(f"no dataset with id {dataset_id}")
@@ -150,11 +153,9 @@ def export_labelled_csv(
     count = 0
     with contextlib.ExitStack() as stack:
         if isinstance(out, Path):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fh: Any = stack.enter_context(open(out, "w", newline="", encoding="utf-8"))
+            writer = stack.enter_context(csv_safety.open_for_write(out, guard))
         else:
-            fh = out
-        writer = csv.writer(fh)
+            writer = csv_safety.writer(out, guard)
         writer.writerow(header)
         cursor = catalog.conn.execute(
             """SELECT r.data, j.status, j.error_class, j.error_message, j.image_hash,

@@ -8,7 +8,6 @@ more); rendered serial codes feed OCR; two categorised CSVs in the seeds' format
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from services import csv_safety
 from services.categories import save_list
 from services.workspace import Workspace
 
@@ -113,8 +113,7 @@ def _ocr_set(target: Path, n: int, rng: np.random.Generator) -> None:
 
 
 def _categorised_csv(path: Path, rows: list[tuple[str, str]], rng: np.random.Generator) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+    with csv_safety.open_for_write(path) as writer:
         writer.writerow(["image_name", "description", "categories"])
         for name, category in rows:
             extra = rng.choice(CATEGORIES) if rng.random() < 0.25 else None

@@ -7,13 +7,13 @@ page shows is exactly what a rerun with those settings would skip.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services import csv_safety
 from services.categories import UNKNOWN, CategoryList
 from services.datasets import dataset_entries
 from services.describe import CATEGORIZE_STAGE, DESCRIBE_STAGE, categorize_settings_hash, describe_settings_hash
@@ -150,8 +150,12 @@ def filter_results(
 # --- exports ----------------------------------------------------------------------------------------
 
 
-def export(ws: Workspace, dataset: str, keys: ResultKeys, fmt: str, out: Path | None = None) -> tuple[Path, int]:
-    """Write one export; returns the file and how many images it holds (failed and pending ones are left out)."""
+def export(
+    ws: Workspace, dataset: str, keys: ResultKeys, fmt: str, out: Path | None = None, guard: bool | None = None
+) -> tuple[Path, int]:
+    """Write one export; returns the file and how many images it holds (failed and pending ones are left out).
+    CSV cells are formula-guarded unless `guard` (default: the `csv_formula_guard` setting) is False."""
+    guard = csv_safety.guard_enabled(ws.settings) if guard is None else guard
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
     if fmt == "categories-csv" and not keys.categorize_hash:
@@ -162,10 +166,10 @@ def export(ws: Workspace, dataset: str, keys: ResultKeys, fmt: str, out: Path | 
     results = iter_results(ws, dataset, keys)
     if fmt == "descriptions-csv":
         described = ([r.name, r.summary] for r in results if r.description)
-        return out, _write_csv(out, ["image_name", "description"], described)
+        return out, _write_csv(out, ["image_name", "description"], described, guard)
     if fmt == "categories-csv":
         rows = ([r.name, r.summary, ", ".join(r.categories)] for r in results if r.categories is not None)
-        return out, _write_csv(out, ["image_name", "description", "categories"], rows)
+        return out, _write_csv(out, ["image_name", "description", "categories"], rows, guard)
     records = (_record(r) for r in results if r.description is not None or r.categories is not None)
     if fmt == "jsonl":
         n = 0
@@ -184,10 +188,9 @@ def export(ws: Workspace, dataset: str, keys: ResultKeys, fmt: str, out: Path | 
     return out, len(frame)
 
 
-def _write_csv(out: Path, header: list[str], rows: Iterator[list[str]]) -> int:
+def _write_csv(out: Path, header: list[str], rows: Iterator[list[str]], guard: bool) -> int:
     n = 0
-    with open(out, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+    with csv_safety.open_for_write(out, guard) as writer:
         writer.writerow(header)
         for row in rows:
             writer.writerow(row)

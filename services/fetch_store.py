@@ -25,9 +25,9 @@ from services.imaging import (
     placeholder_jpeg,
     sha256_hex,
 )
-from services.jobs import ImageRecord, ItemResult, Journal
+from services.jobs import DISK_FULL, ImageRecord, ItemResult, Journal
 from services.settings import DownloadSettings
-from services.workspace import derived_relpath, image_relpath, write_atomic
+from services.workspace import derived_relpath, image_relpath, is_disk_full, write_atomic
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,9 @@ def _process_item(worker: _Worker, key: str, locator: str) -> ItemResult | None:
         if opts.placeholder and exc.error_class not in ("credentials",):
             result.image = worker.placeholder()
     except Exception as exc:  # a bug or an unexpected library error: name it per item, never lose the run
+        error_class = DISK_FULL if is_disk_full(exc) else "error"  # a full disk stops the job, item stays pending
         result = ItemResult(
-            key=key, status="failed", error_class="error", error_message=f"{exc.__class__.__name__}: {exc}"
+            key=key, status="failed", error_class=error_class, error_message=f"{exc.__class__.__name__}: {exc}"
         )
     worker.journal.write(result)
     return result
@@ -186,12 +187,12 @@ def _store(worker: _Worker, key: str, locator: str, data: bytes, attempts: int) 
     original_rel = image_relpath(checked.hash, checked.extension)
     keep_original = opts.keep_originals or not opts.resize
     if keep_original and not (worker.root / original_rel).exists():
-        write_atomic(worker.root / original_rel, data)
+        write_atomic(worker.root / original_rel, data, worker.root / "tmp")
     derived: list[tuple[str, str, int, int]] = []
     if opts.resize and opts.variant:
         rel = derived_relpath(opts.variant, checked.hash, "jpg")
         if not (worker.root / rel).exists():
-            write_atomic(worker.root / rel, encode_jpeg(border_resize(checked.image, opts.resize)))
+            write_atomic(worker.root / rel, encode_jpeg(border_resize(checked.image, opts.resize)), worker.root / "tmp")
         derived.append((opts.variant, rel, opts.resize, opts.resize))
     source_locator = f"s3://{opts.s3_bucket}/{locator}" if opts.source_kind == "s3" else locator
     source_kind = "zip" if opts.source_kind == "path" and is_archive_locator(locator) else opts.source_kind

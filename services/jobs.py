@@ -10,6 +10,7 @@ journals first and never fetches a finished item again. A heartbeat row tells a 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import importlib
 import itertools
 import json
@@ -17,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from services.workspace import Workspace
+from services.workspace import Workspace, is_disk_full, pid_alive, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ TASKS: dict[str, str] = {
     "ocr": "services.ocr:OcrTask",
 }
 FINAL_STATES = ("completed", "cancelled", "failed")
+DISK_FULL = "disk_full"  # an item's failure class that stops any job (interrupted, items left pending)
+_DISK_FULL_TEXT = ("[Errno 28]", "[Errno 122]", "No space left on device", "Disk quota exceeded", "disk is full")
+STOP_REASON_BYTES = 4096
 
 
 class JobError(Exception):
@@ -146,6 +151,7 @@ class RunContext:
         self.job_id = job_id
         self.stop_event = threading.Event()
         self.fatal_error: str | None = None
+        self.fatal_class: str | None = None
         self._on_progress = on_progress
         self.journal_dir = manager.ws.job_dir(job_id)
         self.cancel_flag = self.journal_dir / "cancel"
@@ -159,11 +165,14 @@ class RunContext:
 
     def report(self, results: list[ItemResult]) -> None:
         task = self.manager.task_for_job(self.job_id)
-        fatal = [r for r in results if r.status == "failed" and r.error_class in task.fatal_classes]
-        keep = [r for r in results if not (r.status == "failed" and r.error_class in task.fatal_classes)]
+        fatal_classes = task.fatal_classes | {DISK_FULL}  # a full disk stops every kind of job
+        results = [_mark_disk_full(r) for r in results]
+        fatal = [r for r in results if r.status == "failed" and r.error_class in fatal_classes]
+        keep = [r for r in results if not (r.status == "failed" and r.error_class in fatal_classes)]
         self.manager.apply_results(self.job_id, keep)
         if fatal and self.fatal_error is None:
             self.fatal_error = fatal[0].error_message or fatal[0].error_class
+            self.fatal_class = fatal[0].error_class
             log.error("job %s stopped: %s", self.job_id, self.fatal_error)
             self.request_stop()
         if self._on_progress is not None:
@@ -263,18 +272,24 @@ class JobManager:
             eta_seconds=eta,
             created_at=row["created_at"],
             finished_at=row["finished_at"],
-            error=row["error"],
+            error=self._interrupted_error(row) if state == "interrupted" else row["error"],
             log_path=row["log_path"],
             dataset_id=row["dataset_id"],
             params=json.loads(row["params"]),
             cancel_requested=bool(row["cancel_requested"]),
         )
 
+    def _interrupted_error(self, row: Any) -> str | None:
+        """The stored cause, or the one a run left in its `stop-reason` file when the catalog was not writable."""
+        if row["error"]:
+            return str(row["error"])
+        return _read_stop_reason(self.ws.root / "jobs" / str(row["id"]))
+
     def _is_live(self, row: Any, now: float) -> bool:
         if row["heartbeat_at"] is None or now - row["heartbeat_at"] > self.ws.settings.job_stale_seconds:
             return False
         if row["host"] == socket.gethostname() and row["pid"]:
-            return _pid_alive(int(row["pid"]))
+            return pid_alive(int(row["pid"]))
         return True
 
     def failures(self, job_id: int, limit: int = 200) -> builtins.list[dict[str, Any]]:
@@ -331,6 +346,15 @@ class JobManager:
                 params["executor"] = checked
             else:
                 params.pop("executor", None)
+            conn.execute("UPDATE jobs SET params = ? WHERE id = ?", (json.dumps(params), job_id))
+
+    def update_params(self, job_id: int, values: dict[str, Any]) -> None:
+        """Add options to a job's parameters (e.g. `raw_csv`); a resumed run sees them too."""
+        with self.catalog.write() as conn:
+            row = conn.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobError(f"no job with id {job_id}")
+            params = {**json.loads(row["params"]), **values}
             conn.execute("UPDATE jobs SET params = ? WHERE id = ?", (json.dumps(params), job_id))
 
     def mark_failed(self, job_id: int, failures: dict[str, tuple[str, str]]) -> None:
@@ -429,9 +453,11 @@ class JobManager:
             results = []
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
-                    results.append(ItemResult.from_json(line))
+                    result = _mark_disk_full(ItemResult.from_json(line))
                 except (ValueError, TypeError, KeyError):
                     continue  # a line cut by the kill; that item is simply run again
+                if result.error_class != DISK_FULL:  # not the item's fault: it stays pending
+                    results.append(result)
             for start in range(0, len(results), 500):
                 self.apply_results(job_id, results[start : start + 500])
             replayed += len(results)
@@ -446,28 +472,33 @@ class JobManager:
         on_progress: Callable[[JobProgress], None] | None = None,
         executor: Executor | None = None,
     ) -> JobProgress:
-        """Run (or resume) a job in this process until it completes, is cancelled or fails."""
+        """Run (or resume) a job in this process until it completes, is cancelled, fails or is interrupted.
+
+        A full disk interrupts the job: items not yet recorded stay pending (none is marked failed for it),
+        the cause is stored, and `jobs resume` continues once space is freed. If even the final UPDATE cannot
+        be written, the row keeps `running` with this process's pid, which reads as `interrupted` once the
+        process is gone; the cause then comes from the job's `stop-reason` file, reserved when the run began."""
         self._claim(job_id)
+        claimed_at = time.time()
         job_dir = self.ws.job_dir(job_id)
-        stamp = time.strftime("%Y%m%d_%H%M%S")
-        log_path = self.ws.root / "logs" / f"{self._row(job_id)['kind'].split('_')[0]}_{stamp}_job{job_id}.log"
-        handler = logging.FileHandler(log_path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("services").addHandler(handler)
-        logging.getLogger("services").setLevel(logging.INFO)
-        self.catalog.conn.execute("UPDATE jobs SET log_path = ? WHERE id = ?", (str(log_path), job_id))
         ctx = RunContext(self, job_id, on_progress)
         stop_heartbeat = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job_id, ctx, stop_heartbeat), daemon=True)
         beat.start()
         previous_sigterm = _install_sigterm(ctx)
-        row = self._row(job_id)
-        task = self.task(row["kind"])
-        params = json.loads(row["params"])
+        handler: logging.Handler | None = None
         state: str = "failed"
         error: str | None = "the run ended unexpectedly"
         release_executor: Callable[[], None] | None = None
         try:
+            _reserve_stop_reason(job_dir)
+            row = self._row(job_id)
+            handler = self._open_log(job_id, row["kind"])
+            task = self.task(row["kind"])
+            params = json.loads(row["params"])
+            removed = remove_stale_temp_files(self.ws.root, claimed_at, _output_folders(params))
+            if removed:
+                log.info("job %s: removed %d temporary files left by killed runs", job_id, len(removed))
             replayed = self._replay_journals(job_id)
             if replayed:
                 log.info("job %s: replayed %d journaled results from an earlier run", job_id, replayed)
@@ -486,7 +517,9 @@ class JobManager:
             task.process(self.ws, job_id, params, self.pending_items(job_id), ctx)
             self.recount(job_id)
             left = self.progress(job_id).pending
-            if ctx.fatal_error:
+            if ctx.fatal_error and ctx.fatal_class == DISK_FULL:
+                state, error = "interrupted", _disk_full_error(self.ws.root, job_id, ctx.fatal_error)
+            elif ctx.fatal_error:
                 state, error = "failed", ctx.fatal_error
             elif ctx.stop_requested:
                 state, error = "cancelled", None
@@ -499,28 +532,63 @@ class JobManager:
             state, error = "cancelled", None
             raise
         except Exception as exc:
-            log.exception("job %s failed", job_id)
-            state, error = "failed", f"{exc.__class__.__name__}: {exc}"
+            if is_disk_full(exc):
+                log.error("job %s interrupted: disk full", job_id, exc_info=True)
+                state, error = "interrupted", _disk_full_error(self.ws.root, job_id, f"{exc.__class__.__name__}: {exc}")
+            else:
+                log.exception("job %s failed", job_id)
+                state, error = "failed", f"{exc.__class__.__name__}: {exc}"
         finally:
             if release_executor is not None:
                 release_executor()
             stop_heartbeat.set()
             beat.join(timeout=5)
             _restore_sigterm(previous_sigterm)
+            unrecorded = self._record_end(job_id, state, error)
+            if unrecorded is None and state in ("completed", "cancelled"):
+                for path in job_dir.glob("journal-*.jsonl"):
+                    path.unlink()  # every line is in the catalog now
+            ctx.cancel_flag.unlink(missing_ok=True)
+            log.info("job %s %s%s", job_id, state, f": {error}" if error else "")
+            if handler is not None:
+                logging.getLogger("services").removeHandler(handler)
+                handler.close()
+        progress = self.progress(job_id)
+        if unrecorded is not None:  # the row still says running (this process is alive); say what happened
+            progress = dataclasses.replace(progress, state="interrupted", error=unrecorded)
+        return progress
+
+    def _open_log(self, job_id: int, kind: str) -> logging.Handler:
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        log_path = self.ws.root / "logs" / f"{kind.split('_')[0]}_{stamp}_job{job_id}.log"
+        handler = logging.FileHandler(log_path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("services").addHandler(handler)
+        logging.getLogger("services").setLevel(logging.INFO)
+        self.catalog.conn.execute("UPDATE jobs SET log_path = ? WHERE id = ?", (str(log_path), job_id))
+        return handler
+
+    def _record_end(self, job_id: int, state: str, error: str | None) -> str | None:
+        """Store how the run ended. When the catalog cannot be written (a full disk) the cause goes into the
+        reserved `stop-reason` file instead, the row reads as interrupted once this process is gone, and the
+        cause is returned."""
+        try:
             with self.catalog.write() as conn:
                 conn.execute(
                     """UPDATE jobs SET state = ?, error = ?, finished_at = ?, heartbeat_at = ?, pid = NULL
                        WHERE id = ?""",
                     (state, error, time.time(), time.time(), job_id),
                 )
-            if state in ("completed", "cancelled"):
-                for path in job_dir.glob("journal-*.jsonl"):
-                    path.unlink()  # every line is in the catalog now
-            ctx.cancel_flag.unlink(missing_ok=True)
-            log.info("job %s %s%s", job_id, state, f": {error}" if error else "")
-            logging.getLogger("services").removeHandler(handler)
-            handler.close()
-        return self.progress(job_id)
+            return None
+        except (sqlite3.Error, OSError) as exc:
+            log.error("job %s: could not record its end (%s: %s)", job_id, state, error, exc_info=True)
+            if state == "interrupted" and error:
+                reason = error
+            else:
+                ended = f"the run ended {state}{f' ({error})' if error else ''} but the catalog could not record it"
+                reason = _disk_full_error(self.ws.root, job_id, f"{ended}: {exc.__class__.__name__}: {exc}")
+            _write_stop_reason(self.ws.root / "jobs" / str(job_id), reason)
+            return reason
 
     def _claim(self, job_id: int) -> None:
         with self.catalog.write() as conn:
@@ -607,7 +675,7 @@ class JobManager:
         deadline = time.time() + timeout
         while True:
             progress = self.progress(job_id)
-            if progress.state in FINAL_STATES:
+            if progress.state in FINAL_STATES or progress.state == "interrupted":
                 return progress
             if time.time() > deadline:
                 raise TimeoutError(f"job {job_id} still {progress.state} after {timeout}s")
@@ -709,20 +777,6 @@ def dispatch_chunks(
             ctx.report(fut.result())
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _install_sigterm(ctx: RunContext) -> Any:
     """SIGTERM and a first Ctrl+C stop the run cleanly after the items in flight (resumable)."""
     if threading.current_thread() is not threading.main_thread():
@@ -743,3 +797,59 @@ def _restore_sigterm(previous: Any) -> None:
     if previous is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
+
+
+def _mark_disk_full(result: ItemResult) -> ItemResult:
+    """A failure caused by a full disk (whatever class the worker gave it) is `disk_full`: not the item's fault."""
+    if result.status == "failed" and result.error_class != DISK_FULL:
+        text = f"{result.error_class or ''} {result.error_message or ''}"
+        if any(marker in text for marker in _DISK_FULL_TEXT):
+            return dataclasses.replace(result, error_class=DISK_FULL)
+    return result
+
+
+def _disk_full_error(root: Path, job_id: int, detail: str) -> str:
+    return (
+        f"disk full ({detail}); free space where {root} is, then `python -m services jobs resume {job_id}` continues it"
+    )
+
+
+def _output_folders(params: dict[str, Any]) -> list[Path]:
+    """Where a job writes outside the workspace (`out`): searched for its temporary files too."""
+    out = params.get("out")
+    if not out:
+        return []
+    path = Path(out)
+    return [path] if path.is_dir() else [path.parent]
+
+
+def _reserve_stop_reason(job_dir: Path) -> None:
+    """Allocate the `stop-reason` file now, so the cause of a stop can be written even on a full disk
+    (overwriting allocated blocks needs no new space on ext4, xfs and tmpfs)."""
+    try:
+        with open(job_dir / "stop-reason", "wb") as fh:
+            fh.write(b"\0" * STOP_REASON_BYTES)
+    except OSError:
+        log.warning("could not reserve %s", job_dir / "stop-reason", exc_info=True)
+
+
+def _write_stop_reason(job_dir: Path, reason: str) -> None:
+    data = reason.encode("utf-8")[:STOP_REASON_BYTES]
+    try:
+        fd = os.open(job_dir / "stop-reason", os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.pwrite(fd, data + b"\0" * (STOP_REASON_BYTES - len(data)), 0)
+    except OSError:
+        log.error("could not write the stop reason of %s", job_dir, exc_info=True)
+    finally:
+        os.close(fd)
+
+
+def _read_stop_reason(job_dir: Path) -> str | None:
+    try:
+        text = (job_dir / "stop-reason").read_bytes().rstrip(b"\0").decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return text or None

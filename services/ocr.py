@@ -11,7 +11,6 @@ raises `RecipeMisfitError` naming the step: one failed item or one error answer,
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import hashlib
 import io
@@ -25,6 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from services import csv_safety
 from services.imaging import ImageCheckError
 from services.jobs import ItemResult, JobManager, Journal
 from services.ocr_engines import TextLine, build_engine, resolve_engine
@@ -175,7 +175,7 @@ def decode_bytes(data: bytes, max_pixels: int) -> np.ndarray:
 # --- the CSV log --------------------------------------------------------------------------------------
 
 
-def append_log(path: Path, detected: str, when: float | None = None) -> int:
+def append_log(path: Path, detected: str, when: float | None = None, guard: bool = True) -> int:
     """Append one row under an exclusive lock: the header on the first write, serial numbers that never
     repeat, correct with several processes writing at once. Returns the row's serial number."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ def append_log(path: Path, detected: str, when: float | None = None) -> int:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             serial = _last_serial(fh, size) + 1
-            writer = csv.writer(fh)
+            writer = csv_safety.writer(fh, guard)  # the reading is hostile text: formula-guarded
             if size == 0:
                 writer.writerow(LOG_HEADER)
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when or time.time()))
@@ -203,7 +203,7 @@ def _last_serial(fh: Any, size: int) -> int:
     fh.seek(max(0, size - 4096))
     tail = fh.read().splitlines()
     for line in reversed(tail):
-        first = line.split(",", 1)[0].strip()
+        first = line.split(",", 1)[0].strip().strip('"')  # quoted when formula-guarded
         if first.isdigit():
             return int(first)
     return 0
@@ -213,7 +213,7 @@ def log_result(ws: Workspace, result: OcrResult) -> int:
     detected = (
         result.code if result.valid and result.code else (f"InvalidCode ({result.raw})" if result.raw else "NoText")
     )
-    return append_log(ws.root / ws.settings.ocr.log_csv, detected)
+    return append_log(ws.root / ws.settings.ocr.log_csv, detected, guard=ws.settings.csv_formula_guard)
 
 
 def push_result(url: str | None, payload: dict[str, Any], timeout: float) -> None:

@@ -11,13 +11,14 @@ row counts instead of showing a 0% error over nothing.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from services import csv_safety
 
 NAME_MATCHING = (
     "a truth name matches a result's image name exactly, else its file name without folders, else (for a truth "
@@ -56,7 +57,7 @@ def accuracy(pairs: list[tuple[str, str]]) -> Accuracy:
 
 def read_ground_truth(data: bytes) -> dict[str, str]:
     """A CSV with `image_name,text` (or `image,expected`) columns; rows without a name are skipped."""
-    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    rows = list(csv_safety.dict_reader(io.StringIO(data.decode("utf-8-sig"))))  # may be our own guarded CSV
     if not rows:
         return {}
     columns = {c.lower(): c for c in rows[0] if c is not None}
@@ -178,10 +179,10 @@ REPORT_COLUMNS = ["image", "reference", "prediction", "char_edits", "chars", "ce
                   "exact", "error"]  # fmt: skip
 
 
-def truth_report_csv(report: TruthReport) -> str:
+def truth_report_csv(report: TruthReport, guard: bool = True) -> str:
     """A row per image, then an `(overall)` row with the summed edits and lengths (when anything matched)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv_safety.writer(buffer, guard)  # OCR readings and image names are hostile text
     writer.writerow(REPORT_COLUMNS)
     for score in report.images:
         writer.writerow([asdict(score)[c] for c in REPORT_COLUMNS])
@@ -193,12 +194,12 @@ def truth_report_csv(report: TruthReport) -> str:
     return buffer.getvalue()
 
 
-def write_truth_report(report: TruthReport, path: Path) -> Path:
+def write_truth_report(report: TruthReport, path: Path, guard: bool = True) -> Path:
     """JSON (the whole report) or CSV (`truth_report_csv`) by the file's suffix."""
     suffix = path.suffix.lower()
     if suffix not in (".json", ".csv"):
         raise ValueError(f"{path}: the accuracy report is written as .json or .csv")
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report.to_dict(), indent=1) if suffix == ".json" else truth_report_csv(report)
+    text = json.dumps(report.to_dict(), indent=1) if suffix == ".json" else truth_report_csv(report, guard)
     path.write_text(text, encoding="utf-8", newline="")
     return path

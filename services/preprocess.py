@@ -8,7 +8,6 @@ rerun skips what is done and an edited recipe recomputes everything under its ne
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +15,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from services import csv_safety
 from services.datasets import dataset_images
 from services.imaging import ImageCheckError
-from services.jobs import ItemResult, JobManager, Journal
+from services.jobs import DISK_FULL, ItemResult, JobManager, Journal
 from services.preprocess_ops import OperationError, apply_recipe, encode, load_image
 from services.quality import MEASURE_SIDE, QUALITY_STAGE, QUALITY_VERSION, measure
 from services.recipes import Recipe, load_recipe, parse_recipe
 from services.stage_tasks import ImageStageTask, require_images
-from services.workspace import Workspace, derived_relpath, write_atomic
+from services.workspace import Workspace, derived_relpath, is_disk_full, write_atomic
 
 # --- the preprocess job -----------------------------------------------------------------------------
 
@@ -90,8 +90,7 @@ class PreprocessTask(ImageStageTask):
                WHERE j.job_id = ? ORDER BY j.seq""",
             (stage_name(recipe), recipe.settings_hash, QUALITY_STAGE, QUALITY_VERSION, job_id),
         )
-        with open(out, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
+        with csv_safety.open_for_write(out, csv_safety.guard_enabled(ws.settings, params)) as writer:
             writer.writerow(["image_hash", "source_path", "output_path", "status", "error", "quality_flags"])
             for r in rows:
                 result = json.loads(r["result"]) if r["result"] else {}
@@ -145,7 +144,7 @@ def _preprocess_one(worker: _PreprocessWorker, image_hash: str, locator: str) ->
         out = apply_recipe(arr, recipe)
         encoded, ext = encode(out, recipe.output)
         rel = derived_relpath(recipe.variant, image_hash, ext)
-        write_atomic(worker.root / rel, encoded)
+        write_atomic(worker.root / rel, encoded, worker.root / "tmp")
     except FileNotFoundError:
         return _failed(worker, image_hash, "missing", f"{path} is gone from the workspace")
     except ImageCheckError as exc:
@@ -153,7 +152,8 @@ def _preprocess_one(worker: _PreprocessWorker, image_hash: str, locator: str) ->
     except OperationError as exc:
         return _failed(worker, image_hash, "operation", str(exc))
     except (MemoryError, ValueError, OSError) as exc:
-        return _failed(worker, image_hash, "error", f"{exc.__class__.__name__}: {exc}")
+        error_class = DISK_FULL if is_disk_full(exc) else "error"  # a full disk stops the job, item stays pending
+        return _failed(worker, image_hash, error_class, f"{exc.__class__.__name__}: {exc}")
     h, w = out.shape[:2]
     result = {"output": rel, "width": w, "height": h, "recipe_version": recipe.version}
     return ItemResult(

@@ -222,6 +222,9 @@ class Settings(BaseSettings):
     dask_schedulers: list[str] = Field(default_factory=list)
     job_stale_seconds: float = 15.0
     max_upload_mb: int = 512
+    # Every CSV we write neutralises cells a spreadsheet would run as formulas (services/csv_safety.py);
+    # false writes raw cells for machine consumers (the CLI's `--raw-csv` does it per command).
+    csv_formula_guard: bool = True
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
+from services import csv_safety
 from services.datasets import (
     DatasetError,
     ensure_dataset,
@@ -103,7 +104,9 @@ class DownloadTaskBase(ChunkedTask):
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         variant = f"border-{params['resize']}" if params.get("resize") else None
         dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
-        export_labelled_csv(ws.catalog, ws.root, dataset_id, job_id, labelled_csv_path(ws, job_id, params), variant)
+        out = labelled_csv_path(ws, job_id, params)
+        guard = csv_safety.guard_enabled(ws.settings, params)
+        export_labelled_csv(ws.catalog, ws.root, dataset_id, job_id, out, variant, guard=guard)
 
 
 class UrlDownloadTask(DownloadTaskBase):

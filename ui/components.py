@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -147,7 +148,7 @@ def save_upload(ws: Workspace, upload: UploadedFile) -> Path:
     path = ws.upload_path(f"{upload.file_id[:12]}_{upload.name}")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # the pid: a killed run's leftover is swept
         upload.seek(0)
         with open(tmp, "wb") as fh:
             shutil.copyfileobj(upload, fh, 8 * 2**20)

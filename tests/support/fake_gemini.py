@@ -94,6 +94,8 @@ class FakeGemini:
         latency: float = 0.0,
     ) -> None:
         self.script: dict[str, list[str]] = defaultdict(list)
+        self.summaries: dict[str, str] = {}  # per colour: the summary to answer instead of "A <colour> square..."
+        self.answer_categories: dict[str, list[str]] = {}  # per colour: the categories to answer (any text)
         self.rpm_limit = rpm_limit
         self.burst_every = burst_every
         self.burst_length = burst_length
@@ -244,7 +246,9 @@ class FakeGemini:
         answer: dict[str, Any] = {}
         if "summary" in properties:
             answer = {
-                "summary": "" if outcome == "no-summary" else f"A {colour} square on a plain background.",
+                "summary": ""
+                if outcome == "no-summary"
+                else self.summaries.get(colour, f"A {colour} square on a plain background."),
                 "objects": [{"name": "square", "attributes": [colour, "flat"]}],
                 "scene": {"indoor_outdoor": "unknown", "environment": "studio"},
                 "style": {"genre": "graphic", "lighting": "flat", "colors": [colour]},
@@ -256,6 +260,8 @@ class FakeGemini:
             enum = properties["categories"].get("items", {}).get("enum", [])
             chosen = next((e for e in enum if e.lower() == colour), "unknown")
             answer["categories"] = [f"not-a-{colour}-thing", chosen] if outcome == "outside" else [chosen]
+            if colour in self.answer_categories:
+                answer["categories"] = self.answer_categories[colour]
         return json.dumps(answer)
 
     @staticmethod
