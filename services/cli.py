@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from services.datasets import DatasetError, export_labelled_csv, list_datasets
 from services.jobs import JobError, JobManager, JobProgress
+from services.names import to_name
 from services.s3_client import S3AccessError
 from services.settings import load_settings
 from services.workspace import Workspace
@@ -201,7 +202,7 @@ def download_s3(
         csv_path,
         bucket,
         prefix,
-        dataset or csv_path.stem,
+        dataset or to_name(csv_path.stem, "csv"),
         kind,
         auto_confirm,
         endpoint_url or ws.settings.download.s3_endpoint_url,
@@ -357,7 +358,7 @@ def preprocess(
         _fail("give exactly one of --dataset or --folder")
     try:
         if folder is not None:
-            dataset = dataset_name = folder.resolve().name
+            dataset = dataset_name = to_name(folder.resolve().name, "folder")
             import_job = start_folder_import(ws, manager, folder, dataset_name, workers=workers)
             typer.echo(f"importing {folder} as dataset {dataset_name!r} (job {import_job})")
             if _run_foreground(manager, import_job).state != "completed":
@@ -372,21 +373,24 @@ def preprocess(
 @recipes_app.command("list")
 def recipes_list() -> None:
     """Recipe names with version, settings hash and description."""
-    from services.recipes import list_recipes, load_recipe
+    from services.recipes import is_builtin, list_recipes, load_recipe, recipe_versions
 
     ws = _ws()
     for name in list_recipes(ws.root):
         r = load_recipe(ws.root, name)
-        typer.echo(f"{r.name}\tv{r.version}\t{r.settings_hash[:10]}\t{len(r.ops)} ops\t{r.description}")
+        kind = "built-in" if is_builtin(name) else f"{len(recipe_versions(ws.root, name))} saved version(s)"
+        typer.echo(f"{r.name}\tv{r.version}\t{r.settings_hash[:10]}\t{len(r.ops)} ops\t{kind}\t{r.description}")
 
 
 @recipes_app.command("show")
-def recipes_show(name: str) -> None:
+def recipes_show(
+    name: str, version: Annotated[int | None, typer.Option(help="An older saved version (default: the latest).")] = None
+) -> None:
     """A recipe as JSON (edit it and `recipes save` it back)."""
     from services.recipes import RecipeError, load_recipe
 
     try:
-        typer.echo(load_recipe(_ws().root, name).model_dump_json(indent=2))
+        typer.echo(load_recipe(_ws().root, name, version).model_dump_json(indent=2))
     except RecipeError as exc:
         _fail(str(exc))
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from services.names import InvalidNameError, check_name
 from services.workspace import Workspace, write_atomic
 
 MODEL_TYPES = {"lr": "ovr-logistic-regression", "svm": "ovr-svm"}
@@ -53,7 +54,19 @@ class TagModel:
 
 
 def models_dir(ws: Workspace, dataset: str, embedding_key: str) -> Path:
-    return ws.root / "models" / _SAFE.sub("_", dataset) / embedding_key
+    return _models_root(ws, dataset) / _folder_name(embedding_key, "embedding")
+
+
+def _folder_name(value: str, what: str) -> str:
+    """A dataset or embedding key as one folder name under `models/` (never `..` or a path)."""
+    try:
+        return check_name(_SAFE.sub("_", value), what)
+    except InvalidNameError as exc:
+        raise ModelFileError(str(exc)) from None
+
+
+def _models_root(ws: Workspace, dataset: str) -> Path:
+    return ws.root / "models" / _folder_name(dataset, "dataset")
 
 
 def generate_model_path(ws: Workspace, dataset: str, embedding_key: str, model_type: str, tag: str) -> Path:
@@ -95,9 +108,9 @@ def list_models(ws: Workspace, dataset: str | None = None, embedding_key: str | 
     """Every trained model with a manifest (optionally of one dataset and embedding model)."""
     root = ws.root / "models"
     if dataset is not None:
-        root = root / _SAFE.sub("_", dataset)
+        root = _models_root(ws, dataset)
         if embedding_key is not None:
-            root = root / embedding_key
+            root = root / _folder_name(embedding_key, "embedding")
     if not root.is_dir():
         return []
     out = []
