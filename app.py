@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from services.settings import load_settings
-from ui.auth import require_sign_in
+from ui.auth import require_sign_in, sign_in_configured
 from ui.components import executor_setting
 from ui.state import get_job_manager, get_workspace
 
@@ -26,12 +26,14 @@ PAGES = {
     ],
 }
 
-require_sign_in(load_settings())  # every page is behind this when sign-in is configured
+settings = load_settings()
+require_sign_in(settings)  # every page is behind this when sign-in is configured
 navigation = st.navigation(PAGES)
 
 ws = get_workspace()
 with st.sidebar:
-    st.caption(f"Workspace `{ws.root}`")
+    # a shared server names its workspace, never where it lives on the server
+    st.caption(f"Workspace `{ws.root.name if sign_in_configured(settings) else ws.root}`")
     active = get_job_manager().list(limit=20, active_only=True)
     st.caption(f"Catalog schema v{ws.catalog.schema_version} · {len(active)} job(s) running")
 executor_setting()

@@ -70,7 +70,8 @@ with st.expander("Edit the rules"):
     save_as = st.text_input("Save as", value="" if rules_name in ("none", "seed-003") else rules_name, key="ocr-save")
     if st.button("Save rules", key="ocr-save-rules", disabled=not save_as):
         try:
-            st.success(f"Saved to `{save_rules(ws.root, rules.model_copy(update={'name': save_as}))}`")
+            save_rules(ws.root, OcrRules.model_validate({**rules.model_dump(), "name": save_as.strip()}))
+            st.success(f"Saved rules {save_as.strip()!r}")
         except RulesError as exc:
             st.error(str(exc))
 

@@ -28,7 +28,6 @@ from services.embed import embed_block, embed_missing_on_executor
 from services.embeddings import EMBED_STAGE, EmbeddingStore
 from services.folder_import import start_folder_import
 from services.jobs import ItemResult, JobManager, Journal, RunContext
-from services.names import to_name
 from services.scoring import StackedModels, bin_edges, bin_index, histogram, score, stack_models
 from services.stage_tasks import ImageStageTask
 from services.tag_models import ModelFileError, TagModel, list_models, load_models_from
@@ -63,7 +62,7 @@ def start_classify(
     if get_dataset(ws.catalog, source) is not None and not path.exists():
         name = source
     elif path.exists():
-        name = _free_name(ws, dataset or to_name(f"classify-{path.stem}"), str(path.resolve()))
+        name = _free_name(ws, dataset or f"classify-{path.stem}", str(path.resolve()))
         import_job = start_folder_import(ws, manager, path, name, kind="classify")
     else:
         raise DatasetError(f"{source}: neither a folder, a zip, nor a dataset name")

@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from services.datasets import DatasetError, export_labelled_csv, list_datasets
 from services.jobs import JobError, JobManager, JobProgress
-from services.names import to_name
 from services.s3_client import S3AccessError
 from services.settings import load_settings
 from services.workspace import Workspace
@@ -202,7 +201,7 @@ def download_s3(
         csv_path,
         bucket,
         prefix,
-        dataset or to_name(csv_path.stem, "csv"),
+        dataset or csv_path.stem,
         kind,
         auto_confirm,
         endpoint_url or ws.settings.download.s3_endpoint_url,
@@ -358,7 +357,7 @@ def preprocess(
         _fail("give exactly one of --dataset or --folder")
     try:
         if folder is not None:
-            dataset = dataset_name = to_name(folder.resolve().name, "folder")
+            dataset = dataset_name = folder.resolve().name
             import_job = start_folder_import(ws, manager, folder, dataset_name, workers=workers)
             typer.echo(f"importing {folder} as dataset {dataset_name!r} (job {import_job})")
             if _run_foreground(manager, import_job).state != "completed":

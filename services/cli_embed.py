@@ -14,7 +14,6 @@ from services.cli import ExecutorOpt, _fail, _finish, _run_foreground, _ws, app
 from services.clip_models import ClipSpec, ModelUnavailableError
 from services.datasets import DatasetError
 from services.jobs import JobManager
-from services.names import to_name
 
 ModelOpt = Annotated[str | None, typer.Option(help="open_clip model name (default from settings: ViT-B-32).")]
 PretrainedOpt = Annotated[str | None, typer.Option(help="Pretrained tag (default from settings: openai).")]
@@ -44,9 +43,7 @@ def import_tagged(
         _fail("give a PATH (folder or zip) or --metadata FILE")
     try:
         if metadata is not None:
-            job_id = start_seed_import(
-                ws, manager, metadata, tag_to_hash, dataset or to_name(metadata.stem, "seed-import")
-            )
+            job_id = start_seed_import(ws, manager, metadata, tag_to_hash, dataset or metadata.stem)
         else:
             job_id = start_folder_import(ws, manager, path, dataset)  # type: ignore[arg-type]
     except DatasetError as exc:

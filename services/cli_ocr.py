@@ -14,7 +14,6 @@ import typer
 from services.cli import _fail, _finish, _run_foreground, _ws, app
 from services.datasets import DatasetError, get_dataset
 from services.jobs import JobManager
-from services.names import to_name
 from services.ocr_engines import EngineUnavailableError
 from services.ocr_rules import OcrRules, RulesError, load_rules_arg
 from services.recipes import Recipe, RecipeError
@@ -67,7 +66,7 @@ def ocr(
         manager = JobManager(ws)
         dataset = source
         if get_dataset(ws.catalog, source) is None or path.exists():
-            dataset = to_name(f"ocr-{path.stem}")
+            dataset = f"ocr-{path.stem}"
             imported = _run_foreground(manager, start_folder_import(ws, manager, path, dataset, kind="ocr"))
             typer.echo(f"imported {imported.done} images into dataset {dataset!r}")
         job_id = start_ocr(

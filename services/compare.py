@@ -27,7 +27,6 @@ import numpy as np
 
 from services.categories import UNKNOWN, CategoryList, load_list
 from services.datasets import ensure_dataset, insert_rows
-from services.names import name_problem, to_name
 from services.workspace import Workspace
 
 FAILED = "(failed)"
@@ -65,8 +64,6 @@ def list_label_sets(ws: Workspace) -> list[LabelSet]:
 
 
 def _replace_set(ws: Workspace, name: str, dataset_id: int | None, source: str) -> int:
-    if (problem := name_problem(name)) is not None:
-        raise CompareError(f"label set name {name[:40]!r} {problem}")
     with ws.catalog.write() as conn:
         old = conn.execute("SELECT id FROM label_sets WHERE name = ?", (name,)).fetchone()
         if old is not None:
@@ -111,7 +108,7 @@ def split_categories(value: str) -> list[str]:
 
 def import_categorized_csv(ws: Workspace, path: Path, name: str | None = None) -> LabelSet:
     """A seeds' categorised CSV as a dataset (every column kept) and a label set of the same name."""
-    name = name or to_name(path.stem, "categorized")
+    name = name or path.stem
     try:
         fh = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed below)
     except OSError as exc:

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 from services.archives import IMAGE_SUFFIXES, ArchiveError, ArchiveLimits, list_images
 from services.datasets import DatasetError, ensure_dataset, insert_rows
 from services.jobs import JobManager
-from services.names import to_name
 from services.url_download import DownloadTaskBase
 from services.workspace import Workspace
 
@@ -36,7 +35,7 @@ def start_folder_import(
     is_zip = folder.is_file() and folder.suffix.lower() == ".zip"
     if not folder.is_dir() and not is_zip:
         raise DatasetError(f"{folder}: not a folder or a .zip file")
-    name = dataset or to_name(folder.stem if is_zip else folder.name, "folder")
+    name = dataset or (folder.stem if is_zip else folder.name)
     ds = ensure_dataset(ws.catalog, name, kind, str(folder), ["path", "tag"])
     params = {"folder": str(folder), "dataset": name, "workers": workers if workers is not None else 0}
     return manager.create("import_folder", f"Import {'zip' if is_zip else 'folder'}: {name} ({folder})", params, ds.id)

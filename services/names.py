@@ -48,6 +48,16 @@ def check_name(value: object, what: str = "name") -> str:
     return str(value)
 
 
+def dataset_name_problem(value: str) -> str | None:
+    """Why a new dataset name cannot be used, or None. Dataset names are free text (they are data, shown and
+    queried as such) but also prefix export file names, so no separators, control characters or `.`/`..`."""
+    if len(value) > MAX_NAME_CHARS:
+        return f"is {len(value)} characters long (at most {MAX_NAME_CHARS})"
+    if value.strip() in (".", "..") or any(c in value for c in "/\\") or any(ord(c) < 32 for c in value):
+        return "cannot contain '/', '\\' or control characters, or be '.' or '..' (it names export files)"
+    return None
+
+
 def _validated(value: str) -> str:
     problem = name_problem(value)
     if problem is not None:

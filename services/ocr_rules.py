@@ -137,7 +137,7 @@ def _first_error(exc: ValueError) -> str:
 def save_rules(root: Path, rules: OcrRules) -> Path:
     """Saved as `ocr_rules/NAME.json` (a preset name is refused: presets are read-only)."""
     if rules.name in PRESETS:
-        raise RulesError(f"{rules.name!r} is a built-in rules set and read-only: save under another name")
+        raise RulesError(f"rules name {rules.name!r}: not a preset name (presets are read-only; save under another)")
     path = _rules_file(root, rules.name)  # checked here too: model_copy(update=...) skips validators
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(rules.model_dump_json(indent=1), encoding="utf-8")

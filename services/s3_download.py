@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 from services.datasets import DatasetError, ensure_dataset, insert_rows
 from services.jobs import ItemResult, JobManager
-from services.names import to_name
 from services.s3_client import S3Object, list_prefix, make_client
 from services.url_download import DownloadTaskBase, guess_kind
 from services.workspace import Workspace
@@ -285,5 +284,5 @@ def plan_batch(drop_folder: Path, prefix_template: str) -> tuple[list[BatchEntry
             skipped.append((path, "name is not KIND_name.csv (e.g. GEN_batch1.csv)"))
             continue
         kind = match.group(1).upper()
-        entries.append(BatchEntry(path, kind, prefix_template.format(KIND=kind, kind=kind.lower()), to_name(path.stem)))
+        entries.append(BatchEntry(path, kind, prefix_template.format(KIND=kind, kind=kind.lower()), path.stem))
     return entries, skipped

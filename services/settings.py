@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     ocr: OcrSettings = OcrSettings()
     job_stale_seconds: float = 15.0
     max_upload_mb: int = 512
+    # Folders whose files dashboard users may name by path (services.server_paths). Unset: anywhere on a laptop
+    # (no sign-in), nowhere once sign-in is configured. The app, secrets and workspace internals never.
+    server_paths: list[Path] | None = None
 
     @classmethod
     def settings_customise_sources(

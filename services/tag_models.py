@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from services.names import InvalidNameError, check_name
 from services.workspace import Workspace, write_atomic
 
 MODEL_TYPES = {"lr": "ovr-logistic-regression", "svm": "ovr-svm"}
@@ -58,11 +57,12 @@ def models_dir(ws: Workspace, dataset: str, embedding_key: str) -> Path:
 
 
 def _folder_name(value: str, what: str) -> str:
-    """A dataset or embedding key as one folder name under `models/` (never `..` or a path)."""
-    try:
-        return check_name(_SAFE.sub("_", value), what)
-    except InvalidNameError as exc:
-        raise ModelFileError(str(exc)) from None
+    """A dataset or embedding key as one folder name under `models/`: separators become `_`, and `.`, `..`
+    (which would leave `models/`) are refused."""
+    folder = _SAFE.sub("_", value)
+    if folder in ("", ".", ".."):
+        raise ModelFileError(f"{what} {value[:40]!r} cannot name a model folder")
+    return folder
 
 
 def _models_root(ws: Workspace, dataset: str) -> Path:
