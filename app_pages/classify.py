@@ -14,7 +14,7 @@ from services.scoring import bin_edges, histogram
 from services.server_paths import FOLDER_OR_ZIP
 from services.tag_models import ModelFileError, list_models
 from ui.components import job_panel, launch, save_upload
-from ui.server_path import server_path_input
+from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -127,4 +127,4 @@ if st.session_state.get("cl-export-dir"):
     for col, file in zip(cols, ("scores.csv", "output.json", "bins.json"), strict=True):
         if (out / file).is_file():
             col.download_button(file, (out / file).read_bytes(), file_name=file, key=f"cl-dl-{file}")
-    st.caption(f"Written to `{out}`")
+    st.caption(f"Written to `{display_path(ws, out)}`")

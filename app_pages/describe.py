@@ -15,7 +15,7 @@ from services.describe_results import EXPORT_FORMATS, ResultKeys, agreement, exp
 from services.gemini_client import GeminiError
 from services.zero_shot import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
 from ui.components import job_panel, launch
-from ui.server_path import checkpoint_input
+from ui.server_path import checkpoint_input, display_path
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -262,4 +262,4 @@ if st.session_state.get("dc-export-file"):
         st.download_button(
             f"{path.name} ({n:,} images)", data=path.read_bytes(), file_name=path.name, key="dc-export-download"
         )
-        st.caption(f"Written to `{path}`")
+        st.caption(f"Written to `{display_path(ws, path)}`")

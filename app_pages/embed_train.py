@@ -16,7 +16,7 @@ from services.server_paths import FOLDER_OR_ZIP
 from services.tag_models import MODEL_TYPES, list_models
 from services.tag_training import start_training, trainable_tags
 from ui.components import job_panel, launch, save_upload
-from ui.server_path import checkpoint_input, server_path_input
+from ui.server_path import checkpoint_input, display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -170,6 +170,7 @@ with st.expander("Every model in the workspace"):
     everything = list_models(ws)
     st.dataframe(
         pd.DataFrame([{"model": m.name, "dataset": m.manifest["dataset"], "embedding": m.manifest["embedding_key"],
-                       "AP": m.manifest["metrics"]["average_precision"], "file": str(m.path)} for m in everything]),
+                       "AP": m.manifest["metrics"]["average_precision"], "file": display_path(ws, m.path)}
+                      for m in everything]),
         hide_index=True, key="et-all-models",
     )  # fmt: skip

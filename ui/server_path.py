@@ -57,3 +57,15 @@ def checkpoint_input(ws: Workspace, label: str, key: str, container: DeltaGenera
     except ServerPathError as exc:
         st.error(f"{label}: {exc}.")
         return None
+
+
+def display_path(ws: Workspace, path: Path | str) -> str:
+    """A path as pages show it: in full on a laptop; on a team server relative to the workspace (`exports/x.csv`)
+    or just the file name, never where the server keeps things."""
+    path = Path(path)
+    if not sign_in_configured(ws.settings):
+        return str(path)
+    try:
+        return str(path.resolve().relative_to(ws.root))
+    except ValueError:
+        return path.name
