@@ -138,7 +138,7 @@ elif recipe is not None:
 st.subheader("Run")
 workers = st.number_input("Worker processes", 0, 64, ws.settings.download.workers, key="pp-workers")
 if st.button(
-    f"Run {(recipe or base).name} v{(recipe or base).version} on {len(images):,} images",
+    f"Run {(recipe or base).name} on {len(images):,} images",
     type="primary",
     key="pp-run",
     icon=":material/play_arrow:",

@@ -206,7 +206,14 @@ def test_recipe_saving_on_the_preprocess_page(team_server: dict[str, Path]) -> N
     # an unsaved edit runs under its own name, not the saved recipe's
     at.button(key="pp-editor-add").click().run()
     assert "runs as `mine-draft` (version 0)" in rendered(at)
-    assert "Run mine-draft v0" in at.button(key="pp-run").label
+    assert "Run mine-draft on 3 images" in at.button(key="pp-run").label
+    at.button(key="pp-run").click().run()
+    ws = Workspace(ws_root, load_settings())
+    job = JobManager(ws).wait(int(at.session_state["pp-job"]), timeout=60)
+    assert job.state == "completed" and job.params["recipe"]["name"] == "mine-draft" and "mine-draft v0" in job.title
+    stages = {r[0] for r in ws.catalog.query("SELECT DISTINCT stage FROM stage_results")}
+    assert "preprocess:mine" not in stages
+    ws.close()
     # overwriting asks, then keeps the old version loadable
     at.button(key="pp-save").click().run()
     assert any("already exists (v1)" in w.value for w in at.warning) and recipe_versions(ws_root, "mine") == [1]
