@@ -61,7 +61,7 @@ def dataset_name_problem(value: str) -> str | None:
 def _validated(value: str) -> str:
     problem = name_problem(value)
     if problem is not None:
-        raise ValueError(f"name {problem}")  # pydantic reports the field it belongs to
+        raise ValueError(problem)  # pydantic, and the API's 422, name the field it belongs to
     return value
 
 

@@ -33,7 +33,9 @@ def server_path_input(
                 "to list folders in the `server_paths` setting."
             )
         return None
-    text = st.text_input(label, key=key, placeholder=placeholder, help=f"Readable here: {policy.describe()}.")
+    text = st.text_input(label, key=key, placeholder=placeholder)
+    if policy.roots:  # a team server: say where (a laptop reads anywhere but the never-readable list)
+        st.caption(f"Readable here: {policy.describe()}.")
     if not text.strip():
         return None
     try:
