@@ -23,7 +23,7 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
 	touch $@
 
 run: $(STAMP)
-	WORKBENCH_WORKSPACE=$(WORKSPACE) $(PY) -m streamlit run app.py --server.port $(PORT)
+	WORKBENCH_WORKSPACE=$(WORKSPACE) $(PY) -m streamlit run serve.py --server.port $(PORT)
 
 # Debian packages the tests need: chromium for the Playwright browser test (never `playwright install`),
 # tesseract (an OCR engine), a TrueType font (rendered text lines).

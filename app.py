@@ -7,7 +7,7 @@ import streamlit as st
 from services.catalog import CatalogError
 from services.log_setup import quiet_third_party_loggers
 from services.settings import load_settings
-from ui.auth import require_sign_in
+from ui.auth import require_sign_in, sign_in_configured
 from ui.components import executor_setting
 from ui.state import get_job_manager, get_workspace
 
@@ -29,7 +29,8 @@ PAGES = {
     ],
 }
 
-require_sign_in(load_settings())  # every page is behind this when sign-in is configured
+settings = load_settings()
+require_sign_in(settings)  # every page is behind this when sign-in is configured
 navigation = st.navigation(PAGES)
 
 try:
@@ -38,7 +39,8 @@ except CatalogError as exc:  # a missing, emptied or damaged catalog over existi
     st.error(str(exc))
     st.stop()
 with st.sidebar:
-    st.caption(f"Workspace `{ws.root}`")
+    # a shared server names its workspace, never where it lives on the server
+    st.caption(f"Workspace `{ws.root.name if sign_in_configured(settings) else ws.root}`")
     active = get_job_manager().list(limit=20, active_only=True)
     st.caption(f"Catalog schema v{ws.catalog.schema_version} · {len(active)} job(s) running")
 executor_setting()

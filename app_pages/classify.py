@@ -11,8 +11,10 @@ from services.classify import classification, resolve_models, start_classify, wr
 from services.clip_models import ModelUnavailableError
 from services.datasets import DatasetError, list_datasets
 from services.scoring import bin_edges, histogram
+from services.server_paths import FOLDER_OR_ZIP
 from services.tag_models import ModelFileError, list_models
 from ui.components import job_panel, launch, save_upload
+from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -50,8 +52,8 @@ if how == "Upload a zip":
         source = str(save_upload(ws, upload))
         name = f"classify-{Path(upload.name).stem}"
 elif how == "Folder or zip on the server":
-    typed = st.text_input("Path", key="cl-path", placeholder="/data/new-images.zip")
-    source = typed or None
+    typed = server_path_input(ws, "Path", FOLDER_OR_ZIP, "cl-path", placeholder="/data/new-images.zip")
+    source = str(typed) if typed else None
 else:
     source = st.selectbox("Dataset", [d.name for d in list_datasets(ws.catalog)], key="cl-dataset")
 c1, c2 = st.columns(2)
@@ -125,4 +127,4 @@ if st.session_state.get("cl-export-dir"):
     for col, file in zip(cols, ("scores.csv", "output.json", "bins.json"), strict=True):
         if (out / file).is_file():
             col.download_button(file, (out / file).read_bytes(), file_name=file, key=f"cl-dl-{file}")
-    st.caption(f"Written to `{out}`")
+    st.caption(f"Written to `{display_path(ws, out)}`")

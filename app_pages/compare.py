@@ -28,6 +28,7 @@ from services.compare_report import (
 from services.datasets import image_paths, list_datasets
 from services.embeddings import list_embedding_keys
 from ui.components import save_upload
+from ui.server_path import display_path
 from ui.state import get_workspace
 
 ws = get_workspace()
@@ -207,4 +208,4 @@ if st.session_state.get("cmp-report-path"):
 
     report_path = Path(st.session_state["cmp-report-path"])
     st.download_button("Report (HTML)", report_path.read_bytes(), file_name=report_path.name, key="cmp-report-download")
-    st.caption(f"Written to `{report_path}` with CSV tables beside it")
+    st.caption(f"Written to `{display_path(ws, report_path)}` with CSV tables beside it")

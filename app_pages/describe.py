@@ -15,6 +15,7 @@ from services.describe_results import EXPORT_FORMATS, ResultKeys, agreement, exp
 from services.gemini_client import GeminiError
 from services.zero_shot import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
 from ui.components import job_panel, launch
+from ui.server_path import checkpoint_input, display_path
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -104,9 +105,7 @@ with st.expander("CLIP model for zero-shot categories"):
     c1, c2 = st.columns(2)
     clip_model = c1.text_input("open_clip model", value=settings.clip.model, key="dc-clip-model")
     clip_tag = c2.text_input("Pretrained tag", value=settings.clip.pretrained or "", key="dc-clip-tag")
-    clip_checkpoint = st.text_input(
-        "Or a local checkpoint file on the server", value=settings.clip.checkpoint or "", key="dc-clip-ckpt"
-    )
+    clip_checkpoint = checkpoint_input(ws, "Or a local checkpoint file on the server", "dc-clip-ckpt")
 spec = ClipSpec.from_settings(settings, clip_model, clip_tag or None, clip_checkpoint or None)
 try:
     resolve_weights(spec)
@@ -263,4 +262,4 @@ if st.session_state.get("dc-export-file"):
         st.download_button(
             f"{path.name} ({n:,} images)", data=path.read_bytes(), file_name=path.name, key="dc-export-download"
         )
-        st.caption(f"Written to `{path}`")
+        st.caption(f"Written to `{display_path(ws, path)}`")

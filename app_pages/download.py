@@ -10,8 +10,10 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 from services.datasets import DatasetError, read_csv_header
 from services.s3_client import S3AccessError
 from services.s3_download import analyze_s3, plan_batch, start_s3_download
+from services.server_paths import CSV_FILE, FOLDER
 from services.url_download import guess_kind, start_url_download
 from ui.components import job_panel, jobs_table, launch
+from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -39,14 +41,7 @@ def _csv_source(key: str, label: str) -> Path | None:
     if how == "Upload a CSV":
         upload = st.file_uploader(label, type=["csv"], key=f"{key}-upload", max_upload_size=ws.settings.max_upload_mb)
         return _save_upload(upload) if upload is not None else None
-    text = st.text_input("CSV path", key=f"{key}-path", placeholder="/data/train.csv")
-    if not text:
-        return None
-    path = Path(text).expanduser()
-    if not path.is_file():
-        st.error(f"No file at `{path}`.")
-        return None
-    return path
+    return server_path_input(ws, "CSV path", CSV_FILE, f"{key}-path", placeholder="/data/train.csv")
 
 
 def _dataset_default(path: Path) -> str:
@@ -150,7 +145,9 @@ with tab_s3:
 
 with tab_batch:
     st.caption("Every `KIND_name.csv` in a drop folder becomes its own dataset; the prefix comes from the kind.")
-    folder = st.text_input("Drop folder on the server", key="batch-folder", placeholder="downloader/to_download")
+    folder = server_path_input(
+        ws, "Drop folder on the server", FOLDER, "batch-folder", placeholder="downloader/to_download"
+    )
     left, right = st.columns(2)
     batch_bucket = left.text_input("Bucket", value=ws.settings.download.s3_bucket or "", key="batch-bucket")
     template = right.text_input("Prefix template", value=ws.settings.download.s3_prefix_template, key="batch-template")
@@ -159,7 +156,7 @@ with tab_batch:
     )
     if folder and batch_bucket:
         try:
-            entries, skipped = plan_batch(Path(folder).expanduser(), template)
+            entries, skipped = plan_batch(folder, template)
         except DatasetError as exc:
             st.error(str(exc))
             entries, skipped = [], []

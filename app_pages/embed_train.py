@@ -12,9 +12,11 @@ from services.datasets import DatasetError, list_datasets
 from services.embed import start_embed
 from services.embeddings import EmbeddingStore, embedding_key
 from services.folder_import import start_folder_import
+from services.server_paths import FOLDER_OR_ZIP
 from services.tag_models import MODEL_TYPES, list_models
 from services.tag_training import start_training, trainable_tags
 from ui.components import job_panel, launch, save_upload
+from ui.server_path import checkpoint_input, display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -60,8 +62,7 @@ if how == "Upload a zip":
         source = save_upload(ws, upload)
         default_name = Path(upload.name).stem
 else:
-    typed = st.text_input("Folder or .zip path", key="et-path", placeholder="/data/tagged-images")
-    source = Path(typed).expanduser() if typed else None
+    source = server_path_input(ws, "Folder or .zip path", FOLDER_OR_ZIP, "et-path", placeholder="/data/tagged-images")
 name = st.text_input(
     "Dataset name",
     key="et-name",
@@ -84,7 +85,7 @@ st.subheader("2. Embed")
 c1, c2, c3 = st.columns([2, 2, 3])
 model = c1.text_input("open_clip model", value=settings.clip.model, key="et-model")
 pretrained = c2.text_input("Pretrained tag", value=settings.clip.pretrained or "", key="et-pretrained")
-checkpoint = c3.text_input("Or a local checkpoint file", value=settings.clip.checkpoint or "", key="et-checkpoint")
+checkpoint = checkpoint_input(ws, "Or a local checkpoint file", "et-checkpoint", c3)
 spec = ClipSpec.from_settings(settings, model, pretrained or None, checkpoint or None)
 try:
     weights, _ = resolve_weights(spec)
@@ -169,6 +170,7 @@ with st.expander("Every model in the workspace"):
     everything = list_models(ws)
     st.dataframe(
         pd.DataFrame([{"model": m.name, "dataset": m.manifest["dataset"], "embedding": m.manifest["embedding_key"],
-                       "AP": m.manifest["metrics"]["average_precision"], "file": str(m.path)} for m in everything]),
+                       "AP": m.manifest["metrics"]["average_precision"], "file": display_path(ws, m.path)}
+                      for m in everything]),
         hide_index=True, key="et-all-models",
     )  # fmt: skip

@@ -71,7 +71,7 @@ def save_and_select(edited: OcrRules, name: str) -> None:
         st.session_state["ocr-rules-save-error"] = str(exc)
         return
     st.session_state["ocr-rules"] = name
-    st.session_state["ocr-rules-saved"] = f"Saved to `{path}` and selected."
+    st.session_state["ocr-rules-saved"] = f"Saved rules {path.stem!r} and selected."
 
 
 with st.expander("Edit the rules"):

@@ -1,7 +1,5 @@
 """Preprocess: pick a dataset and a recipe, preview before/after, run as a job, browse the results."""
 
-from pathlib import Path
-
 import streamlit as st
 
 from services.datasets import DatasetError, dataset_images, list_datasets
@@ -14,9 +12,21 @@ from services.preprocess import (
     start_preprocess,
 )
 from services.quality import FLAGS
-from services.recipes import RecipeError, list_recipes, load_recipe, save_recipe
+from services.recipes import (
+    RecipeError,
+    RecipeExistsError,
+    draft_of,
+    is_builtin,
+    list_recipes,
+    load_recipe,
+    recipe_versions,
+    renamed,
+    save_recipe,
+)
+from services.server_paths import FOLDER_OR_ZIP
 from ui.components import job_panel, launch
 from ui.recipe_editor import edit_recipe
+from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -28,10 +38,10 @@ st.caption("OCR-ready copies of a dataset's images from a recipe. Results are ke
            "rerunning skips what is done.")  # fmt: skip
 
 with st.expander("Import a folder from the server as a dataset"):
-    folder = st.text_input("Folder", key="pp-folder", placeholder="/data/parts")
+    folder = server_path_input(ws, "Folder or .zip", FOLDER_OR_ZIP, "pp-folder", placeholder="/data/parts")
     if st.button("Import folder", key="pp-import", icon=":material/drive_folder_upload:", disabled=not folder):
         try:
-            job_id = start_folder_import(ws, manager, Path(folder))
+            job_id = start_folder_import(ws, manager, folder)  # type: ignore[arg-type]
         except DatasetError as exc:
             st.error(str(exc))
         else:
@@ -43,28 +53,69 @@ if not names:
     st.info("No datasets yet: download some on the Download page, or import a folder above.")
     st.stop()
 
-left, right = st.columns(2)
+
+def _save_name_default(name: str) -> str:
+    """What "Save as" offers for a recipe: its own name, or a new one for a read-only built-in."""
+    return f"{name}-custom" if is_builtin(name) else name
+
+
+def _follow_selection() -> None:
+    """The "Save as" name and the version follow the recipe picked (not the first one looked at)."""
+    st.session_state["pp-save-name"] = _save_name_default(st.session_state["pp-recipe"])
+    st.session_state.pop("pp-version", None)
+    st.session_state.pop("pp-confirm", None)
+
+
+if (chosen := st.session_state.pop("pp-select-next", None)) is not None:  # just saved: show what was saved
+    st.session_state["pp-recipe"] = chosen
+    st.session_state["pp-save-name"] = chosen
+    st.session_state.pop("pp-version", None)
+
+left, middle, right = st.columns([4, 4, 2])
 dataset = left.selectbox("Dataset", names, key="pp-dataset")
-recipe_name = right.selectbox("Recipe", list_recipes(ws.root), key="pp-recipe")
+recipe_name = middle.selectbox("Recipe", list_recipes(ws.root), key="pp-recipe", on_change=_follow_selection)
+versions = recipe_versions(ws.root, recipe_name)
+version = right.selectbox("Version", versions[::-1], key="pp-version", disabled=len(versions) < 2)
 try:
-    base = load_recipe(ws.root, recipe_name)
+    base = load_recipe(ws.root, recipe_name, version)
 except RecipeError as exc:
     st.error(str(exc))
     st.stop()
-st.caption(f"{base.description}  \nVersion {base.version} · settings `{base.settings_hash[:10]}`")
+kind = "built-in, read-only" if is_builtin(base.name) else f"{len(versions)} saved version(s)"
+st.caption(f"{base.description}  \nVersion {base.version} ({kind}) · settings `{base.settings_hash[:10]}`")
+st.session_state.setdefault("pp-save-name", _save_name_default(recipe_name))
 
 with st.container(border=True):
     st.markdown("**Recipe**")
-    recipe = edit_recipe(base, key="pp-editor")
+    edited = edit_recipe(base, key="pp-editor")
+    recipe = draft_of(base, edited) if edited is not None else None
+    if recipe is not None and recipe is not base:
+        st.caption(f"Edited, not saved: runs as `{recipe.name}` (version {recipe.version}) until you save it.")
     save_left, save_right = st.columns([3, 1])
-    save_as = save_left.text_input("Save as", value=base.name, key="pp-save-name", label_visibility="collapsed")
-    if save_right.button("Save recipe", key="pp-save", icon=":material/save:", disabled=recipe is None):
+    save_as = save_left.text_input("Save as", key="pp-save-name", label_visibility="collapsed")
+
+    def _save(overwrite: bool) -> None:
         try:
-            saved = save_recipe(ws.root, recipe.model_copy(update={"name": save_as}))  # type: ignore[union-attr]
-        except (RecipeError, ValueError) as exc:
+            saved = save_recipe(ws.root, renamed(edited, save_as.strip()), overwrite=overwrite)  # type: ignore[arg-type]
+        except RecipeExistsError as exc:
+            st.session_state["pp-confirm"] = (save_as.strip(), str(exc))
+        except RecipeError as exc:
             st.error(str(exc))
         else:
-            st.success(f"Saved {saved.name} v{saved.version}")
+            st.session_state.pop("pp-confirm", None)
+            st.session_state["pp-select-next"] = saved.name
+            st.session_state["pp-saved"] = f"Saved {saved.name} v{saved.version}"
+            st.rerun()
+
+    if save_right.button("Save recipe", key="pp-save", icon=":material/save:", disabled=edited is None):
+        _save(overwrite=False)
+    pending = st.session_state.get("pp-confirm")
+    if pending is not None and pending[0] == save_as.strip():
+        st.warning(f"{pending[1]}. Save anyway?")
+        if st.button("Save as a new version", key="pp-save-confirm", icon=":material/check:"):
+            _save(overwrite=True)
+    if (message := st.session_state.pop("pp-saved", None)) is not None:
+        st.success(message)
 
 images = dataset_images(ws, dataset)
 st.subheader("Preview")
@@ -87,7 +138,7 @@ elif recipe is not None:
 st.subheader("Run")
 workers = st.number_input("Worker processes", 0, 64, ws.settings.download.workers, key="pp-workers")
 if st.button(
-    f"Run {recipe.name if recipe else base.name} on {len(images):,} images",
+    f"Run {(recipe or base).name} on {len(images):,} images",
     type="primary",
     key="pp-run",
     icon=":material/play_arrow:",

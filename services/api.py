@@ -15,10 +15,11 @@ import io
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +27,7 @@ from services.archives import ArchiveError, ArchiveLimits, ArchiveReader, list_i
 from services.clip_models import ClipSpec, ModelUnavailableError, load_clip
 from services.embeddings import EMBED_STAGE, list_embedding_keys, vector_for
 from services.imaging import ImageCheckError, decode_image, sha256_hex
+from services.names import InvalidNameError, SafeName, check_name
 from services.ocr import OcrSetup, RecipeMisfitError, ocr_bytes
 from services.ocr_engines import EngineUnavailableError
 from services.ocr_rules import RulesError
@@ -101,7 +103,12 @@ def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": _without_paths(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming each parameter and the cause (FastAPI's default also echoes the input back)."""
+        return JSONResponse({"detail": "; ".join(_parameter_problem(e) for e in exc.errors())}, status_code=422)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -136,7 +143,9 @@ def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
         }
 
     @app.get("/images/{image_hash}/embedding", dependencies=guard)
-    def embedding(image_hash: str, model: str | None = Query(None, description="embedding key")) -> dict[str, Any]:
+    def embedding(
+        image_hash: str, model: Annotated[SafeName | None, Query(description="embedding key")] = None
+    ) -> dict[str, Any]:
         _image_row(ws, image_hash)
         keys = [
             r["settings_hash"]
@@ -181,17 +190,25 @@ def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
         }
 
     @app.get("/models", dependencies=guard)
-    def models(dataset: str | None = None) -> list[dict[str, Any]]:
-        return [_model_summary(m) for m in list_models(ws, dataset)]
+    def models(
+        dataset: Annotated[SafeName | None, Query(description="only this dataset's models (a name)")] = None,
+    ) -> list[dict[str, Any]]:
+        try:
+            return [_model_summary(m) for m in list_models(ws, dataset)]
+        except ModelFileError as exc:
+            raise HTTPException(422, f"dataset: {exc}") from None
 
     @app.post("/classify", dependencies=guard)
     async def classify(
         file: UploadFile = File(..., description="an image, or a zip of images"),
-        dataset: str | None = Query(None, description="use only this dataset's models"),
+        dataset: Annotated[SafeName | None, Query(description="use only this dataset's models (a name)")] = None,
         bins: int = Query(10, ge=1, le=1000),
     ) -> dict[str, Any]:
         data = await file.read()
-        chosen = list_models(ws, dataset)
+        try:
+            chosen = list_models(ws, dataset)
+        except ModelFileError as exc:
+            raise HTTPException(422, f"dataset: {exc}") from None
         if not chosen:
             raise HTTPException(404, "no trained models" + (f" for dataset {dataset!r}" if dataset else ""))
         try:
@@ -227,17 +244,22 @@ def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
     @app.post("/ocr", dependencies=guard)
     async def ocr(
         request: Request,
-        engine: str | None = Query(None, description="auto, rapidocr, tesseract or trocr"),
-        recipe: str | None = Query(None, description="a Preprocess recipe"),
-        rules: str | None = Query(None, description="OCR rules, e.g. seed-003"),
+        engine: Annotated[SafeName | None, Query(description="auto, rapidocr, tesseract or trocr")] = None,
+        recipe: Annotated[SafeName | None, Query(description="a saved or built-in Preprocess recipe, by name")] = None,
+        rules: Annotated[SafeName | None, Query(description="saved or built-in OCR rules, e.g. seed-003")] = None,
     ) -> dict[str, Any]:
         """An image as multipart `file`, or JSON `{"image": base64, "engine"?, "recipe"?, "rules"?}` (seed
-        003's ImageRequest). Answers `code`, `cord` [x1, y1, x2, y2], `raw`, `valid`, `confidence`."""
+        003's ImageRequest). Answers `code`, `cord` [x1, y1, x2, y2], `raw`, `valid`, `confidence`. Recipes and
+        rules are named, never given as files."""
         data, options = await _ocr_input(request)
+        chosen = {"engine": engine, "recipe": recipe, "rules": rules}
+        for key, value in options.items():  # the JSON body's names, checked like the query's
+            try:
+                chosen[key] = check_name(value, key)
+            except InvalidNameError as exc:
+                raise HTTPException(422, str(exc)) from None
         try:
-            setup = OcrSetup.resolve(
-                ws, options.get("engine") or engine, options.get("recipe") or recipe, options.get("rules") or rules
-            )
+            setup = OcrSetup.resolve(ws, chosen["engine"], chosen["recipe"], chosen["rules"])
         except (EngineUnavailableError, RulesError, RecipeError) as exc:
             raise HTTPException(422, str(exc)) from None
         try:
@@ -266,8 +288,33 @@ async def _ocr_input(request: Request) -> tuple[bytes, dict[str, str]]:
             data = base64.b64decode(body["image"], validate=True)
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise HTTPException(422, 'JSON body must be {"image": "<base64>"}') from None
-        return data, {k: str(body[k]) for k in ("engine", "recipe", "rules") if body.get(k)}
+        if not isinstance(body, dict):
+            raise HTTPException(422, 'JSON body must be {"image": "<base64>"}')
+        return data, {k: body[k] for k in ("engine", "recipe", "rules") if body.get(k)}
     raise HTTPException(415, "send multipart/form-data with `file`, or application/json with base64 `image`")
+
+
+_SERVER_PATH = re.compile(r"(?<![\w.~:/-])(?:/[^/\s'\":!,;()\[\]]+){2,}")
+
+
+def _without_paths(detail: Any) -> Any:
+    """Error details with every absolute server path cut to its last part (`/tmp/tmpab12/upload.zip` ->
+    `upload.zip`): errors name the item and the cause, never where the server keeps things."""
+    if isinstance(detail, str):
+        return _SERVER_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], detail)
+    if isinstance(detail, dict):
+        return {k: _without_paths(v) for k, v in detail.items()}
+    if isinstance(detail, list):
+        return [_without_paths(v) for v in detail]
+    return detail
+
+
+def _parameter_problem(error: Any) -> str:
+    """`query parameter rules: name must be a name, not a path ...`, without echoing the input."""
+    loc = [str(p) for p in error.get("loc", ())]
+    where = f"{loc[0]} parameter {'.'.join(loc[1:])}" if len(loc) > 1 else ".".join(loc) or "request"
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}"
 
 
 def _image_row(ws: Workspace, image_hash: str) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services import csv_safety
+from services.names import name_problem
 from services.workspace import Workspace
 
 UNKNOWN = "unknown"
@@ -104,8 +105,8 @@ def _csv_rows(data: bytes, filename: str) -> csv_safety.DictRows:
 def save_list(ws: Workspace, name: str, categories: list[str], source: str) -> CategoryList:
     """Store a new version when the content differs from the latest one; otherwise return the latest."""
     name = name.strip()
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise CategoryError(f"list name {name!r}: use letters, digits, '-', '_' or '.'")
+    if (problem := name_problem(name)) is not None:
+        raise CategoryError(f"list name {name[:40]!r} {problem}")
     cats = normalise(categories)
     digest = content_hash(cats)
     with ws.catalog.write() as conn:

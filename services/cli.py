@@ -419,21 +419,24 @@ def preprocess(
 @recipes_app.command("list")
 def recipes_list() -> None:
     """Recipe names with version, settings hash and description."""
-    from services.recipes import list_recipes, load_recipe
+    from services.recipes import is_builtin, list_recipes, load_recipe, recipe_versions
 
     ws = _ws()
     for name in list_recipes(ws.root):
         r = load_recipe(ws.root, name)
-        typer.echo(f"{r.name}\tv{r.version}\t{r.settings_hash[:10]}\t{len(r.ops)} ops\t{r.description}")
+        kind = "built-in" if is_builtin(name) else f"{len(recipe_versions(ws.root, name))} saved version(s)"
+        typer.echo(f"{r.name}\tv{r.version}\t{r.settings_hash[:10]}\t{len(r.ops)} ops\t{kind}\t{r.description}")
 
 
 @recipes_app.command("show")
-def recipes_show(name: str) -> None:
+def recipes_show(
+    name: str, version: Annotated[int | None, typer.Option(help="An older saved version (default: the latest).")] = None
+) -> None:
     """A recipe as JSON (edit it and `recipes save` it back)."""
     from services.recipes import RecipeError, load_recipe
 
     try:
-        typer.echo(load_recipe(_ws().root, name).model_dump_json(indent=2))
+        typer.echo(load_recipe(_ws().root, name, version).model_dump_json(indent=2))
     except RecipeError as exc:
         _fail(str(exc))
 

@@ -15,14 +15,33 @@ from services.cli import _fail, _finish, _run_foreground, _ws, app
 from services.datasets import DatasetError, get_dataset
 from services.jobs import JobManager
 from services.ocr_engines import EngineUnavailableError
-from services.ocr_rules import RulesError
-from services.recipes import RecipeError
+from services.ocr_rules import OcrRules, RulesError, load_rules_arg
+from services.recipes import Recipe, RecipeError
+from services.workspace import Workspace
 
 EngineOpt = Annotated[str | None, typer.Option(help="auto, rapidocr, tesseract or trocr (default from settings).")]
-RecipeOpt = Annotated[str | None, typer.Option(help="A Preprocess recipe applied first (e.g. ocr-line).")]
+RecipeOpt = Annotated[
+    str | None, typer.Option(help="A Preprocess recipe applied first: a name (e.g. ocr-line) or a JSON file.")
+]
 RulesOpt = Annotated[str | None, typer.Option(help="OCR rules: none, seed-003, a saved name or a JSON file.")]
 TruthOpt = Annotated[Path | None, typer.Option(help="Ground-truth CSV (image_name,text): CER/WER per image, overall.")]
 OutOpt = Annotated[Path | None, typer.Option(help="Write the accuracy report here (.json or .csv); needs --truth.")]
+
+
+def _recipe_arg(ws: Workspace, value: str | None) -> Recipe | str | None:
+    """A recipe name, or (for the person at the shell only) a recipe JSON file read here."""
+    from services.names import is_name
+    from services.recipes import load_recipe_file
+
+    if value and not is_name(value) and Path(value).expanduser().is_file():
+        return load_recipe_file(Path(value).expanduser())
+    return value
+
+
+def _rules_arg(ws: Workspace, value: str | None) -> OcrRules | None:
+    from services.ocr_rules import load_rules_arg
+
+    return None if value is None else load_rules_arg(ws.root, value)
 
 
 @app.command("ocr")
@@ -45,8 +64,9 @@ def ocr(
     cfg = ws.settings.ocr
     path = Path(source).expanduser()
     try:
+        recipe_arg, rules_arg = _recipe_arg(ws, recipe), _rules_arg(ws, rules)
         if path.is_file() and path.suffix.lower() != ".zip":
-            setup = OcrSetup.resolve(ws, engine, recipe, rules)
+            setup = OcrSetup.resolve(ws, engine, recipe_arg, rules_arg)
             try:
                 result = ocr_bytes(ws, path.read_bytes(), setup)
             except RecipeMisfitError as exc:
@@ -63,7 +83,14 @@ def ocr(
             dataset = f"ocr-{path.stem}"
             imported = _run_foreground(manager, start_folder_import(ws, manager, path, dataset, kind="ocr"))
             typer.echo(f"imported {imported.done} images into dataset {dataset!r}")
-        job_id = start_ocr(ws, manager, dataset, engine or cfg.engine, recipe or cfg.recipe, rules or cfg.rules)
+        job_id = start_ocr(
+            ws,
+            manager,
+            dataset,
+            engine or cfg.engine,
+            recipe_arg or cfg.recipe,
+            rules_arg or load_rules_arg(ws.root, cfg.rules),
+        )
     except (DatasetError, EngineUnavailableError, RulesError, RecipeError) as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created: {manager.progress(job_id).title}")
@@ -153,7 +180,7 @@ def ocr_socket(
 
     ws = _ws()
     try:
-        setup = OcrSetup.resolve(ws, engine, recipe, rules)
+        setup = OcrSetup.resolve(ws, engine, _recipe_arg(ws, recipe), _rules_arg(ws, rules))
     except (EngineUnavailableError, RulesError, RecipeError) as exc:
         _fail(str(exc))
     server = OcrSocketServer((host, port), ws, setup)

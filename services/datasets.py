@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from services import csv_safety
 from services.catalog import Catalog
+from services.names import dataset_name_problem
 
 if TYPE_CHECKING:
     from services.workspace import Workspace
@@ -60,9 +61,15 @@ def get_dataset(catalog: Catalog, name: str) -> Dataset | None:
 
 
 def ensure_dataset(catalog: Catalog, name: str, kind: str, source: str, columns: list[str]) -> Dataset:
-    """Create the dataset, or return it if it already holds this same source (a re-run or resume)."""
+    """Create the dataset, or return it if it already holds this same source (a re-run or resume).
+
+    A dataset name is data (any text, quotes included: SQL is parameterised), but it also names export files
+    (`exports/<dataset>-job<N>.csv`), so it may not hold a path separator or be `.`/`..`: it can never reach
+    outside `exports/`. Model folders use a safe form of it (services.tag_models)."""
     if not name.strip():
         raise DatasetError("dataset name is empty")
+    if get_dataset(catalog, name) is None and (problem := dataset_name_problem(name)) is not None:
+        raise DatasetError(f"dataset name {name[:40]!r} {problem}")
     existing = get_dataset(catalog, name)
     if existing is not None:
         if existing.source != source or existing.columns != columns:

@@ -28,7 +28,7 @@ from services import csv_safety
 from services.imaging import ImageCheckError
 from services.jobs import ItemResult, JobManager, Journal
 from services.ocr_engines import TextLine, build_engine, resolve_engine
-from services.ocr_rules import OcrRules, load_rules
+from services.ocr_rules import OcrRules, load_rules, load_rules_arg
 from services.preprocess_ops import OperationError, apply_recipe, load_image
 from services.recipes import Crop, Recipe, Resize, ResizePad, load_recipe, parse_recipe
 from services.stage_tasks import ImageStageTask, require_images
@@ -244,13 +244,14 @@ def start_ocr(
     manager: JobManager,
     dataset: str,
     engine: str = "auto",
-    recipe: str | None = None,
-    rules: str = "none",
+    recipe: str | Recipe | None = None,
+    rules: str | OcrRules = "none",
 ) -> int:
-    """Engine, recipe and rules are resolved and frozen into the job (errors now, not in the background)."""
+    """Engine, recipe and rules are resolved and frozen into the job (errors now, not in the background).
+    Recipe and rules are names (or objects the CLI read from a file the person at the shell named)."""
     engine = resolve_engine(engine, ws.settings)
-    recipe_obj = load_recipe(ws.root, recipe) if recipe else None
-    rules_obj = load_rules(ws.root, rules)
+    recipe_obj = load_recipe(ws.root, recipe) if isinstance(recipe, str) and recipe else recipe or None
+    rules_obj = rules if isinstance(rules, OcrRules) else load_rules(ws.root, rules)
     dataset_id = require_images(ws, dataset)
     params = {
         "dataset": dataset,
@@ -262,7 +263,11 @@ def start_ocr(
         "workers": 0,  # engines hold models: one process, built once
         "chunk_size": 8,
     }
-    title = f"OCR: {dataset} with {engine}" + (f", recipe {recipe_obj.name}" if recipe_obj else "") + f", rules {rules}"
+    title = (
+        f"OCR: {dataset} with {engine}"
+        + (f", recipe {recipe_obj.name}" if recipe_obj else "")
+        + f", rules {rules_obj.name}"
+    )
     return manager.create("ocr", title, params, dataset_id)
 
 
@@ -379,14 +384,23 @@ class OcrSetup:
 
     @classmethod
     def resolve(
-        cls, ws: Workspace, engine: str | None = None, recipe: str | None = None, rules: str | None = None
+        cls,
+        ws: Workspace,
+        engine: str | None = None,
+        recipe: str | Recipe | None = None,
+        rules: str | OcrRules | None = None,
     ) -> OcrSetup:
+        """Recipe and rules by name (what API clients send) or as objects; unset ones come from the settings,
+        where the administrator may also name a rules file."""
         cfg = ws.settings.ocr
-        recipe_name = recipe if recipe is not None else cfg.recipe
+        if recipe is None:
+            recipe = cfg.recipe
+        if rules is None:
+            rules = load_rules_arg(ws.root, cfg.rules)
         return cls(
             engine=resolve_engine(engine or cfg.engine, ws.settings),
-            recipe=load_recipe(ws.root, recipe_name) if recipe_name else None,
-            rules=load_rules(ws.root, rules or cfg.rules),
+            recipe=load_recipe(ws.root, recipe) if isinstance(recipe, str) and recipe else recipe or None,
+            rules=rules if isinstance(rules, OcrRules) else load_rules(ws.root, rules),
         )
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
+from services.names import InvalidNameError, is_name, resolve_in
+
 SEED_003_MAPPING = {
     "O": "0", "o": "0", "i": "1", "I": "1", "L": "1", "l": "1", "Z": "2", "z": "2", "R": "2",
     "S": "5", "s": "5", "B": "8", "b": "6", "G": "6", "g": "9", "A": "4", "/": "7",
@@ -88,28 +90,60 @@ PRESETS: dict[str, OcrRules] = {
 }
 
 
-def load_rules(root: Path, name_or_file: str) -> OcrRules:
-    """A preset by name, a rules file saved in the workspace (`ocr_rules/NAME.json`), or a JSON file path."""
-    if name_or_file in PRESETS:
-        return PRESETS[name_or_file]
-    for candidate in (root / "ocr_rules" / f"{name_or_file}.json", Path(name_or_file)):
-        if candidate.is_file():
-            try:
-                return OcrRules.model_validate_json(candidate.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise RulesError(f"{candidate}: {exc}") from None
-    known = sorted(PRESETS) + sorted(p.stem for p in (root / "ocr_rules").glob("*.json"))
-    raise RulesError(f"no OCR rules {name_or_file!r} (known: {', '.join(known)})")
+def _rules_file(root: Path, name: str) -> Path:
+    try:
+        return resolve_in(root / "ocr_rules", name, ".json", what="rules")
+    except InvalidNameError as exc:
+        raise RulesError(str(exc)) from None
+
+
+def load_rules(root: Path, name: str) -> OcrRules:
+    """A preset or rules saved in the workspace (`ocr_rules/NAME.json`), by name only: never a file path."""
+    if name in PRESETS:
+        return PRESETS[name]
+    path = _rules_file(root, name)
+    if path.is_file():
+        try:
+            return OcrRules.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise RulesError(f"saved rules {name!r} are invalid: {_first_error(exc)}") from None
+    raise RulesError(f"no OCR rules {name!r} (known: {', '.join(list_rules(root))})")
+
+
+def load_rules_file(path: Path) -> OcrRules:
+    """Rules from a JSON file that the person at the shell names (CLI only; the API and pages use names)."""
+    try:
+        return OcrRules.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"cannot read rules file {path.name!r} ({type(exc).__name__})") from None
+    except ValueError as exc:
+        raise RulesError(f"rules file {path.name!r} is invalid: {_first_error(exc)}") from None
+
+
+def load_rules_arg(root: Path, value: str) -> OcrRules:
+    """For the CLI and the server's own settings: a rules name, or an existing JSON file given as a path."""
+    if not is_name(value) and (candidate := Path(value).expanduser()).is_file():
+        return load_rules_file(candidate)
+    return load_rules(root, value)
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc']) or 'rules'}: {first['msg']}"
+    return str(exc)
 
 
 def save_rules(root: Path, rules: OcrRules) -> Path:
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", rules.name) or rules.name in PRESETS:
-        raise RulesError(f"rules name {rules.name!r}: letters, digits, '.', '_', '-' and not a preset name")
-    path = root / "ocr_rules" / f"{rules.name}.json"
+    """Saved as `ocr_rules/NAME.json` (a preset name is refused: presets are read-only)."""
+    if rules.name in PRESETS:
+        raise RulesError(f"rules name {rules.name!r}: not a preset name (presets are read-only; save under another)")
+    path = _rules_file(root, rules.name)  # checked here too: model_copy(update=...) skips validators
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(rules.model_dump_json(indent=1), encoding="utf-8")
     return path
 
 
 def list_rules(root: Path) -> list[str]:
-    return sorted(PRESETS) + sorted(p.stem for p in (root / "ocr_rules").glob("*.json"))
+    return sorted(PRESETS) + sorted(p.stem for p in (root / "ocr_rules").glob("*.json") if is_name(p.stem))

@@ -1,5 +1,9 @@
 """Preprocessing recipes: named, versioned lists of operations, saved in the workspace as JSON.
 
+Saved recipes live in `recipes/<name>/v<N>.json`, one file per version, so older versions stay loadable;
+`recipes/<name>.json` files from before versions were kept still load. Names are safe names
+(services.names), resolved inside `recipes/`; the built-in presets are read-only.
+
 A recipe's settings hash (sha256 of its canonical operation list) is stored with every result, so editing a
 recipe recomputes only what the change affects, and an unchanged recipe never does the same image twice.
 Seed 000's chain ships as `ocr-128` and seed 003's as `ocr-line`, with its geometry as parameters.
@@ -9,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
+
+from services.names import MAX_NAME_CHARS, InvalidNameError, check_name, is_name, name_problem, resolve_in
+from services.workspace import write_atomic
 
 
 class Grayscale(BaseModel):
@@ -152,7 +158,6 @@ OPERATIONS: dict[str, type[BaseModel]] = {
               ResizePad, Resize, Output)
 }  # fmt: skip
 POINTWISE = {"grayscale", "contrast", "output"}  # ops that commute with a reduced-scale decode
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class RecipeError(Exception):
@@ -168,8 +173,9 @@ class Recipe(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("recipe names use letters, digits, '.', '_' and '-' (at most 64)")
+        problem = name_problem(v)
+        if problem is not None:
+            raise ValueError(f"recipe name {problem}")
         return v
 
     @property
@@ -231,6 +237,7 @@ PRESETS: dict[str, Recipe] = {
     ),
 }
 _RECIPE = TypeAdapter(Recipe)
+DRAFT_SUFFIX = "-draft"
 
 
 def recipes_dir(workspace_root: Path) -> Path:
@@ -239,38 +246,162 @@ def recipes_dir(workspace_root: Path) -> Path:
     return path
 
 
+def _checked(name: str) -> str:
+    try:
+        return check_name(name, "recipe")
+    except InvalidNameError as exc:
+        raise RecipeError(str(exc)) from None
+
+
+def _inside(workspace_root: Path, name: str, suffix: str) -> Path:
+    try:
+        return resolve_in(recipes_dir(workspace_root), name, suffix, what="recipe")
+    except InvalidNameError as exc:
+        raise RecipeError(str(exc)) from None
+
+
+def _legacy_file(workspace_root: Path, name: str) -> Path:
+    """`recipes/<name>.json`: how recipes were saved before versions were kept (still loaded)."""
+    return _inside(workspace_root, name, ".json")
+
+
+def _version_dir(workspace_root: Path, name: str) -> Path:
+    """`recipes/<name>/`: one `v<N>.json` per saved version."""
+    return _inside(workspace_root, name, "")
+
+
+def _read(path: Path, name: str) -> Recipe:
+    try:
+        recipe = _RECIPE.validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as exc:
+        raise RecipeError(f"saved recipe {name!r} is invalid: {_first_error(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"saved recipe {name!r} cannot be read ({type(exc).__name__})") from None
+    # the file's place names it: a file copied or renamed by hand loads under the name it is saved as
+    return recipe if recipe.name == name else recipe.model_copy(update={"name": name})
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or 'recipe'}: {first['msg']}"
+
+
+def _saved_files(workspace_root: Path, name: str) -> dict[int, Path]:
+    """version -> file, over the legacy file and the versions folder (a version folder file wins)."""
+    files: dict[int, Path] = {}
+    legacy = _legacy_file(workspace_root, name)
+    if legacy.is_file():
+        files[_read(legacy, name).version] = legacy
+    folder = _version_dir(workspace_root, name)
+    if folder.is_dir():
+        for path in folder.glob("v*.json"):
+            if path.stem[1:].isdigit():
+                files[int(path.stem[1:])] = path
+    return files
+
+
 def list_recipes(workspace_root: Path) -> list[str]:
-    saved = {p.stem for p in recipes_dir(workspace_root).glob("*.json")}
-    return sorted(saved | set(PRESETS))
+    """Built-in and saved recipe names (a saved file named like a built-in is not loaded: built-ins win)."""
+    folder = recipes_dir(workspace_root)
+    saved = {p.stem for p in folder.glob("*.json")} | {p.name for p in folder.iterdir() if p.is_dir()}
+    return sorted({n for n in saved if is_name(n)} | set(PRESETS))
 
 
-def load_recipe(workspace_root: Path, name: str) -> Recipe:
-    path = recipes_dir(workspace_root) / f"{name}.json"
-    if path.is_file():
-        try:
-            return _RECIPE.validate_json(path.read_text(encoding="utf-8"))
-        except ValidationError as exc:
-            raise RecipeError(f"recipe {name!r} ({path}) is invalid: {exc}") from exc
+def is_builtin(name: str) -> bool:
+    return name in PRESETS
+
+
+def recipe_versions(workspace_root: Path, name: str) -> list[int]:
+    """Saved versions of a recipe, oldest first ([1] for a built-in)."""
+    _checked(name)
     if name in PRESETS:
-        return PRESETS[name]
-    raise RecipeError(f"no recipe named {name!r}; known: {', '.join(list_recipes(workspace_root))}")
+        return [PRESETS[name].version]
+    return sorted(_saved_files(workspace_root, name))
+
+
+def load_recipe(workspace_root: Path, name: str, version: int | None = None) -> Recipe:
+    """A built-in or saved recipe by name (its latest version unless `version` is given); never a file path."""
+    _checked(name)
+    if name in PRESETS:
+        preset = PRESETS[name]
+        if version not in (None, preset.version):
+            raise RecipeError(f"built-in recipe {name!r} has only version {preset.version}")
+        return preset
+    files = _saved_files(workspace_root, name)
+    if not files:
+        raise RecipeError(f"no recipe named {name!r}; known: {', '.join(list_recipes(workspace_root))}")
+    chosen = max(files) if version is None else version
+    if chosen not in files:
+        raise RecipeError(f"recipe {name!r} has no version {version} (versions: {', '.join(map(str, sorted(files)))})")
+    return _read(files[chosen], name)
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    """A recipe from a JSON file the person at the shell names (the CLI only; pages and the API use names)."""
+    try:
+        return parse_recipe(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe file {path.name!r} ({type(exc).__name__})") from None
 
 
 def parse_recipe(text: str) -> Recipe:
     try:
         return _RECIPE.validate_json(text)
     except ValidationError as exc:
-        raise RecipeError(f"invalid recipe: {exc}") from exc
+        raise RecipeError(f"invalid recipe: {_first_error(exc)}") from exc
 
 
-def save_recipe(workspace_root: Path, recipe: Recipe) -> Recipe:
-    """Save, bumping the version when the operations changed (results keep the hash they were made with)."""
+class RecipeExistsError(RecipeError):
+    """Saving would add a version to an existing recipe: the caller asks first, then saves with overwrite=True."""
+
+    def __init__(self, current: Recipe) -> None:
+        super().__init__(
+            f"recipe {current.name!r} already exists (v{current.version}); saving makes v{current.version + 1} "
+            f"and v{current.version} stays loadable"
+        )
+        self.current = current
+
+
+def save_recipe(workspace_root: Path, recipe: Recipe, overwrite: bool = True) -> Recipe:
+    """Save as a new version when the operations changed; every older version stays loadable.
+
+    Built-in recipes are read-only. With `overwrite=False` a changed recipe that already exists is not saved:
+    RecipeExistsError says which version it would become (the page asks, then saves with overwrite=True).
+    """
+    name = _checked(recipe.name)  # also for a recipe built with model_copy, which skips validators
+    if name in PRESETS:
+        raise RecipeError(f"{name!r} is a built-in recipe and read-only: save your changes under another name")
+    files = _saved_files(workspace_root, name)
+    current = _read(files[max(files)], name) if files else None
+    if current is None:
+        version = max(recipe.version, 1)
+    elif current.settings_hash == recipe.settings_hash:
+        version = current.version  # same operations: same version (the description may change)
+    elif not overwrite:
+        raise RecipeExistsError(current)
+    else:
+        version = max(current.version, recipe.version) + 1
+    saved = Recipe.model_validate({**recipe.model_dump(), "name": name, "version": version})
+    path = _version_dir(workspace_root, name) / f"v{version}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, saved.model_dump_json(indent=2).encode("utf-8"))
+    return saved
+
+
+def renamed(recipe: Recipe, name: str) -> Recipe:
+    """The recipe under another name (validated: `model_copy(update=...)` would skip the name check); a new
+    name starts at version 1."""
+    version = recipe.version if name == recipe.name else 1
     try:
-        current = load_recipe(workspace_root, recipe.name)
-    except RecipeError:
-        current = None
-    if current is not None and current.settings_hash != recipe.settings_hash:
-        recipe = recipe.model_copy(update={"version": max(current.version, recipe.version) + 1})
-    path = recipes_dir(workspace_root) / f"{recipe.name}.json"
-    path.write_text(recipe.model_dump_json(indent=2), encoding="utf-8")
-    return recipe
+        return Recipe.model_validate({**recipe.model_dump(), "name": name, "version": version})
+    except ValidationError as exc:
+        raise RecipeError(_first_error(exc)) from None
+
+
+def draft_of(base: Recipe, edited: Recipe) -> Recipe:
+    """What an edited, unsaved recipe runs as: `base` itself when the operations are unchanged, else
+    `<base>-draft` version 0, so its results and outputs are never filed under the saved recipe's name."""
+    if edited.settings_hash == base.settings_hash:
+        return base
+    name = base.name[: MAX_NAME_CHARS - len(DRAFT_SUFFIX)] + DRAFT_SUFFIX
+    return Recipe(name=name, version=0, description=f"Unsaved edit of {base.name} v{base.version}", ops=edited.ops)

@@ -225,6 +225,9 @@ class Settings(BaseSettings):
     # Every CSV we write neutralises cells a spreadsheet would run as formulas (services/csv_safety.py);
     # false writes raw cells for machine consumers (the CLI's `--raw-csv` does it per command).
     csv_formula_guard: bool = True
+    # Folders whose files dashboard users may name by path (services.server_paths). Unset: anywhere on a laptop
+    # (no sign-in), nowhere once sign-in is configured. The app, secrets and workspace internals never.
+    server_paths: list[Path] | None = None
 
     @classmethod
     def settings_customise_sources(

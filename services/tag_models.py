@@ -53,7 +53,20 @@ class TagModel:
 
 
 def models_dir(ws: Workspace, dataset: str, embedding_key: str) -> Path:
-    return ws.root / "models" / _SAFE.sub("_", dataset) / embedding_key
+    return _models_root(ws, dataset) / _folder_name(embedding_key, "embedding")
+
+
+def _folder_name(value: str, what: str) -> str:
+    """A dataset or embedding key as one folder name under `models/`: separators become `_`, and `.`, `..`
+    (which would leave `models/`) are refused."""
+    folder = _SAFE.sub("_", value)
+    if folder in ("", ".", ".."):
+        raise ModelFileError(f"{what} {value[:40]!r} cannot name a model folder")
+    return folder
+
+
+def _models_root(ws: Workspace, dataset: str) -> Path:
+    return ws.root / "models" / _folder_name(dataset, "dataset")
 
 
 def generate_model_path(ws: Workspace, dataset: str, embedding_key: str, model_type: str, tag: str) -> Path:
@@ -95,9 +108,9 @@ def list_models(ws: Workspace, dataset: str | None = None, embedding_key: str | 
     """Every trained model with a manifest (optionally of one dataset and embedding model)."""
     root = ws.root / "models"
     if dataset is not None:
-        root = root / _SAFE.sub("_", dataset)
+        root = _models_root(ws, dataset)
         if embedding_key is not None:
-            root = root / embedding_key
+            root = root / _folder_name(embedding_key, "embedding")
     if not root.is_dir():
         return []
     out = []

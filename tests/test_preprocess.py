@@ -23,7 +23,7 @@ from services.datasets import dataset_images
 from services.folder_import import start_folder_import
 from services.jobs import JobManager
 from services.preprocess import quality_counts, results_page, start_preprocess
-from services.recipes import PRESETS, Crop, Recipe, ResizePad, load_recipe, save_recipe
+from services.recipes import PRESETS, Crop, Recipe, RecipeError, ResizePad, load_recipe, save_recipe
 from services.workspace import Workspace
 from tests.conftest import ROOT, read_csv
 from tests.support.image_server import make_jpeg, make_png_bomb
@@ -78,12 +78,17 @@ def test_ocr_128_end_to_end_then_skip_then_recompute_on_edit(ws: Workspace, mana
     assert manager.run(again).done == 5
     assert {o: ws.abspath(o).stat().st_mtime_ns for o in mtimes} == mtimes  # nothing recomputed
 
-    edited = save_recipe(ws.root, Recipe(name="ocr-128", ops=[*recipe.ops[:1], ResizePad(size=64), *recipe.ops[2:]]))
+    # built-ins are read-only (issue 15): a saved copy is versioned, and its edit recomputes under the new hash
+    with pytest.raises(RecipeError, match="read-only"):
+        save_recipe(ws.root, Recipe(name="ocr-128", ops=[*recipe.ops[:1], ResizePad(size=64), *recipe.ops[2:]]))
+    assert save_recipe(ws.root, Recipe(name="mine", ops=recipe.ops)).version == 1
+    edited = save_recipe(ws.root, Recipe(name="mine", ops=[*recipe.ops[:1], ResizePad(size=64), *recipe.ops[2:]]))
     assert edited.version == 2 and edited.settings_hash != recipe.settings_hash
-    third = start_preprocess(ws, manager, "photos", "ocr-128", workers=0)
+    third = start_preprocess(ws, manager, "photos", "mine", workers=0)
     manager.run(third)
-    new_rows, new_total = results_page(ws, load_recipe(ws.root, "ocr-128"), "photos")
+    new_rows, new_total = results_page(ws, load_recipe(ws.root, "mine"), "photos")
     assert new_total == 5 and all(Image.open(ws.abspath(r.output)).size == (64, 64) for r in new_rows)
+    assert load_recipe(ws.root, "mine", 1).settings_hash == recipe.settings_hash  # the older version stays
     assert set(mtimes) == {r.output for r in results_page(ws, recipe, "photos")[0]}  # old results kept
 
 

@@ -52,3 +52,8 @@ def require_sign_in(settings: Settings) -> str | None:
             st.session_state.pop("signed-in-user", None)
             st.rerun()
     return str(user)
+
+
+def sign_in_configured(settings: Settings) -> bool:
+    """Whether this dashboard has sign-in (OIDC or its own users): a shared server, not a laptop."""
+    return _oidc_configured() or sign_in_required(settings)

@@ -15,6 +15,7 @@ import streamlit as st
 from services.jobs import JobBusyError, JobError, JobManager, JobProgress
 from services.url_download import labelled_csv_path
 from services.workspace import Workspace
+from ui.server_path import display_path
 
 if TYPE_CHECKING:
     from streamlit.runtime.uploaded_file_manager import UploadedFile
@@ -123,7 +124,8 @@ def job_panel(manager: JobManager, job_id: int) -> None:
         if p.state == "completed" and p.kind.startswith("download"):
             path = labelled_csv_path(manager.ws, job_id, p.params)
             if Path(path).is_file() and Path(path).stat().st_size > 50 * 1024 * 1024:
-                st.caption(f"Labelled CSV written to `{path}` (too large to offer for download here).")
+                shown = display_path(manager.ws, path)
+                st.caption(f"Labelled CSV written to `{shown}` (too large to offer for download here).")
             elif Path(path).is_file():
                 st.download_button(
                     "Labelled CSV",
@@ -133,9 +135,9 @@ def job_panel(manager: JobManager, job_id: int) -> None:
                     key=f"csv-{job_id}",
                     icon=":material/download:",
                 )
-                st.caption(f"Written to `{path}`")
+                st.caption(f"Written to `{display_path(manager.ws, path)}`")
         if p.log_path:
-            st.caption(f"Log: `{p.log_path}`")
+            st.caption(f"Log: `{display_path(manager.ws, p.log_path)}`")
         if every is not None and p.state not in ("running", "created"):
             st.rerun()
 

@@ -1,0 +1,73 @@
+"""The dashboard as an ASGI app: `streamlit run serve.py` (what `make run` starts) serves `app.py` exactly as
+`streamlit run app.py` does, with two additions for a shared server, through Streamlit's supported `st.App`
+(its middleware runs before Streamlit's own routes):
+
+- `/_stcore/metrics`, which Streamlit 1.67 serves to anyone with no setting to turn it off, answers 404;
+- the session-start message no longer tells every browser, signed in or not, where the app lives on the
+  server (Streamlit puts the script's absolute path in it): it carries the file name only.
+
+Behind a reverse proxy, block the metrics path there as well (SECURITY.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+from google.protobuf.message import DecodeError
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+HIDDEN_PATHS = ("/_stcore/metrics",)
+APP_DIR = str(Path(__file__).resolve().parent).encode()
+
+
+class HideInternalRoutes:
+    """404 for Streamlit's internal routes that must not be public (with or without a base URL path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith(HIDDEN_PATHS):
+            await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class HideScriptPath:
+    """Rewrites the websocket's session-start message so the main script path is its file name only."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_path(message: Message) -> None:
+            data = message.get("bytes")
+            if message["type"] == "websocket.send" and data and APP_DIR in data:
+                message = {**message, "bytes": without_script_path(data)}
+            await send(message)
+
+        await self.app(scope, receive, send_without_path)
+
+
+def without_script_path(data: bytes) -> bytes:
+    """A serialized ForwardMsg with `new_session.main_script_path` cut to the file name (others unchanged)."""
+    msg = ForwardMsg()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError:  # not a ForwardMsg: pass it on untouched
+        return data
+    if not msg.HasField("new_session"):
+        return data
+    msg.new_session.main_script_path = Path(msg.new_session.main_script_path).name
+    return msg.SerializeToString()
+
+
+app = st.App("app.py", middleware=[Middleware(HideInternalRoutes), Middleware(HideScriptPath)])

@@ -1,0 +1,73 @@
+"""The one widget for a path on the server: a text input whose value goes through services.server_paths.
+
+Every page input that names a file or folder on the server uses it, so what a user may read is decided in one
+place (the `server_paths` setting, sign-in, and the never-readable list) and refusals read the same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+
+from services.server_paths import CHECKPOINT, PathKind, ServerPathError, ServerPaths
+from services.workspace import Workspace
+from ui.auth import sign_in_configured
+
+
+def server_paths(ws: Workspace) -> ServerPaths:
+    """This dashboard's policy (shared server or laptop) for the workspace."""
+    return ServerPaths.for_workspace(ws.root, ws.settings, sign_in_configured(ws.settings))
+
+
+def server_path_input(
+    ws: Workspace, label: str, kind: PathKind, key: str, placeholder: str = "", show_off: bool = True
+) -> Path | None:
+    """A checked path of `kind`, or None (nothing typed, or refused: the reason is shown with what to do)."""
+    policy = server_paths(ws)
+    if not policy.enabled:
+        if show_off:
+            st.info(
+                "Paths on the server are off on this dashboard: upload the file instead, or ask an administrator "
+                "to list folders in the `server_paths` setting."
+            )
+        return None
+    text = st.text_input(label, key=key, placeholder=placeholder)
+    if policy.roots:  # a team server: say where (a laptop reads anywhere but the never-readable list)
+        st.caption(f"Readable here: {policy.describe()}.")
+    if not text.strip():
+        return None
+    try:
+        return policy.check(text, kind)
+    except ServerPathError as exc:
+        st.error(f"{label}: {exc}.")
+        return None
+
+
+def checkpoint_input(ws: Workspace, label: str, key: str, container: DeltaGenerator | None = None) -> str | None:
+    """A CLIP checkpoint file: the administrator's `clip.checkpoint` as is, anything else through the guard."""
+    configured = ws.settings.clip.checkpoint or ""
+    text_input = container.text_input if container is not None else st.text_input
+    text = text_input(label, value=configured, key=key)
+    if not text.strip():
+        return None
+    if text == configured:
+        return configured
+    try:
+        return str(server_paths(ws).check(text, CHECKPOINT))
+    except ServerPathError as exc:
+        st.error(f"{label}: {exc}.")
+        return None
+
+
+def display_path(ws: Workspace, path: Path | str) -> str:
+    """A path as pages show it: in full on a laptop; on a team server relative to the workspace (`exports/x.csv`)
+    or just the file name, never where the server keeps things."""
+    path = Path(path)
+    if not sign_in_configured(ws.settings):
+        return str(path)
+    try:
+        return str(path.resolve().relative_to(ws.root))
+    except ValueError:
+        return path.name
