@@ -127,3 +127,28 @@ def post_file(base: str, path: str, name: str, data: bytes, token: str | None = 
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+@contextlib.contextmanager
+def dashboard_server(command: list[str], log: Path, **settings: str) -> Iterator[str]:
+    """A dashboard started by `command` (after `python -m`, with `{port}` filled in) until the block ends."""
+    port = free_port()
+    argv = [sys.executable, "-m", *(part.format(port=port) for part in command)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=clean_env(**settings), stdout=out, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 90
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        raise RuntimeError("the dashboard did not start: " + log.read_text()[-3000:]) from None
+                    time.sleep(0.3)
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(20)
