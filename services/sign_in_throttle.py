@@ -98,16 +98,20 @@ def client_address(peer: str | None, forwarded_for: Sequence[str], trusted_proxy
     `trusted_proxy_hops` proxies of yours in front, the X-Forwarded-For entry that many places from the
     right (the address your outermost proxy saw). A request that did not pass through them all, or a
     malformed entry, falls back to the peer."""
-    own = peer or LOCAL
+    own = _valid(peer) or LOCAL
     if trusted_proxy_hops <= 0:
         return own
     entries = [part.strip() for header in forwarded_for for part in header.split(",") if part.strip()]
     if len(entries) < trusted_proxy_hops:
         return own
+    return _valid(entries[-trusted_proxy_hops]) or own
+
+
+def _valid(address: str | None) -> str | None:
     try:
-        return str(ipaddress.ip_address(entries[-trusted_proxy_hops]))
+        return str(ipaddress.ip_address(address)) if address else None
     except ValueError:
-        return own
+        return None
 
 
 @dataclass(frozen=True)

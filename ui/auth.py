@@ -32,9 +32,11 @@ def _throttle(folder: str, limits_json: str) -> SignInThrottle:
 
 
 def _client_address(settings: Settings) -> str:
-    return client_address(
-        st.context.ip_address, st.context.headers.get_all("X-Forwarded-For"), settings.sign_in.trusted_proxy_hops
-    )
+    """The websocket's peer (None on loopback) and X-Forwarded-For, as Streamlit saw them; anything that is not
+    text (AppTest's stand-in runtime) counts as loopback."""
+    peer = st.context.ip_address
+    forwarded = [h for h in st.context.headers.get_all("X-Forwarded-For") if isinstance(h, str)]
+    return client_address(peer if isinstance(peer, str) else None, forwarded, settings.sign_in.trusted_proxy_hops)
 
 
 def _wait_text(seconds: float) -> str:
