@@ -132,3 +132,15 @@ def test_no_upload_before_sign_in_and_none_over_the_limit(tmp_path: Path, launch
     assert "Traceback" not in log, log[-3000:]
     if launcher == "dashboard":
         assert re.search(r"uploads up to 1 MB", log)
+
+
+def test_an_upload_with_a_5000_character_name_is_saved_under_a_short_one(ws):
+    from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
+
+    from ui.components import save_upload
+
+    empty_zip = b"PK\5\6" + b"\0" * 18
+    record = UploadedFileRec(file_id="f" * 36, name="n" * 5000 + ".zip", type="application/zip", data=empty_zip)
+    saved = save_upload(ws, UploadedFile(record, None))
+    assert saved.is_file() and saved.read_bytes() == record.data
+    assert saved.name.endswith(".zip") and len(saved.name) < 140 and saved.parent == ws.root / "uploads"
