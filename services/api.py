@@ -147,7 +147,7 @@ async def _json_answer(
     await send({"type": "http.response.body", "body": data})
 
 
-def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
+def create_app(ws: Workspace, token: str, max_images: int | None = None) -> FastAPI:
     """The API for one workspace; `token` must be non-empty (the CLI refuses to start without one)."""
     if not token:
         raise ValueError("the API needs a token: set WORKBENCH_API_TOKEN (or api_token in .streamlit/secrets.toml)")
@@ -357,15 +357,21 @@ def _classify_upload(
     embedder = _Embedder(chosen[0], ws.settings.clip.batch_size)
     report = UploadReport()
     images: list[tuple[str, str]] = []
+    seen: set[str] = set()  # an image twice in one upload is decoded once
     vectors: dict[str, np.ndarray] = {}
-    for image in read_upload(upload, filename, limits, embedder.prepare, stored.__contains__, report=report):
+
+    def known(image_hash: str) -> bool:
+        return image_hash in stored or image_hash in seen
+
+    for image in read_upload(upload, filename, limits, embedder.prepare, known, report=report):
         images.append((image.name, image.hash))
-        if image.prepared is not None and image.hash not in vectors:
+        seen.add(image.hash)
+        if image.prepared is not None:
             vectors.update(embedder.add(image.hash, image.prepared))
     vectors.update(embedder.flush())
     if not images:
         raise UploadRefused(422, {"message": "no image in the upload", "skipped": report.skipped})
-    from_store = sorted({h for _, h in images} - vectors.keys())
+    from_store = sorted({h for _, h in images if h in stored} - vectors.keys())
     if from_store:
         loaded = store.load(from_store)
         vectors.update(zip(loaded.hashes, loaded.vectors, strict=True))

@@ -318,3 +318,12 @@ def test_unreadable_uploads_are_4xx_with_the_reason(api: Served):
     assert status == 200 and body["results"][0]["name"] == "x" * 1000 + ".png"
     status, body = post_file(api.base, "/classify", "x" * 5000 + ".png", png("red", 3))  # the multipart parser's
     assert status == 400 and "multipart" in body["detail"]  # own limit on a part's header line
+
+
+def test_an_image_twice_in_one_zip_is_scored_under_both_names(api: Served):
+    red = png("red", 77)
+    status, body = post_file(api.base, "/classify", "twice.zip", build_zip({"a.png": red, "b/a-again.png": red}))
+    assert status == 200, body
+    first, second = body["results"]
+    assert (first["name"], second["name"]) == ("a.png", "b/a-again.png") and first["hash"] == second["hash"]
+    assert first["scores"] == second["scores"]
