@@ -22,8 +22,10 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
+# The dashboard (dashboard.py: app.py behind the upload gate and private-route middleware), Streamlit's upload
+# limit set from max_upload_mb.
 run: $(STAMP)
-	WORKBENCH_WORKSPACE=$(WORKSPACE) $(PY) -m streamlit run serve.py --server.port $(PORT)
+	WORKBENCH_WORKSPACE=$(WORKSPACE) $(PY) -m services dashboard --port $(PORT)
 
 # Debian packages the tests need: chromium for the Playwright browser test (never `playwright install`),
 # tesseract (an OCR engine), a TrueType font (rendered text lines).

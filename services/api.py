@@ -1,9 +1,10 @@
 """REST API over the workspace: a safe successor to seed 004's cache web API.
 
-Every endpoint but `/health` needs the token (`Authorization: Bearer <token>` or `X-API-Key`), compared in
-constant time. Clients never name files or databases: images are addressed by content hash (64 hex digits)
-and only this workspace's catalog is read. Errors are JSON with proper status codes; request bodies are
-bounded before they are read; nothing is unpickled. OpenAPI docs are at `/docs`.
+Every endpoint but `/health` and the docs needs the token (`Authorization: Bearer <token>` or `X-API-Key`),
+compared in constant time and checked before a request's body is read. Clients never name files or
+databases: images are addressed by content hash (64 hex digits) and only this workspace's catalog is read.
+Errors are JSON with proper status codes; request bodies are bounded before they are read, uploads'
+images by decoded pixels (services.api_uploads); nothing is unpickled. OpenAPI docs are at `/docs`.
 """
 
 from __future__ import annotations
@@ -11,22 +12,23 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import io
+import json
 import re
-import zipfile
-from pathlib import Path
-from typing import Annotated, Any
+from functools import partial
+from typing import IO, Annotated, Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.archives import ArchiveError, ArchiveLimits, ArchiveReader, list_images
-from services.clip_models import ClipSpec, ModelUnavailableError, load_clip
-from services.embeddings import EMBED_STAGE, list_embedding_keys, vector_for
-from services.imaging import ImageCheckError, decode_image, sha256_hex
+from services.api_uploads import UploadLimits, UploadRefused, UploadReport, read_upload
+from services.clip_models import ClipSpec, LoadedClip, ModelUnavailableError, autocast_for, load_clip
+from services.embeddings import EMBED_STAGE, EmbeddingStore, list_embedding_keys, vector_for
+from services.imaging import ImageCheckError
 from services.names import InvalidNameError, SafeName, check_name
 from services.ocr import OcrSetup, RecipeMisfitError, ocr_bytes
 from services.ocr_engines import EngineUnavailableError
@@ -39,8 +41,50 @@ from services.workspace import Workspace
 HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
+OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+UNAUTHORISED = {"detail": "missing or wrong token"}
+
+
+def token_matches(headers: list[tuple[bytes, bytes]], token: str) -> bool:
+    """`Authorization: Bearer <token>` or `X-API-Key: <token>`, compared in constant time."""
+    supplied = b""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"authorization" and value[:7].lower() == b"bearer ":
+            supplied = value[7:].strip()
+            break
+        if lowered == b"x-api-key" and not supplied:
+            supplied = value.strip()
+    return bool(supplied) and hmac.compare_digest(supplied, token.encode())
+
+
+class TokenGate:
+    """Checks the token in the headers before the app sees the request, so an anonymous client never has its
+    body read: FastAPI parses File/Form bodies before dependencies run, which let anyone make the server read
+    and spool `max_upload_mb` per request. `/health` and the OpenAPI docs (`/docs`, `/openapi.json`: the
+    shape of the API, no data) answer GET without a token; every other method and path needs it."""
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str] = OPEN_PATHS) -> None:
+        if not token:
+            raise ValueError("the API needs a token")
+        self.app = app
+        self.token = token
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["path"] in self.open_paths and scope["method"] in ("GET", "HEAD")):
+            await self.app(scope, receive, send)
+            return
+        if not token_matches(list(scope.get("headers") or []), self.token):
+            await _json_answer(send, 401, UNAUTHORISED, ((b"www-authenticate", b"Bearer"),))
+            return
+        await self.app(scope, receive, send)
+
+
 class BodyLimit:
-    """Refuses request bodies over `limit` bytes with 413, whether or not they declare a Content-Length."""
+    """Refuses request bodies over `limit` bytes with 413, whether or not they declare a Content-Length: a
+    declared length is refused before any body is read, a chunked body as soon as it passes the limit
+    (FastAPI turns errors raised while it parses a form into a 400, so that answer is replaced by the 413)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -55,18 +99,30 @@ class BodyLimit:
             await _too_large(send, self.limit)
             return
         seen = 0
+        exceeded = False
+        started = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
+                exceeded = True
                 raise _BodyTooLarge
             return message
 
+        async def unless_exceeded(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return  # whatever the app answers once the limit is passed, the client gets the 413
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, unless_exceeded)
         except _BodyTooLarge:
+            pass
+        if exceeded and not started:
             await _too_large(send, self.limit)
 
 
@@ -75,12 +131,25 @@ class _BodyTooLarge(Exception):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = f'{{"detail": "request body over the {limit // 2**20} MB limit"}}'.encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
+    await _json_answer(send, 413, {"detail": f"request body over the {limit // 2**20} MB limit"})
 
 
-def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
+async def _json_answer(
+    send: Send, status: int, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """An answer sent before the body was read: the connection is closed after it, so the rest of the body
+    is never read either."""
+    data = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                    (b"connection", b"close"), *headers],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": data})
+
+
+def create_app(ws: Workspace, token: str, max_images: int | None = None) -> FastAPI:
     """The API for one workspace; `token` must be non-empty (the CLI refuses to start without one)."""
     if not token:
         raise ValueError("the API needs a token: set WORKBENCH_API_TOKEN (or api_token in .streamlit/secrets.toml)")
@@ -90,14 +159,14 @@ def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
         description="Images by content hash, embeddings, tags, trained models and classification of uploads.",
     )
     app.add_middleware(BodyLimit, limit=ws.settings.max_upload_mb * 2**20)
+    app.add_middleware(TokenGate, token=token)  # added last: runs first, before any body is read
+    limits = UploadLimits.from_settings(ws.settings, max_images)
+    workers: list[anyio.CapacityLimiter] = []  # made in the event loop, on the first classify request
 
     def authorised(request: Request) -> None:
-        supplied = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if auth.lower().startswith("bearer "):
-            supplied = auth[7:].strip()
-        if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
+        """The same check as TokenGate (which already ran): keeps the lock on each route in the OpenAPI docs."""
+        if not token_matches(list(request.scope.get("headers") or []), token):
+            raise HTTPException(401, UNAUTHORISED["detail"], headers={"WWW-Authenticate": "Bearer"})
 
     guard = [Depends(authorised)]
 
@@ -204,42 +273,18 @@ def create_app(ws: Workspace, token: str, max_images: int = 2000) -> FastAPI:
         dataset: Annotated[SafeName | None, Query(description="use only this dataset's models (a name)")] = None,
         bins: int = Query(10, ge=1, le=1000),
     ) -> dict[str, Any]:
-        data = await file.read()
+        """Scores of every model for the image, or for each image of the zip (members that cannot be used
+        are listed under `skipped` with the reason). Decoding and embedding run in a worker thread, at most
+        `api.workers` requests at once, so the server keeps answering meanwhile."""
+        if not workers:
+            workers.append(anyio.CapacityLimiter(max(1, ws.settings.api.workers)))
+        name = file.filename or "upload"
         try:
-            chosen = list_models(ws, dataset)
-        except ModelFileError as exc:
-            raise HTTPException(422, f"dataset: {exc}") from None
-        if not chosen:
-            raise HTTPException(404, "no trained models" + (f" for dataset {dataset!r}" if dataset else ""))
-        try:
-            stacked = stack_models(chosen)
-        except ModelFileError as exc:
-            raise HTTPException(409, f"{exc}; pass ?dataset= to pick one set of models") from None
-        images, skipped = _images_of(data, file.filename or "upload", max_images)
-        if not images:
-            raise HTTPException(422, {"message": "no image in the upload", "skipped": skipped})
-        vectors = _vectors(ws, chosen[0], stacked.embedding_key, [(h, img) for _, h, img in images])
-        probabilities = score(vectors, stacked)
-        idx = bin_index(probabilities, bins)
-        labels = [f"{lo:.2f}-{hi:.2f}" for lo, hi in bin_edges(bins)]
-        results = [
-            {
-                "name": name,
-                "hash": image_hash,
-                "scores": [
-                    {
-                        "model": stacked.names[m],
-                        "tag": stacked.tags[m],
-                        "model_type": stacked.types[m],
-                        "score": round(float(probabilities[i, m]), 6),
-                        "bin": labels[idx[i, m]],
-                    }
-                    for m in range(len(stacked))
-                ],
-            }  # fmt: skip
-            for i, (name, image_hash, _) in enumerate(images)
-        ]
-        return {"embedding": stacked.embedding_key, "results": results, "skipped": skipped}
+            return await anyio.to_thread.run_sync(
+                partial(_classify_upload, ws, file.file, name, dataset, bins, limits), limiter=workers[0]
+            )
+        except UploadRefused as exc:
+            raise HTTPException(exc.status, exc.detail) from None
 
     @app.post("/ocr", dependencies=guard)
     async def ocr(
@@ -341,55 +386,106 @@ def _model_summary(m: TagModel) -> dict[str, Any]:
     }
 
 
-def _images_of(data: bytes, filename: str, max_images: int) -> tuple[list[tuple[str, str, Any]], list[dict[str, str]]]:
-    """(name, hash, PIL image) of an uploaded image or of every image in an uploaded zip; skipped members."""
-    if zipfile.is_zipfile(io.BytesIO(data)):
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "upload.zip"
-            path.write_bytes(data)
-            try:
-                members, refused = list_images(path, ArchiveLimits(max_members=max_images * 4))
-            except ArchiveError as exc:
-                raise HTTPException(422, str(exc)) from None
-            if len(members) > max_images:
-                raise HTTPException(413, f"{len(members)} images in the zip; the API takes at most {max_images}")
-            reader = ArchiveReader()
-            out, skipped = [], [{"name": s.locator.split("!", 1)[1], "reason": s.reason} for s in refused]
-            for m in members:
-                name = m.locator.split("!", 1)[1]
-                try:
-                    out.append((name, *_decoded(reader.read(m.locator))))
-                except (ArchiveError, ImageCheckError, KeyError, OSError) as exc:
-                    skipped.append({"name": name, "reason": str(getattr(exc, "message", exc))})
-            reader.close()
-            return out, skipped
+def _classify_upload(
+    ws: Workspace, upload: IO[bytes], filename: str, dataset: str | None, bins: int, limits: UploadLimits
+) -> dict[str, Any]:
+    """The work of POST /classify, in a worker thread: models, then the upload's images one at a time (stored
+    vectors reused; the others decoded, preprocessed and embedded in small batches), then one scoring pass."""
     try:
-        return [(filename, *_decoded(data))], []
-    except ImageCheckError as exc:
-        raise HTTPException(422, f"{filename}: {exc.message}") from None
+        chosen = list_models(ws, dataset)
+    except ModelFileError as exc:
+        raise UploadRefused(422, f"dataset: {exc}") from None
+    if not chosen:
+        raise UploadRefused(404, "no trained models" + (f" for dataset {dataset!r}" if dataset else ""))
+    try:
+        stacked = stack_models(chosen)
+    except ModelFileError as exc:
+        raise UploadRefused(409, f"{exc}; pass ?dataset= to pick one set of models") from None
+    store = EmbeddingStore(ws, stacked.embedding_key)
+    stored = store.stored_hashes()
+    embedder = _Embedder(chosen[0], ws.settings.clip.batch_size)
+    report = UploadReport()
+    images: list[tuple[str, str]] = []
+    seen: set[str] = set()  # an image twice in one upload is decoded once
+    vectors: dict[str, np.ndarray] = {}
+
+    def known(image_hash: str) -> bool:
+        return image_hash in stored or image_hash in seen
+
+    for image in read_upload(upload, filename, limits, embedder.prepare, known, report=report):
+        images.append((image.name, image.hash))
+        seen.add(image.hash)
+        if image.prepared is not None:
+            vectors.update(embedder.add(image.hash, image.prepared))
+    vectors.update(embedder.flush())
+    if not images:
+        raise UploadRefused(422, {"message": "no image in the upload", "skipped": report.skipped})
+    from_store = sorted({h for _, h in images if h in stored} - vectors.keys())
+    if from_store:
+        loaded = store.load(from_store)
+        vectors.update(zip(loaded.hashes, loaded.vectors, strict=True))
+    matrix = np.stack([vectors[h] for _, h in images]).astype(np.float32)
+    probabilities = score(matrix, stacked)
+    idx = bin_index(probabilities, bins)
+    labels = [f"{lo:.2f}-{hi:.2f}" for lo, hi in bin_edges(bins)]
+    results = [
+        {
+            "name": name,
+            "hash": image_hash,
+            "scores": [
+                {
+                    "model": stacked.names[m],
+                    "tag": stacked.tags[m],
+                    "model_type": stacked.types[m],
+                    "score": round(float(probabilities[i, m]), 6),
+                    "bin": labels[idx[i, m]],
+                }
+                for m in range(len(stacked))
+            ],
+        }  # fmt: skip
+        for i, (name, image_hash) in enumerate(images)
+    ]
+    return {"embedding": stacked.embedding_key, "results": results, "skipped": report.skipped}
 
 
-def _decoded(data: bytes, max_pixels: int = 100_000_000) -> tuple[str, Any]:
-    """The content hash and the decoded RGB image (decompression bombs and truncated files refused)."""
-    img, _, _, _ = decode_image(data, max_pixels)
-    return sha256_hex(data), img.convert("RGB")
+class _Embedder:
+    """The models' CLIP model, loaded on the first image that needs it; images arrive as preprocessed tensors
+    (224x224) and are embedded `batch` at a time, so decoded images are never collected."""
 
+    def __init__(self, model: TagModel, batch: int) -> None:
+        self.model = model
+        self.batch = max(1, batch)
+        self.loaded: LoadedClip | None = None
+        self.pending: list[tuple[str, Any]] = []
 
-def _vectors(ws: Workspace, model: TagModel, key: str, images: list[tuple[str, Any]]) -> np.ndarray:
-    """Stored vectors for known images; the rest embedded here with the models' CLIP model (loaded once)."""
-    stored = {h: vector_for(ws, key, h) for h, _ in images}
-    known: dict[str, np.ndarray] = {h: v for h, v in stored.items() if v is not None}
-    todo = [(h, img) for h, img in images if h not in known]
-    if todo:
-        spec = model.manifest.get("embedding_spec")
-        if not spec:
-            raise HTTPException(409, f"{model.name}: its manifest does not name the CLIP model to embed with")
-        try:
-            loaded = load_clip(ClipSpec(**spec))
-        except ModelUnavailableError as exc:
-            raise HTTPException(503, str(exc)) from None
-        for (h, _), vector in zip(todo, loaded.embed_images([img for _, img in todo]), strict=True):
-            known[h] = vector
-    return np.stack([known[h] for h, _ in images]).astype(np.float32)
+    def _clip(self) -> LoadedClip:
+        if self.loaded is None:
+            spec = self.model.manifest.get("embedding_spec")
+            if not spec:
+                raise UploadRefused(409, f"{self.model.name}: its manifest does not name the CLIP model to embed with")
+            try:
+                self.loaded = load_clip(ClipSpec(**spec))
+            except ModelUnavailableError as exc:
+                raise UploadRefused(503, str(exc)) from None
+        return self.loaded
+
+    def prepare(self, image: Any) -> Any:
+        return self._clip().preprocess(image)
+
+    def add(self, image_hash: str, tensor: Any) -> dict[str, np.ndarray]:
+        self.pending.append((image_hash, tensor))
+        return self.flush() if len(self.pending) >= self.batch else {}
+
+    def flush(self) -> dict[str, np.ndarray]:
+        if not self.pending:
+            return {}
+        import torch
+
+        loaded = self._clip()
+        batch = torch.stack([t for _, t in self.pending]).to(loaded.device)
+        with torch.inference_mode(), autocast_for(loaded.device):
+            features = loaded.model.encode_image(batch).float().cpu().numpy()
+        features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        out = {h: features[i].astype(np.float32) for i, (h, _) in enumerate(self.pending)}
+        self.pending = []
+        return out

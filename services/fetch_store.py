@@ -78,7 +78,9 @@ class PathSource:
                 return self.archives.read(locator), 1
             except FileNotFoundError as exc:
                 raise FetchError("missing", f"{locator}: the archive no longer exists") from exc
-            except (ArchiveError, KeyError, OSError, RuntimeError) as exc:
+            except ArchiveError as exc:  # a corrupt member (bad CRC, broken stream): its reason, once
+                raise FetchError("unreadable", f"{locator}: {exc.reason}") from exc
+            except (KeyError, OSError, RuntimeError) as exc:
                 raise FetchError("unreadable", f"{locator}: {exc}") from exc
         path = Path(locator)
         try:

@@ -157,6 +157,32 @@ class OcrSettings(BaseModel):
         return _strict_url(value, "ocr.push_url")
 
 
+class ApiSettings(BaseModel):
+    """Bounds on one REST API request, so that no client can take the server's memory or CPU (issue 14).
+    A decoded RGB image costs 3 bytes a pixel: 50 MP is 150 MB, which only `workers` requests hold at once."""
+
+    max_image_pixels: int = 50_000_000  # per image; larger ones (decompression bombs) are refused from the header
+    max_request_pixels: int = 500_000_000  # decoded in one request, all images together; the rest are refused
+    max_image_bytes: int = 50 * 2**20  # one image file, alone or inside a zip
+    max_images: int = 2000  # images in one uploaded zip
+    workers: int = 2  # classify requests decoded and embedded at once (worker threads); the others wait
+
+
+class SignInSettings(BaseModel):
+    """The dashboard's sign-in throttle: failed attempts counted per user name and per client address across
+    every session, process and restart of the server (kept in the workspace); a locked name or address is
+    refused without hashing, with the same answer whether the user exists or not."""
+
+    max_failures_per_user: int = 5  # within window_seconds, then the name is locked for lockout_seconds
+    max_failures_per_address: int = 20  # the same for one client address, whatever names it tries
+    window_seconds: float = 900.0
+    lockout_seconds: float = 900.0
+    # X-Forwarded-For is ignored unless this is the number of reverse proxies in front of the dashboard that
+    # append to it (1 for one nginx); the client is then the address that many entries from the right.
+    # Never set it without a proxy that you run: anyone could then pick their own address.
+    trusted_proxy_hops: int = 0
+
+
 class _FileSource(PydanticBaseSettingsSource):
     """A settings source read from one optional file; subclasses say how to read it."""
 
@@ -221,6 +247,8 @@ class Settings(BaseSettings):
     # (someone with a shell) takes any scheduler.
     dask_schedulers: list[str] = Field(default_factory=list)
     job_stale_seconds: float = 15.0
+    # Largest upload in MB: the API's request bodies, and the dashboard's uploads (`python -m services dashboard`
+    # passes it to Streamlit as server.maxUploadSize; the upload gate in ui/upload_gate.py enforces it too).
     max_upload_mb: int = 512
     # Every CSV we write neutralises cells a spreadsheet would run as formulas (services/csv_safety.py);
     # false writes raw cells for machine consumers (the CLI's `--raw-csv` does it per command).
@@ -228,6 +256,11 @@ class Settings(BaseSettings):
     # Folders whose files dashboard users may name by path (services.server_paths). Unset: anywhere on a laptop
     # (no sign-in), nowhere once sign-in is configured. The app, secrets and workspace internals never.
     server_paths: list[Path] | None = None
+    # Networks (CIDRs) whose clients may read the dashboard's /_stcore/metrics (a monitoring scraper on the
+    # server itself, e.g. ["127.0.0.1/32"]); everyone else gets 404 from dashboard.py. None by default.
+    metrics_networks: list[str] = Field(default_factory=list)
+    api: ApiSettings = ApiSettings()  # REST API per-request bounds
+    sign_in: SignInSettings = SignInSettings()  # dashboard sign-in throttle
 
     @classmethod
     def settings_customise_sources(

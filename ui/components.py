@@ -145,9 +145,12 @@ def job_panel(manager: JobManager, job_id: int) -> None:
 
 
 def save_upload(ws: Workspace, upload: UploadedFile) -> Path:
-    """Stream an upload to `uploads/` once (reruns reuse the file); the name is sanitised by the workspace.
-    The size limit is the uploader's own `max_upload_size` (settings.max_upload_mb)."""
-    path = ws.upload_path(f"{upload.file_id[:12]}_{upload.name}")
+    """Stream an upload to `uploads/` once (reruns reuse the file); the name is sanitised by the workspace and
+    cut to fit a file system (a 5,000-character name failed with ENAMETOOLONG). The size limit is enforced
+    by the server before the file gets here (ui/upload_gate.py, settings.max_upload_mb)."""
+    original = Path(upload.name)
+    name = f"{original.stem[:100]}{original.suffix[:16]}"
+    path = ws.upload_path(f"{upload.file_id[:12]}_{name}")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # the pid: a killed run's leftover is swept

@@ -1,4 +1,4 @@
-"""Issue 14 part 2 in a real browser against `streamlit run serve.py` (what `make run` starts) with sign-in:
+"""Issue 14 part 2 in a real browser against `streamlit run dashboard.py` (what `make run` starts) with sign-in:
 `/_stcore/metrics` is not public, and neither the pages nor the websocket messages, before or after signing in,
 carry the app's folder, the workspace's path or a planted secret."""
 
@@ -36,7 +36,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     )  # fmt: skip
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "serve.py", "--server.port", str(port), "--server.headless", "true"],
+        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
+         "--server.headless", "true"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

@@ -149,7 +149,7 @@ def test_api_errors_name_the_item_not_server_paths(trained: tuple[Path, object],
             zf.writestr(f"m{i}.png", _png())
     response = client.post("/classify", headers=AUTH, files={"file": ("batch.zip", buf.getvalue())})
     assert response.status_code == 422, response.text
-    assert "more than" in response.json()["detail"] and "upload.zip" in response.json()["detail"]
+    assert "more than" in response.json()["detail"] and "batch.zip" in response.json()["detail"]
     assert "/tmp" not in response.text and str(ws_root) not in response.text and str(tmp_path) not in response.text
     ws.close()
 

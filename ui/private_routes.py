@@ -1,8 +1,8 @@
-"""The dashboard as an ASGI app: `streamlit run serve.py` (what `make run` starts) serves `app.py` exactly as
-`streamlit run app.py` does, with two additions for a shared server, through Streamlit's supported `st.App`
-(its middleware runs before Streamlit's own routes):
+"""What a shared server must not tell anonymous clients, as ASGI middleware for the dashboard's `st.App`
+(dashboard.py), which runs before Streamlit's own routes:
 
-- `/_stcore/metrics`, which Streamlit 1.67 serves to anyone with no setting to turn it off, answers 404;
+- `/_stcore/metrics`, which Streamlit 1.67 serves to anyone with no setting to turn it off, answers 404,
+  except to clients inside `metrics_networks` (a monitoring scraper an administrator lists; none by default);
 - the session-start message no longer tells every browser, signed in or not, where the app lives on the
   server (Streamlit puts the script's absolute path in it): it carries the file name only.
 
@@ -11,27 +11,43 @@ Behind a reverse proxy, block the metrics path there as well (SECURITY.md).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-import streamlit as st
 from google.protobuf.message import DecodeError
-from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 HIDDEN_PATHS = ("/_stcore/metrics",)
-APP_DIR = str(Path(__file__).resolve().parent).encode()
+APP_DIR = str(Path(__file__).resolve().parent.parent).encode()  # the checkout holding app.py
 
 
 class HideInternalRoutes:
-    """404 for Streamlit's internal routes that must not be public (with or without a base URL path)."""
+    """404 for Streamlit's internal routes that must not be public (with or without a base URL path), unless
+    the client's address is inside one of `networks` (default: the `metrics_networks` setting)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, networks: list[str] | None = None) -> None:
         self.app = app
+        if networks is None:
+            from services.settings import load_settings
+
+            networks = load_settings().metrics_networks
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def _allowed(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        if not client or not self.networks:
+            return False
+        try:
+            address = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].rstrip("/").endswith(HIDDEN_PATHS):
+        hidden = scope["type"] == "http" and scope["path"].rstrip("/").endswith(HIDDEN_PATHS)
+        if hidden and not self._allowed(scope):
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -68,6 +84,3 @@ def without_script_path(data: bytes) -> bytes:
         return data
     msg.new_session.main_script_path = Path(msg.new_session.main_script_path).name
     return msg.SerializeToString()
-
-
-app = st.App("app.py", middleware=[Middleware(HideInternalRoutes), Middleware(HideScriptPath)])

@@ -1,0 +1,190 @@
+"""Uploads only from sessions with a signed-in user, and never over `max_upload_mb`.
+
+Streamlit's upload endpoint (`PUT /_stcore/upload_file/{session_id}/{file_id}`) takes a file from any
+connected session, before the app has run a line (no sign-in), and keeps it in server memory; it knows only
+`server.maxUploadSize`, not the per-widget `max_upload_size`. Two layers, both in this one module:
+
+1. `UploadGate`: ASGI middleware given to Streamlit's public `st.App(middleware=...)` by the launcher
+   `dashboard.py` (`python -m services dashboard`, `make run`). It answers 403 for a session with no
+   signed-in user and 413 over the limit *before the body is read*.
+2. `guard_upload_manager()`: for a server started as plain `streamlit run app.py`, where no middleware can
+   be added, it wraps the runtime's uploaded-file manager so that the same files are refused with the same
+   codes and never stored. Streamlit has read the body by then (at most `server.maxUploadSize`).
+
+Which sessions have a signed-in user is told to this module by the sign-in gate (ui/auth.py) on every
+script run, through `mark_session`.
+
+INTERNAL STREAMLIT HOOKS (Streamlit has no public API for these). Checked by
+tests/security/test_upload_gate.py::test_the_streamlit_internals_this_module_uses_are_still_there, which
+fails loudly when an upgrade removes one:
+- `streamlit.runtime.scriptrunner.get_script_run_ctx().session_id`: the id of the session running the script
+  (the id in the upload URL);
+- `streamlit.runtime.Runtime.instance().uploaded_file_mgr.add_file(session_id, file)`: where an uploaded
+  file is stored (layer 2 wraps it on the instance);
+- the upload route `/_stcore/upload_file/{session_id}/{file_id}` (layer 1 matches it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+UPLOAD_ROUTE = re.compile(r"/_stcore/upload_file/(?P<session>[^/]+)/(?P<file>[^/]+)/?$")
+MULTIPART_MARGIN = 2**20  # a file's multipart framing (boundaries, part headers), as Streamlit allows
+SIGN_IN_FIRST = "sign in before uploading"
+_GUARD_MARK = "_workbench_upload_guard"
+
+_lock = threading.Lock()
+_signed_in: set[str] = set()
+_limit_bytes: list[int] = []  # the latest max_upload_mb the app was run with, in bytes
+
+
+def current_session_id() -> str | None:
+    """The id of the session whose script is running here (internal hook: get_script_run_ctx)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None else None
+
+
+def mark_session(signed_in: bool, max_upload_mb: int) -> None:
+    """Called by the sign-in gate on every run: may this session upload (an open workbench: yes)?"""
+    session_id = current_session_id()
+    with _lock:
+        _limit_bytes[:] = [max_upload_mb * 2**20]
+        if session_id is not None:
+            if signed_in:
+                _signed_in.add(session_id)
+            else:
+                _signed_in.discard(session_id)
+        if len(_signed_in) > 10_000:
+            _forget_closed_sessions()
+    guard_upload_manager()
+
+
+def session_may_upload(session_id: str) -> bool:
+    with _lock:
+        return session_id in _signed_in
+
+
+def refusal(session_id: str, size: int, limit: int | None = None) -> tuple[int, str] | None:
+    """(HTTP status, reason) when this upload must be refused; None when it may be stored."""
+    if not session_may_upload(session_id):
+        return 403, SIGN_IN_FIRST
+    limit = limit if limit is not None else (_limit_bytes[0] if _limit_bytes else None)
+    if limit is not None and size > limit:
+        return 413, f"file over the {limit // 2**20} MB upload limit"
+    return None
+
+
+def _forget_closed_sessions() -> None:
+    from streamlit.runtime import Runtime
+
+    if Runtime.exists():
+        runtime = Runtime.instance()
+        _signed_in.intersection_update({s for s in _signed_in if runtime.is_active_session(s)})
+
+
+def guard_upload_manager() -> bool:
+    """Wrap the running server's uploaded-file manager once (layer 2). False when no server runs here
+    (AppTest, a script run outside `streamlit run`)."""
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+
+    if not Runtime.exists():
+        return False
+    manager = Runtime.instance().uploaded_file_mgr
+    if not isinstance(manager, MemoryUploadedFileManager):  # the only manager Streamlit 1.67 builds
+        if not type(manager).__module__.startswith("unittest.mock"):  # AppTest runs on a mock runtime
+            log.error("upload guard not installed: unknown uploaded-file manager %s", type(manager).__name__)
+        return False
+    if getattr(manager.add_file, _GUARD_MARK, False):
+        return True
+    store = manager.add_file
+
+    def add_file(session_id: str, file: Any) -> None:
+        refused = refusal(session_id, len(file.data))
+        if refused is not None:
+            log.warning("upload refused (%s) for session %s", refused[1], session_id[:8])
+            raise HTTPException(status_code=refused[0], detail=refused[1])
+        store(session_id, file)
+
+    setattr(add_file, _GUARD_MARK, True)
+    vars(manager)["add_file"] = add_file  # on the instance: the upload route calls manager.add_file(...)
+    return True
+
+
+class UploadGate:
+    """Layer 1: refuses an upload before its body is read (403 without a signed-in user, 413 over the limit,
+    by Content-Length or as a chunked body passes it). Every other request passes untouched."""
+
+    def __init__(self, app: ASGIApp, max_upload_mb: int | None = None) -> None:
+        if max_upload_mb is None:
+            from services.settings import load_settings
+
+            max_upload_mb = load_settings().max_upload_mb
+        self.app = app
+        self.limit = max_upload_mb * 2**20
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = UPLOAD_ROUTE.search(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None or scope["method"] != "PUT":
+            await self.app(scope, receive, send)
+            return
+        if not session_may_upload(match["session"]):
+            await _answer(send, 403, SIGN_IN_FIRST)
+            return
+        cap = self.limit + MULTIPART_MARGIN
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > cap:
+            await _answer(send, 413, f"file over the {self.limit // 2**20} MB upload limit")
+            return
+        seen = 0
+        over = False
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen, over
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > cap:
+                over = True
+                raise _TooLarge
+            return message
+
+        async def unless_over(message: Message) -> None:
+            nonlocal started
+            if over:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, unless_over)
+        except _TooLarge:
+            pass
+        if over and not started:
+            await _answer(send, 413, f"file over the {self.limit // 2**20} MB upload limit")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _answer(send: Send, status: int, reason: str) -> None:
+    body = json.dumps({"detail": reason}).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
