@@ -297,18 +297,21 @@ def create_app(ws: Workspace, token: str, max_images: int | None = None) -> Fast
         003's ImageRequest). Answers `code`, `cord` [x1, y1, x2, y2], `raw`, `valid`, `confidence`. Recipes and
         rules are named, never given as files."""
         data, options = await _ocr_input(request)
+        if len(data) > ws.settings.api.max_image_bytes:
+            limit = ws.settings.api.max_image_bytes
+            raise HTTPException(413, f"the image is {len(data):,} bytes, over the {limit:,} byte limit")
         chosen = {"engine": engine, "recipe": recipe, "rules": rules}
         for key, value in options.items():  # the JSON body's names, checked like the query's
             try:
                 chosen[key] = check_name(value, key)
             except InvalidNameError as exc:
                 raise HTTPException(422, str(exc)) from None
-        try:
-            setup = OcrSetup.resolve(ws, chosen["engine"], chosen["recipe"], chosen["rules"])
-        except (EngineUnavailableError, RulesError, RecipeError) as exc:
+        if not workers:
+            workers.append(anyio.CapacityLimiter(max(1, ws.settings.api.workers)))
+        try:  # engines load and images decode in a worker thread: the server keeps answering meanwhile
+            return await anyio.to_thread.run_sync(partial(_ocr_one, ws, data, chosen), limiter=workers[0])
+        except (RulesError, RecipeError) as exc:
             raise HTTPException(422, str(exc)) from None
-        try:
-            return ocr_bytes(ws, data, setup)
         except ImageCheckError as exc:
             raise HTTPException(422, f"{exc.error_class}: {exc.message}") from None
         except RecipeMisfitError as exc:
@@ -317,6 +320,16 @@ def create_app(ws: Workspace, token: str, max_images: int | None = None) -> Fast
             raise HTTPException(503, str(exc)) from None
 
     return app
+
+
+def _ocr_one(ws: Workspace, data: bytes, chosen: dict[str, str | None]) -> dict[str, Any]:
+    """The work of POST /ocr, in a worker thread: the named engine, recipe and rules, then one image (decoded
+    pixels bounded by `api.max_image_pixels`)."""
+    try:
+        setup = OcrSetup.resolve(ws, chosen["engine"], chosen["recipe"], chosen["rules"])
+    except EngineUnavailableError as exc:  # a named engine that cannot run here: the request's fault
+        raise HTTPException(422, str(exc)) from None
+    return ocr_bytes(ws, data, setup, max_pixels=ws.settings.api.max_image_pixels)
 
 
 async def _ocr_input(request: Request) -> tuple[bytes, dict[str, str]]:

@@ -404,9 +404,10 @@ class OcrSetup:
         )
 
 
-def ocr_bytes(ws: Workspace, data: bytes, setup: OcrSetup) -> dict[str, Any]:
-    """Decode, read, apply the rules, log to the CSV, push if configured; the result with its log serial."""
-    image = decode_bytes(data, ws.settings.download.max_pixels)
+def ocr_bytes(ws: Workspace, data: bytes, setup: OcrSetup, max_pixels: int | None = None) -> dict[str, Any]:
+    """Decode (at most `max_pixels`, default the download limit), read, apply the rules, log to the CSV, push if
+    configured; the result with its log serial."""
+    image = decode_bytes(data, max_pixels or ws.settings.download.max_pixels)
     found = read_image(setup.engine, ws.settings, image, setup.recipe, setup.rules)
     payload = found.to_dict()
     payload["cord_space"] = "original" if recipe_keeps_geometry(setup.recipe) else "preprocessed"

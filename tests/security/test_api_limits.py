@@ -60,9 +60,11 @@ def api(api_ws: Path) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def small_api(api_ws: Path) -> Iterator[Served]:
-    """The API with a 1 MB body limit and room for three 9000x9000 images per request (one at a time)."""
+    """The API with a 1 MB body limit, 500 KB per image file, and room for three 9000x9000 images per request
+    (one at a time)."""
     settings = {
         "WORKBENCH_MAX_UPLOAD_MB": "1",
+        "WORKBENCH_API__MAX_IMAGE_BYTES": "500000",
         "WORKBENCH_API__MAX_IMAGE_PIXELS": "100000000",
         "WORKBENCH_API__MAX_REQUEST_PIXELS": "250000000",
     }
@@ -327,3 +329,34 @@ def test_an_image_twice_in_one_zip_is_scored_under_both_names(api: Served):
     first, second = body["results"]
     assert (first["name"], second["name"]) == ("a.png", "b/a-again.png") and first["hash"] == second["hash"]
     assert first["scores"] == second["scores"]
+
+
+# --- /ocr: the same bounds as /classify -------------------------------------------------------------
+
+
+def test_ocr_refuses_a_decompression_bomb_from_its_header_and_health_keeps_answering(api: Served):
+    """POST /ocr decodes in a worker thread with the per-image pixel limit: a 9000x9000 PNG (80 KB) is a 422
+    naming the limit, the server's memory does not grow by the image, and /health answers meanwhile."""
+    import urllib.request
+
+    img = Image.new("L", (9000, 9000), 0)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=9)
+    del img
+    status, body = post_file(api.base, "/ocr", "warm.png", png("white", 300))  # engines loaded before measuring
+    assert status == 200, body
+    with PeakRss(api.pid) as rss:
+        started = time.monotonic()
+        status, body = post_file(api.base, "/ocr", "bomb.png", buf.getvalue())
+        with urllib.request.urlopen(api.base + "/health", timeout=10) as response:
+            assert response.status == 200
+    assert status == 422, body
+    assert "too_large" in body["detail"] and "9000x9000" in body["detail"], body
+    assert rss.growth < 100 * MB, f"server memory grew {rss.growth / MB:.0f} MB"
+    assert time.monotonic() - started < 30
+
+
+def test_ocr_refuses_an_image_over_the_byte_limit(small_api: Served):
+    status, body = post_file(small_api.base, "/ocr", "big.png", b"\x89PNG" + b"\0" * 700_000)
+    assert status == 413, body
+    assert "byte limit" in body["detail"]
