@@ -198,7 +198,11 @@ def label_set_from_gemini(
         _insert_labels(ws, set_id, labels)
     built = _finish_set(ws, set_id)
     if built.items == 0:
-        raise CompareError(f"dataset {dataset!r} has no categories for {category_list.label} yet; categorise it first")
+        raise CompareError(
+            f"dataset {dataset!r} has no categories for {category_list.label} yet; categorise it first (Describe & "
+            f"Categorize page, or `python -m services categorize --dataset {dataset} --list "
+            f"{category_list.name}@v{category_list.version}`)"
+        )
     return built
 
 

@@ -432,7 +432,7 @@ class Confounds:
                 "median height": float(np.median([r["height"] for r in rows])),
                 "median megapixels": round(float(np.median([r["megapixels"] for r in rows])), 3),
                 "median kB": round(float(np.median([r["bytes"] for r in rows])) / 1000, 1),
-                "median JPEG quality": float(np.median(quality)) if quality else None,
+                "median JPEG quality": float(np.median(quality)) if quality else "no JPEG",
             })  # fmt: skip
         return out
 

@@ -55,13 +55,16 @@ def difference_figure(c: Comparison) -> go.Figure:
     """Share in B minus share in A, with 95% intervals, sorted by difference; significant ones marked."""
     stats = sorted(c.categories, key=lambda s: s.difference)
     colours = [COLOURS["b"] if s.difference > 0 else COLOURS["a"] for s in stats]
+    # significance is the fill (hatched: not significant), so a click's selection fading does not hide it
+    significant = [s.q_value is not None and s.q_value < 0.05 for s in stats]
     figure = go.Figure(
         go.Bar(
             y=[s.category for s in stats],
             x=[s.difference * 100 for s in stats],
             orientation="h",
             marker_color=colours,
-            marker_opacity=[1.0 if (s.q_value is not None and s.q_value < 0.05) else 0.45 for s in stats],
+            marker_pattern_shape=["" if sig else "/" for sig in significant],
+            marker_pattern_fillmode="replace",
             error_x={
                 "type": "data",
                 "symmetric": False,
@@ -73,7 +76,7 @@ def difference_figure(c: Comparison) -> go.Figure:
         )  # fmt: skip
     )
     figure.update_layout(
-        title=f"{c.b.name} minus {c.a.name}, percentage points (95% CI; solid: q < 0.05)",
+        title=f"{c.b.name} minus {c.a.name}, percentage points (95% CI; solid: q < 0.05, hatched: not significant)",
         xaxis_title="difference in % of categorised images",
         height=max(400, 22 * len(stats)),
     )
@@ -243,7 +246,8 @@ def cluster_section(report: ClusterReport, thumbnails: dict[str, str] | None = N
 
 
 def thumbnail_jpeg(path: Path, side: int = 160) -> bytes | None:
-    """A small JPEG of an image file (None when it cannot be read): what a gallery sends to the browser."""
+    """A small square JPEG of an image file, the whole image padded (None when it cannot be read): what a
+    gallery sends to the browser instead of the original."""
     import io
 
     from PIL import Image, ImageOps
@@ -254,7 +258,7 @@ def thumbnail_jpeg(path: Path, side: int = 160) -> bytes | None:
             img = ImageOps.exif_transpose(opened).convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    img.thumbnail((side, side))
+    img = ImageOps.pad(img, (side, side), color=(240, 240, 240))  # whole image, square: grids line up
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=80)
     return buf.getvalue()
