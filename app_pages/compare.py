@@ -1,5 +1,6 @@
 """Compare REAL vs GEN: category distributions, tests, embedding space, confounds, report."""
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from services.compare import (
     category_hashes,
     compare_sets,
     count_with_label,
+    image_dataset_names,
     image_link,
     import_categorized_csv,
     item_images,
@@ -35,9 +37,12 @@ from services.compare import (
 from services.compare_embeddings import (
     MIN_CATEGORY_IMAGES,
     RESAMPLES,
+    EmbeddingComparison,
+    EmbeddingModel,
     compare_embeddings,
     confounds,
     local_models,
+    weights_on_disk,
 )
 from services.compare_report import (
     DISTANCE_HEADER,
@@ -56,7 +61,7 @@ from services.compare_report import (
     thumbnail_jpeg,
     write_tables,
 )
-from services.datasets import DatasetError, image_paths, list_datasets
+from services.datasets import DatasetError, image_paths
 from services.embed import start_embed
 from services.embeddings import EmbeddingStore
 from ui.components import job_panel, launch, save_upload
@@ -65,6 +70,7 @@ from ui.state import get_job_manager, get_workspace
 ws = get_workspace()
 manager = get_job_manager()
 PAGE_SIZE = 12
+AUTO_LINK_ITEMS = 100_000  # larger sets link their names to images on request, not on every first view
 
 st.title("Compare REAL vs GEN")
 st.caption("Category shares of two sets, tested per category with correction for many tests; counts are "
@@ -151,7 +157,7 @@ with st.expander("Add a set", expanded=len(list_label_sets(ws)) < 2):
             except CompareError as exc:
                 st.error(str(exc))
     with gemini_tab:
-        datasets = [d.name for d in list_datasets(ws.catalog) if d.kind != "categorized-csv"]
+        datasets = image_dataset_names(ws)
         lists = [x.label for x in list_lists(ws, all_versions=True)]
         g1, g2 = st.columns(2)
         dataset = g1.selectbox("Dataset", datasets, key="cmp-dataset") if datasets else None
@@ -306,125 +312,176 @@ st.caption("Categories per categorised image: " + "; ".join(
 
 # --- embedding space -------------------------------------------------------------------------------------
 
-st.subheader("Embedding space")
-st.caption(f"Fréchet distance and KID between the sets' CLIP vectors with 95% bootstrap intervals, overall and per "
-           f"category (where both sets have at least {MIN_CATEGORY_IMAGES} embedded images of it), a domain "
-           "classifier's AUC (0.5: indistinguishable) and a 2-D map.")  # fmt: skip
-embedded = None
-models = local_models(ws)
-# A plain picker of local models until the shared local-model picker (ui/) exists.
-if not models:
-    st.info("No CLIP model on this machine and no vectors in this workspace: pull a model's weights (`python "
-            "-m services models pull MODEL/TAG`, or the Embed & Train page), then embed both sets here.")  # fmt: skip
-else:
+
+def pick_model() -> EmbeddingModel | None:
+    """A plain picker of local models (a stand-in until the shared local-model picker in ui/ exists)."""
+    models = local_models(ws)  # checkpoints checked; pretrained tags not yet (that imports open_clip: seconds)
+    asked = not models and st.button("Look for local CLIP weights", key="cmp-find-models-button")
+    if not models and (asked or st.session_state.get("cmp-find-models")):
+        st.session_state["cmp-find-models"] = True
+        with st.spinner("Looking for local CLIP weights…"):
+            models = local_models(ws, check_pretrained=True)
+        if not models:
+            st.info("No CLIP weights on this machine: pull a model's weights (`python -m services models pull "
+                    "MODEL/TAG`, or the Embed & Train page), or set clip.checkpoint to a local file, then embed both "
+                    "sets here.")  # fmt: skip
+    if not models:
+        st.caption("No vectors in this workspace yet, and no local checkpoint configured.")
+        return None
     labels = [m.label for m in models]
     picked = st.selectbox("CLIP model", labels, key="cmp-model",
                           help="Models whose weights are on this machine, and models with vectors in this workspace "
                                "(\"vectors only\": no local weights to embed more).")  # fmt: skip
-    model = models[labels.index(picked)]
+    return models[labels.index(picked)]
+
+
+def vector_coverage(model: EmbeddingModel) -> tuple[dict[str, SetImages], dict[str, int]] | None:
+    """Per set: its images and how many have vectors, said in words; offers to embed the datasets that lack
+    them. None while large sets wait for the user to ask (linking reads the whole catalog)."""
+    if max(set_a.items, set_b.items) > AUTO_LINK_ITEMS and not st.session_state.get("cmp-link-requested"):
+        st.caption(f"These sets hold up to {max(set_a.items, set_b.items):,} items: finding their images and counting "
+                   "vectors reads the whole catalog (about 10 s per million items on a small machine), so it waits "
+                   "for you.")  # fmt: skip
+        if st.button("Find the sets' images and vectors", key="cmp-link"):
+            st.session_state["cmp-link-requested"] = True
+            st.rerun()
+        return None
     shards = tuple(EmbeddingStore(ws, model.key).shards())
     images = {s.name: images_of(s) for s in (set_a, set_b)}
-    coverage = {
-        s.name: _coverage(images[s.name], (s.id, s.created_at), _workspace_version(), model.key, shards, str(ws.root))
-        for s in (set_a, set_b)
-    }
-    lacking = []
+    lacking: dict[str, SetImages] = {}
+    coverage: dict[str, int] = {}
     for s in (set_a, set_b):
         imgs = images[s.name]
-        have = coverage[s.name]
+        total = len(set(imgs.hashes.values()))
+        have = coverage[s.name] = _coverage(imgs, (s.id, s.created_at), _workspace_version(), model.key, shards,
+                                            str(ws.root))  # fmt: skip
         if not imgs.hashes:
             st.warning(f"{s.name}: no vectors possible, {imgs.explain(s.name).split(': ', 1)[1]}")
             continue
-        text = f"{s.name}: {have:,} of {len(set(imgs.hashes.values())):,} images have vectors for {model.label}"
-        if imgs.missing:
-            text += f" ({imgs.missing:,} items are not stored images)"
-        if have < len(set(imgs.hashes.values())):
-            lacking.append((s, imgs))
-            st.caption(f":orange[{text}]")
-        else:
-            st.caption(text)
+        text = f"{s.name}: {have:,} of {total:,} images have vectors for {model.label}"
+        text += f" ({imgs.missing:,} items are not stored images)" if imgs.missing else ""
+        st.caption(f":orange[{text}]" if have < total else text)
+        if have < total:
+            lacking[s.name] = imgs
     if lacking:
-        datasets_to_embed = sorted({imgs.link.dataset for _, imgs in lacking if imgs.link.dataset})
-        if model.spec is None:
-            st.info(f"{' and '.join(s.name for s, _ in lacking)} lack vectors for this model, and its weights are not "
-                    "on this machine: pick a local model to embed them.")  # fmt: skip
-        elif st.button(f"Embed {', '.join(datasets_to_embed)} with {model.label}", key="cmp-embed-start",
-                       icon=":material/memory:", type="primary"):  # fmt: skip
-            started = []
-            for name in datasets_to_embed:
-                try:
-                    job_id = start_embed(ws, manager, name, model.spec)
-                except (DatasetError, ValueError, RuntimeError) as exc:
-                    st.error(f"{name}: {exc}")
-                    continue
-                launch(manager, job_id)
-                started.append(job_id)
-            st.session_state["cmp-embed-jobs"] = started
+        offer_embedding(model, lacking)
     for job_id in st.session_state.get("cmp-embed-jobs", []):
         with st.container(border=True):
             job_panel(manager, int(job_id))
+    return images, coverage
+
+
+def offer_embedding(model: EmbeddingModel, lacking: dict[str, SetImages]) -> None:
+    """A button that starts the Embed stage's job for each dataset holding a set's unembedded images."""
+    datasets_to_embed = sorted({imgs.link.dataset for imgs in lacking.values() if imgs.link.dataset})
+    if model.local is None:  # a pretrained tag: is it in the local cache? (only asked when it matters)
+        with st.spinner("Looking for the model's weights on this machine…"):
+            model = dataclasses.replace(model, local=weights_on_disk(model.spec))
+    if not model.local:
+        st.info(f"{' and '.join(lacking)} lack vectors for this model, and its weights are not on this machine: "
+                "pick a local model to embed them.")  # fmt: skip
+        return
+    if st.button(f"Embed {', '.join(datasets_to_embed)} with {model.label}", key="cmp-embed-start",
+                 icon=":material/memory:", type="primary"):  # fmt: skip
+        started = []
+        for name in datasets_to_embed:
+            try:
+                job_id = start_embed(ws, manager, name, model.spec)
+            except (DatasetError, ValueError, RuntimeError) as exc:
+                st.error(f"{name}: {exc}")
+                continue
+            launch(manager, job_id)
+            started.append(job_id)
+        st.session_state["cmp-embed-jobs"] = started
+
+
+def show_distances(
+    model: EmbeddingModel, images: dict[str, SetImages], coverage: dict[str, int]
+) -> EmbeddingComparison | None:
+    """The Compare embeddings button and its results: FD and KID with intervals, per category, the map."""
     ready = all(coverage[s.name] >= 2 for s in (set_a, set_b))
     resamples = int(st.number_input("Bootstrap resamples", 0, 2000, RESAMPLES, step=50, key="cmp-resamples",
                                     help="For the FD and KID intervals; 0 skips them (seconds instead of tens of "
                                          "seconds on large sets)."))  # fmt: skip
     if st.button("Compare embeddings", key="cmp-embed", disabled=not ready):
-        hashes_a = list(images[set_a.name].hashes.values())
-        hashes_b = list(images[set_b.name].hashes.values())
         try:
             with st.spinner("Fréchet distance, KID, bootstrap intervals, domain classifier…"):
-                labels_by_category = category_hashes(ws, set_a, set_b, images[set_a.name], images[set_b.name])
+                by_category = category_hashes(ws, set_a, set_b, images[set_a.name], images[set_b.name])
                 st.session_state["cmp-embedded"] = (
                     (set_a.name, set_b.name, model.key),
-                    compare_embeddings(ws, model.key, hashes_a, hashes_b, labels_by_category, resamples=resamples),
-                )
+                    compare_embeddings(ws, model.key, list(images[set_a.name].hashes.values()),
+                                       list(images[set_b.name].hashes.values()), by_category, resamples=resamples),
+                )  # fmt: skip
         except ValueError as exc:
             st.error(str(exc))
     if not ready:
         st.caption("Compare embeddings needs at least two images with vectors in each set.")
     previous = st.session_state.get("cmp-embedded")
-    if previous and previous[0] == (set_a.name, set_b.name, model.key):
-        embedded = previous[1]
-        e1, e2, e3 = st.columns(3)
-        e1.metric("Fréchet distance", f"{embedded.fd:.4f}")
-        e1.caption(f"95% CI {fmt_interval(embedded.fd_ci)}")
-        e2.metric("KID", f"{embedded.kid:.5f}")
-        e2.caption(f"95% CI {fmt_interval(embedded.kid_ci, 5)}")
-        e3.metric("Domain classifier AUC", f"{embedded.auc:.3f}")
-        e3.caption(f"{embedded.n_a:,} and {embedded.n_b:,} vectors; intervals: basic bootstrap, "
-                   f"{embedded.resamples} resamples")  # fmt: skip
-        for warning in embedded.warnings:
-            st.warning(warning)
-        if embedded.per_category:
-            st.dataframe(pd.DataFrame(distance_rows(embedded), columns=DISTANCE_HEADER), hide_index=True,
-                         key="cmp-distances")  # fmt: skip
-        else:
-            st.caption("No per-category figures: neither set has categories on its embedded images.")
-        st.caption("Lasso points on the map to see their images.")
-        lasso = st.plotly_chart(projection_figure(embedded, (set_a.name, set_b.name)), key="cmp-projection",
-                                on_select="rerun", selection_mode="lasso")  # fmt: skip
-        chosen_points = lasso.get("selection", {}).get("points", []) if isinstance(lasso, dict) else []
-        if chosen_points:
-            st.caption(f"{len(chosen_points)} images selected" + (", the first 24 shown" if len(chosen_points) > 24
-                                                                  else ""))  # fmt: skip
-            picked_hashes = [str(p["customdata"]) for p in chosen_points[:24] if p.get("customdata")]
-            paths = image_paths(ws, picked_hashes)
-            in_a = set(embedded.hashes_a)
-            show_thumbnails([(h, paths.get(h)) for h in picked_hashes], 6, caption=lambda h: "A" if h in in_a else "B")
-        if embedded.duplicates:
-            item_of_a = {h: i for i, h in images[set_a.name].hashes.items()}
-            item_of_b = {h: i for i, h in images[set_b.name].hashes.items()}
-            st.markdown(f"**Near-duplicates across the sets**: the {len(embedded.duplicates)} closest pairs with "
-                        "cosine ≥ 0.95, the three closest shown")  # fmt: skip
-            st.dataframe(pd.DataFrame([(item_of_a.get(a, a), item_of_b.get(b, b), round(c, 4))
-                                       for a, b, c in embedded.duplicates], columns=[set_a.name, set_b.name, "cosine"]),
-                         hide_index=True, key="cmp-dups")  # fmt: skip
-            closest = embedded.duplicates[:3]
-            paths = image_paths(ws, [h for a, b, _ in closest for h in (a, b)])
-            show_thumbnails([(h, paths.get(h)) for a, b, _ in closest for h in (a, b)], 6,
-                            caption=lambda h: f"A {item_of_a.get(h, h)[:20]}" if h in item_of_a
-                            else f"B {item_of_b.get(h, h)[:20]}")  # fmt: skip
-        else:
-            st.caption("No near-duplicates across the sets (no pair with cosine ≥ 0.95 among the vectors used).")
+    if not previous or previous[0] != (set_a.name, set_b.name, model.key):
+        return None
+    embedded: EmbeddingComparison = previous[1]
+    e1, e2, e3 = st.columns(3)
+    e1.metric("Fréchet distance", f"{embedded.fd:.4f}")
+    e1.caption(f"95% CI {fmt_interval(embedded.fd_ci)}")
+    e2.metric("KID", f"{embedded.kid:.5f}")
+    e2.caption(f"95% CI {fmt_interval(embedded.kid_ci, 5)}")
+    e3.metric("Domain classifier AUC", f"{embedded.auc:.3f}")
+    e3.caption(f"{embedded.n_a:,} and {embedded.n_b:,} vectors; intervals: basic bootstrap, "
+               f"{embedded.resamples} resamples")  # fmt: skip
+    for warning in embedded.warnings:
+        st.warning(warning)
+    if embedded.per_category:
+        st.dataframe(pd.DataFrame(distance_rows(embedded), columns=DISTANCE_HEADER), hide_index=True,
+                     key="cmp-distances")  # fmt: skip
+    else:
+        st.caption("No per-category figures: neither set has categories on its embedded images.")
+    show_map(embedded)
+    show_duplicates(embedded, images)
+    return embedded
+
+
+def show_map(embedded: EmbeddingComparison) -> None:
+    st.caption("Lasso points on the map to see their images.")
+    lasso = st.plotly_chart(projection_figure(embedded, (set_a.name, set_b.name)), key="cmp-projection",
+                            on_select="rerun", selection_mode="lasso")  # fmt: skip
+    chosen_points = lasso.get("selection", {}).get("points", []) if isinstance(lasso, dict) else []
+    if chosen_points:
+        st.caption(f"{len(chosen_points)} images selected" + (", the first 24 shown" if len(chosen_points) > 24
+                                                              else ""))  # fmt: skip
+        picked_hashes = [str(p["customdata"]) for p in chosen_points[:24] if p.get("customdata")]
+        paths = image_paths(ws, picked_hashes)
+        in_a = set(embedded.hashes_a)
+        show_thumbnails([(h, paths.get(h)) for h in picked_hashes], 6, caption=lambda h: "A" if h in in_a else "B")
+
+
+def show_duplicates(embedded: EmbeddingComparison, images: dict[str, SetImages]) -> None:
+    if not embedded.duplicates:
+        st.caption("No near-duplicates across the sets (no pair with cosine ≥ 0.95 among the vectors used).")
+        return
+    item_of_a = {h: i for i, h in images[set_a.name].hashes.items()}
+    item_of_b = {h: i for i, h in images[set_b.name].hashes.items()}
+    st.markdown(f"**Near-duplicates across the sets**: the {len(embedded.duplicates)} closest pairs with cosine "
+                "≥ 0.95, the three closest shown")  # fmt: skip
+    rows = [(item_of_a.get(a, a), item_of_b.get(b, b), round(c, 4)) for a, b, c in embedded.duplicates]
+    st.dataframe(pd.DataFrame(rows, columns=[set_a.name, set_b.name, "cosine"]), hide_index=True, key="cmp-dups")
+    closest = embedded.duplicates[:3]
+    paths = image_paths(ws, [h for a, b, _ in closest for h in (a, b)])
+    show_thumbnails(
+        [(h, paths.get(h)) for a, b, _ in closest for h in (a, b)],
+        6,
+        caption=lambda h: f"A {item_of_a[h][:20]}" if h in item_of_a else f"B {item_of_b.get(h, h)[:20]}",
+    )
+
+
+st.subheader("Embedding space")
+st.caption(f"Fréchet distance and KID between the sets' CLIP vectors with 95% bootstrap intervals, overall and per "
+           f"category (where both sets have at least {MIN_CATEGORY_IMAGES} embedded images of it), a domain "
+           "classifier's AUC (0.5: indistinguishable) and a 2-D map.")  # fmt: skip
+embedded = None
+model = pick_model()
+linked = vector_coverage(model) if model is not None else None
+if model is not None and linked is not None:
+    embedded = show_distances(model, *linked)
 
 # --- clusters --------------------------------------------------------------------------------------------
 

@@ -593,12 +593,31 @@ class SetImages:
 
 
 def set_images(ws: Workspace, label_set: LabelSet) -> SetImages:
+    """Every item of the set that is a stored image, with its hash: one joined query for hashes and exact
+    names (the primary keys do the matching, about a second per million items), a scan for file names."""
     link = image_link(ws, label_set)
     if link.dataset is None:  # nothing to look up: do not list a million names
         return SetImages(link, {}, label_set.items)
-    items = list(iter_set_items(ws, label_set))
-    found = item_images(ws, label_set, items, link)
-    return SetImages(link, {item: image_hash for item, (image_hash, _) in found.items()}, len(items))
+    if link.match == "file name":
+        found = item_images(ws, label_set, list(iter_set_items(ws, label_set)), link)
+        return SetImages(link, {item: image_hash for item, (image_hash, _) in found.items()}, label_set.items)
+    if link.match == "hash":
+        rows = ws.catalog.conn.execute(
+            """SELECT DISTINCT l.item, l.item FROM labels l JOIN images i ON i.hash = l.item
+               WHERE l.set_id = ? AND i.is_placeholder = 0""",
+            (label_set.id,),
+        )
+    else:
+        dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (link.dataset,))
+        jobs = _source_job_ids(ws, dataset_id)
+        rows = ws.catalog.conn.execute(
+            f"""SELECT l.item, MIN(j.image_hash) FROM labels l
+                JOIN job_items j ON j.job_id IN ({",".join("?" * len(jobs))}) AND j.item_key = l.item
+                JOIN images i ON i.hash = j.image_hash
+                WHERE l.set_id = ? AND j.status = 'ok' AND i.is_placeholder = 0 GROUP BY l.item""",
+            (*jobs, label_set.id),
+        )
+    return SetImages(link, dict(rows.fetchall()), label_set.items)
 
 
 def category_hashes(ws: Workspace, a: LabelSet, b: LabelSet, images_a: SetImages, images_b: SetImages
@@ -630,6 +649,12 @@ def set_role(ws: Workspace, label_set: LabelSet) -> str | None:
     holding the same file names."""
     kind = ws.catalog.scalar("SELECT kind FROM datasets WHERE id = ?", (label_set.dataset_id,))
     return _role(label_set.name, kind)
+
+
+def image_dataset_names(ws: Workspace) -> list[str]:
+    """Datasets a Gemini label set can be built from (not the CSV imports), by name only: the page's picker
+    must not count a download-sized catalog's rows on every rerun as `list_datasets` does."""
+    return [r[0] for r in ws.catalog.query("SELECT name FROM datasets WHERE kind != 'categorized-csv' ORDER BY name")]
 
 
 def resolve_list(ws: Workspace, name: str) -> CategoryList:

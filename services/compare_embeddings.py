@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -246,43 +247,58 @@ class EmbeddingComparison:
 
 @dataclass(frozen=True)
 class EmbeddingModel:
-    """A model the Compare page can offer: its vectors' key, and the spec to embed more when the weights are
-    on this machine (None: only the vectors already stored can be compared)."""
+    """A model the Compare page can offer: its vectors' key, the spec that made them, and whether its weights
+    are on this machine (so more images can be embedded): True, False, or None when not checked yet."""
 
     key: str
-    spec: Any  # services.clip_models.ClipSpec | None
+    spec: Any  # services.clip_models.ClipSpec | None (a store without a readable spec)
     label: str
+    local: bool | None
 
 
-def local_models(ws: Workspace) -> list[EmbeddingModel]:
+def weights_on_disk(spec: Any) -> bool:
+    """Whether `spec` can embed here without a network: a checkpoint file that exists, or a pretrained tag in
+    the local cache (this one imports open_clip, seconds on a cold process)."""
+    from services.clip_models import ModelUnavailableError, resolve_weights
+
+    if spec.checkpoint:
+        return Path(spec.checkpoint).is_file()
+    try:
+        resolve_weights(spec)
+        return True
+    except (ModelUnavailableError, OSError, ValueError):
+        return False
+
+
+def local_models(ws: Workspace, check_pretrained: bool = False) -> list[EmbeddingModel]:
     """Models with vectors in this workspace, plus the configured model when its weights are local; never
-    touches the network. (A stand-in until the shared local-model picker in ui/ exists.)"""
-    from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
+    touches the network. Checkpoints are checked at once; pretrained tags only with `check_pretrained`
+    (it imports open_clip), else `local` is None. (A stand-in until the shared local-model picker in ui/.)"""
+    from services.clip_models import ClipSpec
     from services.embeddings import EmbeddingStore, embedding_key, list_embedding_keys
 
-    def usable(spec: ClipSpec) -> bool:
-        try:
-            resolve_weights(spec)
-            return True
-        except (ModelUnavailableError, OSError, ValueError):
-            return False
+    def checked(spec: ClipSpec) -> bool | None:
+        return weights_on_disk(spec) if spec.checkpoint or check_pretrained else None
 
     out: list[EmbeddingModel] = []
     for key in list_embedding_keys(ws):
         stored = EmbeddingStore(ws, key).read_spec()
         try:
             spec = ClipSpec(**stored) if stored else None
-            same = spec is not None and embedding_key(spec) == key and usable(spec)
+            local = checked(spec) if spec is not None else False
+            if local and spec is not None and embedding_key(spec) != key:  # its checkpoint changed: a new key
+                local = False
         except (TypeError, OSError):  # an unreadable spec, or a checkpoint that is gone
-            spec, same = None, False
+            spec, local = None, False
         label = spec.label if spec is not None else key
-        out.append(EmbeddingModel(key, spec if same else None, label if same else f"{label} (vectors only)"))
+        out.append(EmbeddingModel(key, spec, label if local is not False else f"{label} (vectors only)", local))
+    configured = ClipSpec.from_settings(ws.settings)
     try:
-        configured = ClipSpec.from_settings(ws.settings)
-        if usable(configured) and embedding_key(configured) not in {m.key for m in out}:
-            out.append(EmbeddingModel(embedding_key(configured), configured, configured.label))
-    except (OSError, ValueError):
-        pass
+        key = embedding_key(configured)
+    except OSError:  # a configured checkpoint that does not exist
+        return out
+    if key not in {m.key for m in out} and checked(configured):
+        out.append(EmbeddingModel(key, configured, configured.label, True))
     return out
 
 
