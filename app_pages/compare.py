@@ -45,6 +45,7 @@ from services.compare_embeddings import (
     weights_on_disk,
 )
 from services.compare_report import (
+    COLOURS,
     DISTANCE_HEADER,
     RATES_HEADER,
     RATES_NOTE,
@@ -90,7 +91,7 @@ def _link(_set: LabelSet, set_key: tuple[int, float], version: int, root: str) -
     return image_link(ws, _set)
 
 
-@st.cache_resource(max_entries=16, show_spinner="Finding the sets' images…")  # shared, never copied: read only
+@st.cache_resource(max_entries=4, show_spinner="Finding the sets' images…")  # shared, not copied: read only
 def _images(_set: LabelSet, set_key: tuple[int, float], version: int, root: str) -> SetImages:
     return set_images(ws, _set)
 
@@ -100,7 +101,7 @@ def _depth(_set: LabelSet, set_key: tuple[int, float], root: str) -> dict[int, i
     return category_depth(ws, _set)
 
 
-@st.cache_resource(max_entries=16, show_spinner="Reading which images have vectors…")  # read only
+@st.cache_resource(max_entries=4, show_spinner="Reading which images have vectors…")  # read only
 def _stored(key: str, shards: tuple[str, ...], root: str) -> frozenset[str]:
     return frozenset(EmbeddingStore(ws, key).stored_hashes())
 
@@ -221,7 +222,8 @@ with one:
     chosen = set_a if single == set_a.name else set_b
     counts = {k: v for k, v in label_counts(ws, chosen).items() if k not in result.special}
     chosen_n = result.n_a if chosen is set_a else result.n_b
-    events["cmp-one"] = st.plotly_chart(counts_figure(chosen.name, counts, chosen_n), key="cmp-one",
+    colour = COLOURS["a"] if chosen is set_a else COLOURS["b"]
+    events["cmp-one"] = st.plotly_chart(counts_figure(chosen.name, counts, chosen_n, colour), key="cmp-one",
                                         on_select="rerun", selection_mode="points")  # fmt: skip
 with grouped:
     events["cmp-grouped"] = st.plotly_chart(grouped_figure(result), key="cmp-grouped", on_select="rerun",
@@ -277,7 +279,9 @@ else:
                            + (" on this page." if totals[label_set.name] else "."))  # fmt: skip
                 continue
             if not any(path for _, path in entries):
-                st.caption(link_of(label_set).explain(label_set.name))
+                link = link_of(label_set)
+                st.caption(link.explain(label_set.name) if link.dataset is None else
+                           f"None of these is a stored image of dataset {link.dataset!r}.")  # fmt: skip
             show_thumbnails(entries, 3)
 
 # --- tables ----------------------------------------------------------------------------------------------

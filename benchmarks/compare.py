@@ -172,7 +172,7 @@ def add_catalog(ws: Workspace, label_set_name: str, csv_path: Path, n: int) -> N
             store.write_shard([fake_hash(label_set_name, i) for i in part], vectors)
 
 
-def page_runs(root: Path, reruns: int) -> dict[str, float]:
+def page_runs(root: Path, reruns: int, link: bool = False) -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
 
     os.environ["WORKBENCH_WORKSPACE"] = str(root)
@@ -188,8 +188,21 @@ def page_runs(root: Path, reruns: int) -> dict[str, float]:
         runs.append(time.perf_counter() - started)
     assert not at.exception, at.exception
     assert any(m.label == "Jensen-Shannon divergence" for m in at.metric), "the Compare page did not run"
-    return {"page_first_run_seconds": round(first, 3), "page_run_seconds": round(statistics.median(runs), 3),
-            "page_run_max_seconds": round(max(runs), 3)}  # fmt: skip
+    out = {"page_first_run_seconds": round(first, 3), "page_run_seconds": round(statistics.median(runs), 3),
+           "page_run_max_seconds": round(max(runs), 3)}  # fmt: skip
+    if link:  # large sets: the user asks the page to find the images and count the vectors
+        started = time.perf_counter()
+        at.button(key="cmp-link").click().run()
+        out["page_link_images_and_vectors_seconds"] = round(time.perf_counter() - started, 2)
+        assert not at.exception, at.exception
+        assert any("images have vectors" in c.value for c in at.caption), "no vector counts on the page"
+        linked_runs = []
+        for _ in range(reruns):
+            started = time.perf_counter()
+            at.run()
+            linked_runs.append(time.perf_counter() - started)
+        out["page_run_after_link_seconds"] = round(statistics.median(linked_runs), 3)
+    return out
 
 
 def embedding_case(root: Path, vectors: int, dim: int, resamples: int) -> dict[str, Any]:
@@ -295,7 +308,7 @@ def main() -> None:
             timings["compare_sets_seconds"] = round(statistics.median(runs), 3)
             timings["categories_compared"] = len(result.categories)
             ws.close()
-            timings.update(page_runs(root / "ws", args.reruns))
+            timings.update(page_runs(root / "ws", args.reruns, link=args.catalog and args.n > 100_000))
             report["page"] = timings
             print(f"\npage: {args.n:,} rows per set, {args.categories} categories, catalog: {args.catalog}")
             for key, value in timings.items():

@@ -22,11 +22,11 @@ from services.workspace import Workspace, write_atomic
 COLOURS = {"a": "#1f77b4", "b": "#d62728"}
 
 
-def counts_figure(name: str, counts: dict[str, int], items: int) -> go.Figure:
-    """Count per category for one set (special labels excluded), largest first."""
+def counts_figure(name: str, counts: dict[str, int], items: int, colour: str = COLOURS["a"]) -> go.Figure:
+    """Count per category for one set (special labels excluded), largest first, in the set's colour."""
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
     cats = [k for k, _ in ordered]
-    figure = go.Figure(go.Bar(x=cats, y=[v for _, v in ordered], marker_color=COLOURS["a"], customdata=cats))
+    figure = go.Figure(go.Bar(x=cats, y=[v for _, v in ordered], marker_color=colour, customdata=cats))
     figure.update_layout(title=f"{name}: images per category ({items:,} categorised images)", yaxis_title="images")
     return figure
 
@@ -181,7 +181,8 @@ def html_report(
           "" if s.p_value is None else f"{s.p_value:.3g}", "" if s.q_value is None else f"{s.q_value:.3g}",
           s.warning or ""] for s in sorted(c.categories, key=lambda s: s.q_value if s.q_value is not None else 2)],
     ))  # fmt: skip
-    parts.append("<h2>Failed and unknown</h2>" + _table(RATES_HEADER, rates_rows(c)) + f"<p>{RATES_NOTE}</p>")
+    rates_header = ["", c.a.name, c.b.name, *RATES_HEADER[3:]]
+    parts.append("<h2>Failed and unknown</h2>" + _table(rates_header, rates_rows(c)) + f"<p>{RATES_NOTE}</p>")
     if embeddings is not None:
         e = embeddings
         parts.append(f"<h2>Embedding space ({html.escape(e.key)})</h2>" + _table(
