@@ -532,17 +532,31 @@ def _dataset_names(ws: Workspace, dataset_id: int) -> dict[str, tuple[str, str]]
     return out
 
 
+def _stored_paths(ws: Workspace, hashes: list[str]) -> dict[str, str]:
+    """Image hash -> the stored original, or its largest derived copy when the original was discarded."""
+    out: dict[str, str] = {}
+    for start in range(0, len(hashes), 500):
+        part = hashes[start : start + 500]
+        for r in ws.catalog.query(
+            f"""SELECT i.hash, COALESCE(i.path, (SELECT d.path FROM derived_images d WHERE d.image_hash = i.hash
+                                                 ORDER BY d.width DESC LIMIT 1)) AS path
+                FROM images i WHERE i.is_placeholder = 0 AND i.hash IN ({",".join("?" * len(part))})""",
+            tuple(part),
+        ):
+            if r["path"]:
+                out[r["hash"]] = r["path"]
+    return out
+
+
 def item_images(
     ws: Workspace, label_set: LabelSet, items: list[str], link: ImageLink | None = None
 ) -> dict[str, tuple[str, str]]:
     """item -> (image hash, stored path) for the items that are stored images."""
-    from services.datasets import image_paths
-
     link = link or image_link(ws, label_set)
     if link.dataset is None or not items:
         return {}
     if link.match == "hash":
-        return {h: (h, p) for h, p in image_paths(ws, items).items()}
+        return {h: (h, p) for h, p in _stored_paths(ws, items).items()}
     dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (link.dataset,))
     if link.match == "name":
         jobs = _source_job_ids(ws, dataset_id)
@@ -555,7 +569,7 @@ def item_images(
                 (*jobs, *part),
             ):
                 found.setdefault(r["item_key"], r["image_hash"])
-        paths = image_paths(ws, list(set(found.values())))
+        paths = _stored_paths(ws, list(set(found.values())))
         return {item: (h, paths[h]) for item, h in found.items() if h in paths}
     by_file: dict[str, tuple[str, str]] = {}
     for name, hit in _dataset_names(ws, dataset_id).items():

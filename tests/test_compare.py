@@ -388,6 +388,10 @@ def test_sets_from_gemini_results_and_galleries(ws: Workspace, tmp_path: Path):
     assert image_link(ws, real).match == "hash" and set_role(ws, real) == "REAL"  # its dataset's kind
     [(item, path)] = items_with_label(ws, real, "red")
     assert item == hashes[0] and path and ws.abspath(path).is_file()
+    with ws.catalog.write() as conn:  # the original discarded after preprocessing: the derived copy is shown
+        conn.execute("UPDATE images SET path = NULL WHERE hash = ?", (hashes[0],))
+        conn.execute("INSERT INTO derived_images VALUES (?, 'border-64', 'derived/x.png', 64, 64)", (hashes[0],))
+    assert items_with_label(ws, real, "red") == [(hashes[0], "derived/x.png")]
     with pytest.raises(CompareError, match="no dataset named"):
         label_set_from_gemini(ws, "nope", cats)
 
