@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services import csv_safety
@@ -166,11 +166,13 @@ def _from_row(row: Any) -> CategoryList:
 class ValidatedCategories:
     categories: list[str]  # one or two from the list, or ["unknown"]
     rejected: list[str]  # what the answer held that is not in the list
+    extra: list[str] = field(default_factory=list)  # valid ones past `max_categories`, in the answer's order
 
 
 def validate_answer(answer: Any, category_list: CategoryList, max_categories: int = 2) -> ValidatedCategories:
     """Keep the answer's categories that are in the list (matched case- and space-insensitively, the list's
-    spelling kept), at most `max_categories`; `unknown` when none is valid."""
+    spelling kept): the first `max_categories` as the answer (what the prompt asks for), any further valid
+    ones in `extra` rather than dropped without a trace; `unknown` when none is valid."""
     if isinstance(answer, str):
         answer = [part for part in answer.split(",")]
     if not isinstance(answer, list):
@@ -187,4 +189,4 @@ def validate_answer(answer: Any, category_list: CategoryList, max_categories: in
             rejected.append(str(raw))
         elif match not in kept:
             kept.append(match)
-    return ValidatedCategories(kept[:max_categories] or [UNKNOWN], rejected)
+    return ValidatedCategories(kept[:max_categories] or [UNKNOWN], rejected, kept[max_categories:])

@@ -12,6 +12,7 @@ import typer
 
 from services.cli import RawCsvOpt, _csv_guard, _fail, _ws, app
 from services.compare import CompareError, LabelSet
+from services.compare_embeddings import RESAMPLES
 from services.workspace import Workspace
 
 
@@ -34,14 +35,19 @@ def compare(
     b: Annotated[str, typer.Option("--b", help="Set B (e.g. GEN), the same way.")],
     out: Annotated[Path, typer.Option(help="The HTML report to write; CSV tables go beside it.")],
     list_name: Annotated[str | None, typer.Option("--list", help="For datasets: their Gemini category list.")] = None,
-    test: Annotated[str, typer.Option(help="g-test or chi-square.")] = "g-test",
+    test: Annotated[str, typer.Option(help="g-test or chi-square (Fisher's exact test where counts are small).")] = (
+        "g-test"
+    ),
     embedding: Annotated[str | None, typer.Option(help="Embedding key for FD, KID and the domain AUC.")] = None,
     raw_csv: RawCsvOpt = False,
+    resamples: Annotated[
+        int, typer.Option(min=0, help="Bootstrap resamples for the FD and KID intervals (0: no intervals).")
+    ] = RESAMPLES,
 ) -> None:
     """Category distributions of two sets: charts, per-category tests, divergence, optional embedding metrics."""
-    from services.compare import compare_sets, iter_set_items
+    from services.compare import category_depth, category_hashes, compare_sets, set_images
     from services.compare_embeddings import compare_embeddings, confounds
-    from services.compare_report import html_report, write_tables
+    from services.compare_report import depth_section, fmt_interval, html_report, write_tables
 
     ws = _ws()
     try:
@@ -49,23 +55,42 @@ def compare(
         result = compare_sets(ws, set_a, set_b, test)
     except CompareError as exc:
         _fail(str(exc))
-    items_a, items_b = list(iter_set_items(ws, set_a)), list(iter_set_items(ws, set_b))
+    images_a, images_b = set_images(ws, set_a), set_images(ws, set_b)
+    hashes_a, hashes_b = list(images_a.hashes.values()), list(images_b.hashes.values())
     embedded = None
     if embedding:
         try:
-            embedded = compare_embeddings(ws, embedding, items_a, items_b)
+            labels = category_hashes(ws, set_a, set_b, images_a, images_b)
+            embedded = compare_embeddings(ws, embedding, hashes_a, hashes_b, labels, resamples=resamples)
         except ValueError as exc:
-            _fail(str(exc))
-    report = html_report(result, out, embedded, confounds(ws, {set_a.name: items_a, set_b.name: items_b}))
+            _fail(f"{exc} ({images_a.explain(set_a.name)}; {images_b.explain(set_b.name)})")
+    depth = depth_section(result, category_depth(ws, set_a), category_depth(ws, set_b))
+    found = confounds(ws, {set_a.name: hashes_a, set_b.name: hashes_b})
+    report = html_report(result, out, embedded, found, sections=[depth])
     tables = write_tables(result, out.parent, _csv_guard(raw_csv))
     significant = [s for s in result.categories if s.q_value is not None and s.q_value < 0.05]
-    typer.echo(f"{set_a.name}: {set_a.items:,} images, {set_b.name}: {set_b.items:,} images, "
-               f"{len(result.categories)} categories, JSD {result.jsd:.4f}")  # fmt: skip
+    typer.echo(f"{set_a.name}: {result.n_a:,} categorised of {set_a.items:,}, {set_b.name}: {result.n_b:,} "
+               f"of {set_b.items:,}; {len(result.categories)} categories, JSD {result.jsd:.4f}")  # fmt: skip
     for s in sorted(significant, key=lambda s: -abs(s.difference))[:10]:
-        typer.echo(f"  {s.category}: {s.share_a:.1%} vs {s.share_b:.1%} (q {s.q_value:.2g})")
+        typer.echo(f"  {s.category}: {s.share_a:.1%} vs {s.share_b:.1%} ({s.test}, q {s.q_value:.2g})")
+    for r in result.rates:
+        if r.count_a or r.count_b:
+            p = "" if r.p_value is None else f", {r.test} p {r.p_value:.2g}"
+            typer.echo(f"  {r.label}: {r.rate_a:.1%} vs {r.rate_b:.1%} (not in any share{p})")
     if embedded is not None:
-        typer.echo(f"embeddings: FD {embedded.fd:.4f}, KID {embedded.kid:.5f}, domain AUC {embedded.auc:.3f}")
-    for warning in result.warnings + (embedded.warnings if embedded else []):
+        typer.echo(f"embeddings ({embedded.n_a:,} and {embedded.n_b:,} vectors): FD {embedded.fd:.4f} "
+                   f"{fmt_interval(embedded.fd_ci)}, KID {embedded.kid:.5f} {fmt_interval(embedded.kid_ci, 5)}, "
+                   f"domain AUC {embedded.auc:.3f}")  # fmt: skip
+        for d in embedded.per_category:
+            if d.distance is None:
+                typer.echo(f"  {d.category}: {d.note}")
+            else:
+                typer.echo(f"  {d.category}: FD {d.distance.fd:.4f} {fmt_interval(d.distance.fd_ci)}, KID "
+                           f"{d.distance.kid:.5f} {fmt_interval(d.distance.kid_ci, 5)}")  # fmt: skip
+    for images, label_set in ((images_a, set_a), (images_b, set_b)):
+        if images.missing:
+            typer.echo(f"note: {images.explain(label_set.name)}")
+    for warning in result.warnings + (embedded.warnings if embedded else []) + found.warnings:
         typer.echo(f"warning: {warning}")
     typer.echo(f"report: {report}; tables: {', '.join(str(t) for t in tables)}")
 
@@ -96,7 +121,7 @@ def clusters(
 ) -> None:
     """Cluster both sets together; per cluster and keyword: counts, shares and the log2 lift of B over A."""
     from services.clusters import cluster_sets
-    from services.compare import compare_sets
+    from services.compare import compare_sets, item_images
     from services.compare_report import cluster_section, html_report, thumbnail_uris
 
     ws = _ws()
@@ -110,7 +135,9 @@ def clusters(
         name = "noise" if c.id == -1 else f"cluster {c.id}"
         typer.echo(f"  {name}: {c.n_a} vs {c.n_b}, log2 lift {c.lift:+.2f}  [{', '.join(c.keywords[:5])}]")
     if out is not None:
-        items = [i for c in report.clusters for i in c.items_a[:4] + c.items_b[:4]]
-        section = cluster_section(report, thumbnail_uris(ws, items))
+        shown_a = [i for c in report.clusters for i in c.items_a[:4]]
+        shown_b = [i for c in report.clusters for i in c.items_b[:4]]
+        paths = {i: p for i, (_, p) in (item_images(ws, set_a, shown_a) | item_images(ws, set_b, shown_b)).items()}
+        section = cluster_section(report, thumbnail_uris(ws, shown_a + shown_b, paths=paths))
         html_report(compare_sets(ws, set_a, set_b), out, sections=[section])
         typer.echo(f"report: {out}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.compare import LabelSet, iter_set_items, wilson
+from services.compare import LabelSet, iter_set_items, set_image_hashes, wilson
 from services.workspace import Workspace
 
 NOISE = -1
@@ -162,7 +162,7 @@ def cluster_sets(
     ws: Workspace, a: LabelSet, b: LabelSet, embedding: str | None = None, method: str = "auto"
 ) -> ClusterReport:
     """Cluster both sets' items together and measure each cluster's (and keyword's) shift from A to B."""
-    items_a, items_b = list(iter_set_items(ws, a)), list(iter_set_items(ws, b))
+    items_a, items_b = sorted(iter_set_items(ws, a)), sorted(iter_set_items(ws, b))  # never SQL's row order
     texts = {**set_texts(ws, a), **set_texts(ws, b)}
     features_name = "descriptions (TF-IDF + SVD)"
     vectors = None
@@ -170,9 +170,15 @@ def cluster_sets(
         from services.embeddings import EmbeddingStore
 
         store = EmbeddingStore(ws, embedding)
-        ea, eb = store.load(items_a), store.load(items_b)
+        # a CSV set's items are file names: their images' hashes key the vectors (an unlinked item: itself)
+        hash_a, hash_b = set_image_hashes(ws, a), set_image_hashes(ws, b)
+        keys_a = sorted({hash_a.get(i, i): i for i in items_a}.items())  # (vector key, item), by hash
+        keys_b = sorted({hash_b.get(i, i): i for i in items_b}.items())
+        ea, eb = store.load([k for k, _ in keys_a]), store.load([k for k, _ in keys_b])
         if len(ea) >= 2 and len(eb) >= 2:
-            items_a, items_b, vectors = ea.hashes, eb.hashes, np.concatenate([ea.vectors, eb.vectors])
+            item_a, item_b = dict(keys_a), dict(keys_b)
+            items_a, items_b = [item_a[h] for h in ea.hashes], [item_b[h] for h in eb.hashes]
+            vectors = np.concatenate([ea.vectors, eb.vectors])
             features_name = f"CLIP image embeddings ({embedding})"
     if vectors is None:
         items_a = [i for i in items_a if texts.get(i, "").strip()]

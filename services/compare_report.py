@@ -7,6 +7,7 @@ The pages render these same figures; the report inlines plotly.js once so it ope
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +15,19 @@ import plotly.graph_objects as go
 
 from services import csv_safety
 from services.clusters import ClusterReport
-from services.compare import Comparison
+from services.compare import MIN_EXPECTED, TEST_NAMES, Comparison
 from services.compare_embeddings import Confounds, EmbeddingComparison
 from services.workspace import Workspace, write_atomic
 
 COLOURS = {"a": "#1f77b4", "b": "#d62728"}
 
 
-def counts_figure(name: str, counts: dict[str, int], items: int) -> go.Figure:
-    """Count per category for one set (special labels excluded), largest first."""
+def counts_figure(name: str, counts: dict[str, int], items: int, colour: str = COLOURS["a"]) -> go.Figure:
+    """Count per category for one set (special labels excluded), largest first, in the set's colour."""
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
-    figure = go.Figure(go.Bar(x=[k for k, _ in ordered], y=[v for _, v in ordered], marker_color=COLOURS["a"]))
-    figure.update_layout(title=f"{name}: images per category ({items:,} images)", yaxis_title="images")
+    cats = [k for k, _ in ordered]
+    figure = go.Figure(go.Bar(x=cats, y=[v for _, v in ordered], marker_color=colour, customdata=cats))
+    figure.update_layout(title=f"{name}: images per category ({items:,} categorised images)", yaxis_title="images")
     return figure
 
 
@@ -38,13 +40,13 @@ def grouped_figure(c: Comparison, normalised: bool = False) -> go.Figure:
         ("a", c.a, [by[x].share_a * 100 if normalised else by[x].count_a for x in cats]),
         ("b", c.b, [by[x].share_b * 100 if normalised else by[x].count_b for x in cats]),
     ):
-        figure.add_bar(x=cats, y=values, name=label_set.name, marker_color=COLOURS[key], customdata=[key] * len(cats))
+        figure.add_bar(x=cats, y=values, name=label_set.name, marker_color=COLOURS[key], customdata=cats)
     figure.update_layout(
         barmode="group",
-        title="% of images carrying each category (multi-label: may sum past 100%)"
+        title="% of categorised images carrying each category (multi-label: may sum past 100%)"
         if normalised
         else "Images per category",
-        yaxis_title="% of images" if normalised else "images",
+        yaxis_title="% of categorised images" if normalised else "images",
     )
     return figure
 
@@ -53,35 +55,41 @@ def difference_figure(c: Comparison) -> go.Figure:
     """Share in B minus share in A, with 95% intervals, sorted by difference; significant ones marked."""
     stats = sorted(c.categories, key=lambda s: s.difference)
     colours = [COLOURS["b"] if s.difference > 0 else COLOURS["a"] for s in stats]
+    # significance is the fill (hatched: not significant), so a click's selection fading does not hide it
+    significant = [s.q_value is not None and s.q_value < 0.05 for s in stats]
     figure = go.Figure(
         go.Bar(
             y=[s.category for s in stats],
             x=[s.difference * 100 for s in stats],
             orientation="h",
             marker_color=colours,
-            marker_opacity=[1.0 if (s.q_value is not None and s.q_value < 0.05) else 0.45 for s in stats],
+            marker_pattern_shape=["" if sig else "/" for sig in significant],
+            marker_pattern_fillmode="replace",
             error_x={
                 "type": "data",
                 "symmetric": False,
                 "array": [(s.ci_high - s.difference) * 100 for s in stats],
                 "arrayminus": [(s.difference - s.ci_low) * 100 for s in stats],
             },
-            hovertext=[f"q = {s.q_value:.3g}" if s.q_value is not None else (s.warning or "") for s in stats],
+            hovertext=[f"{s.test}, q = {s.q_value:.3g}" if s.q_value is not None else (s.warning or "") for s in stats],
+            customdata=[s.category for s in stats],
         )  # fmt: skip
     )
     figure.update_layout(
-        title=f"{c.b.name} minus {c.a.name}, percentage points (95% CI; solid: q < 0.05)",
-        xaxis_title="difference in % of images",
+        title=f"{c.b.name} minus {c.a.name}, percentage points (95% CI; solid: q < 0.05, hatched: not significant)",
+        xaxis_title="difference in % of categorised images",
         height=max(400, 22 * len(stats)),
     )
     return figure
 
 
-def projection_figure(e: EmbeddingComparison, names: tuple[str, str], hashes: list[str]) -> go.Figure:
+def projection_figure(e: EmbeddingComparison, names: tuple[str, str]) -> go.Figure:
+    """Both sets' vectors in 2-D; each point carries its image hash (the lasso's gallery)."""
     figure = go.Figure()
-    for key, name, rows in (("a", names[0], slice(0, e.n_a)), ("b", names[1], slice(e.n_a, e.n_a + e.n_b))):
+    for key, name, rows, hashes in (("a", names[0], slice(0, e.n_a), e.hashes_a),
+                                    ("b", names[1], slice(e.n_a, e.n_a + e.n_b), e.hashes_b)):  # fmt: skip
         figure.add_scattergl(
-            x=e.coords[rows, 0], y=e.coords[rows, 1], mode="markers", name=name, customdata=hashes[rows],
+            x=e.coords[rows, 0], y=e.coords[rows, 1], mode="markers", name=name, customdata=hashes,
             marker={"color": COLOURS[key], "size": 5, "opacity": 0.6},
         )  # fmt: skip
     figure.update_layout(title=f"{e.method} of the {e.key} embeddings", dragmode="lasso")
@@ -94,11 +102,11 @@ def write_tables(c: Comparison, out: Path, guard: bool = True) -> list[Path]:
     stats_path = out / "category_stats.csv"
     with csv_safety.open_for_write(stats_path, guard) as writer:
         writer.writerow(["category", f"count_{c.a.name}", f"count_{c.b.name}", f"share_{c.a.name}",
-                         f"share_{c.b.name}", "difference", "ci_low", "ci_high", c.test, "p_value", "q_value",
-                         "warning"])  # fmt: skip
+                         f"share_{c.b.name}", "difference", "ci_low", "ci_high", "test", "statistic", "p_value",
+                         "q_value", "warning"])  # fmt: skip
         for s in c.categories:
             writer.writerow([s.category, s.count_a, s.count_b, f"{s.share_a:.6f}", f"{s.share_b:.6f}",
-                             f"{s.difference:.6f}", f"{s.ci_low:.6f}", f"{s.ci_high:.6f}",
+                             f"{s.difference:.6f}", f"{s.ci_low:.6f}", f"{s.ci_high:.6f}", s.test,
                              "" if s.statistic is None else f"{s.statistic:.6g}",
                              "" if s.p_value is None else f"{s.p_value:.6g}",
                              "" if s.q_value is None else f"{s.q_value:.6g}", s.warning or ""])  # fmt: skip
@@ -108,6 +116,42 @@ def write_tables(c: Comparison, out: Path, guard: bool = True) -> list[Path]:
         for label, (n_a, n_b) in c.special.items():
             writer.writerow([label, n_a, n_b])
     return [stats_path, special_path]
+
+
+def fmt_interval(ci: tuple[float, float], digits: int = 4) -> str:
+    low, high = ci
+    return "no interval" if math.isnan(low) else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def rates_rows(c: Comparison) -> list[list[Any]]:
+    """Failed and unknown, each with its own rate per set, difference, interval and test."""
+    return [
+        [r.label, f"{r.count_a:,} of {r.of_a:,} ({r.rate_a:.1%})", f"{r.count_b:,} of {r.of_b:,} ({r.rate_b:.1%})",
+         f"{r.difference * 100:+.2f}", f"[{r.ci_low * 100:+.2f}, {r.ci_high * 100:+.2f}]", r.test,
+         "" if r.p_value is None else f"{r.p_value:.3g}"]
+        for r in c.rates
+    ]  # fmt: skip
+
+
+RATES_HEADER = ["", "A", "B", "difference (pp)", "95% CI", "test", "p"]
+RATES_NOTE = ("Failed: among all items. Unknown: among answered items. Neither enters a category's share; they are "
+              "compared here on their own, outside the categories' Benjamini-Hochberg family.")  # fmt: skip
+
+
+def distance_rows(e: EmbeddingComparison) -> list[list[Any]]:
+    """Per category: FD and KID with intervals, or why not."""
+    rows: list[list[Any]] = []
+    for d in e.per_category:
+        if d.distance is None:
+            rows.append([d.category, d.embedded_a, d.embedded_b, "too few", "", "too few", "", d.note])
+        else:
+            rows.append([d.category, d.embedded_a, d.embedded_b, f"{d.distance.fd:.4f}",
+                         fmt_interval(d.distance.fd_ci), f"{d.distance.kid:.5f}", fmt_interval(d.distance.kid_ci, 5),
+                         d.note])  # fmt: skip
+    return rows
+
+
+DISTANCE_HEADER = ["category", "embedded A", "embedded B", "FD", "FD 95% CI", "KID", "KID 95% CI", "note"]
 
 
 def html_report(
@@ -121,29 +165,41 @@ def html_report(
     """One HTML file with everything (plotly.js inlined once, so it opens without a network)."""
     figures = figures or [grouped_figure(c), grouped_figure(c, normalised=True), difference_figure(c)]
     parts = [f"<h1>{html.escape(c.a.name)} vs {html.escape(c.b.name)}</h1>",
-             f"<p>{c.a.items:,} and {c.b.items:,} images; Jensen-Shannon divergence of the category distributions "
-             f"{c.jsd:.4f} (0 identical, 1 disjoint); per-category {html.escape(c.test)} with Benjamini-Hochberg "
-             "correction.</p>"]  # fmt: skip
+             f"<p>{c.a.items:,} and {c.b.items:,} items, of which {c.n_a:,} and {c.n_b:,} categorised (the "
+             "denominator of every share; failed and unknown items are compared apart below). Jensen-Shannon "
+             f"divergence of the category distributions {c.jsd:.4f} (0 identical, 1 disjoint). Per category: the "
+             f"{html.escape(TEST_NAMES[c.test])} where every expected count is at least {MIN_EXPECTED}, Fisher's "
+             "exact test otherwise, with Benjamini-Hochberg correction over all of them.</p>"]  # fmt: skip
     parts += [f"<p class=warn>{html.escape(w)}</p>" for w in c.warnings]
     for i, figure in enumerate(figures):
         parts.append(figure.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
     parts.append("<h2>Categories</h2>" + _table(
-        ["category", c.a.name, c.b.name, "difference (pp)", "95% CI", "q", "note"],
+        ["category", c.a.name, c.b.name, "difference (pp)", "95% CI", "test", "p", "q", "note"],
         [[s.category, s.count_a, s.count_b, f"{s.difference * 100:+.2f}",
-          f"[{s.ci_low * 100:+.2f}, {s.ci_high * 100:+.2f}]", "" if s.q_value is None else f"{s.q_value:.3g}",
+          f"[{s.ci_low * 100:+.2f}, {s.ci_high * 100:+.2f}]", s.test,
+          "" if s.p_value is None else f"{s.p_value:.3g}", "" if s.q_value is None else f"{s.q_value:.3g}",
           s.warning or ""] for s in sorted(c.categories, key=lambda s: s.q_value if s.q_value is not None else 2)],
     ))  # fmt: skip
-    parts.append("<h2>Not categories</h2>" + _table(
-        ["label", c.a.name, c.b.name], [[k, a, b] for k, (a, b) in c.special.items()]
-    ))  # fmt: skip
+    rates_header = ["", c.a.name, c.b.name, *RATES_HEADER[3:]]
+    parts.append("<h2>Failed and unknown</h2>" + _table(rates_header, rates_rows(c)) + f"<p>{RATES_NOTE}</p>")
     if embeddings is not None:
-        parts.append("<h2>Embedding space</h2>" + _table(
-            ["embedding", "n A", "n B", "FD", "KID", "domain classifier AUC (5-fold)"],
-            [[embeddings.key, embeddings.n_a, embeddings.n_b, f"{embeddings.fd:.4f}", f"{embeddings.kid:.5f}",
-              f"{embeddings.auc:.3f}"]],
-        ))  # fmt: skip
-        parts += [f"<p class=warn>{html.escape(w)}</p>" for w in embeddings.warnings]
+        e = embeddings
+        parts.append(f"<h2>Embedding space ({html.escape(e.key)})</h2>" + _table(
+            ["", "vectors A", "vectors B", "FD", "FD 95% CI", "KID", "KID 95% CI", "domain classifier AUC (5-fold)"],
+            [["all images", e.n_a, e.n_b, f"{e.fd:.4f}", fmt_interval(e.fd_ci), f"{e.kid:.5f}",
+              fmt_interval(e.kid_ci, 5), f"{e.auc:.3f}"]],
+        ) + f"<p>Intervals: basic bootstrap, {e.resamples} resamples of each set.</p>")  # fmt: skip
+        parts += [f"<p class=warn>{html.escape(w)}</p>" for w in e.warnings]
+        if e.per_category:
+            parts.append("<h3>Per category</h3>" + _table(DISTANCE_HEADER, distance_rows(e)))
     if confound is not None:
+        summary = confound.summary()
+        if summary:
+            header: list[str] = []  # the widest row's keys (a set without images has "set", "images" only)
+            for row in summary:
+                header = list(row) if len(row) > len(header) else header
+            rows = [["" if row.get(k) is None else row.get(k) for k in header] for row in summary]
+            parts.append("<h2>Image properties</h2>" + _table(header, rows))
         parts += [f"<p class=warn>{html.escape(w)}</p>" for w in confound.warnings]
     parts += sections or []
     style = "body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:3px 6px}.warn{color:#a60}"
@@ -151,6 +207,13 @@ def html_report(
                f"</head><body>{''.join(parts)}</body></html>"  # fmt: skip
     write_atomic(out, document.encode("utf-8"))
     return out
+
+
+def depth_section(c: Comparison, depth_a: dict[int, int], depth_b: dict[int, int]) -> str:
+    """How many categories the categorised items carry, per set (answers past two included)."""
+    depths = sorted(set(depth_a) | set(depth_b))
+    rows = [[f"{n} categor{'y' if n == 1 else 'ies'}", depth_a.get(n, 0), depth_b.get(n, 0)] for n in depths]
+    return "<h2>Categories per image</h2>" + _table(["", c.a.name, c.b.name], rows)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -182,24 +245,37 @@ def cluster_section(report: ClusterReport, thumbnails: dict[str, str] | None = N
             f"<h3>Keywords</h3>{words}")  # fmt: skip
 
 
-def thumbnail_uris(ws: Workspace, items: list[str], side: int = 64) -> dict[str, str]:
-    """Small JPEG data URIs of the items that are stored images (a self-contained report needs no files)."""
-    import base64
+def thumbnail_jpeg(path: Path, side: int = 160) -> bytes | None:
+    """A small square JPEG of an image file, the whole image padded (None when it cannot be read): what a
+    gallery sends to the browser instead of the original."""
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as opened:
+            opened.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a fraction of full size
+            img = ImageOps.exif_transpose(opened).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    img = ImageOps.pad(img, (side, side), color=(240, 240, 240))  # whole image, square: grids line up
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def thumbnail_uris(
+    ws: Workspace, items: list[str], side: int = 64, paths: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Small JPEG data URIs of the items that are stored images (a self-contained report needs no files);
+    `paths` maps items to stored paths where items are not image hashes (a CSV set's file names)."""
+    import base64
 
     from services.datasets import image_paths
 
     out = {}
-    for item, rel in image_paths(ws, items).items():
-        try:
-            with Image.open(ws.abspath(rel)) as opened:
-                img = opened.convert("RGB")
-                img.thumbnail((side, side))
-                buf = io.BytesIO()
-                img.save(buf, format="JPEG", quality=80)
-            out[item] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-        except OSError:
-            continue
+    for item, rel in (paths if paths is not None else image_paths(ws, items)).items():
+        data = thumbnail_jpeg(ws.abspath(rel), side)
+        if data is not None:
+            out[item] = "data:image/jpeg;base64," + base64.b64encode(data).decode()
     return out

@@ -343,6 +343,7 @@ def _categories_result(data: dict[str, Any], category_list: CategoryList) -> dic
     return {
         "categories": checked.categories,
         "rejected": checked.rejected,
+        "extra": checked.extra,  # valid categories past the two asked for; Compare's label sets count them
         "list": category_list.label,
         "list_hash": category_list.content_hash,
     }

@@ -68,6 +68,9 @@ def test_validation_keeps_only_listed_categories_in_the_lists_spelling(ws: Works
     assert validate_answer(["food", " city  streets "], cats).categories == ["Food", "City Streets"]
     checked = validate_answer(["Spaceships", "Animals", "Food", "City Streets"], cats)
     assert checked.categories == ["Animals", "Food"] and checked.rejected == ["Spaceships"]
+    assert checked.extra == ["City Streets"]  # a third valid category is kept on record, not dropped
+    assert validate_answer(["food", "FOOD", "animals"], cats).extra == []  # repeats are not extra
+    assert validate_answer(["Food"], cats).extra == [] and validate_answer(["Spaceships"], cats).extra == []
     assert validate_answer(["Spaceships"], cats).categories == [UNKNOWN]
     assert validate_answer("Food, Animals", cats).categories == ["Food", "Animals"]  # the seeds' string form
     assert validate_answer(None, cats).categories == [UNKNOWN]

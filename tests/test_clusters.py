@@ -108,3 +108,32 @@ def test_clusters_cli_and_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert not at.exception, at.exception
     table = next(d.value for d in at.dataframe if "log2 lift" in d.value.columns)
     assert len(table) >= 2 and table["keywords"].str.contains("city|person|portrait|street").any()
+
+
+def test_csv_sets_cluster_on_the_vectors_of_the_images_their_names_link_to(ws: Workspace, tmp_path: Path):
+    """A CSV set names files; its vectors are stored under the imported images' hashes. Clusters use them and
+    report the CSV's names (so the page's thumbnails and the report's strips find the images)."""
+    from services.datasets import dataset_entries
+    from services.folder_import import start_folder_import
+    from services.jobs import JobManager
+    from tests.support.fake_gemini import make_colour_png
+
+    manager = JobManager(ws)
+    x, _ = blobs(12, 2, dim=8, seed=3)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for name, colour, rows in (("real", "red", range(0, 12)), ("gen", "blue", range(12, 24))):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            (tmp_path / name / f"{name}{i}.png").write_bytes(make_colour_png(colour, noise_seed=i))
+        manager.run(start_folder_import(ws, manager, tmp_path / name, f"{name}-images"))
+        entries = {item: h for h, _, item in dataset_entries(ws, f"{name}-images")}
+        EmbeddingStore(ws, "k").write_shard([entries[f"{name}{i}.png"] for i in range(12)],
+                                            x[list(rows)].astype(np.float32))  # fmt: skip
+        write_csv(tmp_path / f"{name}.csv", ["image_name", "description", "categories"],
+                  [[f"{name}{i}.png", "a square", "shapes"] for i in range(12)])  # fmt: skip
+    a = import_categorized_csv(ws, tmp_path / "real.csv")
+    b = import_categorized_csv(ws, tmp_path / "gen.csv")
+    report = cluster_sets(ws, a, b, embedding="k", method="kmeans")
+    assert report.features.startswith("CLIP image embeddings")
+    assert set(report.labels_a) == {f"real{i}.png" for i in range(12)}
+    assert all(c.n_a == 0 or c.n_b == 0 for c in report.clusters)  # blob 0 is A's, blob 1 is B's

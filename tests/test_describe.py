@@ -244,6 +244,32 @@ def test_one_call_mode_describes_and_categorises_together(gws: Workspace, gemini
     assert results_by_name(gws, dataset, ResultKeys.current(gws, cats2))["02_gray.png"].categories == ["gray"]
 
 
+def test_answers_past_two_categories_are_recorded_and_counted_by_compare(
+    gws: Workspace, gemini: FakeGemini, tmp_path: Path
+):
+    from services.compare import category_depth, label_counts, label_set_from_gemini
+    from services.describe import categorize_settings_hash
+
+    dataset = colour_dataset(gws, tmp_path, ["red", "blue"])
+    cats = save_list(gws, "colours", ["red", "blue", "square", "flat"], "test")
+    gemini.script["red"] = ["many"]  # the model answers three valid categories for the red image
+    manager = JobManager(gws)
+    assert manager.run(start_describe(gws, manager, dataset, "categorize", cats)).done == 2
+    stored = {
+        json.dumps(json.loads(r["result"])["categories"]): json.loads(r["result"])
+        for r in gws.catalog.query(
+            "SELECT result FROM stage_results WHERE stage = ? AND settings_hash = ?",
+            (CATEGORIZE_STAGE, categorize_settings_hash(gws.settings.caption_model, cats)),
+        )
+    }
+    red = stored['["red", "blue"]']
+    assert red["extra"] == ["square"] and stored['["blue"]']["extra"] == []  # kept the first two, recorded the rest
+    assert results_by_name(gws, dataset, ResultKeys.current(gws, cats))["00_red.png"].categories == ["red", "blue"]
+    label_set = label_set_from_gemini(gws, dataset, cats)
+    assert label_counts(gws, label_set) == {"red": 1, "blue": 2, "square": 1}  # every valid category counted
+    assert category_depth(gws, label_set) == {1: 1, 3: 1}
+
+
 def test_bad_key_and_no_key_and_no_network_fail_fast_with_the_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gemini: FakeGemini
 ):

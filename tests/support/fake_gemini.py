@@ -9,6 +9,7 @@ chosen from the response schema's enum. Per colour, a script of faults is played
   malformed    text that is not JSON
   no-summary   JSON without a usable summary
   outside      categories outside the list (and one inside)
+  many         three categories from the list (the prompt asks for one or two)
   429          RESOURCE_EXHAUSTED with a RetryInfo delay of `retry_delay` seconds
   500          INTERNAL
   slow         waits `slow_seconds`, then answers
@@ -260,6 +261,8 @@ class FakeGemini:
             enum = properties["categories"].get("items", {}).get("enum", [])
             chosen = next((e for e in enum if e.lower() == colour), "unknown")
             answer["categories"] = [f"not-a-{colour}-thing", chosen] if outcome == "outside" else [chosen]
+            if outcome == "many":
+                answer["categories"] = [chosen, *[e for e in enum if e not in (chosen, "unknown")][:2]]
             if colour in self.answer_categories:
                 answer["categories"] = self.answer_categories[colour]
         return json.dumps(answer)
