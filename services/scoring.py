@@ -2,13 +2,14 @@
 
 Each trained model reduces to p = sigmoid(scale * (x . w + bias) + shift) (see `tag_models`), so a set of
 M models is a D x M matrix plus three length-M vectors, and N images are scored in N/chunk products instead
-of N x M `predict_proba` calls. Bins follow seed 004's `output_bins`, fixed: exactly n equal bins over
-[0, 1], a score of 1.0 in the last one.
+of N x M `predict_proba` calls. Each model also brings its decision threshold (chosen on validation data
+at training time; 0.5 for older manifests). Bins follow seed 004's `output_bins`, fixed: exactly n equal
+bins over [0, 1], a score of 1.0 in the last one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +29,7 @@ class StackedModels:
     scale: np.ndarray  # M
     shift: np.ndarray  # M
     embedding_key: str
+    thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0))  # M; a score >= it means "tagged"
 
     def __len__(self) -> int:
         return len(self.names)
@@ -54,6 +56,7 @@ def stack_models(models: list[TagModel]) -> StackedModels:
         scale=np.array([s for _, _, s, _ in linear], dtype=np.float32),
         shift=np.array([c for _, _, _, c in linear], dtype=np.float32),
         embedding_key=keys.pop(),
+        thresholds=np.array([m.threshold for m in models], dtype=np.float64),
     )
 
 
