@@ -5,7 +5,9 @@ manifest holds its metrics, the embedding model it expects, the file's sha256 (c
 decision threshold (chosen on validation folds; 0.5 for manifests written before thresholds existed) and
 the model reduced to one linear form, p = sigmoid(scale * (x . w + bias) + shift), which is what scoring
 uses: every model of a folder stacks into one matrix and one pass scores all tags at once. A standardising
-scaler in front of the model folds into that form (w' = w / sigma, bias' = bias - sum(w * mu / sigma)).
+scaler in front of the model folds into that form (w' = w / sigma, bias' = bias - sum(w * mu / sigma)); its
+mean is kept beside as `center`, which scoring subtracts first so float32 products stay exact to 1e-6
+(CLIP coordinates have means several times their spread, and x . w' would cancel against bias').
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ class TagModel:
         lin = self.manifest["linear"]
         return np.asarray(lin["w"], dtype=np.float64), float(lin["bias"]), float(lin["scale"]), float(lin["shift"])
 
+    @property
+    def center(self) -> np.ndarray | None:
+        """The mean the model's scaler subtracted (None for models without one)."""
+        center = self.manifest["linear"].get("center")
+        return None if center is None else np.asarray(center, dtype=np.float64)
+
 
 def models_dir(ws: Workspace, dataset: str, embedding_key: str) -> Path:
     return ws.root / "models" / _SAFE.sub("_", dataset) / embedding_key
@@ -70,15 +78,16 @@ def generate_model_path(ws: Workspace, dataset: str, embedding_key: str, model_t
     return models_dir(ws, dataset, embedding_key) / f"model-{full_type}-tag-{_SAFE.sub('_', tag)}.skops"
 
 
-def _linear_decision(estimator: Any) -> tuple[np.ndarray, float]:
-    """(w, bias) of a linear model's decision function on raw vectors; a StandardScaler in front of it (in a
-    Pipeline) is folded in: (x - mu) / sigma . w + b = x . (w / sigma) + (b - sum(w * mu / sigma))."""
+def _linear_decision(estimator: Any) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """(w, bias, center) of a linear model's decision function on raw vectors; a StandardScaler in front of it
+    (in a Pipeline) is folded in: (x - mu) / sigma . w + b = x . (w / sigma) + (b - sum(w * mu / sigma)), and
+    mu is returned as the center (None without a scaler)."""
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     if isinstance(estimator, Pipeline):
         *front, (_, last) = estimator.steps
-        w, bias = _linear_decision(last)
+        w, bias, center = _linear_decision(last)
         for _, step in reversed(front):
             if not isinstance(step, StandardScaler):
                 raise ModelFileError(f"no linear form for a pipeline step {type(step).__name__}")
@@ -86,9 +95,10 @@ def _linear_decision(estimator: Any) -> tuple[np.ndarray, float]:
             mu = step.mean_ if step.mean_ is not None else np.zeros_like(w)
             w = w / sigma
             bias = bias - float(np.sum(w * mu))
-        return w, bias
+            center = np.asarray(mu, dtype=np.float64)
+        return w, bias, center
     if hasattr(estimator, "coef_") and hasattr(estimator, "intercept_") and np.shape(estimator.coef_)[0] == 1:
-        return np.asarray(estimator.coef_[0], dtype=np.float64), float(estimator.intercept_[0])
+        return np.asarray(estimator.coef_[0], dtype=np.float64), float(estimator.intercept_[0]), None
     raise ModelFileError(f"no linear form for {type(estimator).__name__}")
 
 
@@ -102,14 +112,18 @@ def linear_form(estimator: Any) -> dict[str, Any]:
     if isinstance(estimator, LogisticRegression) or (
         isinstance(estimator, Pipeline) and isinstance(estimator.steps[-1][1], LogisticRegression)
     ):
-        w, bias = _linear_decision(estimator)
-        return {"w": w.tolist(), "bias": bias, "scale": 1.0, "shift": 0.0}
-    if isinstance(estimator, CalibratedClassifierCV) and len(estimator.calibrated_classifiers_) == 1:
+        w, bias, center = _linear_decision(estimator)
+        form = {"w": w.tolist(), "bias": bias, "scale": 1.0, "shift": 0.0}
+    elif isinstance(estimator, CalibratedClassifierCV) and len(estimator.calibrated_classifiers_) == 1:
         calibrated = estimator.calibrated_classifiers_[0]
-        w, bias = _linear_decision(calibrated.estimator)
+        w, bias, center = _linear_decision(calibrated.estimator)
         calibrator = calibrated.calibrators[0]
-        return {"w": w.tolist(), "bias": bias, "scale": -float(calibrator.a_), "shift": -float(calibrator.b_)}
-    raise ModelFileError(f"no linear form for {type(estimator).__name__}")
+        form = {"w": w.tolist(), "bias": bias, "scale": -float(calibrator.a_), "shift": -float(calibrator.b_)}
+    else:
+        raise ModelFileError(f"no linear form for {type(estimator).__name__}")
+    if center is not None:
+        form["center"] = center.tolist()  # not part of the formula: where scoring centres vectors first
+    return form
 
 
 @dataclass
