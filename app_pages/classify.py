@@ -82,11 +82,18 @@ if st.session_state.get("cl-job"):
 
 st.subheader("Results")
 names = [d.name for d in list_datasets(ws.catalog)]
-shown = st.selectbox("Classified dataset", names, key="cl-shown")
+last = ws.catalog.scalar(
+    "SELECT json_extract(params, '$.dataset') FROM jobs WHERE kind = 'classify' AND state = 'completed' "
+    "ORDER BY id DESC LIMIT 1"
+)
+shown = st.selectbox(
+    "Classified dataset", names, index=names.index(last) if last in names else 0, key="cl-shown",
+    help="Starts at the dataset classified last.",
+)  # fmt: skip
 result = classification(ws, shown, models)
 scored = ~np.isnan(result.scores).any(axis=1)
 if not scored.any():
-    st.caption(f"No scores yet for {shown} with these models.")
+    st.caption(f"No scores yet for {shown} with these models: classify it above (“A dataset”).")
     st.stop()
 st.metric("Images scored", f"{int(scored.sum()):,}")
 tags = sorted(set(result.stacked.tags))
@@ -105,16 +112,16 @@ st.plotly_chart(
 stored_threshold = float(result.stacked.thresholds[result.stacked.names.index(name)])
 if st.session_state.get("cl-threshold-model") != name:  # a new model: start from its own threshold
     st.session_state["cl-threshold-model"] = name
-    st.session_state["cl-threshold"] = round(stored_threshold, 2)
+    st.session_state["cl-threshold"] = float(np.floor(stored_threshold * 1000) / 1000)  # never above it
 threshold = st.slider(
-    "Show images scoring at least", 0.0, 1.0, step=0.01, key="cl-threshold",
+    "Show images scoring at least", 0.0, 1.0, step=0.001, format="%.3f", key="cl-threshold",
     help=f"Starts at the model's decision threshold ({stored_threshold:.3f}, chosen on validation data when it "
     "was trained): images at or above it are the ones the model calls tagged.",
 )  # fmt: skip
 order = [i for i in np.argsort(-np.nan_to_num(column, nan=-1.0)) if scored[i] and column[i] >= threshold]
 tagged = int(np.sum(column[scored] >= stored_threshold))
 st.caption(
-    f"{len(order):,} images at or above {threshold:.2f}; the best {min(GALLERY, len(order))} shown. "
+    f"{len(order):,} images at or above {threshold:.3f}; the best {min(GALLERY, len(order))} shown. "
     f"{tagged:,} of {int(scored.sum()):,} reach the model's threshold {stored_threshold:.3f}."
 )
 grid = st.columns(6)

@@ -105,8 +105,7 @@ st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for
 # --- train ----------------------------------------------------------------------------------------------
 
 st.subheader("3. Train")
-CV_CHOICES = {f"auto: {AUTO_CV_FOLDS} folds when a tag has under {SMALL_TEST_POSITIVES} tagged test images": None,
-              "off (test split only)": 0, "3 folds": 3, "5 folds": 5, "10 folds": 10}  # fmt: skip
+CV_CHOICES = {"auto": None, "off": 0, "3 folds": 3, "5 folds": 5, "10 folds": 10}
 try:
     available = trainable_tags(ws, dataset)
     no_tags_reason = (
@@ -123,12 +122,17 @@ else:
         "Tags", list(available), default=list(available), key="et-tags",
         format_func=lambda t: f"{t} ({available[t]:,})",
     )  # fmt: skip
-    t1, t2, t3, t4 = st.columns(4)
+    t1, t2, t3, t4 = st.columns([3, 2, 2, 2])
     types = t1.multiselect("Models", list(MODEL_TYPES), default=list(MODEL_TYPES), key="et-types",
                            format_func=lambda t: MODEL_TYPES[t])  # fmt: skip
     test_size = t2.slider("Test share", 0.05, 0.5, 0.1, 0.05, key="et-test")
     seed = t3.number_input("Seed", 0, 2**31 - 1, 0, key="et-seed")
-    cv_label = t4.selectbox("Cross-validation", list(CV_CHOICES), key="et-cv")
+    cv_label = t4.selectbox(
+        "Cross-validation", list(CV_CHOICES), key="et-cv",
+        help=f"auto: {AUTO_CV_FOLDS} folds for a tag with under {SMALL_TEST_POSITIVES} tagged test images, whose "
+        "metrics are then reported from the folds; off: the test split only. Each fold picks its own C and "
+        "threshold, like the final model.",
+    )  # fmt: skip
     if st.button("Train", type="primary", key="et-train", icon=":material/model_training:", disabled=not tags):
         options = (tags, types, test_size, int(seed), CV_CHOICES[cv_label])
         start("Train", "et-train-job", lambda: start_training(ws, manager, dataset, key, *options))
@@ -170,9 +174,11 @@ else:
     tag = st.selectbox("PR curve for", sorted({m.tag for m in models}), key="et-pr-tag")
     figure = go.Figure()
     for m in models:
-        if m.tag == tag:
-            curve = m.manifest["metrics"]["pr_curve"]
-            figure.add_scatter(x=curve["recall"], y=curve["precision"], mode="lines", name=m.model_type)
+        if m.tag == tag:  # the curve of the metrics shown: the pooled cross-validation folds when reported
+            metrics = m.manifest["metrics"]
+            curve = (metrics["cv"] if metrics.get("reported") == "cv" else metrics)["pr_curve"]
+            figure.add_scatter(x=curve["recall"], y=curve["precision"], mode="lines",
+                               name=f"{m.model_type} ({headline_metrics(m.manifest).source})")  # fmt: skip
     figure.update_layout(xaxis_title="recall", yaxis_title="precision", title=f"Precision-recall: {tag}",
                          xaxis_range=[0, 1.02], yaxis_range=[0, 1.02])  # fmt: skip
     st.plotly_chart(figure, key="et-pr")

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from services.cli import ExecutorOpt, _fail, _finish, _run_foreground, _ws, app
-from services.clip_models import ClipSpec, ModelUnavailableError
+from services.clip_models import ClipSpec, ModelUnavailableError, activation_note
 from services.datasets import DatasetError
 from services.jobs import JobManager
 
@@ -81,6 +81,9 @@ def embed(
     except (DatasetError, ModelUnavailableError) as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created: embed {dataset!r} with {spec.label}")
+    note = activation_note(spec)
+    if note:
+        typer.echo(f"note: {note}")
     _finish(manager, job_id, background, executor)
 
 
