@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from services.classify import classification, resolve_models, start_classify, write_outputs
-from services.clip_models import ModelUnavailableError
+from services.classify import classification, export_dir, resolve_models, start_classify, write_outputs
+from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
 from services.datasets import DatasetError, list_datasets
 from services.scoring import bin_edges, histogram
 from services.server_paths import FOLDER_OR_ZIP
@@ -36,6 +36,14 @@ except ModelFileError as exc:
     st.error(str(exc))
     st.stop()
 st.caption(f"{len(models)} models: " + ", ".join(sorted({m.tag for m in models})))
+made_with = models[0].manifest.get("embedding_spec")
+if made_with:
+    clip = ClipSpec(**made_with)
+    try:
+        resolve_weights(clip)
+        st.caption(f"New images are embedded with {clip.label}, the CLIP model these models were trained on.")
+    except ModelUnavailableError as exc:
+        st.warning(f"Images already embedded with {clip.label} can be classified; new ones cannot: {exc}")
 
 # --- what to classify -----------------------------------------------------------------------------------
 
@@ -76,11 +84,18 @@ if st.session_state.get("cl-job"):
 
 st.subheader("Results")
 names = [d.name for d in list_datasets(ws.catalog)]
-shown = st.selectbox("Classified dataset", names, key="cl-shown")
+last = ws.catalog.scalar(
+    "SELECT json_extract(params, '$.dataset') FROM jobs WHERE kind = 'classify' AND state = 'completed' "
+    "ORDER BY id DESC LIMIT 1"
+)
+shown = st.selectbox(
+    "Classified dataset", names, index=names.index(last) if last in names else 0, key="cl-shown",
+    help="Starts at the dataset classified last.",
+)  # fmt: skip
 result = classification(ws, shown, models)
 scored = ~np.isnan(result.scores).any(axis=1)
 if not scored.any():
-    st.caption(f"No scores yet for {shown} with these models.")
+    st.caption(f"No scores yet for {shown} with these models: classify it above (“A dataset”).")
     st.stop()
 st.metric("Images scored", f"{int(scored.sum()):,}")
 tags = sorted(set(result.stacked.tags))
@@ -96,9 +111,21 @@ st.plotly_chart(
     px.bar(pd.DataFrame({"score bin": labels, "images": counts}), x="score bin", y="images", title=f"{tag}: {kind}"),
     key="cl-hist",
 )
-threshold = st.slider("Show images scoring at least", 0.0, 1.0, 0.5, 0.01, key="cl-threshold")
+stored_threshold = float(result.stacked.thresholds[result.stacked.names.index(name)])
+if st.session_state.get("cl-threshold-model") != name:  # a new model: start from its own threshold
+    st.session_state["cl-threshold-model"] = name
+    st.session_state["cl-threshold"] = float(np.floor(stored_threshold * 1000) / 1000)  # never above it
+threshold = st.slider(
+    "Show images scoring at least", 0.0, 1.0, step=0.001, format="%.3f", key="cl-threshold",
+    help=f"Starts at the model's decision threshold ({stored_threshold:.3f}, chosen on validation data when it "
+    "was trained): images at or above it are the ones the model calls tagged.",
+)  # fmt: skip
 order = [i for i in np.argsort(-np.nan_to_num(column, nan=-1.0)) if scored[i] and column[i] >= threshold]
-st.caption(f"{len(order):,} images at or above {threshold:.2f}; the best {min(GALLERY, len(order))} shown.")
+tagged = int(np.sum(column[scored] >= stored_threshold))
+st.caption(
+    f"{len(order):,} images at or above {threshold:.3f}; the best {min(GALLERY, len(order))} shown. "
+    f"{tagged:,} of {int(scored.sum()):,} reach the model's threshold {stored_threshold:.3f}."
+)
 grid = st.columns(6)
 for n, i in enumerate(order[:GALLERY]):
     grid[n % 6].image(str(ws.abspath(result.paths[i])), caption=f"{column[i]:.3f} · {Path(result.names[i]).name}")
@@ -118,7 +145,7 @@ if order:
 if st.button("Write exports (bins.json, scores.csv, output.json)", key="cl-export", icon=":material/download:"):
     out = write_outputs(
         ws, {"dataset": shown, "models": [str(m.path) for m in models], "bins": bins, "copy": False, "out": None},
-        ws.root / "exports" / f"classify-{shown}",
+        export_dir(ws, shown),
     )  # fmt: skip
     st.session_state["cl-export-dir"] = str(out)
 if st.session_state.get("cl-export-dir"):

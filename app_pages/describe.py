@@ -8,14 +8,15 @@ import plotly.express as px
 import streamlit as st
 
 from services.categories import CategoryError, extract_categories, list_lists, load_list, parse_category_csv, save_list
-from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
+from services.clip_models import ModelUnavailableError
 from services.datasets import DatasetError, dataset_images, list_datasets
 from services.describe import estimate_cost, start_describe, try_one
 from services.describe_results import EXPORT_FORMATS, ResultKeys, agreement, export, filter_results, iter_results
 from services.gemini_client import GeminiError
 from services.zero_shot import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
+from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch
-from ui.server_path import checkpoint_input, display_path
+from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -101,17 +102,10 @@ if category_list is not None:
 
 # --- CLIP model ----------------------------------------------------------------------------------------
 
-with st.expander("CLIP model for zero-shot categories"):
-    c1, c2 = st.columns(2)
-    clip_model = c1.text_input("open_clip model", value=settings.clip.model, key="dc-clip-model")
-    clip_tag = c2.text_input("Pretrained tag", value=settings.clip.pretrained or "", key="dc-clip-tag")
-    clip_checkpoint = checkpoint_input(ws, "Or a local checkpoint file on the server", "dc-clip-ckpt")
-spec = ClipSpec.from_settings(settings, clip_model, clip_tag or None, clip_checkpoint or None)
-try:
-    resolve_weights(spec)
-    clip_error = None
-except ModelUnavailableError as exc:
-    clip_error = str(exc)
+clip_mode_chosen = MODES.get(st.session_state.get("dc-mode", "")) == "clip"
+with st.expander("CLIP model for zero-shot categories", expanded=clip_mode_chosen):
+    picked = clip_model_picker(ws, "dc-clip")
+spec, clip_error = picked.spec, picked.error
 clip_key = (CLIP_STAGE, zero_shot_settings_hash(spec, category_list)) if category_list and not clip_error else None
 
 images = dataset_images(ws, dataset)
@@ -182,11 +176,16 @@ status_filter = f3.selectbox(
     "Show", ["all", "described", "categorized", "failed", "pending", "disagree"], key="dc-filter-status"
 )
 shown = filter_results(results, None if category_filter == "(any)" else category_filter, text_filter, status_filter)
-counts = st.columns(4)
+counts = st.columns(5)
 counts[0].metric("Images", f"{len(results):,}")
 counts[1].metric("Described", f"{sum(r.description is not None for r in results):,}")
-counts[2].metric("Categorised", f"{sum(r.categories is not None for r in results):,}")
-counts[3].metric("Failed", f"{sum(bool(r.describe_error or r.categorize_error) for r in results):,}")
+counts[2].metric("Categorised (Gemini)", f"{sum(r.categories is not None for r in results):,}")
+counts[3].metric(
+    "Categorised (CLIP)",
+    f"{sum(r.clip_categories is not None for r in results):,}",
+    help=None if clip_key else "CLIP's categories are shown for the category list and CLIP model chosen above.",
+)
+counts[4].metric("Failed", f"{sum(bool(r.describe_error or r.categorize_error) for r in results):,}")
 table = pd.DataFrame(
     [
         {

@@ -7,16 +7,18 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from services.clip_models import ClipSpec, ModelUnavailableError, pull_weights, resolve_weights
+from services.clip_models import ModelUnavailableError
 from services.datasets import DatasetError, list_datasets
 from services.embed import start_embed
 from services.embeddings import EmbeddingStore, embedding_key
 from services.folder_import import start_folder_import
 from services.server_paths import FOLDER_OR_ZIP
-from services.tag_models import MODEL_TYPES, list_models
-from services.tag_training import start_training, trainable_tags
+from services.tag_metrics import SMALL_TEST_POSITIVES
+from services.tag_models import MODEL_TYPES, headline_metrics, list_models
+from services.tag_training import AUTO_CV_FOLDS, has_trainable_tags, start_training, trainable_tags
+from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch, save_upload
-from ui.server_path import checkpoint_input, display_path, server_path_input
+from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
 
 ws = get_workspace()
@@ -25,7 +27,8 @@ settings = ws.settings
 
 st.title("Embed & Train")
 st.caption("CLIP embeddings stored once per image and model; one logistic regression and one calibrated linear "
-           "SVM per tag, trained against the `other-training` negatives.")  # fmt: skip
+           "SVM per tag, trained against the `other-training` negatives on standardised features with balanced "
+           "classes, C and the decision threshold chosen on validation folds.")  # fmt: skip
 
 
 def start(label: str, key: str, create: Callable[[], int]) -> None:
@@ -75,34 +78,19 @@ follow("et-import-job")
 
 names = [d.name for d in list_datasets(ws.catalog)]
 if not names:
-    st.info("No datasets yet.")
+    st.info("No datasets yet: import a tagged folder or zip above.")
     st.stop()
-dataset = st.selectbox("Dataset", names, key="et-dataset")
+with_tags = [n for n in names if has_trainable_tags(ws, n)]
+dataset = st.selectbox(
+    "Dataset", names, index=names.index(with_tags[0]) if with_tags else 0, key="et-dataset",
+    format_func=lambda n: n if n in with_tags else f"{n} (no tags)",
+)  # fmt: skip
 
 # --- model ----------------------------------------------------------------------------------------------
 
 st.subheader("2. Embed")
-c1, c2, c3 = st.columns([2, 2, 3])
-model = c1.text_input("open_clip model", value=settings.clip.model, key="et-model")
-pretrained = c2.text_input("Pretrained tag", value=settings.clip.pretrained or "", key="et-pretrained")
-checkpoint = checkpoint_input(ws, "Or a local checkpoint file", "et-checkpoint", c3)
-spec = ClipSpec.from_settings(settings, model, pretrained or None, checkpoint or None)
-try:
-    weights, _ = resolve_weights(spec)
-    st.caption(f"Weights: `{weights}`")
-    weights_ok = True
-except ModelUnavailableError as exc:
-    st.warning(str(exc))
-    weights_ok = False
-    if not checkpoint and st.button(f"Pull {spec.model}/{spec.pretrained}", key="et-pull", icon=":material/download:"):
-        with st.status(
-            f"Downloading {spec.model}/{spec.pretrained} (timeout {settings.clip.pull_timeout_seconds:.0f}s)"
-        ):
-            try:
-                st.write(f"Saved to `{pull_weights(spec, settings.clip.pull_timeout_seconds)}`")
-                st.rerun()
-            except ModelUnavailableError as pull_error:
-                st.error(str(pull_error))
+picked = clip_model_picker(ws, "et")
+spec, weights_ok = picked.spec, picked.ok
 key = embedding_key(spec)
 b1, b2 = st.columns(2)
 batch_size = b1.number_input("Batch size", 1, 1024, settings.clip.batch_size, key="et-batch")
@@ -118,24 +106,36 @@ st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for
 # --- train ----------------------------------------------------------------------------------------------
 
 st.subheader("3. Train")
+CV_CHOICES = {"auto": None, "off": 0, "3 folds": 3, "5 folds": 5, "10 folds": 10}
 try:
     available = trainable_tags(ws, dataset)
+    no_tags_reason = (
+        f"{dataset} has no tags to train on: its images sit at the top of what was imported, not in tag folders. "
+        "A tagged dataset has one sub-folder per tag (and `other-training` for negatives); import one above."
+    )
 except DatasetError as exc:
-    st.info(str(exc))
-    available = {}
-if available:
+    available, no_tags_reason = {}, f"{exc}."
+if not available:
+    others = ", ".join(n for n in with_tags if n != dataset)
+    st.info(no_tags_reason + (f" Datasets with tags: {others}." if others else ""), icon=":material/info:")
+else:
     tags = st.multiselect(
         "Tags", list(available), default=list(available), key="et-tags",
         format_func=lambda t: f"{t} ({available[t]:,})",
     )  # fmt: skip
-    t1, t2, t3, t4 = st.columns(4)
+    t1, t2, t3, t4 = st.columns([3, 2, 2, 2])
     types = t1.multiselect("Models", list(MODEL_TYPES), default=list(MODEL_TYPES), key="et-types",
                            format_func=lambda t: MODEL_TYPES[t])  # fmt: skip
     test_size = t2.slider("Test share", 0.05, 0.5, 0.1, 0.05, key="et-test")
     seed = t3.number_input("Seed", 0, 2**31 - 1, 0, key="et-seed")
-    cv = t4.number_input("CV folds (0: none)", 0, 10, 0, key="et-cv")
+    cv_label = t4.selectbox(
+        "Cross-validation", list(CV_CHOICES), key="et-cv",
+        help=f"auto: {AUTO_CV_FOLDS} folds for a tag with under {SMALL_TEST_POSITIVES} tagged test images, whose "
+        "metrics are then reported from the folds; off: the test split only. Each fold picks its own C and "
+        "threshold, like the final model.",
+    )  # fmt: skip
     if st.button("Train", type="primary", key="et-train", icon=":material/model_training:", disabled=not tags):
-        options = (tags, types, test_size, int(seed), int(cv))
+        options = (tags, types, test_size, int(seed), CV_CHOICES[cv_label])
         start("Train", "et-train-job", lambda: start_training(ws, manager, dataset, key, *options))
     follow("et-train-job")
 
@@ -144,25 +144,42 @@ if available:
 models = list_models(ws, dataset, key)
 st.subheader("Models")
 if not models:
-    st.caption(f"No models for {dataset} on `{key}` yet.")
+    st.caption(f"No models for {dataset} on `{key}` yet: train some above (the models listed here are those "
+               "trained on this dataset's vectors from the CLIP model chosen above).")  # fmt: skip
 else:
+
+    def interval(ci: list[float] | None) -> str:
+        return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—"
+
     rows = []
+    small = []
     for m in models:
-        metrics = m.manifest["metrics"]
+        metrics, h = m.manifest["metrics"], headline_metrics(m.manifest)
+        if h.warning:
+            small.append(f"{m.tag} ({metrics['n_test_positive']})")
         rows.append({
-            "tag": m.tag, "model": m.model_type, "AP": metrics["average_precision"], "ROC AUC": metrics["roc_auc"],
-            "F1": metrics["f1"], "precision": metrics["precision"], "recall": metrics["recall"],
-            "tp": metrics["tp"], "fp": metrics["fp"], "tn": metrics["tn"], "fn": metrics["fn"],
-            "CV AP": metrics.get("cv_ap_mean"), "test tagged": metrics["n_test_positive"],
-            "test negative": metrics["n_test_negative"],
+            "tag": m.tag, "model": m.model_type, "metrics from": h.source, "AP": h.average_precision,
+            "AP 95% CI": interval(h.ap_ci), "F1": h.f1, "F1 95% CI": interval(h.f1_ci), "threshold": h.threshold,
+            "precision": h.precision, "recall": h.recall, "ROC AUC": h.roc_auc, "tagged": h.n_positive,
+            "negative": h.n_negative, "test AP": metrics["average_precision"], "test F1": metrics["f1"],
+            "test tagged": metrics["n_test_positive"],
         })  # fmt: skip
+    if small:
+        st.warning(
+            f"Small test splits (under {SMALL_TEST_POSITIVES} tagged images): {', '.join(sorted(set(small)))}. "
+            "A handful of test images makes AP and F1 noisy, so cross-validated metrics are shown for these where "
+            "they were computed ('metrics from'); read the bootstrap 95% intervals beside each figure.",
+            icon=":material/warning:",
+        )
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="et-metrics")
     tag = st.selectbox("PR curve for", sorted({m.tag for m in models}), key="et-pr-tag")
     figure = go.Figure()
     for m in models:
-        if m.tag == tag:
-            curve = m.manifest["metrics"]["pr_curve"]
-            figure.add_scatter(x=curve["recall"], y=curve["precision"], mode="lines", name=m.model_type)
+        if m.tag == tag:  # the curve of the metrics shown: the pooled cross-validation folds when reported
+            metrics = m.manifest["metrics"]
+            curve = (metrics["cv"] if metrics.get("reported") == "cv" else metrics)["pr_curve"]
+            figure.add_scatter(x=curve["recall"], y=curve["precision"], mode="lines",
+                               name=f"{m.model_type} ({headline_metrics(m.manifest).source})")  # fmt: skip
     figure.update_layout(xaxis_title="recall", yaxis_title="precision", title=f"Precision-recall: {tag}",
                          xaxis_range=[0, 1.02], yaxis_range=[0, 1.02])  # fmt: skip
     st.plotly_chart(figure, key="et-pr")
@@ -170,7 +187,8 @@ with st.expander("Every model in the workspace"):
     everything = list_models(ws)
     st.dataframe(
         pd.DataFrame([{"model": m.name, "dataset": m.manifest["dataset"], "embedding": m.manifest["embedding_key"],
-                       "AP": m.manifest["metrics"]["average_precision"], "file": display_path(ws, m.path)}
-                      for m in everything]),
+                       "AP": headline_metrics(m.manifest).average_precision,
+                       "metrics from": headline_metrics(m.manifest).source, "threshold": m.threshold,
+                       "file": display_path(ws, m.path)} for m in everything]),
         hide_index=True, key="et-all-models",
     )  # fmt: skip

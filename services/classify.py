@@ -4,8 +4,9 @@
 existing dataset. The job embeds only images with no vector for the models' embedding model yet (the same
 loader and store as `embed`), scores each block with all models at once (`scoring.score`) and stores one
 probability per image per model version in `tag_scores`. `finish` writes the outputs: seed 004's
-`output_bins` histogram (exactly n equal bins), a CSV, an `output.json`, and optionally copies of the images
-in `{type}/{tag}/{bin}/` folders.
+`output_bins` histogram (exactly n equal bins), a CSV, an `output.json` (with each model's decision
+threshold and whether the image reaches it), and optionally copies of the images in `{type}/{tag}/{bin}/`
+folders.
 """
 
 from __future__ import annotations
@@ -159,7 +160,14 @@ class ClassifyTask(ImageStageTask):
             journal.close()
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        write_outputs(ws, params, ws.root / "exports" / f"classify-{params['dataset']}-job{job_id}")
+        write_outputs(ws, params, export_dir(ws, params["dataset"], job_id))
+
+
+def export_dir(ws: Workspace, dataset: str, job_id: int | None = None) -> Path:
+    """`exports/classify-NAME[-jobN]`; a dataset this stage imported is already `classify-NAME`, and is not
+    prefixed a second time."""
+    base = dataset if dataset.startswith("classify-") else f"classify-{dataset}"
+    return ws.root / "exports" / (base if job_id is None else f"{base}-job{job_id}")
 
 
 def _models_hash(params: dict[str, Any]) -> str:
@@ -254,8 +262,11 @@ def write_outputs(ws: Workspace, params: dict[str, Any], default_out: Path) -> P
     edges = bin_edges(bins)
     counts = histogram(scores, bins) if len(scores) else np.zeros((len(result.stacked), bins), dtype=int)
     labels = [f"{lo:.2f}-{hi:.2f}" for lo, hi in edges]
+    thresholds = result.stacked.thresholds
+    tagged = (scores >= thresholds).sum(axis=0) if len(scores) else np.zeros(len(result.stacked), dtype=int)
     summary = {
-        name: {"tag": tag, "model_type": kind, "bins": dict(zip(labels, counts[m].tolist(), strict=True))}
+        name: {"tag": tag, "model_type": kind, "bins": dict(zip(labels, counts[m].tolist(), strict=True)),
+               "threshold": round(float(thresholds[m]), 6), "tagged": int(tagged[m])}
         for m, (name, tag, kind) in enumerate(zip(result.stacked.names, result.stacked.tags, result.stacked.types,
                                                  strict=True))
     }  # fmt: skip
@@ -274,7 +285,8 @@ def write_outputs(ws: Workspace, params: dict[str, Any], default_out: Path) -> P
             "file_path": result.names[i],
             "classifiers": [
                 {"model_type": kind, "tag": tag, "tag_score": round(float(scores[row, m]), 6),
-                 "bin": labels[idx[row, m]]}
+                 "bin": labels[idx[row, m]], "threshold": round(float(thresholds[m]), 6),
+                 "tagged": bool(scores[row, m] >= thresholds[m])}
                 for m, (tag, kind) in enumerate(zip(result.stacked.tags, result.stacked.types, strict=True))
             ],
         })  # fmt: skip

@@ -31,7 +31,7 @@ def classify(
     raw_csv: RawCsvOpt = False,
 ) -> None:
     """Every model on every image in one vectorised pass; stored vectors are reused, new images embedded."""
-    from services.classify import resolve_models, start_classify
+    from services.classify import export_dir, resolve_models, start_classify
 
     ws = _ws()
     manager = JobManager(ws)
@@ -44,7 +44,7 @@ def classify(
     _finish(manager, job_id, background, executor, raw_csv)
     if not background:
         progress = manager.progress(job_id)
-        where = out or ws.root / "exports" / f"classify-{progress.params['dataset']}-job{job_id}"
+        where = out or export_dir(ws, progress.params["dataset"], job_id)
         typer.echo(f"outputs: {where}")
 
 

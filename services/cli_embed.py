@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from services.cli import ExecutorOpt, _fail, _finish, _run_foreground, _ws, app
-from services.clip_models import ClipSpec, ModelUnavailableError
+from services.clip_models import ClipSpec, ModelUnavailableError, activation_note
 from services.datasets import DatasetError
 from services.jobs import JobManager
 
@@ -81,6 +81,9 @@ def embed(
     except (DatasetError, ModelUnavailableError) as exc:
         _fail(str(exc))
     typer.echo(f"job {job_id} created: embed {dataset!r} with {spec.label}")
+    note = activation_note(spec)
+    if note:
+        typer.echo(f"note: {note}")
     _finish(manager, job_id, background, executor)
 
 
@@ -91,13 +94,20 @@ def train(
     types: Annotated[str, typer.Option(help="Model types: lr, svm or lr,svm.")] = "lr,svm",
     test_size: Annotated[float, typer.Option(help="Fraction held out for testing.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Split and model seed.")] = 0,
-    cv: Annotated[int, typer.Option(help="k-fold cross-validation folds (0: none).")] = 0,
+    cv: Annotated[
+        int | None,
+        typer.Option(help="Cross-validation folds; default: 5 when a tag has under 30 tagged test images; 0: none."),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Fixed decision threshold (default: the F1-best one on validation folds).")
+    ] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
 ) -> None:
-    """One logistic regression and one calibrated linear SVM per tag, with metrics and a report each."""
+    """One logistic regression and one calibrated linear SVM per tag (standardised features, balanced
+    classes, C and threshold chosen on validation folds), with metrics, 95% intervals and a report each."""
     from services.embeddings import embedding_key
     from services.tag_training import start_training
 
@@ -107,7 +117,7 @@ def train(
     try:
         job_id = start_training(
             ws, manager, dataset, key, [t.strip() for t in tags.split(",")] if tags else None,
-            [t.strip() for t in types.split(",") if t.strip()], test_size, seed, cv,
+            [t.strip() for t in types.split(",") if t.strip()], test_size, seed, cv, threshold,
         )  # fmt: skip
     except (DatasetError, ModelUnavailableError) as exc:
         _fail(str(exc))
@@ -116,20 +126,32 @@ def train(
     _print_models(dataset, key)
 
 
-def _print_models(dataset: str | None, key: str | None = None) -> None:
-    from services.tag_models import list_models
+def _ci(interval: list[float] | None) -> str:
+    return f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
 
+
+def _print_models(dataset: str | None, key: str | None = None) -> None:
+    """One line per model: the headline metrics (cross-validated when the test split was small) with their
+    bootstrap 95% intervals, the threshold and where they come from; warnings on an indented line below."""
+    from services.tag_models import headline_metrics, list_models
+
+    warned = 0
     for m in list_models(_ws(), dataset, key):
-        metrics = m.manifest["metrics"]
+        h = headline_metrics(m.manifest)
         typer.echo(
-            f"{m.name}\tAP {metrics['average_precision']:.3f}\tROC AUC {metrics['roc_auc']:.3f}\t"
-            f"F1 {metrics['f1']:.3f}\t{m.path}"
+            f"{m.name}\tAP {h.average_precision:.3f}{_ci(h.ap_ci)}\tF1 {h.f1:.3f}{_ci(h.f1_ci)}\t"
+            f"ROC AUC {h.roc_auc:.3f}\tthreshold {h.threshold:.3f}\t{h.source}, {h.n_positive} tagged\t{m.path}"
         )
+        if h.warning:
+            warned += 1
+            typer.echo(f"  warning: {h.warning}")
+    if warned:
+        typer.echo(f"{warned} models with small test splits; intervals are bootstrap 95%")
 
 
 @app.command("tag-models")
 def tag_models(dataset: Annotated[str | None, typer.Option(help="Only this dataset's models.")] = None) -> None:
-    """Trained per-tag models with their test metrics (seed 004's list_models)."""
+    """Trained per-tag models with their metrics and 95% intervals (seed 004's list_models)."""
     _print_models(dataset)
 
 

@@ -46,11 +46,16 @@ def models_pull(
 def models_list(
     model: Annotated[str | None, typer.Option(help="Only this open_clip model.")] = None,
 ) -> None:
-    """open_clip MODEL/TAG pairs and whether their weights are on this machine."""
+    """Models whose weights are on this machine (the workspace's checkpoints too), then every open_clip
+    MODEL/TAG pair and whether its weights are here."""
     import open_clip
 
-    from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
+    from services.clip_models import ClipSpec, ModelUnavailableError, local_clip_models, resolve_weights
 
+    ws = _ws()
+    for local in local_clip_models(ws.settings, ws.root):
+        if local.spec.checkpoint and (not model or local.spec.model == model):
+            typer.echo(f"{local.spec.model} --checkpoint {local.spec.checkpoint}\tlocal: {local.origin}")
     for name, tag in open_clip.list_pretrained():
         if model and name != model:
             continue

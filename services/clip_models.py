@@ -4,16 +4,27 @@ Weights come only from the local Hugging Face cache (filled by `python -m servic
 checkpoint file the user names; loading never downloads. With no local weights the error comes at once and
 names both fixes. A checkpoint of a custom architecture carries its config beside it as
 `open_clip_config.json` (the layout open_clip pushes to the Hub), which is registered under the model name.
+
+A checkpoint is checked against the architecture it is loaded as before any job starts (the model is built
+on PyTorch's meta device, so the check costs a file read, not a model): a mismatch is a clear error, not an
+assertion deep in open_clip after a slow load. The activation is never guessed from the weights (GELU and
+QuickGELU weights look the same): a pretrained tag brings its own, a `*-quickgelu` name or
+`"quick_gelu": true` in the checkpoint's `open_clip_config.json` gives QuickGELU, anything else GELU, and
+`activation_note` says so where a checkpoint is chosen. `local_clip_models` lists every model whose weights
+are on this machine, for the pages' model picker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +41,10 @@ _CACHE_LOCK = threading.Lock()
 
 class ModelUnavailableError(RuntimeError):
     """No usable weights on this machine; the message says how to provide them."""
+
+
+class CheckpointMismatchError(ModelUnavailableError):
+    """A checkpoint file that does not fit the architecture it was to be loaded as."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,7 @@ def resolve_weights(spec: ClipSpec) -> tuple[str, dict[str, Any]]:
                 f"unknown open_clip model {spec.model!r} for {path.name}: put its open_clip_config.json beside "
                 "the checkpoint or use a built-in name (python -m services models list)"
             )
+        check_checkpoint_fits(spec)
         return str(path), {}
     if spec.model not in open_clip.list_models():
         raise ModelUnavailableError(f"unknown open_clip model {spec.model!r}")
@@ -159,6 +175,221 @@ def _register_sidecar_config(model: str, checkpoint: Path) -> None:
             open_clip.add_model_config(target)  # a file that stays: later rescans can always read it
 
 
+def _sidecar_model_cfg(checkpoint: Path) -> dict[str, Any] | None:
+    sidecar = checkpoint.parent / "open_clip_config.json"
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    model_cfg = data.get("model_cfg", data)
+    return model_cfg if isinstance(model_cfg, dict) else None
+
+
+def wants_quick_gelu(spec: ClipSpec, cfg: dict[str, Any] | None = None) -> bool:
+    """QuickGELU when the pretrained tag says so, or the checkpoint's config does (a `*-quickgelu` model name
+    gets it from open_clip's own config)."""
+    if cfg and cfg.get("quick_gelu"):
+        return True
+    if spec.checkpoint:
+        model_cfg = _sidecar_model_cfg(Path(spec.checkpoint))
+        return bool(model_cfg and model_cfg.get("quick_gelu"))
+    return False
+
+
+def activation_of(model: Any) -> str:
+    """ "QuickGELU" or "GELU": what the built network actually uses."""
+    from open_clip.transformer import QuickGELU
+
+    return "QuickGELU" if any(isinstance(m, QuickGELU) for m in model.modules()) else "GELU"
+
+
+def activation_note(spec: ClipSpec) -> str | None:
+    """What a checkpoint will run with, said where it is chosen: the weights cannot tell GELU from QuickGELU."""
+    import open_clip
+
+    if not spec.checkpoint:
+        return None
+    if wants_quick_gelu(spec) and not spec.model.endswith("-quickgelu"):
+        return f"{spec.model} runs with QuickGELU activations, as the checkpoint's open_clip_config.json says."
+    if spec.model.endswith("-quickgelu"):
+        return f"{spec.model} runs with QuickGELU activations (what OpenAI's released CLIP weights need)."
+    twin = f"{spec.model}-quickgelu"
+    if twin in open_clip.list_models():
+        return (
+            f"{spec.model} runs with GELU activations. Weights trained with QuickGELU (OpenAI's released "
+            f"{spec.model} among them) need the name {twin}: with the wrong one they load and run, but every "
+            "vector differs."
+        )
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip logs 'No pretrained weights loaded' and torch warns about meta copies: neither matters here."""
+
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    drop = Drop()
+    root.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeFilter(drop)
+
+
+_FITS: dict[str, str | None] = {}
+
+
+def check_checkpoint_fits(spec: ClipSpec) -> None:
+    """CheckpointMismatchError, naming the first differing tensor and the fix, when the checkpoint does not
+    load into `spec.model`. Runs open_clip's own loading steps against the model built on the meta device,
+    so what passes here loads for real; the verdict is cached per file version."""
+    if not spec.checkpoint:
+        return
+    key = f"{spec.identity()}|{wants_quick_gelu(spec)}"
+    if key not in _FITS:
+        _FITS[key] = _checkpoint_problem(spec)
+    if _FITS[key]:
+        raise CheckpointMismatchError(str(_FITS[key]))
+
+
+def _checkpoint_problem(spec: ClipSpec) -> str | None:
+    import open_clip
+    import torch
+    from open_clip.factory import load_state_dict
+
+    path = Path(str(spec.checkpoint))
+    with _quiet_open_clip(), torch.device("meta"):
+        model = open_clip.create_model(
+            spec.model, pretrained=None, device="meta", force_quick_gelu=wants_quick_gelu(spec), load_weights=False
+        )
+    try:
+        with _quiet_open_clip():
+            open_clip.load_checkpoint(model, str(path))
+        return None
+    except Exception as exc:  # open_clip reports a misfit as AssertionError, RuntimeError, KeyError ...
+        problem = exc
+    try:
+        with _quiet_open_clip():
+            found = {k: tuple(v.shape) for k, v in load_state_dict(str(path)).items()}
+    except Exception as exc:
+        return f"checkpoint {path.name} cannot be read ({type(exc).__name__}: {exc}); is it a CLIP state dict?"
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    differ = [k for k in expected if k in found and found[k] != expected[k]]
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+
+    def shape(s: tuple[int, ...]) -> str:
+        return "x".join(map(str, s)) or "scalar"
+
+    if differ:
+        k = differ[0]
+        detail = f"{k} is {shape(found[k])} in the file but {shape(expected[k])} in {spec.model}"
+    elif missing:
+        detail = f"{missing[0]} is missing from the file"
+    elif extra:
+        detail = f"the file has {extra[0]}, which {spec.model} does not"
+    else:
+        detail = f"{type(problem).__name__}: {problem}"
+    counts = f"{len(differ)} tensors of other shapes, {len(missing)} missing, {len(extra)} unexpected"
+    if _sidecar_model_cfg(path) is not None:
+        fix = (
+            "an open_clip_config.json beside it describes the architecture it was saved for: pick that model in the "
+            "list, or give it a name that is not a built-in model (a built-in name ignores the config)"
+        )
+    else:
+        fix = "give the open_clip model it was saved for (python -m services models list), or put its "
+        fix += "open_clip_config.json beside it"
+    return f"checkpoint {path.name} does not fit {spec.model}: {detail} ({counts}). Fix: {fix}."
+
+
+@dataclass(frozen=True)
+class LocalClip:
+    """A CLIP model whose weights are on this machine, as the model picker offers it."""
+
+    spec: ClipSpec
+    origin: str  # where it was found
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.label} · {self.origin}"
+
+
+def local_clip_models(settings: Settings, workspace_root: Path | None = None) -> list[LocalClip]:
+    """Every model with local weights: those the workspace's embeddings were made with, checkpoints with an
+    `open_clip_config.json` under the workspace's `models/` folder (the demo's among them), the configured
+    checkpoint, and pulled tags in the Hugging Face cache. Weights only, no model is built."""
+    import open_clip
+
+    device = settings.clip.device
+    found: dict[tuple[str, str | None, str | None], LocalClip] = {}
+    checkpoints: set[str] = set()
+
+    def add(spec: ClipSpec, origin: str) -> None:
+        spec = replace(spec, device=device)
+        ident = (spec.model, None if spec.checkpoint else spec.pretrained, spec.checkpoint)
+        if spec.checkpoint and (spec.checkpoint in checkpoints or not Path(spec.checkpoint).is_file()):
+            return
+        if ident not in found:
+            found[ident] = LocalClip(spec, origin)
+            if spec.checkpoint:
+                checkpoints.add(spec.checkpoint)
+
+    if workspace_root is not None:
+        for spec_file in sorted((workspace_root / "embeddings").glob("*/spec.json")):
+            try:
+                data = json.loads(spec_file.read_text(encoding="utf-8"))
+                spec = ClipSpec(**{k: data.get(k) for k in ("model", "pretrained", "checkpoint")})
+            except (OSError, ValueError, TypeError):
+                continue
+            if spec.checkpoint or (spec.pretrained and _tag_is_local(spec)):
+                add(spec, "made this workspace's embeddings")
+        models_root = workspace_root / "models"
+        for sidecar in sorted(models_root.rglob("open_clip_config.json")) if models_root.is_dir() else []:
+            weights = _weights_beside(sidecar.parent)
+            if weights is not None:
+                name = _safe_model_name(sidecar.parent.name)
+                add(ClipSpec(model=name, pretrained=None, checkpoint=str(weights.resolve())), "checkpoint in workspace")
+    if settings.clip.checkpoint:
+        add(ClipSpec.from_settings(settings), "settings: clip.checkpoint")
+    for name, tag in open_clip.list_pretrained():
+        spec = ClipSpec(model=name, pretrained=tag)
+        if _tag_is_local(spec):
+            add(spec, "pulled (Hugging Face cache)")
+    return list(found.values())
+
+
+def _tag_is_local(spec: ClipSpec) -> bool:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained or "")
+    return bool(cfg) and _cached_file(cfg) is not None
+
+
+def _weights_beside(folder: Path) -> Path | None:
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    for pattern in ("*.safetensors", "*.pt", "*.pth", "*.bin"):
+        hits = sorted(folder.glob(pattern))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _safe_model_name(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "checkpoint"
+
+
 def pick_device(requested: str = "auto") -> str:
     import torch
 
@@ -205,6 +436,10 @@ class LoadedClip:
         return int(max(size) if isinstance(size, tuple | list) else size)
 
     @property
+    def activation(self) -> str:
+        return activation_of(self.model)
+
+    @property
     def logit_scale(self) -> float:
         scale = getattr(self.model, "logit_scale", None)
         return float(scale.exp().item()) if scale is not None else 100.0
@@ -240,7 +475,7 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
             spec.model,
             pretrained=weights,
             device=device,
-            force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+            force_quick_gelu=wants_quick_gelu(spec, cfg),
             image_mean=extra.get("mean"),
             image_std=extra.get("std"),
             image_interpolation=cfg.get("interpolation"),
@@ -249,7 +484,7 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
         model.eval()
         loaded = LoadedClip(spec, model, preprocess, open_clip.get_tokenizer(spec.model), device)
         _CACHE[key] = loaded
-        log.info("loaded %s on %s", spec.label, device)
+        log.info("loaded %s on %s (%s)", spec.label, device, loaded.activation)
         return loaded
 
 
@@ -262,9 +497,24 @@ def pull_weights(spec: ClipSpec, timeout: float) -> str:
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.model)) or "none"
         raise ModelUnavailableError(f"{spec.model} has no pretrained tag {spec.pretrained!r} (tags: {tags})")
-    from services.pulls import PullError, pull_with_timeout
+    from services.pulls import PullError, check_reachable, pull_with_timeout
 
+    what = f"{spec.model}/{spec.pretrained}"
     try:
-        return pull_with_timeout(lambda: download_pretrained(cfg), timeout, f"{spec.model}/{spec.pretrained}")
+        check_reachable(_download_endpoint(cfg))  # seconds, where the hub client would retry for a minute
+        return pull_with_timeout(lambda: download_pretrained(cfg), timeout, what)
     except PullError as exc:
-        raise ModelUnavailableError(str(exc)) from None
+        raise ModelUnavailableError(
+            f"{exc}. This machine cannot download {what}: run `python -m services models pull {what}` on a machine "
+            "with internet and copy its Hugging Face cache (~/.cache/huggingface/hub) here, or give a local "
+            "checkpoint file (--checkpoint FILE, or pick one in the model list)"
+        ) from None
+
+
+def _download_endpoint(cfg: dict[str, Any]) -> str:
+    """Where `download_pretrained` will connect: the Hugging Face endpoint (HF_ENDPOINT) or the tag's URL."""
+    if cfg.get("hf_hub"):
+        from huggingface_hub import constants
+
+        return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    return str(cfg.get("url") or "https://huggingface.co")

@@ -3,7 +3,9 @@
 Real photos come from scikit-image's bundled samples (astronaut, cat, coffee, rocket, ...), with crops and
 flips to make a set; "generated" images are procedural; a tagged folder of coloured shapes trains per-tag
 models with a tiny random CLIP model saved into the workspace (demo weights: they separate colours, nothing
-more); rendered serial codes feed OCR; two categorised CSVs in the seeds' format feed Compare.
+more; the pages' CLIP model pickers list it), through the same training as any dataset (standardised
+features, C and threshold chosen on validation folds, cross-validated metrics: F1 is sensible, not 0);
+rendered serial codes feed OCR; two categorised CSVs in the seeds' format feed Compare.
 """
 
 from __future__ import annotations

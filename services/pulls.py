@@ -33,3 +33,34 @@ def pull_with_timeout(fetch: Callable[[], Any], timeout: float, what: str) -> st
             "from a machine that has it"
         )
     return str(result["path"])
+
+
+REACH_TIMEOUT_SECONDS = 3.0
+
+
+def check_reachable(url: str, timeout: float = REACH_TIMEOUT_SECONDS) -> None:
+    """PullError within about `timeout` seconds when the host of `url` cannot be reached (no DNS, no route,
+    refused). A hub client with no network retries for most of a minute before it fails; this answers first.
+    Name resolution runs in a thread so a hanging resolver is bounded by the same timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: dict[str, BaseException | None] = {}
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["error"] = None
+        except OSError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    if "error" not in outcome:
+        raise PullError(f"cannot reach {host}:{port}: no answer within {timeout:.0f}s")
+    if outcome["error"] is not None:
+        raise PullError(f"cannot reach {host}:{port}: {outcome['error']}")

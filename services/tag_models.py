@@ -1,9 +1,13 @@
 """Trained per-tag classifiers on disk: skops files (never pickle) with a JSON manifest beside each.
 
 `models/<dataset>/<embedding key>/model-{type}-tag-{tag}.skops` holds the fitted estimator; the `.json`
-manifest holds its metrics, the embedding model it expects, the file's sha256 (checked before loading) and
+manifest holds its metrics, the embedding model it expects, the file's sha256 (checked before loading), its
+decision threshold (chosen on validation folds; 0.5 for manifests written before thresholds existed) and
 the model reduced to one linear form, p = sigmoid(scale * (x . w + bias) + shift), which is what scoring
-uses: every model of a folder stacks into one matrix and one pass scores all tags at once.
+uses: every model of a folder stacks into one matrix and one pass scores all tags at once. A standardising
+scaler in front of the model folds into that form (w' = w / sigma, bias' = bias - sum(w * mu / sigma)); its
+mean is kept beside as `center`, which scoring subtracts first so float32 products stay exact to 1e-6
+(CLIP coordinates have means several times their spread, and x . w' would cancel against bias').
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from services.workspace import Workspace, write_atomic
 
 MODEL_TYPES = {"lr": "ovr-logistic-regression", "svm": "ovr-svm"}
+DEFAULT_THRESHOLD = 0.5  # manifests from before thresholds were chosen on validation data
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # Types a model file may contain beyond skops' built-in trusted set; anything else refuses to load.
 ALLOWED_TYPES = frozenset({"sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"})
@@ -47,9 +52,20 @@ class TagModel:
         return self.path.stem
 
     @property
+    def threshold(self) -> float:
+        """The decision threshold on the probability: a score at or above it means the image has the tag."""
+        return float(self.manifest.get("threshold", DEFAULT_THRESHOLD))
+
+    @property
     def linear(self) -> tuple[np.ndarray, float, float, float]:
         lin = self.manifest["linear"]
         return np.asarray(lin["w"], dtype=np.float64), float(lin["bias"]), float(lin["scale"]), float(lin["shift"])
+
+    @property
+    def center(self) -> np.ndarray | None:
+        """The mean the model's scaler subtracted (None for models without one)."""
+        center = self.manifest["linear"].get("center")
+        return None if center is None else np.asarray(center, dtype=np.float64)
 
 
 def models_dir(ws: Workspace, dataset: str, embedding_key: str) -> Path:
@@ -75,23 +91,109 @@ def generate_model_path(ws: Workspace, dataset: str, embedding_key: str, model_t
     return models_dir(ws, dataset, embedding_key) / f"model-{full_type}-tag-{_SAFE.sub('_', tag)}.skops"
 
 
+def _linear_decision(estimator: Any) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """(w, bias, center) of a linear model's decision function on raw vectors; a StandardScaler in front of it
+    (in a Pipeline) is folded in: (x - mu) / sigma . w + b = x . (w / sigma) + (b - sum(w * mu / sigma)), and
+    mu is returned as the center (None without a scaler)."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if isinstance(estimator, Pipeline):
+        *front, (_, last) = estimator.steps
+        w, bias, center = _linear_decision(last)
+        for _, step in reversed(front):
+            if not isinstance(step, StandardScaler):
+                raise ModelFileError(f"no linear form for a pipeline step {type(step).__name__}")
+            sigma = step.scale_ if step.scale_ is not None else np.ones_like(w)
+            mu = step.mean_ if step.mean_ is not None else np.zeros_like(w)
+            w = w / sigma
+            bias = bias - float(np.sum(w * mu))
+            center = np.asarray(mu, dtype=np.float64)
+        return w, bias, center
+    if hasattr(estimator, "coef_") and hasattr(estimator, "intercept_") and np.shape(estimator.coef_)[0] == 1:
+        return np.asarray(estimator.coef_[0], dtype=np.float64), float(estimator.intercept_[0]), None
+    raise ModelFileError(f"no linear form for {type(estimator).__name__}")
+
+
 def linear_form(estimator: Any) -> dict[str, Any]:
-    """Reduce a fitted binary LogisticRegression or sigmoid-calibrated LinearSVC to (w, bias, scale, shift)."""
+    """Reduce a fitted binary LogisticRegression or sigmoid-calibrated LinearSVC (each optionally behind a
+    StandardScaler) to (w, bias, scale, shift)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
 
-    if isinstance(estimator, LogisticRegression):
-        return {"w": estimator.coef_[0].tolist(), "bias": float(estimator.intercept_[0]), "scale": 1.0, "shift": 0.0}
-    if isinstance(estimator, CalibratedClassifierCV) and len(estimator.calibrated_classifiers_) == 1:
+    if isinstance(estimator, LogisticRegression) or (
+        isinstance(estimator, Pipeline) and isinstance(estimator.steps[-1][1], LogisticRegression)
+    ):
+        w, bias, center = _linear_decision(estimator)
+        form = {"w": w.tolist(), "bias": bias, "scale": 1.0, "shift": 0.0}
+    elif isinstance(estimator, CalibratedClassifierCV) and len(estimator.calibrated_classifiers_) == 1:
         calibrated = estimator.calibrated_classifiers_[0]
-        svm, calibrator = calibrated.estimator, calibrated.calibrators[0]
-        return {
-            "w": svm.coef_[0].tolist(),
-            "bias": float(svm.intercept_[0]),
-            "scale": -float(calibrator.a_),
-            "shift": -float(calibrator.b_),
-        }
-    raise ModelFileError(f"no linear form for {type(estimator).__name__}")
+        w, bias, center = _linear_decision(calibrated.estimator)
+        calibrator = calibrated.calibrators[0]
+        form = {"w": w.tolist(), "bias": bias, "scale": -float(calibrator.a_), "shift": -float(calibrator.b_)}
+    else:
+        raise ModelFileError(f"no linear form for {type(estimator).__name__}")
+    if center is not None:
+        form["center"] = center.tolist()  # not part of the formula: where scoring centres vectors first
+    return form
+
+
+@dataclass
+class Headline:
+    """The metrics a page or report leads with: cross-validated when the model has them, else the test split's."""
+
+    source: str  # "cross-validated (5 folds)" or "test split"
+    average_precision: float
+    ap_ci: list[float] | None
+    f1: float
+    f1_ci: list[float] | None
+    roc_auc: float
+    precision: float
+    recall: float
+    n_positive: int
+    n_negative: int
+    threshold: float
+    warning: str | None
+
+
+def headline_metrics(manifest: dict[str, Any]) -> Headline:
+    """What to show first for a model, with a warning when its test split is too small to trust."""
+    from services.tag_metrics import SMALL_TEST_POSITIVES
+
+    m = manifest.get("metrics", {})
+    cv = m.get("cv") if m.get("reported") == "cv" else None
+    shown = cv or m
+    n_test = int(m.get("n_test_positive", 0))
+    warning = None
+    if n_test < SMALL_TEST_POSITIVES:
+        if cv:
+            warning = (
+                f"only {n_test} tagged images in the test split (under {SMALL_TEST_POSITIVES}): {cv['folds']}-fold "
+                f"cross-validated metrics over {cv['n_positive']} tagged images are shown instead"
+            )
+        else:
+            why = m.get("no_cv_reason") or "cross-validation was turned off"
+            warning = (
+                f"only {n_test} tagged images in the test split (under {SMALL_TEST_POSITIVES}) and {why}: AP and F1 "
+                "are uncertain, read the 95% intervals"
+            )
+        if cv and cv["n_positive"] < SMALL_TEST_POSITIVES:
+            warning += f"; even so, {cv['n_positive']} tagged images in all is few: read the 95% intervals"
+    return Headline(
+        source=f"cross-validated ({cv['folds']} folds)" if cv else "test split",
+        average_precision=float(shown.get("average_precision", float("nan"))),
+        ap_ci=shown.get("ap_ci"),
+        f1=float(shown.get("f1", float("nan"))),
+        f1_ci=shown.get("f1_ci"),
+        roc_auc=float(shown.get("roc_auc", float("nan"))),
+        precision=float(shown.get("precision", float("nan"))),
+        recall=float(shown.get("recall", float("nan"))),
+        n_positive=int(cv["n_positive"] if cv else n_test),
+        n_negative=int(cv["n_negative"] if cv else m.get("n_test_negative", 0)),
+        threshold=float(manifest.get("threshold", DEFAULT_THRESHOLD)),
+        warning=warning,
+    )
 
 
 def save_model(path: Path, estimator: Any, manifest: dict[str, Any]) -> TagModel:

@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from services.jobs import JobManager
+from services.tag_models import list_models
 from services.workspace import Workspace
 from tests.conftest import ROOT
 from tests.test_embed_train import png
@@ -42,9 +43,14 @@ def test_upload_classify_browse_export(trained: tuple[Path, object], tmp_path: P
     assert at.metric[0].value == "4"
     at.selectbox(key="cl-tag").set_value("red").run()
     at.radio(key="cl-kind").set_value("ovr-svm").run()
+    model = next(m for m in list_models(Workspace(root), "tagged") if m.name == "model-ovr-svm-tag-red")
+    assert model.threshold != 0.5  # chosen on validation folds when it was trained
+    assert at.slider(key="cl-threshold").value == pytest.approx(int(model.threshold * 1000) / 1000)  # starts at it
+    assert 1 <= len(at.image) < 4  # the red images reach the model's threshold; the others do not
+    assert any(f"reach the model's threshold {model.threshold:.3f}" in c.value for c in at.caption)
     at.slider(key="cl-threshold").set_value(0.0).run()
     assert len(at.image) >= 4  # the gallery shows every image at threshold 0
     at.button(key="cl-export").click().run()
     assert not at.exception, at.exception
     assert {b.label for b in at.get("download_button")} >= {"scores.csv", "output.json", "bins.json"}
-    assert (root / "exports" / "classify-classify-new" / "bins.json").is_file()
+    assert (root / "exports" / "classify-new" / "bins.json").is_file()  # was classify-classify-new

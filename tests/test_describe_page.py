@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pandas as pd
@@ -88,8 +89,9 @@ def test_page_estimate_try_one_run_results_and_export(page_ws: Path, tmp_path: P
         at.selectbox(key="dc-fmt").set_value("categories-csv").run()
         at.button(key="dc-export").click().run()
         assert not at.exception
-        written = (page_ws / "exports" / f"{dataset}-categorized.csv").read_text().splitlines()
-        assert written[0] == "image_name,description,categories" and len(written) == 4
+        with open(page_ws / "exports" / f"{dataset}-categorized.csv", newline="") as fh:
+            written = list(csv.reader(fh))  # formula-guarded: every cell quoted, values unchanged
+        assert written[0] == ["image_name", "description", "categories"] and len(written) == 4
         assert any("categorized.csv (3 images)" in b.label for b in at.get("download_button"))
         # a second job over the same list asks nothing
         again = start_describe(ws, JobManager(ws), dataset, "categorize", cats)
@@ -97,3 +99,24 @@ def test_page_estimate_try_one_run_results_and_export(page_ws: Path, tmp_path: P
         ws.close()
     finally:
         server.stop()
+
+
+def test_clip_zero_shot_with_the_workspaces_own_model_is_counted(page_ws: Path, tmp_path: Path):
+    from services.tiny_clip import save_demo_clip
+
+    ws = Workspace(page_ws, load_settings())
+    colour_dataset(ws, tmp_path, ["red", "green", "blue"])
+    save_list(ws, "colours", ["red", "green", "blue"], "test")
+    save_demo_clip(page_ws / "models" / "demo-clip")  # as `demo` leaves it: the picker must offer it
+    at = open_page()
+    at.radio(key="dc-mode").set_value("Categorize offline (CLIP zero-shot)").run()
+    assert at.selectbox(key="dc-clip-pick").value.startswith("demo-clip (open_clip_model.safetensors)")
+    assert not at.error and not at.button(key="dc-run").disabled
+    at.button(key="dc-run").click().run()
+    assert not at.exception, at.exception
+    assert JobManager(ws).wait(at.session_state["dc-job"], timeout=120).state == "completed"
+    at.run()
+    counts = {m.label: m.value for m in at.metric}
+    assert counts["Categorised (CLIP)"] == "3" and counts["Categorised (Gemini)"] == "0"  # was "Categorised": 0
+    assert list(results_table(at)["clip"].str.len() > 0) == [True, True, True]
+    ws.close()

@@ -130,11 +130,11 @@ def test_every_server_path_input_goes_through_the_guard(
         at.text_input(key="et-path").input(text).run()
         assert "Folder or .zip path:" in errors(at) and at.button(key="et-import").disabled, text
         at.text_input(key="et-checkpoint").input(text).run()
-        assert "Or a local checkpoint file:" in errors(at), text
+        assert "Or a checkpoint file on the server:" in errors(at), text
     at.switch_page("app_pages/describe.py").run()
     for text in hostile:
-        at.text_input(key="dc-clip-ckpt").input(text).run()
-        assert "Or a local checkpoint file on the server:" in errors(at), text
+        at.text_input(key="dc-clip-checkpoint").input(text).run()
+        assert "Or a checkpoint file on the server:" in errors(at), text
     assert not at.exception and PLANTED not in rendered(at)
 
 

@@ -1,0 +1,98 @@
+"""The CLIP model picker shared by Embed & Train and Describe's zero-shot categories: every model whose
+weights are on this machine in one list (the workspace's own checkpoints, the demo's among them, and pulled
+tags), or any other model name, tag or checkpoint typed in. The choice is checked at once: missing weights
+and a checkpoint that does not fit its architecture are said here, in seconds, before any job starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from services.clip_models import (
+    CheckpointMismatchError,
+    ClipSpec,
+    ModelUnavailableError,
+    activation_note,
+    local_clip_models,
+    pull_weights,
+    resolve_weights,
+)
+from services.workspace import Workspace
+from ui.server_path import checkpoint_input, display_path
+
+OTHER = "Another model, tag or checkpoint…"
+
+
+@dataclass
+class PickedClip:
+    spec: ClipSpec
+    error: str | None  # why it cannot be used now; None when its weights are here and fit
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def clip_model_picker(ws: Workspace, key: str, label: str = "CLIP model") -> PickedClip:
+    """Widgets keyed `{key}-pick`, and for other models `{key}-model`, `{key}-pretrained`, `{key}-checkpoint`
+    and `{key}-pull`. Returns the chosen spec and, when it cannot be used, why (already shown)."""
+    settings = ws.settings
+    local = local_clip_models(settings, ws.root)
+    labels = [m.label for m in local] + [OTHER]
+    configured = ClipSpec.from_settings(settings)
+    default = next((i for i, m in enumerate(local) if _same(m.spec, configured)), 0 if local else len(local))
+    choice = st.selectbox(
+        label,
+        labels,
+        index=default,
+        key=f"{key}-pick",
+        help="Models whose weights are on this machine: checkpoints in the workspace, the models its embeddings "
+        "were made with, and tags pulled into the Hugging Face cache (`python -m services models pull`).",
+    )
+    if choice == OTHER:
+        c1, c2, c3 = st.columns([2, 2, 3])
+        model = c1.text_input("open_clip model", value=settings.clip.model, key=f"{key}-model")
+        pretrained = c2.text_input("Pretrained tag", value=settings.clip.pretrained or "", key=f"{key}-pretrained")
+        # a path typed on a team server goes through the server-path guard (server_paths), like every path input
+        checkpoint = checkpoint_input(ws, "Or a checkpoint file on the server", f"{key}-checkpoint", container=c3)
+        spec = ClipSpec.from_settings(settings, model or None, pretrained or None, checkpoint or None)
+    else:
+        spec = local[labels.index(choice)].spec
+    try:
+        weights, _ = resolve_weights(spec)
+    except CheckpointMismatchError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return PickedClip(spec, str(exc))
+    except ModelUnavailableError as exc:
+        st.warning(str(exc))
+        if spec.pretrained and not spec.checkpoint:
+            _pull_button(ws, spec, key)
+        return PickedClip(spec, str(exc))
+    note = activation_note(spec)
+    st.caption(f"Weights: `{display_path(ws, weights)}`" + (f" · {note}" if note else ""))
+    return PickedClip(spec, None)
+
+
+def _same(a: ClipSpec, b: ClipSpec) -> bool:
+    return a.model == b.model and a.checkpoint == b.checkpoint and (bool(a.checkpoint) or a.pretrained == b.pretrained)
+
+
+def _pull_button(ws: Workspace, spec: ClipSpec, key: str) -> None:
+    """Pull explicitly; with no route to the hub the answer comes in seconds, in red, with the fix."""
+    what = f"{spec.model}/{spec.pretrained}"
+    timeout = ws.settings.clip.pull_timeout_seconds
+    failed_key = f"{key}-pull-error"
+    if st.button(f"Pull {what}", key=f"{key}-pull", icon=":material/download:"):
+        with st.spinner(f"Downloading {what} (gives up after {timeout:.0f}s) ..."):
+            try:
+                path = pull_weights(spec, timeout)
+            except ModelUnavailableError as exc:
+                st.session_state[failed_key] = (what, str(exc))
+            else:
+                st.session_state.pop(failed_key, None)
+                st.toast(f"{what} saved to {display_path(ws, path)}")
+                st.rerun()
+    failed = st.session_state.get(failed_key)
+    if failed and failed[0] == what:
+        st.error(f"Pull failed: {failed[1]}", icon=":material/cloud_off:")
