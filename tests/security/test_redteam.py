@@ -422,3 +422,30 @@ def test_the_configured_checkpoint_path_is_not_shown(team_server: dict[str, Path
     at.switch_page("app_pages/embed_train.py").run()
     assert not at.exception, at.exception
     assert str(team_server["checkpoint"].parent) not in rendered(at)
+
+
+# --- R11: the server's AWS key id and session token go to any endpoint a user types -----------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="R11: on a team server the Download page's S3 'Endpoint URL' takes any address the network policy "
+    "allows (every public host), and botocore signs requests to it with the server's credentials: the host "
+    "receives the access key id and the session token (X-Amz-Security-Token); dask schedulers are limited "
+    "to an administrator's list on such a server, S3 endpoints are not",
+)
+def test_a_typed_s3_endpoint_never_receives_the_servers_credentials(
+    team_server: dict[str, Path], allowed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "planted-session-token-7d1c")
+    at = signed_in()
+    at.switch_page("app_pages/download.py").run()
+    at.file_uploader(key="s3-upload").upload("names.csv", b"name\na.jpg\n", "text/csv").run()
+    at.text_input(key="s3-bucket").input("company-bucket")
+    at.text_input(key="s3-endpoint").input(allowed.base).run()  # 127.0.0.2 stands for any host on the internet
+    at.button(key="s3-analyse").click().run()
+    assert not at.exception, at.exception
+    sent = [r.headers for r in allowed.requests]
+    assert sent, "the page sent nothing to the endpoint (the reproduction did not run)"
+    leaked = [h for h in sent if "planted-session-token-7d1c" in str(h) or "Credential=testing/" in str(h)]
+    assert not leaked, leaked
