@@ -128,11 +128,12 @@ def _inputs(base: Path, ws: Path, images: ImageServer, s3_endpoint: str) -> dict
 
 
 @contextlib.contextmanager
-def _streamlit(ws: Path, env: dict[str, str], log_path: Path) -> Iterator[str]:
+def _streamlit(script: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """`streamlit run script` (relative to the checkout) on a free port; its URL."""
     port = free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+            [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
              "--server.headless", "true"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -177,7 +178,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         timings["demo build"] = time.monotonic() - t0
         endpoint = f"http://127.0.0.1:{moto_port}"
         files = _inputs(base, ws, images, endpoint)
-        with _streamlit(ws, env, base / "streamlit.log") as url:
+        with _streamlit("app.py", env, base / "streamlit.log") as url:
             yield Demo(url, ws, files, endpoint, timings)
     finally:
         moto.stop()
@@ -365,3 +366,63 @@ def test_every_widget_once_without_a_failure(walked: Callable[[str], WalkReport]
 def test_a_reload_keeps_jobs_and_inputs(walked: Callable[[str], WalkReport], page_name: str) -> None:
     report = walked(page_name)
     assert report.reload_losses == [], report.describe()
+
+
+SELF_TEST_APP = """
+import streamlit as st
+
+st.title("Walker self-test")
+st.sidebar.caption("internal schema v9")
+pick = st.selectbox("Pick", ["a", "b", "c"], key="pick")
+st.text_input("Name", key="name")
+if st.button("Expected"):
+    st.error("a known, expected message")
+if st.button("Oops"):
+    st.error("something nobody expected")
+if st.button("Status"):
+    with st.status("Working"):
+        st.error("it failed inside")
+if st.button("Magic"):
+    st.info("shown") if pick else None
+if st.button("Delete everything"):
+    st.error("the walk must not press this")
+if st.button("Raise"):
+    raise RuntimeError("boom from the walker self-test")
+"""
+
+
+def test_the_walker_catches_what_it_is_for(tmp_path: Path) -> None:
+    """On a page made to break in each way the walk looks for, each is found, and nothing else is: the checks
+    keep proving themselves after every dashboard page is fixed."""
+    from playwright.sync_api import sync_playwright
+
+    script = tmp_path / "selftest_app.py"
+    script.write_text(SELF_TEST_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
+    plan = PagePlan(
+        "selftest", "", "Walker self-test", sidebar=True,
+        expected_errors={"a known, expected message": "the plan expects it"},
+        skip={"^Delete everything$": "destructive"},
+        forbidden_text={r"internal schema v\d": "a developer detail"},
+    )  # fmt: skip
+    with _streamlit(str(script), env, tmp_path / "streamlit.log") as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        open_page(page, url, plan)
+        report = walk(page, plan, tmp_path / "artifacts")
+        browser.close()
+    found: dict[str, list[str]] = {}
+    for f in report.findings:
+        found.setdefault(f.kind, []).append(f.detail)
+    assert set(found) == {"exception", "raw-help", "success-with-error", "unexpected-error", "forbidden-text"}, found
+    assert len(found["exception"]) == 1 and "boom from the walker self-test" in found["exception"][0]
+    assert sorted(found["unexpected-error"]) == ["it failed inside", "something nobody expected"]  # once each
+    assert len(found["success-with-error"]) == 1 and "it failed inside" in found["success-with-error"][0]
+    assert len(found["raw-help"]) == 1 and "DeltaGenerator" in found["raw-help"][0]
+    assert found["forbidden-text"] == ["'internal schema v9': a developer detail"]
+    assert report.expected_seen and "a known, expected message" in report.expected_seen[0]
+    assert list(report.skipped.values()) == ["destructive"]
+    assert not any("Delete everything" in s.action for s in report.steps)
+    assert any(s.action.startswith("selectbox 'Pick' (pick): chose 'b'") for s in report.steps)
+    assert any("'Name' (name): 'walk' became ''" in loss for loss in report.reload_losses), report.reload_losses
+    assert (tmp_path / "artifacts" / "selftest" / "walk.md").is_file() and report.screenshots

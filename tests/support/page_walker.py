@@ -200,8 +200,9 @@ CHECK_JS = """
   const out = [];
   document.querySelectorAll('[data-testid="stException"]').forEach(e =>
     out.push({kind: 'exception', text: txt(e).slice(0, 600)}));
-  document.querySelectorAll('[data-testid="stAlertContentError"]').forEach(e =>
-    out.push({kind: 'error', text: txt(e).slice(0, 600)}));
+  document.querySelectorAll('[data-testid="stAlertContentError"]').forEach(e => {
+    if (!e.closest('[data-testid="stException"]')) out.push({kind: 'error', text: txt(e).slice(0, 600)});
+  });
   document.querySelectorAll('[data-testid="stHelp"]').forEach(e =>
     out.push({kind: 'raw-help', text: `st.help output ${Math.round(e.getBoundingClientRect().height)} px tall: ` +
               txt(e).slice(0, 200)}));
@@ -814,6 +815,7 @@ class Walker:
                 self.note_toasts()
                 job_note = self.wait_for_jobs()
             with self.timed("checks"):
+                self.page.mouse.move(1, 1)  # a hovered status shows a chevron, not its state icon
                 findings += self.check(step, action)
             shot = self.record(step, action, findings)
             self.report.steps.append(Step(step, action, w["section"], round(took, 1), job_note, shot))
