@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -33,6 +34,9 @@ from tests.support.fake_gemini import API_KEY, FakeGemini
 from tests.support.image_server import ImageServer, make_jpeg
 from tests.support.page_walker import PagePlan, WalkReport, open_page, walk
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts" / "pages"
@@ -320,54 +324,6 @@ RELOAD_LOSES = {  # what a browser reload loses today
 }
 
 
-@pytest.fixture(scope="module")
-def walked(demo: Demo) -> Iterator[Callable[[str], WalkReport]]:
-    """The walk of a page, run the first time a test asks for it (one browser, a fresh context per page)."""
-    from playwright.sync_api import sync_playwright
-
-    reports: dict[str, WalkReport] = {}
-    all_plans = plans(demo)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-
-        def run(name: str) -> WalkReport:
-            if name not in reports:
-                context = browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
-                page = context.new_page()
-                try:
-                    open_page(page, demo.base_url, all_plans[name])
-                    reports[name] = walk(page, all_plans[name], ARTIFACTS)
-                finally:
-                    context.close()
-            return reports[name]
-
-        yield run
-        browser.close()
-    summary = [f"demo build {demo.timings.get('demo build', 0):.0f}s"]
-    summary += [f"{name}: {r.seconds:.0f}s, {len(r.steps)} steps, {len(r.findings)} findings" for name, r in
-                reports.items()]  # fmt: skip
-    (ARTIFACTS / "timings.txt").write_text("\n".join(summary) + "\n")
-
-
-def _marked(reasons: dict[str, str]) -> list[object]:
-    return [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=reasons[p])) if p in reasons else p for p in PAGES
-    ]
-
-
-@pytest.mark.parametrize("page_name", _marked(WALK_FAILS))
-def test_every_widget_once_without_a_failure(walked: Callable[[str], WalkReport], page_name: str) -> None:
-    report = walked(page_name)
-    assert len(report.steps) > 2, report.describe()  # the walk reached the page's widgets
-    assert report.findings == [], report.describe()
-
-
-@pytest.mark.parametrize("page_name", _marked(RELOAD_LOSES))
-def test_a_reload_keeps_jobs_and_inputs(walked: Callable[[str], WalkReport], page_name: str) -> None:
-    report = walked(page_name)
-    assert report.reload_losses == [], report.describe()
-
-
 SELF_TEST_APP = """
 import streamlit as st
 
@@ -391,11 +347,9 @@ if st.button("Raise"):
 """
 
 
-def test_the_walker_catches_what_it_is_for(tmp_path: Path) -> None:
+def test_the_walker_catches_what_it_is_for(browser: Browser, tmp_path: Path) -> None:
     """On a page made to break in each way the walk looks for, each is found, and nothing else is: the checks
     keep proving themselves after every dashboard page is fixed."""
-    from playwright.sync_api import sync_playwright
-
     script = tmp_path / "selftest_app.py"
     script.write_text(SELF_TEST_APP)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
@@ -405,12 +359,12 @@ def test_the_walker_catches_what_it_is_for(tmp_path: Path) -> None:
         skip={"^Delete everything$": "destructive"},
         forbidden_text={r"internal schema v\d": "a developer detail"},
     )  # fmt: skip
-    with _streamlit(str(script), env, tmp_path / "streamlit.log") as url, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+    with _streamlit(str(script), env, tmp_path / "streamlit.log") as url:
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = context.new_page()
         open_page(page, url, plan)
         report = walk(page, plan, tmp_path / "artifacts")
-        browser.close()
+        context.close()
     found: dict[str, list[str]] = {}
     for f in report.findings:
         found.setdefault(f.kind, []).append(f.detail)
@@ -426,3 +380,57 @@ def test_the_walker_catches_what_it_is_for(tmp_path: Path) -> None:
     assert any(s.action.startswith("selectbox 'Pick' (pick): chose 'b'") for s in report.steps)
     assert any("'Name' (name): 'walk' became ''" in loss for loss in report.reload_losses), report.reload_losses
     assert (tmp_path / "artifacts" / "selftest" / "walk.md").is_file() and report.screenshots
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One chromium for the module (Playwright's sync API allows one running instance per thread)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def walked(demo: Demo, browser: Browser) -> Iterator[Callable[[str], WalkReport]]:
+    """The walk of a page, run the first time a test asks for it (a fresh browser context per page)."""
+    reports: dict[str, WalkReport] = {}
+    all_plans = plans(demo)
+
+    def run(name: str) -> WalkReport:
+        if name not in reports:
+            context = browser.new_context(viewport={"width": 1400, "height": 1800}, accept_downloads=True)
+            page = context.new_page()
+            try:
+                open_page(page, demo.base_url, all_plans[name])
+                reports[name] = walk(page, all_plans[name], ARTIFACTS)
+            finally:
+                context.close()
+        return reports[name]
+
+    yield run
+    summary = [f"demo build {demo.timings.get('demo build', 0):.0f}s"]
+    summary += [f"{name}: {r.seconds:.0f}s, {len(r.steps)} steps, {len(r.findings)} findings" for name, r in
+                reports.items()]  # fmt: skip
+    (ARTIFACTS / "timings.txt").write_text("\n".join(summary) + "\n")
+
+
+def _marked(reasons: dict[str, str]) -> list[object]:
+    return [
+        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=reasons[p])) if p in reasons else p for p in PAGES
+    ]
+
+
+@pytest.mark.parametrize("page_name", _marked(WALK_FAILS))
+def test_every_widget_once_without_a_failure(walked: Callable[[str], WalkReport], page_name: str) -> None:
+    report = walked(page_name)
+    assert len(report.steps) > 2, report.describe()  # the walk reached the page's widgets
+    assert report.findings == [], report.describe()
+
+
+@pytest.mark.parametrize("page_name", _marked(RELOAD_LOSES))
+def test_a_reload_keeps_jobs_and_inputs(walked: Callable[[str], WalkReport], page_name: str) -> None:
+    report = walked(page_name)
+    assert report.reload_losses == [], report.describe()
