@@ -1,18 +1,17 @@
 """Download: URL CSVs (upload or server path), S3 prefixes with a pre-download analysis, and S3 batch mode."""
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from services.datasets import DatasetError, read_csv_header
+from services.names import to_name
 from services.s3_client import S3AccessError
 from services.s3_download import analyze_s3, plan_batch, start_s3_download
 from services.server_paths import CSV_FILE, FOLDER
-from services.url_download import guess_kind, start_url_download
-from ui.components import job_panel, jobs_table, launch
+from services.url_download import guess_kind, start_url_download, url_columns
+from ui.components import job_panel, jobs_table, launch, save_upload
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
 
@@ -27,31 +26,29 @@ st.caption(
 )
 
 
-def _save_upload(upload: UploadedFile) -> Path:
-    data = upload.getvalue()
-    digest = hashlib.sha256(data).hexdigest()[:12]
-    path = ws.upload_path(f"{digest}_{upload.name}")
-    if not path.exists():
-        path.write_bytes(data)
-    return path
-
-
 def _csv_source(key: str, label: str) -> Path | None:
     how = st.radio("Source", ["Upload a CSV", "Path on the server"], horizontal=True, key=f"{key}-how")
     if how == "Upload a CSV":
         upload = st.file_uploader(label, type=["csv"], key=f"{key}-upload", max_upload_size=ws.settings.max_upload_mb)
-        return _save_upload(upload) if upload is not None else None
+        if upload is None:
+            return None
+        return save_upload(ws, upload)
     return server_path_input(ws, "CSV path", CSV_FILE, f"{key}-path", placeholder="/data/train.csv")
 
 
+def _shown_name(path: Path) -> str:
+    """The name the user knows the file by: the uploaded file's own name, not the stored upload's."""
+    return ws.shown_name(path)
+
+
 def _dataset_default(path: Path) -> str:
-    """The file's stem, without the content-hash prefix that uploads get."""
-    return path.stem.split("_", 1)[-1] if path.parent == ws.root / "uploads" else path.stem
+    return to_name(Path(_shown_name(path)).stem, "dataset")
 
 
 def _start(job_id: int) -> None:
     launch(manager, job_id)
     st.session_state["download-job"] = job_id
+    st.session_state["job-pick"] = job_id  # the panel below follows the new job at once
     st.toast(f"Job {job_id} started")
 
 
@@ -63,20 +60,25 @@ with tab_urls:
         try:
             header = read_csv_header(csv_path)
             preview = pd.read_csv(csv_path, nrows=10, dtype=str, keep_default_na=False)
+            candidates = url_columns(csv_path, header)
         except (DatasetError, ValueError) as exc:
-            st.error(f"Cannot read `{csv_path.name}`: {exc}")
-            header = []
+            st.error(f"Cannot read {_shown_name(csv_path)!r}: {exc}")
+            header, candidates = [], []
         if header:
-            st.caption(f"First rows of `{csv_path.name}`")
+            st.caption(f"First rows of {_shown_name(csv_path)!r}")
             st.dataframe(preview, hide_index=True, key="urls-preview")
-            default_col = next((i for i, c in enumerate(header) if c == "image_link"), None)
-            if default_col is None:
-                default_col = next((i for i, c in enumerate(header) if "url" in c.lower() or "link" in c.lower()), 0)
+        if header and not candidates:
+            st.error(
+                f"{_shown_name(csv_path)!r} has no column of image URLs (http:// or https://) in its first rows. "
+                f"Its columns: {', '.join(repr(c) for c in header)}. Upload a CSV with a URL column, such as seed "
+                "000's `image_link`."
+            )
+        elif header:
             with st.form("urls-form"):
                 left, right = st.columns(2)
-                url_column = left.selectbox("URL column", header, index=default_col)
+                url_column = left.selectbox("URL column", candidates, index=0, help="Columns whose cells are URLs.")
                 dataset = right.text_input("Dataset name", value=_dataset_default(csv_path))
-                guessed = guess_kind(csv_path)
+                guessed = guess_kind(Path(_shown_name(csv_path)))
                 kind = left.selectbox("Kind", KINDS, index=KINDS.index(guessed) if guessed in KINDS else 0)
                 resize = right.number_input("Resize to N x N (0 = keep originals only)", 0, 4096, 0, step=32)
                 workers = left.number_input("Worker processes", 0, 64, ws.settings.download.workers)
@@ -136,7 +138,8 @@ with tab_s3:
             f"Confirm: download {analysis.available:,} files", type="primary", key="s3-confirm", icon=":material/check:"
         ):
             try:
-                job_id = start_s3_download(ws, manager, analysis, s3_dataset or Path(analysis.csv_path).stem)
+                name = s3_dataset or _dataset_default(Path(analysis.csv_path))
+                job_id = start_s3_download(ws, manager, analysis, name)
             except DatasetError as exc:
                 st.error(str(exc))
             else:

@@ -107,9 +107,9 @@ def read_csv_header(path: Path) -> list[str]:
         try:
             header = next(csv.reader(fh))
         except StopIteration:
-            raise DatasetError(f"{path}: the file is empty") from None
+            raise DatasetError(f"{path.name}: the file is empty") from None
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path}: not a readable CSV ({exc})") from exc
+            raise DatasetError(f"{path.name}: not a readable CSV ({exc})") from exc
     return [h.strip() for h in header]
 
 
@@ -127,7 +127,7 @@ def iter_csv_batches(path: Path, skip_header: bool = True, batch: int = INGEST_B
                     yield chunk
                     chunk = []
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path}, line {reader.line_num}: {exc}") from exc
+            raise DatasetError(f"{path.name}, line {reader.line_num}: {exc}") from exc
         if chunk:
             yield chunk
 

@@ -79,14 +79,14 @@ class S3Analysis:
 def read_name_list(csv_path: Path, has_header: bool | None = None, name_column: str | None = None) -> NameList:
     """File names from a CSV with or without a header; the header is detected from the first row."""
     if not csv_path.is_file():
-        raise DatasetError(f"{csv_path}: no such file")
+        raise DatasetError(f"{csv_path.name}: no such file")
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         try:
             rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{csv_path}: not a readable CSV ({exc})") from exc
+            raise DatasetError(f"{csv_path.name}: not a readable CSV ({exc})") from exc
     if not rows:
-        raise DatasetError(f"{csv_path}: the file lists no names")
+        raise DatasetError(f"{csv_path.name}: the file lists no names")
     first = [c.strip() for c in rows[0]]
     if has_header is None:
         has_header = (name_column is not None and name_column in first) or any(c.lower() in NAME_HEADERS for c in first)
@@ -95,7 +95,7 @@ def read_name_list(csv_path: Path, has_header: bool | None = None, name_column: 
     index = 0
     if name_column is not None:
         if name_column not in columns:
-            raise DatasetError(f"{csv_path}: no column {name_column!r}; columns are {', '.join(columns)}")
+            raise DatasetError(f"{csv_path.name}: no column {name_column!r}; columns are {', '.join(columns)}")
         index = columns.index(name_column)
     elif has_header:
         index = next((i for i, c in enumerate(columns) if c.lower() in NAME_HEADERS), 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from services import csv_safety
 from services.datasets import (
@@ -24,6 +25,35 @@ from services.jobs import ChunkedTask, JobManager
 from services.workspace import Workspace
 
 KIND_FROM_NAME = re.compile(r"^(REAL|GEN)[_-]", re.IGNORECASE)
+
+
+URL_SAMPLE_ROWS = 200
+
+
+def looks_like_url(value: str) -> bool:
+    """An http(s) URL with a host, as a CSV cell would hold it (the network policy checks it properly later)."""
+    parts = urlsplit(value.strip())
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
+def url_columns(csv_path: Path, header: list[str] | None = None) -> list[str]:
+    """Columns whose sampled non-empty cells are mostly URLs, best first (`image_link` before others), so a
+    CSV without image URLs is refused before a job fails every row."""
+    header = header if header is not None else read_csv_header(csv_path)
+    seen = [0] * len(header)
+    urls = [0] * len(header)
+    rows = 0
+    for batch in iter_csv_batches(csv_path, batch=URL_SAMPLE_ROWS):
+        for values in batch:
+            for i, value in enumerate(values[: len(header)]):
+                if value.strip():
+                    seen[i] += 1
+                    urls[i] += looks_like_url(value)
+            rows += 1
+        if rows >= URL_SAMPLE_ROWS:
+            break
+    found = [header[i] for i in range(len(header)) if seen[i] and urls[i] * 2 >= seen[i]]
+    return sorted(found, key=lambda c: (c != "image_link", "url" not in c.lower() and "link" not in c.lower()))
 
 
 def guess_kind(csv_path: Path) -> str:
@@ -50,10 +80,15 @@ def start_url_download(
     """Validate the request, register the dataset and create the job; returns the job id (not yet run)."""
     csv_path = Path(csv_path).expanduser().resolve()
     if not csv_path.is_file():
-        raise DatasetError(f"{csv_path}: no such file")
+        raise DatasetError(f"{csv_path.name}: no such file")
     header = read_csv_header(csv_path)
     if url_column not in header:
-        raise DatasetError(f"{csv_path}: no column {url_column!r}; columns are {', '.join(header)}")
+        raise DatasetError(f"{csv_path.name}: no column {url_column!r}; columns are {', '.join(header)}")
+    if url_column not in url_columns(csv_path, header):
+        raise DatasetError(
+            f"{csv_path.name}: column {url_column!r} holds no image URLs (http:// or https://) in its first "
+            f"{URL_SAMPLE_ROWS} rows; columns are {', '.join(header)}"
+        )
     if resize is not None and not 8 <= resize <= 4096:
         raise DatasetError(f"--resize {resize}: must be between 8 and 4096 pixels")
     ds = ensure_dataset(ws.catalog, dataset, kind or guess_kind(csv_path), str(csv_path), header)
@@ -67,7 +102,7 @@ def start_url_download(
         "out": str(Path(out).expanduser().resolve()) if out else None,
         "dataset": dataset,
     }
-    return manager.create("download_urls", f"Download URLs: {dataset} ({csv_path.name})", params, ds.id)
+    return manager.create("download_urls", f"Download URLs: {dataset} ({ws.shown_name(csv_path)})", params, ds.id)
 
 
 def labelled_csv_path(ws: Workspace, job_id: int, params: dict[str, Any]) -> Path:

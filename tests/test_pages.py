@@ -68,6 +68,49 @@ def test_download_page_upload_start_and_see_results(ws_root: Path, image_server:
     assert len(saved) == 1
 
 
+def test_download_page_refuses_a_csv_without_urls_and_names_uploads_as_uploaded(ws_root: Path) -> None:
+    """Issue 15: a CSV without a URL column is refused with its columns listed (no form, no job); the upload is
+    shown under its own name, never the stored one with its file-id prefix."""
+    at = app_test().run()
+    at.switch_page("app_pages/download.py").run()
+    body = "title,entity_value\nitem one,1 gram\nitem two,2 gram\n"
+    at.file_uploader(key="urls-upload").upload("products.csv", body.encode(), "text/csv").run()
+    assert not at.exception
+    assert any("has no column of image URLs" in e.value and "'title', 'entity_value'" in e.value for e in at.error)
+    assert not [b for b in at.button if b.label == "Start download"]
+    shown = " ".join(c.value for c in at.caption) + " ".join(e.value for e in at.error)
+    assert "'products.csv'" in shown
+    stored = next((ws_root / "uploads").glob("*_products.csv")).name
+    assert stored != "products.csv" and stored not in shown
+
+
+def test_download_page_follows_the_new_job_and_says_when_every_item_failed(
+    ws_root: Path, image_server: ImageServer
+) -> None:
+    """Issue 15: after a second "Start download" the panel showed the previous job; a job whose every row
+    failed showed a green `completed`."""
+    good = image_server.add("g.jpg", make_jpeg(40, 30, seed=1))
+    at = app_test().run()
+    at.switch_page("app_pages/download.py").run()
+    at.file_uploader(key="urls-upload").upload("one.csv", f"image_link\n{good}\n".encode(), "text/csv").run()
+    at.button[0].click().run()
+    assert wait_done(ws_root, 1) == "completed"
+    at.run()
+    assert at.selectbox(key="job-pick").value == 1
+    bad = "\n".join(["image_link"] + [image_server.url(f"/status/404?{i}") for i in range(3)])
+    at.file_uploader(key="urls-upload").upload("bad.csv", bad.encode(), "text/csv").run()
+    at.text_input[0].input("bad").run()  # the dataset name
+    [b for b in at.button if b.label == "Start download"][0].click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="job-pick").value == 2  # the panel follows the job just started
+    assert wait_done(ws_root, 2) == "completed"
+    at.run()
+    panel = [m.value for m in at.markdown if m.value.startswith("**Job 2**")]
+    assert panel and "`completed: every item failed`" in panel[0] and ":material/error:" in panel[0], panel
+    assert any("All 3 items failed" in w.value for w in at.warning)
+    assert "(bad.csv)" in panel[0]
+
+
 def test_download_page_reports_bad_column(ws_root: Path, tmp_path: Path) -> None:
     csv_path = write_csv(tmp_path / "odd.csv", ["link", "x"], [["http://127.0.0.1:9/a.jpg", "1"]])
     at = app_test().run()

@@ -181,6 +181,22 @@ def test_bad_input_names_file_and_cause(ws: Workspace, manager: JobManager, tmp_
         start_url_download(ws, manager, empty, "e")
 
 
+def test_a_column_without_urls_is_refused_before_any_job(ws: Workspace, manager: JobManager, tmp_path: Path) -> None:
+    """Issue 15: a CSV without a URL column was accepted and every row failed; now the job is never made and the
+    message lists the columns. A column of mostly URLs (some broken) is still accepted."""
+    from services.url_download import url_columns
+
+    rows = [[f"item {i}", f"{i}.5 gram", f"https://img.example.org/{i}.jpg"] for i in range(5)]
+    rows.append(["item 5", "1 gram", "not a url"])
+    csv_path = write_csv(tmp_path / "no_urls.csv", ["title", "entity_value", "picture"], rows)
+    assert url_columns(csv_path) == ["picture"]
+    with pytest.raises(DatasetError, match=r"column 'title' holds no image URLs .* columns are title, entity_value"):
+        start_url_download(ws, manager, csv_path, "d", url_column="title")
+    assert manager.list() == [] and ws.catalog.scalar("SELECT COUNT(*) FROM datasets") == 0
+    start_url_download(ws, manager, csv_path, "d", url_column="picture")
+    assert len(manager.list()) == 1
+
+
 def test_process_pool_workers(ws: Workspace, manager: JobManager, image_server: ImageServer, tmp_path: Path) -> None:
     urls = [image_server.add(f"p{i}.jpg", make_jpeg(64, 48, seed=i)) for i in range(30)]
     csv_path = write_csv(tmp_path / "train.csv", TRAIN_HEADER, [[u, "1", "e", "v"] for u in urls])

@@ -90,7 +90,12 @@ def job_panel(manager: JobManager, job_id: int) -> None:
     @st.fragment(run_every=every)
     def _panel() -> None:
         p = manager.progress(job_id)
-        st.markdown(f"**Job {p.id}** · {p.title} · {STATE_ICONS.get(p.state, '')} `{p.state}`")
+        shown_state, icon = p.state, STATE_ICONS.get(p.state, "")
+        if p.state == "completed" and p.failed and not p.done:  # finished, but nothing came of it
+            shown_state, icon = "completed: every item failed", ":material/error:"
+        elif p.state == "completed" and p.failed:
+            shown_state, icon = f"completed with {p.failed:,} failed", ":material/warning:"
+        st.markdown(f"**Job {p.id}** · {p.title} · {icon} `{shown_state}`")
         st.progress(p.fraction, text=f"{p.done + p.failed:,} of {p.total:,} items")
         cols = st.columns(5)
         cols[0].metric("ok", f"{p.done:,}")
@@ -100,6 +105,8 @@ def job_panel(manager: JobManager, job_id: int) -> None:
         cols[4].metric("ETA", format_seconds(p.eta_seconds))
         if p.error:
             st.error(p.error)
+        elif p.state == "completed" and p.failed and not p.done:
+            st.warning(f"All {p.failed:,} items failed; the failure classes below say why.", icon=":material/error:")
         if p.state == "interrupted":
             st.warning("This job stopped without finishing (its process is gone). Resume continues where it left off.")
         buttons = st.columns(4)
