@@ -94,7 +94,8 @@ def test_upload_csv_start_download_see_results(
         page.locator("input[type=file]").first.set_input_files(str(csv_path))
         expect(page.get_by_text("First rows of")).to_be_visible(timeout=30_000)
         page.get_by_role("button", name="Start download").click()
-        expect(page.get_by_text("completed", exact=True).first).to_be_visible(timeout=60_000)
+        # four rows fetched, one 404: the panel says the job completed with that failure
+        expect(page.get_by_text("completed with 1 failed", exact=True).first).to_be_visible(timeout=60_000)
         expect(page.get_by_text("4 of 5 items").or_(page.get_by_text("5 of 5 items"))).to_be_visible()
         expect(page.get_by_role("button", name="Labelled CSV")).to_be_visible(timeout=15_000)
         expect(page.get_by_text("http_4xx").first).to_be_visible()
