@@ -132,8 +132,8 @@ def read_preview(
     rules = OcrRules.model_validate_json(rules_json)
     try:
         original = decode_bytes(data, settings.download.max_pixels)
-        prepared = prepare(original, recipe)
-        found = read_image(engine, settings, original, recipe, rules)
+        prepared = prepare(original, recipe, settings.download.max_pixels)  # a recipe's output is bounded too
+        found = read_image(engine, settings, original, recipe, rules, settings.download.max_pixels)
     except ImageCheckError as exc:
         return None, None, f"{exc.error_class}: {exc.message}"
     except (EngineUnavailableError, ValueError) as exc:  # RecipeMisfitError is a ValueError
