@@ -400,13 +400,6 @@ def test_the_configured_checkpoint_path_is_not_shown(team_server: dict[str, Path
 # --- R11: the server's AWS key id and session token go to any endpoint a user types -----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R11: on a team server the Download page's S3 'Endpoint URL' takes any address the network policy "
-    "allows (every public host), and botocore signs requests to it with the server's credentials: the host "
-    "receives the access key id and the session token (X-Amz-Security-Token); dask schedulers are limited "
-    "to an administrator's list on such a server, S3 endpoints are not",
-)
 def test_a_typed_s3_endpoint_never_receives_the_servers_credentials(
     team_server: dict[str, Path], allowed: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
