@@ -158,3 +158,25 @@ def test_the_preprocess_preview_and_job_use_the_download_pixel_limit(
         assert all("step 2 (resize)" in f["error_message"] for f in failures)
     finally:
         ws.close()
+
+
+def test_the_ocr_page_preview_refuses_a_recipe_over_the_pixel_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The OCR page runs the chosen recipe on every uploaded image in the dashboard's own process."""
+    from streamlit.testing.v1 import AppTest
+
+    from services.recipes import save_recipe
+    from tests.conftest import ROOT
+    from tests.support.text_images import render_png
+
+    root = tmp_path / "page-ws"
+    save_recipe(root, Recipe(name="big", ops=[Grayscale(), Resize(width=4096, height=1200)]))
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(root))
+    monkeypatch.setenv("WORKBENCH_DOWNLOAD__MAX_PIXELS", "1000000")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
+    at.switch_page("app_pages/ocr.py").run()
+    at.selectbox(key="ocr-engine").set_value("tesseract").run()
+    at.file_uploader(key="ocr-upload").upload("a.png", render_png("25012345678", mono=True), "image/png")
+    at.selectbox(key="ocr-recipe").set_value("big").run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert any("recipe 'big' makes too large an image: step 2 (resize)" in e and "1,000,000-pixel" in e for e in errors)
