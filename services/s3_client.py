@@ -76,13 +76,12 @@ def listed_endpoints(settings: Settings) -> list[str]:
     """The endpoints an administrator lists (`s3_endpoints` and `download.s3_endpoint_url`), normalised."""
     out: list[str] = []
     for entry in [*settings.s3_endpoints, settings.download.s3_endpoint_url or ""]:
-        if entry.strip():
-            try:
-                normal = normalised_endpoint(entry)
-            except UrlRefused as exc:
-                raise S3AccessError(f"s3_endpoints entry {entry!r}: {exc.message}") from None
-            if normal not in out:
-                out.append(normal)
+        try:
+            normal = normalised_endpoint(entry) if entry.strip() else None
+        except UrlRefused:  # s3_endpoints are checked when settings load; a bad s3_endpoint_url lists nothing
+            normal = None
+        if normal is not None and normal not in out:
+            out.append(normal)
     return out
 
 

@@ -254,6 +254,12 @@ class Settings(BaseSettings):
     # is reached without credentials (anonymous, public buckets only), so it never receives the key id or
     # session token. The CLI (someone with a shell) signs for any endpoint the network policy allows.
     s3_endpoints: list[str] = Field(default_factory=list)
+
+    @field_validator("s3_endpoints")
+    @classmethod
+    def _check_s3_endpoints(cls, value: list[str]) -> list[str]:
+        return [entry for entry in value if _strict_url(entry, "s3_endpoints")]
+
     job_stale_seconds: float = 15.0
     # Largest upload in MB: the API's request bodies, and the dashboard's uploads (`python -m services dashboard`
     # passes it to Streamlit as server.maxUploadSize; the upload gate in ui/upload_gate.py enforces it too).

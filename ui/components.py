@@ -204,17 +204,13 @@ def s3_endpoint_input(settings: Settings, label: str, key: str, column: Any = st
     credentials). On a server with sign-in only an endpoint an administrator lists (`s3_endpoints`,
     `download.s3_endpoint_url`) is signed for: any other is read anonymously, so a typed host never receives
     the key id or the session token (services.s3_client.endpoint_is_signed)."""
-    from services.s3_client import S3AccessError, endpoint_is_signed, listed_endpoints
+    from services.s3_client import endpoint_is_signed, listed_endpoints
     from ui.auth import sign_in_configured
 
     restricted = sign_in_configured(settings)
     help_text = None
     if restricted:
-        try:
-            listed = listed_endpoints(settings)
-        except S3AccessError as exc:
-            st.error(str(exc))
-            listed = []
+        listed = listed_endpoints(settings)
         shown = ", ".join(listed) if listed else "none"
         help_text = (
             f"With the server's AWS credentials: AWS (leave empty) and the administrator's endpoints ({shown}). "

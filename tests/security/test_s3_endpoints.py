@@ -55,6 +55,12 @@ def test_which_endpoints_are_signed_for(monkeypatch: pytest.MonkeyPatch) -> None
         assert endpoint_is_signed(settings, other, restricted=False)  # an open workbench: the OS user's own
 
 
+def test_a_malformed_listed_endpoint_is_refused_when_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBENCH_S3_ENDPOINTS", '["https://key:secret@minio.example.org"]')
+    with pytest.raises(ValueError, match="s3_endpoints: .*user names and passwords in URLs are not accepted"):
+        load_settings()
+
+
 def test_an_unsigned_client_sends_no_credentials(
     allowed: RecordingServer, cfg: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
