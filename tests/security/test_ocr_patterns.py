@@ -95,3 +95,24 @@ def test_a_job_refuses_rules_it_is_handed_with_a_pattern_re2_cannot_run() -> Non
     written before this check) is refused there too, before any image is read."""
     with pytest.raises(ValueError, match="does not compile"):
         OcrRules.model_validate({"name": "x", "pattern": r"(a)\1"})
+
+
+def test_the_ocr_page_shows_why_a_pattern_is_refused_and_does_not_save_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(tmp_path / "ws"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
+    at.switch_page("app_pages/ocr.py").run()
+    at.text_input(key="ocr-pattern-seed-003").input(r"(?=25)\d{11}").run()
+    at.text_input(key="ocr-save").input("mine").run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Rules not valid: pattern") and "invalid perl operator: (?=" in e for e in errors), errors
+    assert at.button(key="ocr-save-rules").disabled
+    at.text_input(key="ocr-pattern-seed-003").input(r"25\d{9}").run()  # fixed: saved
+    at.button(key="ocr-save-rules").click().run()
+    assert load_rules(tmp_path / "ws", "mine").pattern == r"25\d{9}"
