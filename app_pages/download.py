@@ -11,7 +11,7 @@ from services.s3_client import S3AccessError
 from services.s3_download import analyze_s3, plan_batch, start_s3_download
 from services.server_paths import CSV_FILE, FOLDER
 from services.url_download import guess_kind, start_url_download, url_columns
-from ui.components import job_panel, jobs_table, launch, save_upload
+from ui.components import job_panel, jobs_table, launch, s3_endpoint_input, save_upload
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
 
@@ -109,13 +109,11 @@ with tab_s3:
     left, right = st.columns(2)
     bucket = left.text_input("Bucket", value=ws.settings.download.s3_bucket or "", key="s3-bucket")
     prefix = right.text_input("Prefix", value="datalake_training/", key="s3-prefix")
-    endpoint = left.text_input(
-        "Endpoint URL (S3-compatible stores only)", value=ws.settings.download.s3_endpoint_url or "", key="s3-endpoint"
-    )
+    endpoint, signed = s3_endpoint_input(ws.settings, "Endpoint URL (S3-compatible stores only)", "s3-endpoint", left)
     s3_dataset = right.text_input("Dataset name", value=_dataset_default(s3_csv) if s3_csv else "", key="s3-dataset")
     if st.button("Analyse", key="s3-analyse", icon=":material/search:", disabled=not (s3_csv and bucket)):
         try:
-            st.session_state["s3-analysis"] = analyze_s3(ws, s3_csv, bucket, prefix, endpoint or None)  # type: ignore[arg-type]
+            st.session_state["s3-analysis"] = analyze_s3(ws, s3_csv, bucket, prefix, endpoint, signed=signed)  # type: ignore[arg-type]
         except (DatasetError, S3AccessError) as exc:
             st.session_state.pop("s3-analysis", None)
             st.error(str(exc))
@@ -154,9 +152,7 @@ with tab_batch:
     left, right = st.columns(2)
     batch_bucket = left.text_input("Bucket", value=ws.settings.download.s3_bucket or "", key="batch-bucket")
     template = right.text_input("Prefix template", value=ws.settings.download.s3_prefix_template, key="batch-template")
-    batch_endpoint = left.text_input(
-        "Endpoint URL", value=ws.settings.download.s3_endpoint_url or "", key="batch-endpoint"
-    )
+    batch_endpoint, batch_signed = s3_endpoint_input(ws.settings, "Endpoint URL", "batch-endpoint", left)
     if folder and batch_bucket:
         try:
             entries, skipped = plan_batch(folder, template)
@@ -179,7 +175,8 @@ with tab_batch:
             if st.button("Analyse all", key="batch-analyse", icon=":material/search:"):
                 try:
                     st.session_state["batch-analyses"] = [
-                        (e, analyze_s3(ws, e.csv_path, batch_bucket, e.prefix, batch_endpoint or None)) for e in entries
+                        (e, analyze_s3(ws, e.csv_path, batch_bucket, e.prefix, batch_endpoint, signed=batch_signed))
+                        for e in entries
                     ]
                 except (DatasetError, S3AccessError) as exc:
                     st.error(str(exc))

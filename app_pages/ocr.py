@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
+from pydantic import ValidationError
 
 from services import csv_safety
 from services.datasets import DatasetError, DatasetSummary, dataset_entries, list_datasets
@@ -82,15 +83,20 @@ with st.expander("Edit the rules"):
         pd.DataFrame({"from": list(base_rules.mapping), "to": list(base_rules.mapping.values())}),
         num_rows="dynamic", key=f"ocr-map-{rules_name}",
     )  # fmt: skip
+    invalid = False
     try:
         mapping = {str(r["from"]): str(r["to"] or "") for _, r in table.dropna(subset=["from"]).iterrows() if r["from"]}
         rules = OcrRules(name=rules_name, description=base_rules.description, strip=strip, mapping=mapping,
                          pattern=pattern or None)  # fmt: skip
+    except ValidationError as exc:  # the reason only (a pattern RE2 cannot run, a mapping of two characters)
+        st.error("Rules not valid: " + "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()))
+        rules, invalid = base_rules, True
     except ValueError as exc:
         st.error(str(exc))
-        rules = base_rules
+        rules, invalid = base_rules, True
     save_as = st.text_input("Save as", value="" if rules_name in ("none", "seed-003") else rules_name, key="ocr-save")
-    st.button("Save rules", key="ocr-save-rules", disabled=not save_as, on_click=save_and_select, args=(rules, save_as))
+    st.button("Save rules", key="ocr-save-rules", disabled=not save_as or invalid, on_click=save_and_select,
+              args=(rules, save_as))  # fmt: skip
     if saved := st.session_state.pop("ocr-rules-saved", None):
         st.success(saved)
     if failed := st.session_state.pop("ocr-rules-save-error", None):
@@ -132,8 +138,8 @@ def read_preview(
     rules = OcrRules.model_validate_json(rules_json)
     try:
         original = decode_bytes(data, settings.download.max_pixels)
-        prepared = prepare(original, recipe)
-        found = read_image(engine, settings, original, recipe, rules)
+        prepared = prepare(original, recipe, settings.download.max_pixels)  # a recipe's output is bounded too
+        found = read_image(engine, settings, original, recipe, rules, settings.download.max_pixels)
     except ImageCheckError as exc:
         return None, None, f"{exc.error_class}: {exc.message}"
     except (EngineUnavailableError, ValueError) as exc:  # RecipeMisfitError is a ValueError

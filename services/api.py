@@ -81,22 +81,37 @@ class TokenGate:
         await self.app(scope, receive, send)
 
 
+JSON_AND_FORM_MARGIN = 64 * 2**10  # multipart framing and part headers, or JSON keys and names, around an image
+
+
+def ocr_body_limit(max_image_bytes: int) -> int:
+    """The largest body POST /ocr can need for an image of `max_image_bytes`: base64 in JSON makes 4 bytes of
+    every 3, plus a margin for the multipart framing or the JSON around it."""
+    return 4 * -(-max_image_bytes // 3) + JSON_AND_FORM_MARGIN
+
+
 class BodyLimit:
     """Refuses request bodies over `limit` bytes with 413, whether or not they declare a Content-Length: a
     declared length is refused before any body is read, a chunked body as soon as it passes the limit
-    (FastAPI turns errors raised while it parses a form into a 400, so that answer is replaced by the 413)."""
+    (FastAPI turns errors raised while it parses a form into a 400, so that answer is replaced by the 413).
+    `path_limits` gives routes that need less their own, lower limit (POST /ocr takes one image, so its body
+    is bounded by `api.max_image_bytes`, not by `max_upload_mb`)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.path_limits = {path.rstrip("/"): min(limit, cap) for path, cap in (path_limits or {}).items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", "")).rstrip("/")
+        limit = self.path_limits.get(path, self.limit)
+        route = path if path in self.path_limits else None
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(send, self.limit)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit, route)
             return
         seen = 0
         exceeded = False
@@ -106,7 +121,7 @@ class BodyLimit:
             nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 exceeded = True
                 raise _BodyTooLarge
             return message
@@ -123,15 +138,19 @@ class BodyLimit:
         except _BodyTooLarge:
             pass
         if exceeded and not started:
-            await _too_large(send, self.limit)
+            await _too_large(send, limit, route)
 
 
 class _BodyTooLarge(Exception):
     pass
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    await _json_answer(send, 413, {"detail": f"request body over the {limit // 2**20} MB limit"})
+async def _too_large(send: Send, limit: int, route: str | None = None) -> None:
+    if route is None:
+        detail = f"request body over the {limit // 2**20} MB limit"
+    else:
+        detail = f"request body over the {limit:,} byte limit of {route} (one image within api.max_image_bytes)"
+    await _json_answer(send, 413, {"detail": detail})
 
 
 async def _json_answer(
@@ -158,7 +177,11 @@ def create_app(ws: Workspace, token: str, max_images: int | None = None) -> Fast
         version="1",
         description="Images by content hash, embeddings, tags, trained models and classification of uploads.",
     )
-    app.add_middleware(BodyLimit, limit=ws.settings.max_upload_mb * 2**20)
+    app.add_middleware(
+        BodyLimit,
+        limit=ws.settings.max_upload_mb * 2**20,
+        path_limits={"/ocr": ocr_body_limit(ws.settings.api.max_image_bytes)},
+    )
     app.add_middleware(TokenGate, token=token)  # added last: runs first, before any body is read
     limits = UploadLimits.from_settings(ws.settings, max_images)
     workers: list[anyio.CapacityLimiter] = []  # made in the event loop, on the first classify request

@@ -41,6 +41,7 @@ class StoreOptions:
     placeholder: bool = False
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
+    s3_signed: bool = True  # False: no credentials on S3 requests (an endpoint no administrator listed)
 
     @property
     def variant(self) -> str | None:
@@ -102,7 +103,7 @@ class _Worker:
         if opts.source_kind == "s3":
             from services.s3_client import S3Source
 
-            self.source = S3Source(self.cfg, opts.s3_bucket or "", opts.s3_endpoint_url)
+            self.source = S3Source(self.cfg, opts.s3_bucket or "", opts.s3_endpoint_url, opts.s3_signed)
         elif opts.source_kind == "path":
             self.source = PathSource(self.cfg)
         else:

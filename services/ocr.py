@@ -29,7 +29,7 @@ from services.imaging import ImageCheckError
 from services.jobs import ItemResult, JobManager, Journal
 from services.ocr_engines import TextLine, build_engine, resolve_engine
 from services.ocr_rules import OcrRules, load_rules, load_rules_arg
-from services.preprocess_ops import OperationError, apply_recipe, load_image
+from services.preprocess_ops import OperationError, OutputTooLargeError, apply_recipe, load_image
 from services.recipes import Crop, Recipe, Resize, ResizePad, load_recipe, parse_recipe
 from services.stage_tasks import ImageStageTask, require_images
 from services.workspace import Workspace
@@ -59,6 +59,13 @@ class RecipeMisfitError(ValueError):
     the recipe, the step and the image size."""
 
     error_class = "recipe_misfit"
+
+
+class RecipeTooLargeError(RecipeMisfitError):
+    """A recipe step would make an image over the pixel bound the image was decoded with (refused before it
+    runs); the message names the recipe, the step and the sizes."""
+
+    error_class = "too_large"
 
 
 def recipe_keeps_geometry(recipe: Recipe | None) -> bool:
@@ -107,12 +114,14 @@ def oriented_size(source: bytes | Path) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def prepare(image: np.ndarray, recipe: Recipe | None) -> np.ndarray:
-    """The recipe's output as RGB uint8 (what the engines read)."""
+def prepare(image: np.ndarray, recipe: Recipe | None, max_pixels: int) -> np.ndarray:
+    """The recipe's output as RGB uint8 (what the engines read); no step may make more than `max_pixels`."""
     out = image
     if recipe is not None:
         try:
-            out = apply_recipe(image, recipe)
+            out = apply_recipe(image, recipe, max_pixels)
+        except OutputTooLargeError as exc:
+            raise RecipeTooLargeError(f"recipe {recipe.name!r} makes too large an image: {exc}") from None
         except OperationError as exc:
             raise RecipeMisfitError(f"recipe {recipe.name!r} does not fit this image: {exc}") from None
     if out.ndim == 2:
@@ -122,10 +131,19 @@ def prepare(image: np.ndarray, recipe: Recipe | None) -> np.ndarray:
     return np.ascontiguousarray(out.astype(np.uint8))
 
 
-def read_image(engine_name: str, settings: Any, image: np.ndarray, recipe: Recipe | None, rules: OcrRules) -> OcrResult:
-    """One image through recipe, engine and rules (the engine is built once per process)."""
+def read_image(
+    engine_name: str,
+    settings: Any,
+    image: np.ndarray,
+    recipe: Recipe | None,
+    rules: OcrRules,
+    max_pixels: int | None = None,
+) -> OcrResult:
+    """One image through recipe, engine and rules (the engine is built once per process). No recipe step may
+    make more than `max_pixels` (default: `download.max_pixels`, the bound images are decoded with)."""
     engine = build_engine(engine_name, settings)
-    lines = merge_rows(engine.read(prepare(image, recipe)))
+    bound = max_pixels if max_pixels is not None else settings.download.max_pixels
+    lines = merge_rows(engine.read(prepare(image, recipe, bound)))
     checked = [(line, rules.apply(line.text)) for line in lines]
     if not checked:
         return OcrResult(None, None, "", False, 0.0, engine_name, [])
@@ -408,7 +426,7 @@ def ocr_bytes(ws: Workspace, data: bytes, setup: OcrSetup, max_pixels: int | Non
     """Decode (at most `max_pixels`, default the download limit), read, apply the rules, log to the CSV, push if
     configured; the result with its log serial."""
     image = decode_bytes(data, max_pixels or ws.settings.download.max_pixels)
-    found = read_image(setup.engine, ws.settings, image, setup.recipe, setup.rules)
+    found = read_image(setup.engine, ws.settings, image, setup.recipe, setup.rules, max_pixels or None)
     payload = found.to_dict()
     payload["cord_space"] = "original" if recipe_keeps_geometry(setup.recipe) else "preprocessed"
     payload["serial"] = log_result(ws, found)

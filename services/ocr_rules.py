@@ -4,16 +4,26 @@ Seed 003's rules ship as the `seed-003` preset: strip `:`, `-` and spaces, map l
 (O/o->0, i/I/L/l->1, Z/z/R->2, S/s->5, B->8, b/G->6, g->9, A->4, /->7), then accept only an 11-digit code
 anchored on `25`. The pattern is checked after mapping, so a misread `Z5...` is repaired and a string without
 the anchor is never accepted. Rules are versioned by a settings hash like recipes.
+
+Patterns come from users (the OCR page, saved files, the API's rules names), so they run on RE2
+(google-re2), which matches in time linear in the text and releases the GIL: Python's `re` backtracks, and
+`(a+)+` on a 30-letter reading held the GIL for minutes, stalling the dashboard and the API for everyone.
+RE2 has no backreferences (`\\1`), lookarounds (`(?=`, `(?<!`), possessive quantifiers or `\\Z` (use `$`, or
+nothing: the match is a full match anyway), counts above 1000, and its `\\d`, `\\w`, `\\s`, `\\b` are ASCII.
+A pattern RE2 cannot run is refused when the rules are validated (saved, loaded, sent to a job), with the
+reason. Readings longer than MAX_MATCHED_CHARS are never valid (an OCR line is short).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import re2
 from pydantic import BaseModel, Field, field_validator
 
 from services.names import InvalidNameError, is_name, resolve_in
@@ -24,8 +34,35 @@ SEED_003_MAPPING = {
 }  # fmt: skip
 
 
+MAX_PATTERN_CHARS = 1_000
+MAX_MATCHED_CHARS = 4_096  # a reading longer than this never passes a pattern (one OCR line is far shorter)
+PATTERN_MEMORY_BYTES = 8 * 2**20  # RE2's compiled-program budget: a pattern that needs more is refused
+
+
 class RulesError(ValueError):
     pass
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is reported to the user, not logged by RE2's C++ logger
+    options.max_mem = PATTERN_MEMORY_BYTES
+    return options
+
+
+@functools.lru_cache(maxsize=256)
+def compiled_pattern(pattern: str) -> Any:
+    """The pattern compiled by RE2 (linear-time matching); raises ValueError naming the pattern and the cause."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(f"pattern is {len(pattern)} characters, over the {MAX_PATTERN_CHARS} limit")
+    try:
+        return re2.compile(pattern, _re2_options())
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(
+            f"pattern {pattern!r} does not compile (RE2): {reason} (patterns use RE2 syntax: no backreferences, "
+            "lookarounds or possessive quantifiers, counts up to 1000)"
+        ) from None
 
 
 class OcrRules(BaseModel):
@@ -47,10 +84,7 @@ class OcrRules(BaseModel):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"pattern {value!r} does not compile: {exc}") from None
+            compiled_pattern(value)  # refused here, so pages, saved files, the API and jobs never run it
         return value or None
 
     @property
@@ -69,7 +103,9 @@ class OcrRules(BaseModel):
         text = self.normalise(raw)
         if self.pattern is None:
             return RuleResult(text, bool(text))
-        return RuleResult(text, re.fullmatch(self.pattern, text) is not None)
+        if len(text) > MAX_MATCHED_CHARS:
+            return RuleResult(text, False)
+        return RuleResult(text, compiled_pattern(self.pattern).fullmatch(text) is not None)
 
 
 @dataclass(frozen=True)

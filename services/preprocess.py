@@ -19,7 +19,7 @@ from services import csv_safety
 from services.datasets import dataset_images
 from services.imaging import ImageCheckError
 from services.jobs import DISK_FULL, ItemResult, JobManager, Journal
-from services.preprocess_ops import OperationError, apply_recipe, encode, load_image
+from services.preprocess_ops import OperationError, OutputTooLargeError, apply_recipe, encode, load_image
 from services.quality import MEASURE_SIDE, QUALITY_STAGE, QUALITY_VERSION, measure
 from services.recipes import Recipe, load_recipe, parse_recipe
 from services.stage_tasks import ImageStageTask, require_images
@@ -141,7 +141,7 @@ def _preprocess_one(worker: _PreprocessWorker, image_hash: str, locator: str) ->
         data = path.read_bytes()
         arr, width, height = load_image(data, worker.opts.max_pixels, worker.draft_side)
         quality = measure(arr, width, height)
-        out = apply_recipe(arr, recipe)
+        out = apply_recipe(arr, recipe, worker.opts.max_pixels)
         encoded, ext = encode(out, recipe.output)
         rel = derived_relpath(recipe.variant, image_hash, ext)
         write_atomic(worker.root / rel, encoded, worker.root / "tmp")
@@ -149,6 +149,8 @@ def _preprocess_one(worker: _PreprocessWorker, image_hash: str, locator: str) ->
         return _failed(worker, image_hash, "missing", f"{path} is gone from the workspace")
     except ImageCheckError as exc:
         return _failed(worker, image_hash, exc.error_class, exc.message)
+    except OutputTooLargeError as exc:  # the recipe would make an image over download.max_pixels
+        return _failed(worker, image_hash, "too_large", str(exc))
     except OperationError as exc:
         return _failed(worker, image_hash, "operation", str(exc))
     except (MemoryError, ValueError, OSError) as exc:
@@ -199,7 +201,8 @@ def preview(ws: Workspace, recipe: Recipe, images: list[tuple[str, str]]) -> lis
         try:
             arr, width, height = load_image(ws.abspath(rel).read_bytes(), ws.settings.download.max_pixels)
             flags = list(measure(arr, width, height)["flags"])
-            out.append(Preview(image_hash, arr, apply_recipe(arr, recipe), flags))
+            after = apply_recipe(arr, recipe, ws.settings.download.max_pixels)  # in the dashboard's process
+            out.append(Preview(image_hash, arr, after, flags))
         except (ImageCheckError, OperationError, OSError) as exc:
             out.append(Preview(image_hash, None, None, error=str(exc)))
     return out

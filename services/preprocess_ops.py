@@ -3,6 +3,11 @@
 Loading is tolerant by design: EXIF orientation applied, CMYK and 16-bit converted, palette transparency and
 alpha composited on white, the first frame of an animation taken. JPEGs are decoded at reduced DCT scale when
 the recipe only needs a small image, which is where most of the speed comes from.
+
+Recipes come from users, and some operations make images larger than their input (resize, resize_pad,
+rotate with expand, unwarp_arc with pixel points). `apply_recipe` therefore takes a pixel bound, computes each
+step's output size before running it (`output_size`) and refuses a step that would pass the bound with
+OperationError naming the step, so no recipe allocates more than the bound the caller decodes images with.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ from services.recipes import (
 
 class OperationError(Exception):
     """A recipe step that cannot apply to this image (e.g. a crop box outside it)."""
+
+
+class OutputTooLargeError(OperationError):
+    """A recipe step would make an image over the caller's pixel bound (refused before it runs)."""
 
 
 def load_image(data: bytes, max_pixels: int, draft_side: int | None = None) -> tuple[np.ndarray, int, int]:
@@ -143,16 +152,24 @@ def deskew(arr: np.ndarray, op: Deskew) -> np.ndarray:
     return rotate(arr, Rotate(angle=-angle, expand=False))
 
 
+def _expanded_size(matrix: np.ndarray, width: int, height: int) -> tuple[int, int]:
+    """(width, height) that holds a `width` x `height` image rotated by `matrix` (cv2's rotation matrix)."""
+    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+    return int(math.ceil(height * sin + width * cos - 1e-6)), int(math.ceil(height * cos + width * sin - 1e-6))
+
+
+def _rotation(width: int, height: int, angle: float) -> np.ndarray:
+    return cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, 1.0)  # pixel-centre convention
+
+
 def rotate(arr: np.ndarray, op: Rotate) -> np.ndarray:
     h, w = arr.shape[:2]
     if op.angle % 360 == 0:
         return arr
-    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), op.angle, 1.0)  # pixel-centre convention
+    matrix = _rotation(w, h, op.angle)
     out_w, out_h = w, h
     if op.expand:
-        cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
-        out_w = int(math.ceil(h * sin + w * cos - 1e-6))
-        out_h = int(math.ceil(h * cos + w * sin - 1e-6))
+        out_w, out_h = _expanded_size(matrix, w, h)
         matrix[0, 2] += (out_w - w) / 2
         matrix[1, 2] += (out_h - h) / 2
     return cv2.warpAffine(
@@ -170,18 +187,27 @@ def crop(arr: np.ndarray, op: Crop) -> np.ndarray:
     return arr[y1:y2, x1:x2].copy()
 
 
+def _arc(op: UnwarpArc, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(points in pixels, segment vectors, segment lengths) of the arc on a `width` x `height` image."""
+    pts = np.array(op.points, dtype=np.float64)
+    if op.relative:
+        pts = pts * np.array([width - 1, height - 1], dtype=np.float64)
+    seg = np.diff(pts, axis=0)
+    return pts, seg, np.hypot(seg[:, 0], seg[:, 1])
+
+
+def _arc_columns(seg_len: np.ndarray) -> int:
+    return int(round(float(seg_len.sum()))) + 1
+
+
 def unwarp_arc(arr: np.ndarray, op: UnwarpArc) -> np.ndarray:
     """Sample a band of `height` pixels centred on the polyline, one output column per pixel of arc length."""
     h, w = arr.shape[:2]
-    pts = np.array(op.points, dtype=np.float64)
-    if op.relative:
-        pts = pts * np.array([w - 1, h - 1], dtype=np.float64)
-    seg = np.diff(pts, axis=0)
-    seg_len = np.hypot(seg[:, 0], seg[:, 1])
+    pts, seg, seg_len = _arc(op, w, h)
     if seg_len.sum() < 1:
         raise OperationError("the arc's points are too close together to unwarp")
     cum = np.concatenate([[0.0], np.cumsum(seg_len)])
-    s = np.arange(int(round(cum[-1])) + 1, dtype=np.float64)
+    s = np.arange(_arc_columns(seg_len), dtype=np.float64)
     idx = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(seg) - 1)
     t = (s - cum[idx]) / np.where(seg_len[idx] == 0, 1, seg_len[idx])
     centre = pts[idx] + seg[idx] * t[:, None]
@@ -244,8 +270,33 @@ def apply_op(arr: np.ndarray, op: Operation) -> np.ndarray:
     return APPLY[op.op](arr, op)  # type: ignore[operator]
 
 
-def apply_recipe(arr: np.ndarray, recipe: Recipe) -> np.ndarray:
+def output_size(op: Operation, width: int, height: int) -> tuple[int, int]:
+    """(width, height) of what `op` makes from a `width` x `height` image, computed without running it."""
+    if isinstance(op, Resize):
+        return op.width, op.height
+    if isinstance(op, ResizePad):
+        return op.size, op.size
+    if isinstance(op, Rotate) and op.expand and op.angle % 360 != 0:
+        return _expanded_size(_rotation(width, height, op.angle), width, height)
+    if isinstance(op, UnwarpArc):
+        return _arc_columns(_arc(op, width, height)[2]), op.height
+    if isinstance(op, Crop):
+        x1, y1, x2, y2 = op.box
+        return max(0, min(width, x2) - x1), max(0, min(height, y2) - y1)
+    return width, height  # every other operation keeps the size (deskew rotates without expanding)
+
+
+def apply_recipe(arr: np.ndarray, recipe: Recipe, max_pixels: int) -> np.ndarray:
+    """The recipe's result; a step whose output would be over `max_pixels` pixels is refused before it runs
+    (OutputTooLargeError naming the step), as is any step OpenCV or the operation itself cannot apply."""
     for number, op in enumerate(recipe.ops, start=1):
+        height, width = arr.shape[:2]
+        out_w, out_h = output_size(op, width, height)
+        if out_w * out_h > max_pixels:
+            raise OutputTooLargeError(
+                f"step {number} ({op.op}): would make a {out_w}x{out_h} image ({out_w * out_h:,} pixels) from "
+                f"{width}x{height}, over the {max_pixels:,}-pixel limit"
+            )
         try:
             arr = apply_op(arr, op)
         except OperationError as exc:

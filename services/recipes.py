@@ -21,6 +21,10 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_valid
 from services.names import MAX_NAME_CHARS, InvalidNameError, check_name, is_name, name_problem, resolve_in
 from services.workspace import write_atomic
 
+MAX_OPS = 32  # steps in one recipe (the built-ins have 4 and 10): each runs over the whole image
+MAX_ARC_POINTS = 64  # points of one unwarp_arc polyline
+Coordinate = Annotated[float, Field(allow_inf_nan=False, ge=-100_000, le=100_000)]
+
 
 class Grayscale(BaseModel):
     op: Literal["grayscale"] = "grayscale"
@@ -99,7 +103,9 @@ class UnwarpArc(BaseModel):
     """Straighten text printed along an arc: sample a band of `height` pixels along the polyline."""
 
     op: Literal["unwarp_arc"] = "unwarp_arc"
-    points: list[tuple[float, float]] = Field(default_factory=lambda: [(0.0, 0.5), (0.5, 0.4), (1.0, 0.5)])
+    points: list[tuple[Coordinate, Coordinate]] = Field(
+        default_factory=lambda: [(0.0, 0.5), (0.5, 0.4), (1.0, 0.5)], max_length=MAX_ARC_POINTS
+    )
     height: int = Field(40, ge=2, le=2000)
     relative: bool = Field(True, description="points are fractions of width and height, not pixels")
 
@@ -168,7 +174,7 @@ class Recipe(BaseModel):
     name: str
     version: int = 1
     description: str = ""
-    ops: list[Operation]
+    ops: list[Operation] = Field(max_length=MAX_OPS)
 
     @field_validator("name")
     @classmethod

@@ -10,6 +10,11 @@ checked again before it is signed (botocore's `before-sign` event, so no signatu
 refused host), and `before-send` sends it to the checked address itself (`PinnedS3Sender`), so a name that
 re-resolves elsewhere between check and connect is never reached. The sender connects directly: an
 HTTP(S)_PROXY setting is not used for S3 requests.
+
+Signing sends the key id and the session token to whichever host the endpoint names, so on a server with
+sign-in, pages sign only for AWS itself (no endpoint) and the endpoints an administrator lists
+(`s3_endpoints`, `download.s3_endpoint_url`); any other endpoint is read anonymously (`signed=False`:
+botocore's UNSIGNED, no credentials looked up or sent). `endpoint_is_signed` decides; the CLI signs for any.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import botocore
 import botocore.awsrequest
 import botocore.httpsession
 import botocore.session
@@ -39,8 +45,8 @@ from botocore.exceptions import (
 )
 
 from services.http_fetch import FetchError
-from services.network_policy import CheckedTarget, NetworkPolicy, Resolver, UrlRefused
-from services.settings import DownloadSettings
+from services.network_policy import CheckedTarget, NetworkPolicy, Resolver, UrlRefused, parse_url
+from services.settings import DownloadSettings, Settings
 
 CREDENTIAL_CODES = {
     "ExpiredToken",
@@ -53,6 +59,42 @@ CREDENTIAL_CODES = {
     "AuthFailure",
 }
 CREDENTIALS_HINT = "check AWS_PROFILE / AWS_ACCESS_KEY_ID or run `aws sso login`, then resume the job"
+ANONYMOUS_HINT = (
+    "requests to this endpoint carry no credentials (it is not one an administrator listed in s3_endpoints), "
+    "so only a public bucket can be read: ask an administrator to list the endpoint"
+)
+
+
+def normalised_endpoint(url: str) -> str:
+    """`scheme://host[:port]/path` as the network policy parses it (lower-case host, default port dropped), so
+    a listed endpoint matches however it is typed; raises UrlRefused for a malformed one."""
+    parsed = parse_url(url)
+    return f"{parsed.scheme}://{parsed.host_header}{parsed.target.rstrip('/')}"
+
+
+def listed_endpoints(settings: Settings) -> list[str]:
+    """The endpoints an administrator lists (`s3_endpoints` and `download.s3_endpoint_url`), normalised."""
+    out: list[str] = []
+    for entry in [*settings.s3_endpoints, settings.download.s3_endpoint_url or ""]:
+        try:
+            normal = normalised_endpoint(entry) if entry.strip() else None
+        except UrlRefused:  # s3_endpoints are checked when settings load; a bad s3_endpoint_url lists nothing
+            normal = None
+        if normal is not None and normal not in out:
+            out.append(normal)
+    return out
+
+
+def endpoint_is_signed(settings: Settings, endpoint_url: str | None, restricted: bool) -> bool:
+    """May requests to this endpoint carry the server's AWS credentials? Always for AWS itself (no endpoint)
+    and on an open workbench (the person at the page is the OS user); on a server with sign-in
+    (`restricted`), only for an endpoint an administrator lists."""
+    if not endpoint_url or not endpoint_url.strip() or not restricted:
+        return True
+    try:
+        return normalised_endpoint(endpoint_url) in listed_endpoints(settings)
+    except UrlRefused:
+        return False  # the network policy refuses it with the reason when a client is made
 
 
 class S3AccessError(Exception):
@@ -150,10 +192,15 @@ class S3Object:
 
 
 def make_client(
-    cfg: DownloadSettings, endpoint_url: str | None = None, pool: int | None = None, resolver: Resolver | None = None
+    cfg: DownloadSettings,
+    endpoint_url: str | None = None,
+    pool: int | None = None,
+    resolver: Resolver | None = None,
+    signed: bool = True,
 ) -> Any:
     """An S3 client whose every request is checked before signing and sent to the checked address; raises
-    S3EndpointRefused for an endpoint the network policy refuses."""
+    S3EndpointRefused for an endpoint the network policy refuses. `signed=False`: requests carry no
+    credentials at all (an endpoint no administrator listed, from a page on a server with sign-in)."""
     check_endpoint(cfg, endpoint_url, resolver)
     pool_size = max(pool or cfg.threads_per_worker, 10)
     config = Config(
@@ -161,6 +208,7 @@ def make_client(
         max_pool_connections=pool_size,
         connect_timeout=cfg.connect_timeout,
         read_timeout=cfg.read_timeout,
+        **({} if signed else {"signature_version": botocore.UNSIGNED}),
     )
     core = botocore.session.get_session()
     client = boto3.session.Session(botocore_session=core).client("s3", endpoint_url=endpoint_url or None, config=config)
@@ -186,7 +234,8 @@ def list_prefix(client: Any, bucket: str, prefix: str) -> list[S3Object]:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in CREDENTIAL_CODES:
-            raise S3AccessError(f"S3 refused the credentials for s3://{bucket}: {code}; {CREDENTIALS_HINT}") from exc
+            hint = ANONYMOUS_HINT if _unsigned(client) else CREDENTIALS_HINT
+            raise S3AccessError(f"S3 refused the credentials for s3://{bucket}: {code}; {hint}") from exc
         if code == "NoSuchBucket":
             raise S3AccessError(f"bucket {bucket!r} does not exist at this endpoint") from exc
         raise S3AccessError(f"listing s3://{bucket}/{prefix} failed: {code or exc}") from exc
@@ -197,15 +246,19 @@ def list_prefix(client: Any, bucket: str, prefix: str) -> list[S3Object]:
     return out
 
 
+def _unsigned(client: Any) -> bool:
+    return getattr(client.meta.config, "signature_version", None) is botocore.UNSIGNED
+
+
 class S3Source:
     """Byte source for `fetch_store`: one client per worker process, shared by its threads."""
 
-    def __init__(self, cfg: DownloadSettings, bucket: str, endpoint_url: str | None) -> None:
+    def __init__(self, cfg: DownloadSettings, bucket: str, endpoint_url: str | None, signed: bool = True) -> None:
         self.cfg = cfg
         self.bucket = bucket
         self.refused: FetchError | None = None
         try:
-            self.client = make_client(cfg, endpoint_url)
+            self.client = make_client(cfg, endpoint_url, signed=signed)
         except S3EndpointRefused as exc:  # every item fails with the reason (the job stops on the first)
             self.client = None
             self.refused = FetchError(exc.error_class, str(exc))
@@ -228,7 +281,8 @@ class S3Source:
             code = err.get("Code", "")
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             if code in CREDENTIAL_CODES:
-                raise FetchError("credentials", f"S3 refused the credentials: {code}; {CREDENTIALS_HINT}") from exc
+                hint = ANONYMOUS_HINT if _unsigned(self.client) else CREDENTIALS_HINT
+                raise FetchError("credentials", f"S3 refused the credentials: {code}; {hint}") from exc
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise FetchError("missing", f"s3://{self.bucket}/{locator} no longer exists") from exc
             cls = "http_5xx" if status >= 500 else "http_4xx"

@@ -50,6 +50,7 @@ class S3Analysis:
     already_done: dict[str, str] = field(default_factory=dict)  # name -> image hash
     missing: list[str] = field(default_factory=list)
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
+    signed: bool = True  # False: requests carry no credentials (s3_client.endpoint_is_signed)
 
     @property
     def unique_names(self) -> int:
@@ -135,17 +136,17 @@ def _stem(base: str) -> str:
 
 
 def cached_listing(
-    ws: Workspace, bucket: str, prefix: str, endpoint_url: str | None, refresh: bool = False
+    ws: Workspace, bucket: str, prefix: str, endpoint_url: str | None, refresh: bool = False, signed: bool = True
 ) -> list[S3Object]:
-    """One listing per (endpoint, bucket, prefix) for ten minutes: the analysis and the job share it. The
-    endpoint is checked against the network policy first, so a cached listing never skips the check."""
+    """One listing per (endpoint, bucket, prefix, signed or not) for ten minutes: the analysis and the job share
+    it. The endpoint is checked against the network policy first, so a cached listing never skips the check."""
     check_endpoint(ws.settings.download, endpoint_url)
-    key = ("s3-listing", endpoint_url or "", bucket, prefix)
+    key = ("s3-listing", endpoint_url or "", bucket, prefix) + (() if signed else ("anonymous",))
     if not refresh:
         hit = ws.cache.get(key)
         if hit is not None:
             return [S3Object(k, s) for k, s in hit]
-    client = make_client(ws.settings.download, endpoint_url)
+    client = make_client(ws.settings.download, endpoint_url, signed=signed)
     objects = list_prefix(client, bucket, prefix)
     ws.cache.set(key, [(o.key, o.size) for o in objects], expire=LISTING_TTL_SECONDS)
     return objects
@@ -160,11 +161,14 @@ def analyze_s3(
     has_header: bool | None = None,
     name_column: str | None = None,
     refresh: bool = True,
+    signed: bool = True,
 ) -> S3Analysis:
-    """The pre-download analysis: total, already done, available, missing and ambiguous, with examples."""
+    """The pre-download analysis: total, already done, available, missing and ambiguous, with examples.
+    `signed=False` lists (and the job downloads) without credentials: what pages on a server with sign-in
+    do for an endpoint no administrator listed (s3_client.endpoint_is_signed)."""
     csv_path = Path(csv_path).expanduser().resolve()
     names = read_name_list(csv_path, has_header, name_column)
-    objects = cached_listing(ws, bucket, prefix, endpoint_url, refresh=refresh)
+    objects = cached_listing(ws, bucket, prefix, endpoint_url, refresh=refresh, signed=signed)
     matched, missing, ambiguous = match_names(names.names(), objects)
     locators = {f"s3://{bucket}/{key}": name for name, key in matched.items()}
     done = ws.catalog.source_hashes("s3", list(locators))
@@ -179,6 +183,7 @@ def analyze_s3(
         already_done={locators[loc]: h for loc, h in done.items()},
         missing=missing,
         ambiguous=ambiguous,
+        signed=signed,
     )
 
 
@@ -207,6 +212,7 @@ def start_s3_download(
         "bucket": analysis.bucket,
         "prefix": analysis.prefix,
         "endpoint_url": analysis.endpoint_url,
+        "signed": analysis.signed,
         "has_header": names.has_header,
         "name_column": names.columns[names.name_column],
         "resize": resize,
@@ -238,6 +244,7 @@ class S3DownloadTask(DownloadTaskBase):
             params.get("has_header"),
             params.get("name_column"),
             refresh=False,
+            signed=params.get("signed", True),
         )
         names = read_name_list(Path(params["csv_path"]), params.get("has_header"), params.get("name_column"))
         dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
@@ -264,7 +271,11 @@ class S3DownloadTask(DownloadTaskBase):
             manager.apply_results(job_id, failures[start : start + 1000])
 
     def source_options(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"s3_bucket": params["bucket"], "s3_endpoint_url": params.get("endpoint_url")}
+        return {
+            "s3_bucket": params["bucket"],
+            "s3_endpoint_url": params.get("endpoint_url"),
+            "s3_signed": params.get("signed", True),
+        }
 
 
 @dataclass

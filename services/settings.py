@@ -181,6 +181,9 @@ class SignInSettings(BaseModel):
     # append to it (1 for one nginx); the client is then the address that many entries from the right.
     # Never set it without a proxy that you run: anyone could then pick their own address.
     trusted_proxy_hops: int = 0
+    # Open dashboard sessions (websockets) per client address that have not signed in; one more is refused
+    # before Streamlit accepts it (ui/session_limit.py, `make run` only). 0: no limit.
+    max_anonymous_sessions_per_address: int = Field(20, ge=0)
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -246,6 +249,17 @@ class Settings(BaseSettings):
     # configured; a typed address would let any signed-in user make the server connect anywhere. The CLI
     # (someone with a shell) takes any scheduler.
     dask_schedulers: list[str] = Field(default_factory=list)
+    # S3-compatible endpoints (https://host[:port]) whose requests from pages carry the server's AWS
+    # credentials when sign-in is configured (with `download.s3_endpoint_url`): any other endpoint a user types
+    # is reached without credentials (anonymous, public buckets only), so it never receives the key id or
+    # session token. The CLI (someone with a shell) signs for any endpoint the network policy allows.
+    s3_endpoints: list[str] = Field(default_factory=list)
+
+    @field_validator("s3_endpoints")
+    @classmethod
+    def _check_s3_endpoints(cls, value: list[str]) -> list[str]:
+        return [entry for entry in value if _strict_url(entry, "s3_endpoints")]
+
     job_stale_seconds: float = 15.0
     # Largest upload in MB: the API's request bodies, and the dashboard's uploads (`python -m services dashboard`
     # passes it to Streamlit as server.maxUploadSize; the upload gate in ui/upload_gate.py enforces it too).

@@ -56,27 +56,64 @@ class SignInThrottle:
         waits = [float(self.cache.get(key, (0, now, 0.0))[2]) - now for key, _ in self._keys(user, address)]
         return max(0.0, *waits)
 
+    def _count(self, key: str, limit: int, now: float) -> float:
+        """Count one attempt under `key` (inside the caller's transaction); the `until` of a lockout this
+        count started, else 0."""
+        count, started, until = self.cache.get(key, (0, now, 0.0))
+        if now - started > self.limits.window_seconds:
+            count, started = 0, now
+        count += 1
+        started_lock = 0.0
+        if count >= limit:
+            until, count, started = now + self.limits.lockout_seconds, 0, now
+            started_lock = until
+        self.cache.set(key, (count, started, until), expire=self.limits.window_seconds + self.limits.lockout_seconds)
+        return started_lock
+
     def failed(self, user: str, address: str) -> float:
         """Count one failure for the name and the address; returns the lockout it started (0 if none)."""
-        now = self.clock()
-        locked = 0.0
         with self.cache.transact():
-            for key, limit in self._keys(user, address):
-                count, started, until = self.cache.get(key, (0, now, 0.0))
-                if now - started > self.limits.window_seconds:
-                    count, started = 0, now
-                count += 1
-                if count >= limit:
-                    until, count, started = now + self.limits.lockout_seconds, 0, now
-                    locked = max(locked, until - now)
-                expire = self.limits.window_seconds + self.limits.lockout_seconds
-                self.cache.set(key, (count, started, until), expire=expire)
-        return locked
+            now = self.clock()  # read inside the transaction: a writer that waited for it sees the time it runs
+            untils = [self._count(key, limit, now) for key, limit in self._keys(user, address)]
+        return max([0.0, *(until - now for until in untils if until)])
 
-    def succeeded(self, user: str, address: str) -> None:
+    def reserve(self, user: str, address: str) -> Reservation:
+        """Before a password is checked: refuse when the name or the address is locked, else count the attempt
+        for both, in one transaction. Checking, hashing and then counting let simultaneous attempts (one per
+        browser session) all pass the check before any was counted; reserved first, the limit holds however
+        many arrive at once. A right password gives the counts back (`succeeded`)."""
+        with self.cache.transact():
+            now = self.clock()
+            wait = max(
+                0.0, *(float(self.cache.get(key, (0, now, 0.0))[2]) - now for key, _ in self._keys(user, address))
+            )
+            if wait > 0:
+                return Reservation(wait, 0.0, 0.0)
+            (name_key, name_limit), (address_key_, address_limit) = self._keys(user, address)
+            name_lock = self._count(name_key, name_limit, now)
+            address_lock = self._count(address_key_, address_limit, now)
+        locked = max([0.0, *(until - now for until in (name_lock, address_lock) if until)])
+        return Reservation(0.0, locked, address_lock)
+
+    def succeeded(self, user: str, address: str, reservation: Reservation | None = None) -> None:
         """A right password clears the name's count. The address's count stays: one valid account must not
-        reset the count of an address that is guessing other accounts' passwords."""
-        self.cache.delete(self._keys(user, address)[0][0])
+        reset the count of an address that is guessing other accounts' passwords; the attempt `reservation`
+        counted for the address is given back (and a lockout it started lifted), as a success is no failure."""
+        (name_key, _), (address_key_, address_limit) = self._keys(user, address)
+        with self.cache.transact():
+            self.cache.delete(name_key)
+            if reservation is None:
+                return
+            now = self.clock()
+            count, started, until = self.cache.get(address_key_, (0, now, 0.0))
+            if reservation.address_lock and until == reservation.address_lock:
+                count, until = address_limit - 1, 0.0  # this attempt locked the address: undo, as if never counted
+            elif count > 0:
+                count -= 1
+            else:
+                return
+            expire = self.limits.window_seconds + self.limits.lockout_seconds
+            self.cache.set(address_key_, (count, started, until), expire=expire)
 
     def close(self) -> None:
         self.cache.close()
@@ -115,6 +152,13 @@ def _valid(address: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    wait: float  # > 0: refused, the name or the address is locked this long (nothing was counted)
+    locked: float  # the lockout (seconds) this attempt started, should its password be wrong; else 0
+    address_lock: float  # the `until` of the address lockout this attempt started, else 0
+
+
+@dataclass(frozen=True)
 class SignInOutcome:
     user: str | None  # the signed-in name; None when refused
     retry_after: float  # seconds until this name or address may try again (0: not locked)
@@ -123,12 +167,14 @@ class SignInOutcome:
 def attempt_sign_in(
     settings: Settings, throttle: SignInThrottle, username: str, password: str, address: str
 ) -> SignInOutcome:
-    """One sign-in attempt through the throttle: a locked name or address is refused without hashing."""
+    """One sign-in attempt through the throttle: a locked name or address is refused without hashing, and the
+    attempt is counted before the password is hashed (`reserve`), so simultaneous attempts cannot pass the
+    limit; a right password gives the counts back."""
     name = username.strip()
-    wait = throttle.retry_after(name, address)
-    if wait > 0:
-        return SignInOutcome(None, wait)
+    reservation = throttle.reserve(name, address)
+    if reservation.wait > 0:
+        return SignInOutcome(None, reservation.wait)
     if check_credentials(settings, name, password):
-        throttle.succeeded(name, address)
+        throttle.succeeded(name, address, reservation)
         return SignInOutcome(name, 0.0)
-    return SignInOutcome(None, throttle.failed(name, address))
+    return SignInOutcome(None, max(reservation.locked, throttle.retry_after(name, address)))  # this or another's lock

@@ -242,15 +242,15 @@ def test_quality_flags() -> None:
 
 def test_presets_and_recipe_validation() -> None:
     arr = np.asarray(Image.effect_noise((300, 200), 50).convert("RGB"))
-    out = apply_recipe(arr, PRESETS["ocr-128"])
+    out = apply_recipe(arr, PRESETS["ocr-128"], 10**8)
     assert out.shape == (128, 128)
     assert PRESETS["ocr-128"].draft_size() == 128
     assert PRESETS["ocr-line"].draft_size() is None  # crop/rotate need full resolution
     photo = np.asarray(Image.effect_noise((3000, 3400), 50).convert("RGB"))
-    line = apply_recipe(photo, PRESETS["ocr-line"])
+    line = apply_recipe(photo, PRESETS["ocr-line"], 10**8)
     assert line.shape == (160, 575)
     with pytest.raises(OperationError, match=r"step 1 \(crop\)"):
-        apply_recipe(arr, PRESETS["ocr-line"])  # the seed's crop box lies outside a small image
+        apply_recipe(arr, PRESETS["ocr-line"], 10**8)  # the seed's crop box lies outside a small image
     with pytest.raises(RecipeError, match="ksize must be odd"):
         parse_recipe('{"name": "x", "ops": [{"op": "denoise", "ksize": 4}]}')
     with pytest.raises(RecipeError):

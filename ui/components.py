@@ -7,12 +7,13 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
 
 from services.jobs import JobBusyError, JobError, JobManager, JobProgress
+from services.settings import Settings
 from services.url_download import labelled_csv_path
 from services.workspace import Workspace
 from ui.server_path import display_path
@@ -203,3 +204,31 @@ def executor_setting() -> None:
     except ExecutorError as exc:
         st.session_state["executor-url"] = None
         st.sidebar.error(str(exc))
+
+
+def s3_endpoint_input(settings: Settings, label: str, key: str, column: Any = st) -> tuple[str | None, bool]:
+    """An S3 endpoint text input: (endpoint or None for AWS, whether requests to it carry the server's AWS
+    credentials). On a server with sign-in only an endpoint an administrator lists (`s3_endpoints`,
+    `download.s3_endpoint_url`) is signed for: any other is read anonymously, so a typed host never receives
+    the key id or the session token (services.s3_client.endpoint_is_signed)."""
+    from services.s3_client import endpoint_is_signed, listed_endpoints
+    from ui.auth import sign_in_configured
+
+    restricted = sign_in_configured(settings)
+    help_text = None
+    if restricted:
+        listed = listed_endpoints(settings)
+        shown = ", ".join(listed) if listed else "none"
+        help_text = (
+            f"With the server's AWS credentials: AWS (leave empty) and the administrator's endpoints ({shown}). "
+            "Any other endpoint is read anonymously: public buckets only."
+        )
+    endpoint = column.text_input(label, value=settings.download.s3_endpoint_url or "", key=key, help=help_text)
+    endpoint = endpoint.strip() or None
+    signed = endpoint_is_signed(settings, endpoint, restricted)
+    if not signed:
+        column.caption(
+            ":material/lock_open: Not an endpoint the administrator lists (`s3_endpoints`): it is read without "
+            "the server's credentials, so only a public bucket works."
+        )
+    return endpoint, signed

@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 from pydantic import BaseModel, ValidationError
 
-from services.recipes import OPERATIONS, Recipe
+from services.recipes import MAX_OPS, OPERATIONS, Recipe
 
 
 def _bounds(info: Any) -> tuple[float | None, float | None]:
@@ -79,7 +79,9 @@ def edit_recipe(recipe: Recipe, key: str) -> Recipe | None:
                 st.rerun()
     left, right = st.columns([3, 1])
     new_op = left.selectbox("Add an operation", list(OPERATIONS), key=f"{key}-new", label_visibility="collapsed")
-    if right.button("Add", key=f"{key}-add", icon=":material/add:"):
+    full = len(ops) >= MAX_OPS
+    if right.button("Add", key=f"{key}-add", icon=":material/add:", disabled=full,
+                    help=f"a recipe has at most {MAX_OPS} steps" if full else None):  # fmt: skip
         ops.append(OPERATIONS[new_op]().model_dump(mode="json"))
         st.rerun()
     try:

@@ -196,3 +196,51 @@ def test_behind_a_trusted_proxy_each_client_address_is_throttled_on_its_own(tmp_
         browser.close()
     assert results[0] == WRONG and LOCKED in results[1] and LOCKED in results[2], results
     assert "Signed in as" in results[3], results
+
+
+# --- R7: attempts are counted before hashing ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("same_name", [True, False])
+def test_simultaneous_reservations_never_pass_the_limit(tmp_path: Path, same_name: bool):
+    """Ten attempts at once, from ten threads with one throttle each (one per server process or session): at most
+    the limit of them may go on to hash a password, for one name or for one address trying many names."""
+    import threading
+
+    limits = SignInSettings(max_failures_per_user=3, max_failures_per_address=4)
+    barrier = threading.Barrier(10)
+    waits: list[float] = []
+
+    def reserve(i: int) -> None:
+        throttle = SignInThrottle(tmp_path / "t", limits)
+        barrier.wait()
+        waits.append(throttle.reserve("alice" if same_name else f"user{i}", "203.0.113.7").wait)
+        throttle.close()
+
+    threads = [threading.Thread(target=reserve, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    allowed = 3 if same_name else 4
+    assert sorted(w == 0 for w in waits) == [False] * (10 - allowed) + [True] * allowed, waits
+    assert all(limits.lockout_seconds - 10 < w <= limits.lockout_seconds for w in waits if w), waits
+
+
+def test_a_right_password_gives_its_reserved_attempt_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Successes are not failures: a team behind one address signs in as often as it likes, and a success that
+    happened to reach the address's limit lifts the lockout it started; failures still lock the address."""
+    monkeypatch.setenv("WORKBENCH_USERS", json.dumps({"alice": hash_password("s3cret!", iterations=1000)}))
+    settings = load_settings(workspace=tmp_path / "ws")
+    throttle = SignInThrottle(tmp_path / "t", SignInSettings(max_failures_per_user=5, max_failures_per_address=3))
+    office = "198.51.100.20"
+    for _ in range(6):  # twice the address limit, all successes
+        assert attempt_sign_in(settings, throttle, "alice", "s3cret!", office).user == "alice"
+    assert throttle.retry_after("bob", office) == 0
+    assert attempt_sign_in(settings, throttle, "bob", "x", office).retry_after == 0
+    assert attempt_sign_in(settings, throttle, "carol", "x", office).retry_after == 0
+    assert attempt_sign_in(settings, throttle, "alice", "s3cret!", office).user == "alice"  # the 3rd attempt: lifted
+    assert throttle.retry_after("dave", office) == 0
+    assert attempt_sign_in(settings, throttle, "dave", "x", office).retry_after == throttle.limits.lockout_seconds
+    assert attempt_sign_in(settings, throttle, "alice", "s3cret!", office).user is None  # now locked for everyone
+    throttle.close()

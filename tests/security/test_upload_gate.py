@@ -43,6 +43,11 @@ def test_the_streamlit_internals_this_module_uses_are_still_there():
     assert "session_id" in ScriptRunContext.__dataclass_fields__ and callable(get_script_run_ctx)
     assert callable(Runtime.exists) and callable(Runtime.instance) and isinstance(Runtime.uploaded_file_mgr, property)
     assert list(inspect.signature(MemoryUploadedFileManager.add_file).parameters) == ["self", "session_id", "file"]
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    held = MemoryUploadedFileManager("/_stcore/upload_file")  # what a session holds: read by upload_gate.held_by
+    held.add_file("s", UploadedFileRec(file_id="f", name="n", type="t", data=b"abc"))
+    assert {k: len(v.data) for k, v in held.file_storage["s"].items()} == {"f": 3}
     from streamlit.web.server.server import Server
 
     for builder in (starlette_app.App._create_runtime, Server.__init__):  # both launchers' managers: the guarded kind
@@ -152,3 +157,85 @@ def test_an_upload_with_a_5000_character_name_is_saved_under_a_short_one(ws):
     saved = save_upload(ws, UploadedFile(record, None))
     assert saved.is_file() and saved.read_bytes() == record.data
     assert saved.name.endswith(".zip") and len(saved.name) < 140 and saved.parent == ws.root / "uploads"
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_a_session_holds_at_most_twice_the_upload_limit_and_replacing_a_file_is_free(tmp_path: Path, launcher: str):
+    """R6, beyond the red team's reproduction: both layers count what the session holds (layer 2 alone on plain
+    `streamlit run`); a file PUT again under its own id replaces itself; with `make run`, uploads still being
+    read count too, so parallel PUTs cannot pass the total between them."""
+    from playwright.sync_api import expect, sync_playwright
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    from ui.upload_gate import SESSION_UPLOAD_FACTOR
+
+    ws_root = tmp_path / "ws"
+    command = [part.replace("{ws}", str(ws_root)) for part in LAUNCHERS[launcher]]
+    settings = {
+        "WORKBENCH_WORKSPACE": str(ws_root),
+        "WORKBENCH_USERS": json.dumps({"alice": hash_password("s3cret!", iterations=1000)}),
+        "WORKBENCH_MAX_UPLOAD_MB": "1",
+        "WORKBENCH_METRICS_NETWORKS": '["127.0.0.1/32"]',
+    }
+    with dashboard_server(command, tmp_path / "dashboard.log", **settings) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        sessions: list[str] = []
+
+        def on_frame(payload: bytes | str) -> None:
+            if isinstance(payload, bytes):
+                msg = ForwardMsg()
+                msg.ParseFromString(payload)
+                if msg.HasField("new_session") and msg.new_session.initialize.session_id:
+                    sessions.append(msg.new_session.initialize.session_id)
+
+        page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
+        page.goto(base, wait_until="domcontentloaded")
+        page.get_by_role("textbox", name="User").fill("alice")
+        page.get_by_role("textbox", name="Password").fill("s3cret!")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_text("Signed in as")).to_be_visible(timeout=30_000)
+        session = sessions[-1]
+        xsrf = next(c["value"] for c in page.context.cookies() if c["name"] == "_streamlit_xsrf")
+
+        def put(file_id: str, size: int) -> tuple[int, str]:
+            url = f"{base}/_stcore/upload_file/{session}/{file_id}"
+            file = {"name": "f.bin", "mimeType": "application/octet-stream", "buffer": b"\1" * size}
+            answer = page.request.put(url, multipart={"file": file}, headers={"X-Xsrftoken": xsrf})
+            return answer.status, answer.text()
+
+        assert [put("same", 900 * 1024)[0] for _ in range(4)] == [204] * 4  # one id, replaced each time
+        assert put("second", 900 * 1024)[0] == 204  # 1.8 MB held: within 2 x 1 MB
+        head = (
+            "PUT /_stcore/upload_file/{session}/{file} HTTP/1.1\r\nHost: x\r\nContent-Length: 943718\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nX-Xsrftoken: {xsrf}\r\nCookie: _streamlit_xsrf={xsrf}"
+        )
+        port = int(base.rsplit(":", 1)[1])
+        status, detail = put("third", 900 * 1024)  # refused, never stored (layer 1: read and dropped)
+        assert status == 413, detail
+        if launcher == "dashboard":  # with its reason
+            assert f"a session holds at most {SESSION_UPLOAD_FACTOR} MB" in detail, detail
+        time.sleep(5.5)  # Streamlit caches its metrics for 5 s
+        held = _uploaded_bytes(page, base)
+        assert held == 2 * 900 * 1024 <= SESSION_UPLOAD_FACTOR * MB, held  # "same" once, "second": not "third"
+        if launcher == "dashboard":
+            # two uploads being read at once (headers sent, bodies not yet): together with what is held they
+            # pass the total, so the second is refused before its body is read
+            assert put("second", 10)[0] == 204 and put("same", 10)[0] == 204  # 20 bytes held now
+            first = raw_request(port, head.format(session=session, file="slow-1"))
+            assert not answered(first, 1)  # reserved, and waiting for its body
+            second = raw_request(port, head.format(session=session, file="slow-2"))
+            third = raw_request(port, head.format(session=session, file="slow-3"))
+            assert not answered(second, 1)  # 0.9 + 0.9 MB in flight: within 2 MB
+            framing = b'--b\r\nContent-Disposition: form-data; name="file"; filename="s.bin"\r\n\r\n', b"\r\n--b--\r\n"
+            body = framing[0] + b"\1" * (943718 - len(framing[0]) - len(framing[1])) + framing[1]
+            third.sendall(body)
+            assert read_response(third)[0] == 413  # the third, over the total with the two in flight
+            third.close()
+            for sock in (first, second):  # both bodies sent: stored, 1.8 MB in all
+                sock.sendall(body)
+                assert read_response(sock)[0] == 204
+                sock.close()
+        browser.close()
+    log = (tmp_path / "dashboard.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
