@@ -42,7 +42,7 @@ with st.sidebar:
     # a shared server names its workspace, never where it lives on the server
     st.caption(f"Workspace `{ws.root.name if sign_in_configured(settings) else ws.root}`")
     active = get_job_manager().list(limit=20, active_only=True)
-    st.caption(f"Catalog schema v{ws.catalog.schema_version} · {len(active)} job(s) running")
+    st.caption(f"{len(active)} job{'' if len(active) == 1 else 's'} running" if active else "No job running")
 executor_setting()
 
 navigation.run()

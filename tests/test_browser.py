@@ -90,7 +90,7 @@ def test_upload_csv_start_download_see_results(
         expect(page.get_by_role("heading", name="Download", exact=True)).to_be_visible(timeout=30_000)
         # a deep link on a fresh server still goes through app.py's navigation (and its sidebar)
         expect(page.get_by_text("Compare REAL vs GEN")).to_be_visible()
-        expect(page.get_by_text("Catalog schema v4")).to_be_visible()
+        expect(page.get_by_text("No job running")).to_be_visible()
         page.locator("input[type=file]").first.set_input_files(str(csv_path))
         expect(page.get_by_text("First rows of")).to_be_visible(timeout=30_000)
         page.get_by_role("button", name="Start download").click()
