@@ -33,7 +33,7 @@ class Grayscale(BaseModel):
 class Denoise(BaseModel):
     op: Literal["denoise"] = "denoise"
     method: Literal["median", "gaussian", "nlmeans", "bilateral"] = "median"
-    ksize: int = Field(3, ge=1, le=31, description="median/gaussian kernel (odd)")
+    ksize: int = Field(3, ge=1, le=31, description="median/gaussian kernel (odd)", json_schema_extra={"odd": True})
     strength: float = Field(10.0, ge=0, le=100, description="nlmeans h")
     diameter: int = Field(9, ge=1, le=31, description="bilateral neighbourhood")
     sigma_color: float = Field(75.0, ge=0, le=255)
@@ -64,7 +64,7 @@ class Sharpen(BaseModel):
 class Binarize(BaseModel):
     op: Literal["binarize"] = "binarize"
     method: Literal["otsu", "adaptive"] = "otsu"
-    block_size: int = Field(31, ge=3, le=255)
+    block_size: int = Field(31, ge=3, le=255, description="neighbourhood (odd)", json_schema_extra={"odd": True})
     c: float = Field(10.0, ge=-50, le=50)
 
     @field_validator("block_size")

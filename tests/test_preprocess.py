@@ -253,6 +253,12 @@ def test_preprocess_page_preview_run_gallery(photos: Path, tmp_path: Path, monke
     assert at.selectbox(key="pp-dataset").value == "photos"
     assert [e.label for e in at.expander][1:] == ["1. grayscale", "2. resize_pad", "3. denoise", "4. output"]
     assert len(at.image) == 6  # three before/after preview pairs
+    ksize = at.number_input(key="pp-editor-2-denoise-ksize")
+    ksize.increment().run()  # odd-only sizes step 3 -> 5, never to an even value the recipe refuses
+    assert at.number_input(key="pp-editor-2-denoise-ksize").value == 5 and not at.error
+    ksize = at.number_input(key="pp-editor-2-denoise-ksize")
+    ksize.decrement().run()
+    assert at.number_input(key="pp-editor-2-denoise-ksize").value == 3 and not at.error
     at.button(key="pp-run").click().run()
     assert manager.wait(2, timeout=60).state == "completed"
     at.run()

@@ -39,8 +39,10 @@ def op_widgets(model: type[BaseModel], values: dict[str, Any], key: str) -> dict
             out[name] = st.checkbox(label, value=bool(current), key=wkey, help=help_text)
         elif annotation is int:
             lo, hi = _bounds(info)
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            step = 2 if extra.get("odd") else 1  # odd-only sizes step from odd to odd
             out[name] = int(
-                st.number_input(label, value=int(current), step=1, min_value=None if lo is None else int(lo),
+                st.number_input(label, value=int(current), step=step, min_value=None if lo is None else int(lo),
                                 max_value=None if hi is None else int(hi), key=wkey, help=help_text)
             )  # fmt: skip
         elif annotation is float:
