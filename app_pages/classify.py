@@ -7,7 +7,14 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from services.classify import classification, export_dir, resolve_models, start_classify, write_outputs
+from services.classify import (
+    classification,
+    export_dir,
+    resolve_models,
+    start_classify_dataset,
+    start_classify_path,
+    write_outputs,
+)
 from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
 from services.datasets import DatasetError, list_datasets
 from services.scoring import bin_edges, histogram
@@ -49,7 +56,8 @@ if made_with:
 
 st.subheader("Classify")
 how = st.radio("Images", ["Upload a zip", "Folder or zip on the server", "A dataset"], horizontal=True, key="cl-how")
-source: str | None = None
+folder: Path | None = None  # an upload, or a path through the server-path guard
+picked: str | None = None  # a dataset, by name only: never read as a path
 name: str | None = None
 if how == "Upload a zip":
     upload = st.file_uploader(
@@ -57,19 +65,21 @@ if how == "Upload a zip":
         max_upload_size=settings.max_upload_mb,
     )  # fmt: skip
     if upload is not None:
-        source = str(save_upload(ws, upload))
+        folder = save_upload(ws, upload)
         name = f"classify-{Path(upload.name).stem}"
 elif how == "Folder or zip on the server":
-    typed = server_path_input(ws, "Path", FOLDER_OR_ZIP, "cl-path", placeholder="/data/new-images.zip")
-    source = str(typed) if typed else None
+    folder = server_path_input(ws, "Path", FOLDER_OR_ZIP, "cl-path", placeholder="/data/new-images.zip")
 else:
-    source = st.selectbox("Dataset", [d.name for d in list_datasets(ws.catalog)], key="cl-dataset")
+    picked = st.selectbox("Dataset", [d.name for d in list_datasets(ws.catalog)], key="cl-dataset")
 c1, c2 = st.columns(2)
 bins = int(c1.number_input("Score bins over [0, 1]", 1, 100, 10, key="cl-bins"))
 copy = c2.checkbox("Also copy images into {type}/{tag}/{bin}/ folders", key="cl-copy")
-if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", disabled=not source):
+if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", disabled=not (folder or picked)):
     try:
-        job_id = start_classify(ws, manager, source or "", models, bins, None, copy, name)
+        if folder is not None:
+            job_id = start_classify_path(ws, manager, folder, models, bins, None, copy, name)
+        else:
+            job_id = start_classify_dataset(ws, manager, picked or "", models, bins, None, copy)
     except (DatasetError, ModelFileError, ModelUnavailableError) as exc:
         st.error(str(exc))
     else:
@@ -143,11 +153,15 @@ if order:
     )
 
 if st.button("Write exports (bins.json, scores.csv, output.json)", key="cl-export", icon=":material/download:"):
-    out = write_outputs(
-        ws, {"dataset": shown, "models": [str(m.path) for m in models], "bins": bins, "copy": False, "out": None},
-        export_dir(ws, shown),
-    )  # fmt: skip
-    st.session_state["cl-export-dir"] = str(out)
+    try:
+        out = write_outputs(
+            ws, {"dataset": shown, "models": [str(m.path) for m in models], "bins": bins, "copy": False, "out": None},
+            export_dir(ws, shown),
+        )  # fmt: skip
+    except OSError as exc:  # a full disk or a read-only workspace: said here, never a trace
+        st.error(f"Could not write the exports: {exc.strerror or exc}. Free space in the workspace and try again.")
+    else:
+        st.session_state["cl-export-dir"] = str(out)
 if st.session_state.get("cl-export-dir"):
     out = Path(st.session_state["cl-export-dir"])
     cols = st.columns(3)

@@ -65,7 +65,7 @@ from services.compare_report import (
 from services.datasets import DatasetError, image_paths
 from services.embed import start_embed
 from services.embeddings import EmbeddingStore
-from services.names import to_name
+from services.names import file_name, to_name
 from ui.components import job_panel, launch, save_upload
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
@@ -555,15 +555,19 @@ else:
 
 st.subheader("Export")
 if st.button("Write the HTML report and CSV tables", key="cmp-report"):
-    stem = f"compare-{to_name(set_a.name)}-vs-{to_name(set_b.name)}"  # set names are free text, never a path
+    stem = file_name(f"compare-{to_name(set_a.name)}-vs-{to_name(set_b.name)}")  # free text, never a path
     out = ws.root / "exports" / f"{stem}.html"
     clustered = st.session_state.get("cmp-cluster-report")
     sections = [depth_section(result, depth_a, depth_b)]
     if clustered is not None and clustered.a == set_a.name and clustered.b == set_b.name:
         sections.append(cluster_section(clustered))
-    html_report(result, out, embedded, found_confounds, sections=sections)
-    write_tables(result, out.parent / stem, ws.settings.csv_formula_guard)
-    st.session_state["cmp-report-path"] = str(out)
+    try:
+        html_report(result, out, embedded, found_confounds, sections=sections)
+        write_tables(result, out.parent / stem, ws.settings.csv_formula_guard)
+    except OSError as exc:  # a full disk or a read-only workspace: said here, never a trace
+        st.error(f"Could not write the report: {exc.strerror or exc}. Free space in the workspace and try again.")
+    else:
+        st.session_state["cmp-report-path"] = str(out)
 if st.session_state.get("cmp-report-path"):
     report_path = Path(st.session_state["cmp-report-path"])
     st.download_button("Report (HTML)", report_path.read_bytes(), file_name=report_path.name, key="cmp-report-download")

@@ -254,6 +254,8 @@ if st.button("Write export", key="dc-export", icon=":material/download:"):
         st.session_state["dc-export-file"] = (str(path), n)
     except (ValueError, DatasetError) as exc:
         st.error(str(exc))
+    except OSError as exc:  # a full disk or a read-only workspace: said here, never a trace
+        st.error(f"Could not write the export: {exc.strerror or exc}. Free space in the workspace and try again.")
 if st.session_state.get("dc-export-file"):
     path_str, n = st.session_state["dc-export-file"]
     path = Path(path_str)

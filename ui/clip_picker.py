@@ -12,6 +12,7 @@ import streamlit as st
 from services.clip_models import (
     CheckpointMismatchError,
     ClipSpec,
+    ModelNameError,
     ModelUnavailableError,
     activation_note,
     local_clip_models,
@@ -56,7 +57,11 @@ def clip_model_picker(ws: Workspace, key: str, label: str = "CLIP model") -> Pic
         pretrained = c2.text_input("Pretrained tag", value=settings.clip.pretrained or "", key=f"{key}-pretrained")
         # a path typed on a team server goes through the server-path guard (server_paths), like every path input
         checkpoint = checkpoint_input(ws, "Or a checkpoint file on the server", f"{key}-checkpoint", container=c3)
-        spec = ClipSpec.from_settings(settings, model or None, pretrained or None, checkpoint or None)
+        try:  # the names are checked before anything reads or writes a file (ClipSpec is the guard)
+            spec = ClipSpec.from_settings(settings, model or None, pretrained or None, checkpoint or None)
+        except ModelNameError as exc:
+            st.error(str(exc), icon=":material/error:")
+            return PickedClip(configured, str(exc))
     else:
         spec = local[labels.index(choice)].spec
     try:

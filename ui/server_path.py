@@ -46,13 +46,16 @@ def server_path_input(
 
 
 def checkpoint_input(ws: Workspace, label: str, key: str, container: DeltaGenerator | None = None) -> str | None:
-    """A CLIP checkpoint file: the administrator's `clip.checkpoint` as is, anything else through the guard."""
+    """A CLIP checkpoint file: the administrator's `clip.checkpoint` as is, anything else through the guard.
+    The configured file is shown as `display_path` (on a team server its name, or its place in the workspace,
+    never where the server keeps it) and that text stands for it."""
     configured = ws.settings.clip.checkpoint or ""
+    shown = display_path(ws, configured) if configured else ""
     text_input = container.text_input if container is not None else st.text_input
-    text = text_input(label, value=configured, key=key)
+    text = text_input(label, value=shown, key=key)
     if not text.strip():
         return None
-    if text == configured:
+    if configured and text in (shown, configured):
         return configured
     try:
         return str(server_paths(ws).check(text, CHECKPOINT))
