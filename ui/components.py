@@ -15,7 +15,7 @@ import streamlit as st
 from services.jobs import JobBusyError, JobError, JobManager, JobProgress
 from services.url_download import labelled_csv_path
 from services.workspace import Workspace
-from ui.server_path import display_path
+from ui.server_path import display_locators, display_path
 
 if TYPE_CHECKING:
     from streamlit.runtime.uploaded_file_manager import UploadedFile
@@ -119,8 +119,10 @@ def job_panel(manager: JobManager, job_id: int) -> None:
         if p.failed:
             counts = manager.failure_counts(job_id)
             st.caption("Failures by class: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-            failures = manager.failures(job_id, limit=200)
-            st.dataframe(pd.DataFrame(failures), hide_index=True, key=f"fail-{job_id}")
+            failures = pd.DataFrame(manager.failures(job_id, limit=200))
+            if "locator" in failures:  # no server paths on a team server
+                failures["locator"] = display_locators(manager.ws, list(failures["locator"]))
+            st.dataframe(failures, hide_index=True, key=f"fail-{job_id}")
         if p.state == "completed" and p.kind.startswith("download"):
             path = labelled_csv_path(manager.ws, job_id, p.params)
             if Path(path).is_file() and Path(path).stat().st_size > 50 * 1024 * 1024:

@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from services.locators import import_roots, shown_locator
 from services.server_paths import CHECKPOINT, PathKind, ServerPathError, ServerPaths
 from services.workspace import Workspace
 from ui.auth import sign_in_configured
@@ -74,3 +75,12 @@ def display_path(ws: Workspace, path: Path | str) -> str:
         return str(path.resolve().relative_to(ws.root))
     except ValueError:
         return path.name
+
+
+def display_locators(ws: Workspace, locators: list[str | None]) -> list[str | None]:
+    """Item locators (URLs, s3:// keys, server paths of files and zip members) as pages show them: in full on
+    a laptop; on a team server relative to the folder or zip they were imported from (services.locators)."""
+    if not sign_in_configured(ws.settings):
+        return locators
+    roots = import_roots(ws.catalog)
+    return [shown_locator(loc, roots) if loc else loc for loc in locators]

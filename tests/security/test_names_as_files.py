@@ -17,6 +17,7 @@ from services.datasets import DatasetError, ensure_dataset
 from services.describe_results import ResultKeys, export
 from services.embeddings import embedding_key
 from services.jobs import JobManager
+from services.locators import shown_locator
 from services.names import MAX_FILE_NAME_BYTES, dataset_name_problem, file_name
 from services.settings import load_settings
 from services.tag_models import generate_model_path
@@ -150,3 +151,16 @@ def test_exports_of_a_long_multibyte_dataset_are_written(ws: Workspace) -> None:
     assert all(len(part.encode()) <= MAX_FILE_NAME_BYTES for part in model.relative_to(ws.root).parts)
     with pytest.raises(DatasetError, match="bytes"):
         ensure_dataset(ws.catalog, "€" * 60, "folder", "y", [])
+
+
+def test_locators_are_shown_relative_to_what_was_imported() -> None:
+    """R9: the API (and pages on a team server) name a file by its place in the import, never its server path."""
+    roots = ["/srv/in/parts", "/srv/in", "/srv/uploads/ab12_batch.zip", "/"]
+    assert shown_locator("/srv/in/parts/a/p.png", roots) == "parts/a/p.png"  # the most specific root
+    assert shown_locator("/srv/in/other/q.png", roots) == "in/other/q.png"
+    assert shown_locator("/srv/uploads/ab12_batch.zip!dir/b.jpg", roots) == "ab12_batch.zip!dir/b.jpg"
+    assert shown_locator("/srv/in/parts/more.zip!x/c.png", roots) == "parts/more.zip!x/c.png"
+    assert shown_locator("/elsewhere/deep/d.png", roots) == "d.png"  # '/' is no root worth naming
+    assert shown_locator("/elsewhere/z.zip!m/e.png", []) == "z.zip!m/e.png"
+    for kept in ("https://example.org/a.png?x=/srv/in", "s3://bucket/datalake/REAL/a.jpg"):
+        assert shown_locator(kept, roots) == kept

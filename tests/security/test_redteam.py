@@ -396,12 +396,8 @@ def test_names_from_users_are_shown_as_text_not_markdown(team_server: dict[str, 
 # --- R9, R10: server paths shown to API clients and signed-in users ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R9: GET /images/{hash} returns each source's locator as stored, the absolute path of an imported "
-    "file or zip on the server (/srv/..., /home/...), though error details have server paths cut out",
-)
 def test_api_image_metadata_carries_no_server_path(tmp_path: Path) -> None:
+    """R9 (fixed: locators are shown relative to their import root, services/locators.py)."""
     root = tmp_path / "ws"
     folder = tmp_path / "private-layout" / "parts"
     folder.mkdir(parents=True)
@@ -416,6 +412,7 @@ def test_api_image_metadata_carries_no_server_path(tmp_path: Path) -> None:
             body = response.read().decode()
     assert "p.png" in body  # the source is named...
     assert str(tmp_path) not in body, body  # ...but not where the server keeps it
+    assert json.loads(body)["sources"] == [{"kind": "path", "locator": "parts/p.png"}]
 
 
 def test_the_configured_checkpoint_path_is_not_shown(team_server: dict[str, Path]) -> None:
