@@ -7,7 +7,17 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from services.categories import CategoryError, extract_categories, list_lists, load_list, parse_category_csv, save_list
+from services.categories import (
+    MAX_CATEGORIES,
+    MAX_CATEGORY_CHARS,
+    MAX_CATEGORY_CSV_BYTES,
+    CategoryError,
+    extract_categories,
+    list_lists,
+    load_list,
+    parse_category_csv,
+    save_list,
+)
 from services.clip_models import ModelUnavailableError
 from services.datasets import DatasetError, dataset_images, list_datasets
 from services.describe import estimate_cost, start_describe, try_one
@@ -65,7 +75,12 @@ def save_categories(name: str, read: Callable[[], list[str]], source: str) -> No
 with st.expander("Category lists", expanded=not list_lists(ws)):
     upload_tab, edit_tab, extract_tab = st.tabs(["Upload CSV", "Edit", "Extract from a categorised CSV"])
     with upload_tab:
-        upload = st.file_uploader("CSV with a `Category` column", type=["csv"], key="dc-cat-upload")
+        upload = st.file_uploader(
+            "CSV with a `Category` column", type=["csv"], key="dc-cat-upload",
+            max_upload_size=max(1, MAX_CATEGORY_CSV_BYTES // 2**20),
+            help=f"At most {MAX_CATEGORIES} categories of up to {MAX_CATEGORY_CHARS} characters, in a file of at most "
+            f"{MAX_CATEGORY_CSV_BYTES // 2**20} MB.",
+        )  # fmt: skip
         upload_name = st.text_input("Save as list", value="categories", key="dc-cat-upload-name")
         if st.button("Save list", key="dc-cat-upload-save") and upload is not None:
             uploaded = upload
