@@ -164,7 +164,7 @@ def _cached_file(cfg: dict[str, Any]) -> str | None:
 
     hub = cfg.get("hf_hub", "")
     if hub:
-        repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        repo, filename = _hub_repo(hub)
         candidates = [filename] if filename else list(HF_WEIGHT_FILES)
         for name in candidates:
             hit = try_to_load_from_cache(repo_id=repo, filename=name)
@@ -176,6 +176,12 @@ def _cached_file(cfg: dict[str, Any]) -> str | None:
         if target.is_file():
             return str(target)
     return None
+
+
+def _hub_repo(hub: str) -> tuple[str, str]:
+    """open_clip's `hf_hub` entry as (repository, file name): `org/name/` names a repository, `org/name/f.bin`
+    one file of it."""
+    return os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
 
 
 def _config_dir() -> Path:
@@ -528,20 +534,25 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
 
 
 def pull_weights(spec: ClipSpec, timeout: float) -> str:
-    """Download a pretrained tag's weights into the Hugging Face cache (the only place that downloads)."""
+    """Download a pretrained tag's weights into the Hugging Face cache (the only place that downloads), in a
+    process of its own that is stopped, and its partial files removed, after `timeout` seconds."""
     import open_clip
-    from open_clip.pretrained import download_pretrained
 
     cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained or "")
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.model)) or "none"
         raise ModelUnavailableError(f"{spec.model} has no pretrained tag {spec.pretrained!r} (tags: {tags})")
-    from services.pulls import PullError, check_reachable, pull_with_timeout
+    from services.pulls import Pull, PullError, check_reachable, hf_repo_folder, run_pull
 
     what = f"{spec.model}/{spec.pretrained}"
+    partial = []
+    if cfg.get("hf_hub"):
+        partial.append(hf_repo_folder(_hub_repo(cfg["hf_hub"])[0]))
+    if cfg.get("url"):  # open_clip writes these straight to their final name: a cut one must go
+        partial.append(Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"]))
     try:
         check_reachable(_download_endpoint(cfg))  # seconds, where the hub client would retry for a minute
-        return pull_with_timeout(lambda: download_pretrained(cfg), timeout, what)
+        return run_pull(Pull(what, ("clip", spec.model, str(spec.pretrained)), tuple(partial)), timeout)
     except PullError as exc:
         raise ModelUnavailableError(
             f"{exc}. This machine cannot download {what}: run `python -m services models pull {what}` on a machine "

@@ -261,6 +261,9 @@ class Settings(BaseSettings):
     metrics_networks: list[str] = Field(default_factory=list)
     api: ApiSettings = ApiSettings()  # REST API per-request bounds
     sign_in: SignInSettings = SignInSettings()  # dashboard sign-in throttle
+    # Whether the CLIP picker's Pull button may download weights (up to GBs) into the server's Hugging Face
+    # cache. Unset: yes on a laptop (no sign-in), no once sign-in is configured (`models pull` on the shell).
+    allow_page_pulls: bool | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -19,7 +19,9 @@ from services.clip_models import (
     pull_weights,
     resolve_weights,
 )
+from services.pulls import page_pulls_allowed
 from services.workspace import Workspace
+from ui.auth import sign_in_configured
 from ui.server_path import checkpoint_input, display_path
 
 OTHER = "Another model, tag or checkpoint…"
@@ -86,6 +88,12 @@ def _same(a: ClipSpec, b: ClipSpec) -> bool:
 def _pull_button(ws: Workspace, spec: ClipSpec, key: str) -> None:
     """Pull explicitly; with no route to the hub the answer comes in seconds, in red, with the fix."""
     what = f"{spec.model}/{spec.pretrained}"
+    if not page_pulls_allowed(ws.settings, sign_in_configured(ws.settings)):
+        st.caption(
+            f"Pulling weights from this page is off on this server (`allow_page_pulls`): an administrator pulls "
+            f"them with `python -m services models pull {what}`."
+        )
+        return
     timeout = ws.settings.clip.pull_timeout_seconds
     failed_key = f"{key}-pull-error"
     if st.button(f"Pull {what}", key=f"{key}-pull", icon=":material/download:"):
