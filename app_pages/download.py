@@ -12,7 +12,7 @@ from services.s3_client import S3AccessError
 from services.s3_download import analyze_s3, plan_batch, start_s3_download
 from services.server_paths import CSV_FILE, FOLDER
 from services.url_download import guess_kind, start_url_download
-from ui.components import job_panel, jobs_table, launch
+from ui.components import job_panel, jobs_table, launch, workers_input
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
 
@@ -52,7 +52,6 @@ def _dataset_default(path: Path) -> str:
 def _start(job_id: int) -> None:
     launch(manager, job_id)
     st.session_state["download-job"] = job_id
-    st.toast(f"Job {job_id} started")
 
 
 tab_urls, tab_s3, tab_batch = st.tabs(["URL CSV", "S3", "S3 batch"])
@@ -79,7 +78,7 @@ with tab_urls:
                 guessed = guess_kind(csv_path)
                 kind = left.selectbox("Kind", KINDS, index=KINDS.index(guessed) if guessed in KINDS else 0)
                 resize = right.number_input("Resize to N x N (0 = keep originals only)", 0, 4096, 0, step=32)
-                workers = left.number_input("Worker processes", 0, 64, ws.settings.download.workers)
+                workers = workers_input(ws, "Worker processes", ws.settings.download.workers, "urls-workers", left)
                 placeholder = right.checkbox("Placeholder image for failed rows (seed 000 behaviour)")
                 discard = right.checkbox("Keep only the resized copy")
                 submitted = st.form_submit_button("Start download", type="primary", icon=":material/download:")

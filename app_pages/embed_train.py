@@ -12,6 +12,7 @@ from services.datasets import DatasetError, list_datasets
 from services.embed import start_embed
 from services.embeddings import EmbeddingStore, embedding_key
 from services.folder_import import start_folder_import
+from services.jobs import page_worker_limit
 from services.server_paths import FOLDER_OR_ZIP
 from services.tag_metrics import SMALL_TEST_POSITIVES
 from services.tag_models import MODEL_TYPES, headline_metrics, list_models
@@ -31,7 +32,7 @@ st.caption("CLIP embeddings stored once per image and model; one logistic regres
            "classes, C and the decision threshold chosen on validation folds.")  # fmt: skip
 
 
-def start(label: str, key: str, create: Callable[[], int]) -> None:
+def start(key: str, create: Callable[[], int]) -> None:
     """Create a job (errors shown, nothing queued), run it detached and follow it below."""
     try:
         job_id = create()
@@ -40,7 +41,6 @@ def start(label: str, key: str, create: Callable[[], int]) -> None:
         return
     launch(manager, job_id)
     st.session_state[key] = job_id
-    st.toast(f"{label}: job {job_id} started")
 
 
 def follow(key: str) -> None:
@@ -73,7 +73,7 @@ name = st.text_input(
 )
 if st.button("Import", key="et-import", icon=":material/drive_folder_upload:", disabled=source is None):
     chosen_name = name or (default_name if how == "Upload a zip" else None)
-    start("Import", "et-import-job", lambda: start_folder_import(ws, manager, source, chosen_name))  # type: ignore[arg-type]
+    start("et-import-job", lambda: start_folder_import(ws, manager, source, chosen_name))  # type: ignore[arg-type]
 follow("et-import-job")
 
 names = [d.name for d in list_datasets(ws.catalog)]
@@ -94,12 +94,15 @@ spec, weights_ok = picked.spec, picked.ok
 key = embedding_key(spec)
 b1, b2 = st.columns(2)
 batch_size = b1.number_input("Batch size", 1, 1024, settings.clip.batch_size, key="et-batch")
+limit = page_worker_limit(settings)
 loader_workers = b2.number_input(
-    "Decoding processes (empty: chosen for the device)", 0, 32, settings.clip.loader_workers, key="et-workers"
-)
-workers = None if loader_workers is None else int(loader_workers)
+    "Decoding processes (empty: chosen for the device)", 0, limit,
+    None if settings.clip.loader_workers is None else min(settings.clip.loader_workers, limit), key="et-workers",
+    help=f"At most {limit} on this server (its cores, or the setting page_jobs.max_workers).",
+)  # fmt: skip
+workers = None if loader_workers is None else min(int(loader_workers), limit)
 if st.button("Embed", type="primary", key="et-embed", icon=":material/memory:", disabled=not weights_ok):
-    start("Embed", "et-embed-job", lambda: start_embed(ws, manager, dataset, spec, int(batch_size), workers))
+    start("et-embed-job", lambda: start_embed(ws, manager, dataset, spec, int(batch_size), workers))
 follow("et-embed-job")
 st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for `{key}`.")
 
@@ -136,7 +139,7 @@ else:
     )  # fmt: skip
     if st.button("Train", type="primary", key="et-train", icon=":material/model_training:", disabled=not tags):
         options = (tags, types, test_size, int(seed), CV_CHOICES[cv_label])
-        start("Train", "et-train-job", lambda: start_training(ws, manager, dataset, key, *options))
+        start("et-train-job", lambda: start_training(ws, manager, dataset, key, *options))
     follow("et-train-job")
 
 # --- results --------------------------------------------------------------------------------------------

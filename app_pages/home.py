@@ -56,6 +56,7 @@ else:
         st.rerun()
 
 st.subheader("Jobs")
+manager.start_queued_page_jobs()  # queued page jobs start when a slot opens (a killed job frees one too)
 running = manager.list(limit=20, active_only=True)
 for job in running:
     with st.container(border=True):

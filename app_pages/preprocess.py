@@ -24,7 +24,7 @@ from services.recipes import (
     save_recipe,
 )
 from services.server_paths import FOLDER_OR_ZIP
-from ui.components import job_panel, launch
+from ui.components import job_panel, launch, workers_input
 from ui.recipe_editor import edit_recipe
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
@@ -136,7 +136,7 @@ elif recipe is not None:
         )
 
 st.subheader("Run")
-workers = st.number_input("Worker processes", 0, 64, ws.settings.download.workers, key="pp-workers")
+workers = workers_input(ws, "Worker processes", ws.settings.download.workers, "pp-workers")
 if st.button(
     f"Run {(recipe or base).name} on {len(images):,} images",
     type="primary",

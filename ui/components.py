@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
-from services.jobs import JobBusyError, JobError, JobManager, JobProgress
+from services.jobs import PAGE_QUEUED, JobBusyError, JobError, JobManager, JobProgress, page_worker_limit
 from services.url_download import labelled_csv_path
 from services.workspace import Workspace
 from ui.server_path import display_locators, display_path
@@ -102,6 +103,9 @@ def job_panel(manager: JobManager, job_id: int) -> None:
             st.error(p.error)
         if p.state == "interrupted":
             st.warning("This job stopped without finishing (its process is gone). Resume continues where it left off.")
+        if p.state == "created" and p.params.get(PAGE_QUEUED):
+            manager.start_queued_page_jobs()  # a slot may have opened while no job process was there to see it
+            st.info(f"Queued: {queued_reason(manager)}.", icon=":material/schedule:")
         buttons = st.columns(4)
         if p.state == "running":
             if buttons[0].button("Cancel", key=f"cancel-{job_id}", icon=":material/stop:"):
@@ -109,11 +113,11 @@ def job_panel(manager: JobManager, job_id: int) -> None:
                 st.toast(f"Job {job_id} will stop after the items in flight.")
         elif p.state in ("interrupted", "cancelled", "failed", "created") and p.pending:
             if buttons[0].button("Resume", key=f"resume-{job_id}", icon=":material/play_arrow:"):
-                _act("Resume", manager.start_background, job_id)
+                _act("Resume", manager.start_from_page, job_id)
         retryable = manager.retryable_failures(job_id) if p.failed and p.state != "running" else 0
         if retryable:  # failures no retry can fix (a refused zip member, not an image) are not offered
             if buttons[1].button(f"Retry {retryable:,} failed", key=f"retry-{job_id}", icon=":material/replay:"):
-                _act("Retry", lambda j: (manager.reset_failed(j), manager.start_background(j)), job_id)
+                _act("Retry", lambda j: (manager.reset_failed(j), manager.start_from_page(j)), job_id)
         if p.state in ("running", "created") and every is None:
             st.rerun()
         if p.failed:
@@ -163,12 +167,37 @@ def save_upload(ws: Workspace, upload: UploadedFile) -> Path:
     return path
 
 
-def launch(manager: JobManager, job_id: int) -> None:
-    """Start a job detached, on the Dask cluster chosen in the sidebar when there is one."""
+def launch(manager: JobManager, job_id: int) -> bool:
+    """Start a job detached, on the Dask cluster chosen in the sidebar when there is one, or queue it when the
+    server already runs `page_jobs.max_running` jobs started from pages (it then starts when one ends). Says
+    which in a toast; True when it started now."""
     executor = st.session_state.get("executor-url")
     if executor:
         manager.set_executor(job_id, executor)
-    manager.start_background(job_id)
+    if manager.start_from_page(job_id):
+        st.toast(f"Job {job_id} started")
+        return True
+    st.toast(f"Job {job_id} queued: {queued_reason(manager)}", icon=":material/schedule:")
+    return False
+
+
+def queued_reason(manager: JobManager) -> str:
+    limit = manager.ws.settings.page_jobs.max_running
+    return (
+        f"{manager.page_jobs_busy()} jobs started from pages are running, at most {limit} at once on this server "
+        "(setting page_jobs.max_running); it starts by itself when one ends"
+    )
+
+
+def workers_input(ws: Workspace, label: str, default: int, key: str, container: DeltaGenerator | None = None) -> int:
+    """Worker processes for a job started from a page: at most the machine's cores (or the lower
+    `page_jobs.max_workers`), so no page can start more processes than the server has cores for one job."""
+    limit = page_worker_limit(ws.settings)
+    widget = container.number_input if container is not None else st.number_input
+    chosen = widget(label, 0, limit, min(default, limit), key=key,
+                    help=f"At most {limit} on this server (its cores, or the setting page_jobs.max_workers); "
+                    "0 runs in the job's own process.")  # fmt: skip
+    return min(int(chosen or 0), limit)
 
 
 def executor_setting() -> None:
