@@ -15,6 +15,7 @@ from services.url_download import guess_kind, start_url_download
 from ui.components import job_panel, jobs_table, launch, workers_input
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
+from ui.text import code, md
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -63,10 +64,10 @@ with tab_urls:
             header = read_csv_header(csv_path)
             preview = pd.read_csv(csv_path, nrows=10, dtype=str, keep_default_na=False)
         except (DatasetError, ValueError) as exc:
-            st.error(f"Cannot read `{csv_path.name}`: {exc}")
+            st.error(f"Cannot read {code(csv_path.name)}: {md(exc)}")
             header = []
         if header:
-            st.caption(f"First rows of `{csv_path.name}`")
+            st.caption(f"First rows of {code(csv_path.name)}")
             st.dataframe(preview, hide_index=True, key="urls-preview")
             default_col = next((i for i, c in enumerate(header) if c == "image_link"), None)
             if default_col is None:
@@ -97,7 +98,7 @@ with tab_urls:
                         int(workers),
                     )
                 except DatasetError as exc:
-                    st.error(str(exc))
+                    st.error(md(exc))
                 else:
                     _start(job_id)
 
@@ -115,7 +116,7 @@ with tab_s3:
             st.session_state["s3-analysis"] = analyze_s3(ws, s3_csv, bucket, prefix, endpoint or None)  # type: ignore[arg-type]
         except (DatasetError, S3AccessError) as exc:
             st.session_state.pop("s3-analysis", None)
-            st.error(str(exc))
+            st.error(md(exc))
     analysis = st.session_state.get("s3-analysis")
     if analysis is not None:
         summary = analysis.summary()
@@ -125,9 +126,9 @@ with tab_s3:
         cols[2].metric("Available", f"{analysis.available:,}")
         cols[3].metric("Missing", f"{len(analysis.missing):,}")
         cols[4].metric("Ambiguous", f"{len(analysis.ambiguous):,}")
-        st.caption(f"{summary['objects listed']:,} objects listed under `{summary['source']}`")
+        st.caption(f"{summary['objects listed']:,} objects listed under {code(summary['source'])}")
         if analysis.missing:
-            st.warning("Missing, e.g.: " + ", ".join(f"`{m}`" for m in analysis.missing[:5]))
+            st.warning("Missing, e.g.: " + ", ".join(code(m) for m in analysis.missing[:5]))
         if analysis.ambiguous:
             st.warning("Ambiguous names are not downloaded; each matches several objects:")
             st.json(summary["ambiguous examples"])
@@ -137,7 +138,7 @@ with tab_s3:
             try:
                 job_id = start_s3_download(ws, manager, analysis, s3_dataset or Path(analysis.csv_path).stem)
             except DatasetError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
             else:
                 st.session_state.pop("s3-analysis", None)
                 _start(job_id)
@@ -157,10 +158,10 @@ with tab_batch:
         try:
             entries, skipped = plan_batch(folder, template)
         except DatasetError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
             entries, skipped = [], []
         for path, reason in skipped:
-            st.caption(f"Skipped `{path.name}`: {reason}")
+            st.caption(f"Skipped {code(path.name)}: {md(reason)}")
         if entries:
             st.dataframe(
                 pd.DataFrame(
@@ -178,7 +179,7 @@ with tab_batch:
                         (e, analyze_s3(ws, e.csv_path, batch_bucket, e.prefix, batch_endpoint or None)) for e in entries
                     ]
                 except (DatasetError, S3AccessError) as exc:
-                    st.error(str(exc))
+                    st.error(md(exc))
             analyses = st.session_state.get("batch-analyses") or []
             if analyses:
                 st.dataframe(
@@ -203,7 +204,7 @@ with tab_batch:
                         try:
                             _start(start_s3_download(ws, manager, a, e.dataset, e.kind))
                         except DatasetError as exc:
-                            st.error(f"{e.csv_path.name}: {exc}")
+                            st.error(f"{md(e.csv_path.name)}: {md(exc)}")
                     st.session_state.pop("batch-analyses", None)
 
 st.divider()

@@ -21,6 +21,7 @@ from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch, save_upload
 from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
+from ui.text import code, md, plot_text
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -37,7 +38,7 @@ def start(key: str, create: Callable[[], int]) -> None:
     try:
         job_id = create()
     except (DatasetError, ModelUnavailableError) as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     launch(manager, job_id)
     st.session_state[key] = job_id
@@ -104,7 +105,7 @@ workers = None if loader_workers is None else min(int(loader_workers), limit)
 if st.button("Embed", type="primary", key="et-embed", icon=":material/memory:", disabled=not weights_ok):
     start("et-embed-job", lambda: start_embed(ws, manager, dataset, spec, int(batch_size), workers))
 follow("et-embed-job")
-st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for `{key}`.")
+st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for {code(key)}.")
 
 # --- train ----------------------------------------------------------------------------------------------
 
@@ -113,13 +114,13 @@ CV_CHOICES = {"auto": None, "off": 0, "3 folds": 3, "5 folds": 5, "10 folds": 10
 try:
     available = trainable_tags(ws, dataset)
     no_tags_reason = (
-        f"{dataset} has no tags to train on: its images sit at the top of what was imported, not in tag folders. "
+        f"{md(dataset)} has no tags to train on: its images sit at the top of what was imported, not in tag folders. "
         "A tagged dataset has one sub-folder per tag (and `other-training` for negatives); import one above."
     )
 except DatasetError as exc:
-    available, no_tags_reason = {}, f"{exc}."
+    available, no_tags_reason = {}, f"{md(exc)}."
 if not available:
-    others = ", ".join(n for n in with_tags if n != dataset)
+    others = md(", ".join(n for n in with_tags if n != dataset))
     st.info(no_tags_reason + (f" Datasets with tags: {others}." if others else ""), icon=":material/info:")
 else:
     tags = st.multiselect(
@@ -147,7 +148,7 @@ else:
 models = list_models(ws, dataset, key)
 st.subheader("Models")
 if not models:
-    st.caption(f"No models for {dataset} on `{key}` yet: train some above (the models listed here are those "
+    st.caption(f"No models for {md(dataset)} on {code(key)} yet: train some above (the models listed here are those "
                "trained on this dataset's vectors from the CLIP model chosen above).")  # fmt: skip
 else:
 
@@ -169,7 +170,7 @@ else:
         })  # fmt: skip
     if small:
         st.warning(
-            f"Small test splits (under {SMALL_TEST_POSITIVES} tagged images): {', '.join(sorted(set(small)))}. "
+            f"Small test splits (under {SMALL_TEST_POSITIVES} tagged images): {md(', '.join(sorted(set(small))))}. "
             "A handful of test images makes AP and F1 noisy, so cross-validated metrics are shown for these where "
             "they were computed ('metrics from'); read the bootstrap 95% intervals beside each figure.",
             icon=":material/warning:",
@@ -183,7 +184,7 @@ else:
             curve = (metrics["cv"] if metrics.get("reported") == "cv" else metrics)["pr_curve"]
             figure.add_scatter(x=curve["recall"], y=curve["precision"], mode="lines",
                                name=f"{m.model_type} ({headline_metrics(m.manifest).source})")  # fmt: skip
-    figure.update_layout(xaxis_title="recall", yaxis_title="precision", title=f"Precision-recall: {tag}",
+    figure.update_layout(xaxis_title="recall", yaxis_title="precision", title=f"Precision-recall: {plot_text(tag)}",
                          xaxis_range=[0, 1.02], yaxis_range=[0, 1.02])  # fmt: skip
     st.plotly_chart(figure, key="et-pr")
 with st.expander("Every model in the workspace"):

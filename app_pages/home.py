@@ -8,6 +8,7 @@ from services.demo import build_demo
 from ui.components import job_panel, jobs_table
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
+from ui.text import code
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -52,7 +53,7 @@ else:
             made = build_demo(ws, progress=st.write)
             status.update(label="Demo ready", state="complete")
         shown = display_path(ws, str(made["checkpoint"]))
-        st.success(f"Demo CLIP checkpoint (random weights, colours only): `{shown}`")
+        st.success(f"Demo CLIP checkpoint (random weights, colours only): {code(shown)}")
         st.rerun()
 
 st.subheader("Jobs")

@@ -17,6 +17,7 @@ from services.jobs import PAGE_QUEUED, JobBusyError, JobError, JobManager, JobPr
 from services.url_download import labelled_csv_path
 from services.workspace import Workspace
 from ui.server_path import display_locators, display_path
+from ui.text import code, md
 
 if TYPE_CHECKING:
     from streamlit.runtime.uploaded_file_manager import UploadedFile
@@ -78,7 +79,7 @@ def _act(label: str, action: Callable[[int], object], job_id: int) -> None:
     try:
         action(job_id)
     except (JobBusyError, JobError) as exc:
-        st.error(f"{label}: {exc}")
+        st.error(f"{label}: {md(exc)}")
         return
     st.rerun()
 
@@ -91,7 +92,7 @@ def job_panel(manager: JobManager, job_id: int) -> None:
     @st.fragment(run_every=every)
     def _panel() -> None:
         p = manager.progress(job_id)
-        st.markdown(f"**Job {p.id}** · {p.title} · {STATE_ICONS.get(p.state, '')} `{p.state}`")
+        st.markdown(f"**Job {p.id}** · {md(p.title)} · {STATE_ICONS.get(p.state, '')} `{p.state}`")
         st.progress(p.fraction, text=f"{p.done + p.failed:,} of {p.total:,} items")
         cols = st.columns(5)
         cols[0].metric("ok", f"{p.done:,}")
@@ -100,7 +101,7 @@ def job_panel(manager: JobManager, job_id: int) -> None:
         cols[3].metric("rate", f"{p.rate:.1f}/s")
         cols[4].metric("ETA", format_seconds(p.eta_seconds))
         if p.error:
-            st.error(p.error)
+            st.error(md(p.error))
         if p.state == "interrupted":
             st.warning("This job stopped without finishing (its process is gone). Resume continues where it left off.")
         if p.state == "created" and p.params.get(PAGE_QUEUED):
@@ -122,7 +123,7 @@ def job_panel(manager: JobManager, job_id: int) -> None:
             st.rerun()
         if p.failed:
             counts = manager.failure_counts(job_id)
-            st.caption("Failures by class: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+            st.caption("Failures by class: " + ", ".join(f"{md(k)} {v:,}" for k, v in counts.items()))
             failures = pd.DataFrame(manager.failures(job_id, limit=200))
             if "locator" in failures:  # no server paths on a team server
                 failures["locator"] = display_locators(manager.ws, list(failures["locator"]))
@@ -131,7 +132,7 @@ def job_panel(manager: JobManager, job_id: int) -> None:
             path = labelled_csv_path(manager.ws, job_id, p.params)
             if Path(path).is_file() and Path(path).stat().st_size > 50 * 1024 * 1024:
                 shown = display_path(manager.ws, path)
-                st.caption(f"Labelled CSV written to `{shown}` (too large to offer for download here).")
+                st.caption(f"Labelled CSV written to {code(shown)} (too large to offer for download here).")
             elif Path(path).is_file():
                 st.download_button(
                     "Labelled CSV",
@@ -141,9 +142,9 @@ def job_panel(manager: JobManager, job_id: int) -> None:
                     key=f"csv-{job_id}",
                     icon=":material/download:",
                 )
-                st.caption(f"Written to `{display_path(manager.ws, path)}`")
+                st.caption(f"Written to {code(display_path(manager.ws, path))}")
         if p.log_path:
-            st.caption(f"Log: `{display_path(manager.ws, p.log_path)}`")
+            st.caption(f"Log: {code(display_path(manager.ws, p.log_path))}")
         if every is not None and p.state not in ("running", "created"):
             st.rerun()
 
@@ -226,4 +227,4 @@ def executor_setting() -> None:
         st.session_state["executor-url"] = check_page_executor(value, settings.dask_schedulers, restricted)
     except ExecutorError as exc:
         st.session_state["executor-url"] = None
-        st.sidebar.error(str(exc))
+        st.sidebar.error(md(exc))  # it quotes what was typed

@@ -15,6 +15,7 @@ from services.locators import import_roots, shown_locator
 from services.server_paths import CHECKPOINT, PathKind, ServerPathError, ServerPaths
 from services.workspace import Workspace
 from ui.auth import sign_in_configured
+from ui.text import md
 
 
 def server_paths(ws: Workspace) -> ServerPaths:
@@ -36,13 +37,13 @@ def server_path_input(
         return None
     text = st.text_input(label, key=key, placeholder=placeholder)
     if policy.roots:  # a team server: say where (a laptop reads anywhere but the never-readable list)
-        st.caption(f"Readable here: {policy.describe()}.")
+        st.caption(f"Readable here: {policy.describe()}.")  # the administrator's folders
     if not text.strip():
         return None
     try:
         return policy.check(text, kind)
-    except ServerPathError as exc:
-        st.error(f"{label}: {exc}.")
+    except ServerPathError as exc:  # it quotes what was typed
+        st.error(f"{label}: {md(exc)}.")
         return None
 
 
@@ -60,8 +61,8 @@ def checkpoint_input(ws: Workspace, label: str, key: str, container: DeltaGenera
         return configured
     try:
         return str(server_paths(ws).check(text, CHECKPOINT))
-    except ServerPathError as exc:
-        st.error(f"{label}: {exc}.")
+    except ServerPathError as exc:  # it quotes what was typed
+        st.error(f"{label}: {md(exc)}.")
         return None
 
 

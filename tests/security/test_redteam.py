@@ -373,14 +373,9 @@ def test_concurrent_sign_in_attempts_cannot_pass_the_per_user_limit(tmp_path: Pa
 # --- R8: names shown as Markdown --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R8: category names (and set and dataset names elsewhere) go into st.caption/st.success/st.markdown "
-    "unescaped: a category '![t](http://host/x.png)' makes every team member's browser that opens the list "
-    "fetch that URL (seen in Chromium: the listener got the request with the dashboard as Referer), and "
-    "'[Sign in again](http://host/)' is a link in the app's own voice",
-)
 def test_names_from_users_are_shown_as_text_not_markdown(team_server: dict[str, Path]) -> None:
+    """R8 (fixed: pages pass users' text through ui/text.py's md/code; tests/security/test_markdown_names.py
+    walks the other pages)."""
     at = signed_in()
     at.switch_page("app_pages/describe.py").run()
     csv = b"Category\n![t](http://127.0.0.1:9/tracker.png)\n[Sign in again](http://127.0.0.1:9/)\ncats\n"
