@@ -136,7 +136,7 @@ def resolve_weights(spec: ClipSpec) -> tuple[str, dict[str, Any]]:
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         if not path.is_file():
-            raise ModelUnavailableError(f"checkpoint {path} does not exist")
+            raise ModelUnavailableError(f"checkpoint {path.name} does not exist")  # no server path on a page
         _register_sidecar_config(spec.model, path)
         if spec.model not in open_clip.list_models():
             raise ModelUnavailableError(
