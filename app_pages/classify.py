@@ -7,7 +7,14 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from services.classify import classification, export_dir, resolve_models, start_classify, write_outputs
+from services.classify import (
+    classification,
+    export_dir,
+    resolve_models,
+    start_classify_dataset,
+    start_classify_path,
+    write_outputs,
+)
 from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
 from services.datasets import DatasetError, list_datasets
 from services.scoring import bin_edges, histogram
@@ -16,6 +23,7 @@ from services.tag_models import ModelFileError, list_models
 from ui.components import job_panel, launch, save_upload
 from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
+from ui.text import code, md, plot_text
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -33,23 +41,24 @@ model_set = st.selectbox("Models trained on", trained_on, key="cl-models")
 try:
     models = resolve_models(ws, None, model_set)
 except ModelFileError as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
-st.caption(f"{len(models)} models: " + ", ".join(sorted({m.tag for m in models})))
+st.caption(f"{len(models)} models: " + md(", ".join(sorted({m.tag for m in models}))))  # tags: folder names
 made_with = models[0].manifest.get("embedding_spec")
 if made_with:
     clip = ClipSpec(**made_with)
     try:
         resolve_weights(clip)
-        st.caption(f"New images are embedded with {clip.label}, the CLIP model these models were trained on.")
+        st.caption(f"New images are embedded with {md(clip.label)}, the CLIP model these models were trained on.")
     except ModelUnavailableError as exc:
-        st.warning(f"Images already embedded with {clip.label} can be classified; new ones cannot: {exc}")
+        st.warning(f"Images already embedded with {md(clip.label)} can be classified; new ones cannot: {md(exc)}")
 
 # --- what to classify -----------------------------------------------------------------------------------
 
 st.subheader("Classify")
 how = st.radio("Images", ["Upload a zip", "Folder or zip on the server", "A dataset"], horizontal=True, key="cl-how")
-source: str | None = None
+folder: Path | None = None  # an upload, or a path through the server-path guard
+picked: str | None = None  # a dataset, by name only: never read as a path
 name: str | None = None
 if how == "Upload a zip":
     upload = st.file_uploader(
@@ -57,21 +66,23 @@ if how == "Upload a zip":
         max_upload_size=settings.max_upload_mb,
     )  # fmt: skip
     if upload is not None:
-        source = str(save_upload(ws, upload))
+        folder = save_upload(ws, upload)
         name = f"classify-{Path(upload.name).stem}"
 elif how == "Folder or zip on the server":
-    typed = server_path_input(ws, "Path", FOLDER_OR_ZIP, "cl-path", placeholder="/data/new-images.zip")
-    source = str(typed) if typed else None
+    folder = server_path_input(ws, "Path", FOLDER_OR_ZIP, "cl-path", placeholder="/data/new-images.zip")
 else:
-    source = st.selectbox("Dataset", [d.name for d in list_datasets(ws.catalog)], key="cl-dataset")
+    picked = st.selectbox("Dataset", [d.name for d in list_datasets(ws.catalog)], key="cl-dataset")
 c1, c2 = st.columns(2)
 bins = int(c1.number_input("Score bins over [0, 1]", 1, 100, 10, key="cl-bins"))
 copy = c2.checkbox("Also copy images into {type}/{tag}/{bin}/ folders", key="cl-copy")
-if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", disabled=not source):
+if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", disabled=not (folder or picked)):
     try:
-        job_id = start_classify(ws, manager, source or "", models, bins, None, copy, name)
+        if folder is not None:
+            job_id = start_classify_path(ws, manager, folder, models, bins, None, copy, name)
+        else:
+            job_id = start_classify_dataset(ws, manager, picked or "", models, bins, None, copy)
     except (DatasetError, ModelFileError, ModelUnavailableError) as exc:
-        st.error(str(exc))
+        st.error(md(exc))
     else:
         launch(manager, job_id)
         st.session_state["cl-job"] = job_id
@@ -95,7 +106,7 @@ shown = st.selectbox(
 result = classification(ws, shown, models)
 scored = ~np.isnan(result.scores).any(axis=1)
 if not scored.any():
-    st.caption(f"No scores yet for {shown} with these models: classify it above (“A dataset”).")
+    st.caption(f"No scores yet for {md(shown)} with these models: classify it above (“A dataset”).")
     st.stop()
 st.metric("Images scored", f"{int(scored.sum()):,}")
 tags = sorted(set(result.stacked.tags))
@@ -108,7 +119,12 @@ column = result.column(name)
 labels = [f"{lo:.2f}-{hi:.2f}" for lo, hi in bin_edges(bins)]
 counts = histogram(column[scored].reshape(-1, 1), bins)[0]
 st.plotly_chart(
-    px.bar(pd.DataFrame({"score bin": labels, "images": counts}), x="score bin", y="images", title=f"{tag}: {kind}"),
+    px.bar(
+        pd.DataFrame({"score bin": labels, "images": counts}),
+        x="score bin",
+        y="images",
+        title=plot_text(f"{tag}: {kind}"),
+    ),
     key="cl-hist",
 )
 stored_threshold = float(result.stacked.thresholds[result.stacked.names.index(name)])
@@ -128,7 +144,7 @@ st.caption(
 )
 grid = st.columns(6)
 for n, i in enumerate(order[:GALLERY]):
-    grid[n % 6].image(str(ws.abspath(result.paths[i])), caption=f"{column[i]:.3f} · {Path(result.names[i]).name}")
+    grid[n % 6].image(str(ws.abspath(result.paths[i])), caption=f"{column[i]:.3f} · {md(Path(result.names[i]).name)}")
 if order:
     pick = st.selectbox("Image detail", [result.names[i] for i in order[:200]], key="cl-detail")
     i = result.names.index(pick)
@@ -143,15 +159,19 @@ if order:
     )
 
 if st.button("Write exports (bins.json, scores.csv, output.json)", key="cl-export", icon=":material/download:"):
-    out = write_outputs(
-        ws, {"dataset": shown, "models": [str(m.path) for m in models], "bins": bins, "copy": False, "out": None},
-        export_dir(ws, shown),
-    )  # fmt: skip
-    st.session_state["cl-export-dir"] = str(out)
+    try:
+        out = write_outputs(
+            ws, {"dataset": shown, "models": [str(m.path) for m in models], "bins": bins, "copy": False, "out": None},
+            export_dir(ws, shown),
+        )  # fmt: skip
+    except OSError as exc:  # a full disk or a read-only workspace: said here, never a trace
+        st.error(f"Could not write the exports: {md(exc.strerror or exc)}. Free space in the workspace and try again.")
+    else:
+        st.session_state["cl-export-dir"] = str(out)
 if st.session_state.get("cl-export-dir"):
     out = Path(st.session_state["cl-export-dir"])
     cols = st.columns(3)
     for col, file in zip(cols, ("scores.csv", "output.json", "bins.json"), strict=True):
         if (out / file).is_file():
             col.download_button(file, (out / file).read_bytes(), file_name=file, key=f"cl-dl-{file}")
-    st.caption(f"Written to `{display_path(ws, out)}`")
+    st.caption(f"Written to {code(display_path(ws, out))}")

@@ -65,10 +65,11 @@ from services.compare_report import (
 from services.datasets import DatasetError, image_paths
 from services.embed import start_embed
 from services.embeddings import EmbeddingStore
-from services.names import to_name
+from services.names import file_name, to_name
 from ui.components import job_panel, launch, save_upload
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
+from ui.text import code, md
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -134,7 +135,7 @@ def show_thumbnails(
     """A grid of small JPEGs (made once per file and cached); an entry without a stored image shows its name."""
     grid = st.columns(columns)
     for i, (item, rel) in enumerate(entries):
-        label = caption(item) if caption else item[:24]
+        label = md(caption(item) if caption else item[:24])  # item names come from users' CSVs
         path = ws.abspath(rel) if rel else None
         data = _thumbnail(str(path), path.stat().st_mtime) if path is not None and path.is_file() else None
         if data is not None:
@@ -156,9 +157,9 @@ with st.expander("Add a set", expanded=len(list_label_sets(ws)) < 2):
         if st.button("Import CSV", key="cmp-import", disabled=upload is None) and upload is not None:
             try:
                 saved = import_categorized_csv(ws, save_upload(ws, upload), csv_name or upload.name.rsplit(".", 1)[0])
-                st.success(f"{saved.name}: {saved.items:,} images")
+                st.success(f"{md(saved.name)}: {saved.items:,} images")
             except CompareError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
     with gemini_tab:
         datasets = image_dataset_names(ws)
         lists = [x.label for x in list_lists(ws, all_versions=True)]
@@ -174,11 +175,11 @@ with st.expander("Add a set", expanded=len(list_label_sets(ws)) < 2):
                 saved = label_set_from_gemini(ws, dataset or "", category_list)
                 depth = category_depth(ws, saved)
                 beyond = sum(n for k, n in depth.items() if k > 2)
-                st.success(f"{saved.name}: {saved.items:,} images"
+                st.success(f"{md(saved.name)}: {saved.items:,} images"
                            + (f"; {beyond:,} answers gave more than two valid categories, all counted" if beyond
                               else ""))  # fmt: skip
             except CompareError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
 
 all_sets = list_label_sets(ws)
 if len(all_sets) < 2:
@@ -203,13 +204,13 @@ m1, m2, m3, m4 = st.columns(4)
 for column, label_set, n in ((m1, set_a, result.n_a), (m2, set_b, result.n_b)):
     failed, unknown = (result.special[FAILED][0 if label_set is set_a else 1],
                        result.special["unknown"][0 if label_set is set_a else 1])  # fmt: skip
-    column.metric(f"{label_set.name} images", f"{label_set.items:,}",
+    column.metric(f"{md(label_set.name)} images", f"{label_set.items:,}",
                   help="Every item with an answer; shares are among the categorised ones.")  # fmt: skip
     column.caption(f"{n:,} categorised · {failed:,} failed · {unknown:,} unknown")
 m3.metric("Jensen-Shannon divergence", f"{result.jsd:.4f}", help="0: identical category distributions, 1: disjoint.")
 m4.metric("Categories differing (q < 0.05)", sum(s.q_value is not None and s.q_value < 0.05 for s in result.categories))
 for warning in result.warnings:
-    st.warning(warning)
+    st.warning(md(warning))
 if not result.categories:
     st.info("Neither set has a categorised item (every item failed or is unknown): nothing to chart. The failed and "
             "unknown rates are compared below.")  # fmt: skip
@@ -220,7 +221,7 @@ st.caption("Click a bar in any of these charts to see that category's images fro
 one, grouped, normalised, difference = st.tabs(["One set", "Grouped", "% of images", "Difference"])
 events: dict[str, Any] = {}
 with one:
-    single = st.radio("Set", [set_a.name, set_b.name], horizontal=True, key="cmp-single")
+    single = st.radio("Set", [set_a.name, set_b.name], horizontal=True, key="cmp-single", format_func=md)
     chosen = set_a if single == set_a.name else set_b
     counts = {k: v for k, v in label_counts(ws, chosen).items() if k not in result.special}
     chosen_n = result.n_a if chosen is set_a else result.n_b
@@ -274,22 +275,23 @@ else:
     left, right = st.columns(2)
     for column, label_set in ((left, set_a), (right, set_b)):
         with column:
-            st.markdown(f"**{label_set.name}: {category}** ({totals[label_set.name]:,} images)")
+            st.markdown(f"**{md(label_set.name)}: {md(category)}** ({totals[label_set.name]:,} images)")
             entries = items_with_label(ws, label_set, category, PAGE_SIZE, (page - 1) * PAGE_SIZE)
             if not entries:
-                st.caption(f"No image of {label_set.name} carries {category!r}"
+                st.caption(f"No image of {md(label_set.name)} carries {md(repr(category))}"
                            + (" on this page." if totals[label_set.name] else "."))  # fmt: skip
                 continue
             if not any(path for _, path in entries):
                 link = link_of(label_set)
-                st.caption(link.explain(label_set.name) if link.dataset is None else
-                           f"None of these is a stored image of dataset {link.dataset!r}.")  # fmt: skip
+                st.caption(md(link.explain(label_set.name)) if link.dataset is None else
+                           f"None of these is a stored image of dataset {md(repr(link.dataset))}.")  # fmt: skip
             show_thumbnails(entries, 3)
 
 # --- tables ----------------------------------------------------------------------------------------------
 
 st.subheader("Per category")
-st.caption(f"Shares are among categorised images ({result.n_a:,} in {set_a.name}, {result.n_b:,} in {set_b.name}). "
+st.caption(f"Shares are among categorised images ({result.n_a:,} in {md(set_a.name)}, {result.n_b:,} in "
+           f"{md(set_b.name)}). "
            f"Test: the {TEST_NAMES[test]} where every expected count is at least {MIN_EXPECTED}, Fisher's exact "
            "test otherwise; q: Benjamini-Hochberg over every tested category.")  # fmt: skip
 if result.categories:
@@ -312,7 +314,7 @@ else:
     st.caption("No failed and no unknown items in either set: every item has a category.")
 depth_a, depth_b = (_depth(s, (s.id, s.created_at), str(ws.root)) for s in (set_a, set_b))
 st.caption("Categories per categorised image: " + "; ".join(
-    f"{s.name} " + (", ".join(f"{k}: {v:,}" for k, v in d.items()) or "none")
+    f"{md(s.name)} " + (", ".join(f"{k}: {v:,}" for k, v in d.items()) or "none")
     for s, d in ((set_a, depth_a), (set_b, depth_b))
 ) + ". Answers with more than the two categories asked for are counted in full.")  # fmt: skip
 
@@ -362,9 +364,9 @@ def vector_coverage(model: EmbeddingModel) -> tuple[dict[str, SetImages], dict[s
         have = coverage[s.name] = _coverage(imgs, (s.id, s.created_at), _workspace_version(), model.key, shards,
                                             str(ws.root))  # fmt: skip
         if not imgs.hashes:
-            st.warning(f"{s.name}: no vectors possible, {imgs.explain(s.name).split(': ', 1)[1]}")
+            st.warning(f"{md(s.name)}: no vectors possible, {md(imgs.explain(s.name).split(': ', 1)[1])}")
             continue
-        text = f"{s.name}: {have:,} of {total:,} images have vectors for {model.label}"
+        text = f"{md(s.name)}: {have:,} of {total:,} images have vectors for {md(model.label)}"
         text += f" ({imgs.missing:,} items are not stored images)" if imgs.missing else ""
         st.caption(f":orange[{text}]" if have < total else text)
         if have < total:
@@ -384,17 +386,17 @@ def offer_embedding(model: EmbeddingModel, lacking: dict[str, SetImages]) -> Non
         with st.spinner("Looking for the model's weights on this machine…"):
             model = dataclasses.replace(model, local=weights_on_disk(model.spec))
     if not model.local:
-        st.info(f"{' and '.join(lacking)} lack vectors for this model, and its weights are not on this machine: "
+        st.info(f"{md(' and '.join(lacking))} lack vectors for this model, and its weights are not on this machine: "
                 "pick a local model to embed them.")  # fmt: skip
         return
-    if st.button(f"Embed {', '.join(datasets_to_embed)} with {model.label}", key="cmp-embed-start",
+    if st.button(f"Embed {md(', '.join(datasets_to_embed))} with {md(model.label)}", key="cmp-embed-start",
                  icon=":material/memory:", type="primary"):  # fmt: skip
         started = []
         for name in datasets_to_embed:
             try:
                 job_id = start_embed(ws, manager, name, model.spec)
             except (DatasetError, ValueError, RuntimeError) as exc:
-                st.error(f"{name}: {exc}")
+                st.error(f"{md(name)}: {md(exc)}")
                 continue
             launch(manager, job_id)
             started.append(job_id)
@@ -419,7 +421,7 @@ def show_distances(
                                        list(images[set_b.name].hashes.values()), by_category, resamples=resamples),
                 )  # fmt: skip
         except ValueError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
     if not ready:
         st.caption("Compare embeddings needs at least two images with vectors in each set.")
     previous = st.session_state.get("cmp-embedded")
@@ -435,7 +437,7 @@ def show_distances(
     e3.caption(f"{embedded.n_a:,} and {embedded.n_b:,} vectors; intervals: basic bootstrap, "
                f"{embedded.resamples} resamples")  # fmt: skip
     for warning in embedded.warnings:
-        st.warning(warning)
+        st.warning(md(warning))
     if embedded.per_category:
         st.dataframe(pd.DataFrame(distance_rows(embedded), columns=DISTANCE_HEADER), hide_index=True,
                      key="cmp-distances")  # fmt: skip
@@ -499,7 +501,7 @@ if st.button("Find clusters", key="cmp-clusters"):
         chosen_key = embedded.key if embedded is not None else None
         st.session_state["cmp-cluster-report"] = cluster_sets(ws, set_a, set_b, chosen_key)
     except ValueError as exc:
-        st.error(f"{exc}. Clusters need descriptions (a CSV's description column, or Gemini descriptions) or "
+        st.error(f"{md(exc)}. Clusters need descriptions (a CSV's description column, or Gemini descriptions) or "
                  "vectors for both sets.")  # fmt: skip
 cluster_report = st.session_state.get("cmp-cluster-report")
 if cluster_report is not None and cluster_report.a == set_a.name and cluster_report.b == set_b.name:
@@ -537,15 +539,15 @@ if confound_saved and confound_saved[0] == (set_a.name, set_b.name):
     found_confounds = confound_saved[1]
     for s in (set_a, set_b):
         if not found_confounds.rows.get(s.name):
-            st.info(f"No image properties for {link_of(s).explain(s.name)}")
+            st.info(f"No image properties for {md(link_of(s).explain(s.name))}")
     if all(found_confounds.rows.values()):
         if found_confounds.warnings:
             for warning in found_confounds.warnings:
-                st.warning(warning)
+                st.warning(md(warning))
         else:
             st.success("No property differs enough to explain a difference on its own.")
     st.dataframe(pd.DataFrame(found_confounds.summary()), hide_index=True, key="cmp-confound-table")
-    st.caption("Per set: " + "; ".join(f"{name} {found_confounds.sampled.get(name, 0):,} of "
+    st.caption("Per set: " + "; ".join(f"{md(name)} {found_confounds.sampled.get(name, 0):,} of "
                                        f"{found_confounds.of.get(name, 0):,} images looked at"
                                        for name in found_confounds.rows))  # fmt: skip
 else:
@@ -555,19 +557,23 @@ else:
 
 st.subheader("Export")
 if st.button("Write the HTML report and CSV tables", key="cmp-report"):
-    stem = f"compare-{to_name(set_a.name)}-vs-{to_name(set_b.name)}"  # set names are free text, never a path
+    stem = file_name(f"compare-{to_name(set_a.name)}-vs-{to_name(set_b.name)}")  # free text, never a path
     out = ws.root / "exports" / f"{stem}.html"
     clustered = st.session_state.get("cmp-cluster-report")
     sections = [depth_section(result, depth_a, depth_b)]
     if clustered is not None and clustered.a == set_a.name and clustered.b == set_b.name:
         sections.append(cluster_section(clustered))
-    html_report(result, out, embedded, found_confounds, sections=sections)
-    write_tables(result, out.parent / stem, ws.settings.csv_formula_guard)
-    st.session_state["cmp-report-path"] = str(out)
+    try:
+        html_report(result, out, embedded, found_confounds, sections=sections)
+        write_tables(result, out.parent / stem, ws.settings.csv_formula_guard)
+    except OSError as exc:  # a full disk or a read-only workspace: said here, never a trace
+        st.error(f"Could not write the report: {md(exc.strerror or exc)}. Free space in the workspace and try again.")
+    else:
+        st.session_state["cmp-report-path"] = str(out)
 if st.session_state.get("cmp-report-path"):
     report_path = Path(st.session_state["cmp-report-path"])
     st.download_button("Report (HTML)", report_path.read_bytes(), file_name=report_path.name, key="cmp-report-download")
-    st.caption(f"Written to `{display_path(ws, report_path)}` with CSV tables beside it")
+    st.caption(f"Written to {code(display_path(ws, report_path))} with CSV tables beside it")
 else:
     st.caption("The report holds what this page shows: charts, tables, and the embedding figures and image "
                "properties once computed above.")  # fmt: skip

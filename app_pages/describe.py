@@ -7,7 +7,17 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from services.categories import CategoryError, extract_categories, list_lists, load_list, parse_category_csv, save_list
+from services.categories import (
+    MAX_CATEGORIES,
+    MAX_CATEGORY_CHARS,
+    MAX_CATEGORY_CSV_BYTES,
+    CategoryError,
+    extract_categories,
+    list_lists,
+    load_list,
+    parse_category_csv,
+    save_list,
+)
 from services.clip_models import ModelUnavailableError
 from services.datasets import DatasetError, dataset_images, list_datasets
 from services.describe import estimate_cost, start_describe, try_one
@@ -18,6 +28,7 @@ from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
+from ui.text import code, md, plot_text
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -56,16 +67,21 @@ def save_categories(name: str, read: Callable[[], list[str]], source: str) -> No
     try:
         saved = save_list(ws, name, read(), source)
     except CategoryError as exc:
-        st.error(str(exc))
+        st.error(md(exc))  # it quotes the row
         return
     st.session_state["dc-list"] = saved.label
-    st.success(f"Saved {saved.label}: {len(saved.categories)} categories: {', '.join(saved.categories[:20])}")
+    st.success(f"Saved {md(saved.label)}: {len(saved.categories)} categories: {md(', '.join(saved.categories[:20]))}")
 
 
 with st.expander("Category lists", expanded=not list_lists(ws)):
     upload_tab, edit_tab, extract_tab = st.tabs(["Upload CSV", "Edit", "Extract from a categorised CSV"])
     with upload_tab:
-        upload = st.file_uploader("CSV with a `Category` column", type=["csv"], key="dc-cat-upload")
+        upload = st.file_uploader(
+            "CSV with a `Category` column", type=["csv"], key="dc-cat-upload",
+            max_upload_size=max(1, MAX_CATEGORY_CSV_BYTES // 2**20),
+            help=f"At most {MAX_CATEGORIES} categories of up to {MAX_CATEGORY_CHARS} characters, in a file of at most "
+            f"{MAX_CATEGORY_CSV_BYTES // 2**20} MB.",
+        )  # fmt: skip
         upload_name = st.text_input("Save as list", value="categories", key="dc-cat-upload-name")
         if st.button("Save list", key="dc-cat-upload-save") and upload is not None:
             uploaded = upload
@@ -98,7 +114,7 @@ labels = [x.label for x in all_versions]
 chosen_label = st.selectbox("Category list", ["(none)"] + labels, index=1 if labels else 0, key="dc-list")
 category_list = next((x for x in all_versions if x.label == chosen_label), None)
 if category_list is not None:
-    st.caption(f"{len(category_list.categories)} categories: " + ", ".join(category_list.categories))
+    st.caption(f"{len(category_list.categories)} categories: " + md(", ".join(category_list.categories)))
 
 # --- CLIP model ----------------------------------------------------------------------------------------
 
@@ -110,7 +126,7 @@ clip_key = (CLIP_STAGE, zero_shot_settings_hash(spec, category_list)) if categor
 
 images = dataset_images(ws, dataset)
 if not images:
-    st.warning(f"Dataset {dataset!r} has no stored images yet.")
+    st.warning(f"Dataset {md(repr(dataset))} has no stored images yet.")
     st.stop()
 
 # --- try one image -------------------------------------------------------------------------------------
@@ -125,7 +141,7 @@ with st.expander("Try one image"):
         try:
             right.json(try_one(ws, image_hash, rel, try_mode, category_list))
         except GeminiError as exc:
-            right.error(f"{exc.error_class}: {exc.message}")
+            right.error(f"{exc.error_class}: {md(exc.message)}")
 
 # --- run -----------------------------------------------------------------------------------------------
 
@@ -137,14 +153,14 @@ if needs_list and category_list is None:
     st.info("Choose or create a category list above first.")
 elif mode == "clip":
     if clip_error:
-        st.error(clip_error)
+        st.error(md(clip_error))
     else:
-        st.caption(f"{spec.label} on {settings.clip.device}; runs on this server, no API calls.")
+        st.caption(f"{md(spec.label)} on {settings.clip.device}; runs on this server, no API calls.")
 else:
     try:
         st.info(estimate_cost(ws, dataset, mode, category_list).describe(), icon=":material/payments:")
     except DatasetError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
 blocked = (needs_list and category_list is None) or (mode == "clip" and bool(clip_error))
 blocked = blocked or (mode != "clip" and key_state == "missing")
 if st.button(f"Start: {mode_label}", type="primary", key="dc-run", disabled=blocked, icon=":material/play_arrow:"):
@@ -154,7 +170,7 @@ if st.button(f"Start: {mode_label}", type="primary", key="dc-run", disabled=bloc
         else:
             job_id = start_describe(ws, manager, dataset, mode, category_list)
     except (DatasetError, ModelUnavailableError) as exc:
-        st.error(str(exc))
+        st.error(md(exc))
     else:
         launch(manager, job_id)
         st.session_state["dc-job"] = job_id
@@ -211,15 +227,17 @@ if shown:
     left, right = st.columns([1, 2])
     left.image(str(ws.abspath(r.path)), caption=r.image_hash[:12])
     gemini_cats, clip_cats = ", ".join(r.categories or ["-"]), ", ".join(r.clip_categories or ["-"])
-    left.markdown(f"**Gemini:** {gemini_cats}  \n**CLIP:** {clip_cats}")
+    left.markdown(f"**Gemini:** {md(gemini_cats)}  \n**CLIP:** {md(clip_cats)}")  # model answers: text
     if r.rejected:
-        left.caption("Rejected (not in the list): " + ", ".join(r.rejected))
+        left.caption("Rejected (not in the list): " + md(", ".join(r.rejected)))
     if r.description:
         right.json(r.description)
     elif r.describe_error:
-        right.error(r.describe_error)
+        right.error(md(r.describe_error))
     if r.clip_scores:
-        scores = pd.DataFrame({"category": list(r.clip_scores), "probability": list(r.clip_scores.values())})
+        scores = pd.DataFrame(
+            {"category": [plot_text(c) for c in r.clip_scores], "probability": list(r.clip_scores.values())}
+        )
         right.plotly_chart(px.bar(scores, x="category", y="probability", title="CLIP zero-shot"), key="dc-scores")
 
 if category_list is not None and clip_key is not None:
@@ -253,12 +271,14 @@ if st.button("Write export", key="dc-export", icon=":material/download:"):
         path, n = export(ws, dataset, keys, fmt)
         st.session_state["dc-export-file"] = (str(path), n)
     except (ValueError, DatasetError) as exc:
-        st.error(str(exc))
+        st.error(md(exc))
+    except OSError as exc:  # a full disk or a read-only workspace: said here, never a trace
+        st.error(f"Could not write the export: {md(exc.strerror or exc)}. Free space in the workspace and try again.")
 if st.session_state.get("dc-export-file"):
     path_str, n = st.session_state["dc-export-file"]
     path = Path(path_str)
     if path.is_file():
         st.download_button(
-            f"{path.name} ({n:,} images)", data=path.read_bytes(), file_name=path.name, key="dc-export-download"
+            f"{md(path.name)} ({n:,} images)", data=path.read_bytes(), file_name=path.name, key="dc-export-download"
         )
-        st.caption(f"Written to `{display_path(ws, path)}`")
+        st.caption(f"Written to {code(display_path(ws, path))}")

@@ -11,9 +11,10 @@ from services.s3_client import S3AccessError
 from services.s3_download import analyze_s3, plan_batch, start_s3_download
 from services.server_paths import CSV_FILE, FOLDER
 from services.url_download import guess_kind, start_url_download, url_columns
-from ui.components import job_panel, jobs_table, launch, s3_endpoint_input, save_upload
+from ui.components import job_panel, jobs_table, launch, s3_endpoint_input, save_upload, workers_input
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
+from ui.text import code, md
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -49,7 +50,6 @@ def _start(job_id: int) -> None:
     launch(manager, job_id)
     st.session_state["download-job"] = job_id
     st.session_state["job-pick"] = job_id  # the panel below follows the new job at once
-    st.toast(f"Job {job_id} started")
 
 
 tab_urls, tab_s3, tab_batch = st.tabs(["URL CSV", "S3", "S3 batch"])
@@ -62,15 +62,15 @@ with tab_urls:
             preview = pd.read_csv(csv_path, nrows=10, dtype=str, keep_default_na=False)
             candidates = url_columns(csv_path, header)
         except (DatasetError, ValueError) as exc:
-            st.error(f"Cannot read {_shown_name(csv_path)!r}: {exc}")
+            st.error(f"Cannot read {code(_shown_name(csv_path))}: {md(exc)}")
             header, candidates = [], []
         if header:
-            st.caption(f"First rows of {_shown_name(csv_path)!r}")
+            st.caption(f"First rows of {code(_shown_name(csv_path))}")
             st.dataframe(preview, hide_index=True, key="urls-preview")
         if header and not candidates:
             st.error(
-                f"{_shown_name(csv_path)!r} has no column of image URLs (http:// or https://) in its first rows. "
-                f"Its columns: {', '.join(repr(c) for c in header)}. Upload a CSV with a URL column, such as seed "
+                f"{code(_shown_name(csv_path))} has no column of image URLs (http:// or https://) in its first rows. "
+                f"Its columns: {', '.join(code(c) for c in header)}. Upload a CSV with a URL column, such as seed "
                 "000's `image_link`."
             )
         elif header:
@@ -81,7 +81,7 @@ with tab_urls:
                 guessed = guess_kind(Path(_shown_name(csv_path)))
                 kind = left.selectbox("Kind", KINDS, index=KINDS.index(guessed) if guessed in KINDS else 0)
                 resize = right.number_input("Resize to N x N (0 = keep originals only)", 0, 4096, 0, step=32)
-                workers = left.number_input("Worker processes", 0, 64, ws.settings.download.workers)
+                workers = workers_input(ws, "Worker processes", ws.settings.download.workers, "urls-workers", left)
                 placeholder = right.checkbox("Placeholder image for failed rows (seed 000 behaviour)")
                 discard = right.checkbox("Keep only the resized copy")
                 submitted = st.form_submit_button("Start download", type="primary", icon=":material/download:")
@@ -100,7 +100,7 @@ with tab_urls:
                         int(workers),
                     )
                 except DatasetError as exc:
-                    st.error(str(exc))
+                    st.error(md(exc))
                 else:
                     _start(job_id)
 
@@ -116,7 +116,7 @@ with tab_s3:
             st.session_state["s3-analysis"] = analyze_s3(ws, s3_csv, bucket, prefix, endpoint, signed=signed)  # type: ignore[arg-type]
         except (DatasetError, S3AccessError) as exc:
             st.session_state.pop("s3-analysis", None)
-            st.error(str(exc))
+            st.error(md(exc))
     analysis = st.session_state.get("s3-analysis")
     if analysis is not None:
         summary = analysis.summary()
@@ -126,9 +126,9 @@ with tab_s3:
         cols[2].metric("Available", f"{analysis.available:,}")
         cols[3].metric("Missing", f"{len(analysis.missing):,}")
         cols[4].metric("Ambiguous", f"{len(analysis.ambiguous):,}")
-        st.caption(f"{summary['objects listed']:,} objects listed under `{summary['source']}`")
+        st.caption(f"{summary['objects listed']:,} objects listed under {code(summary['source'])}")
         if analysis.missing:
-            st.warning("Missing, e.g.: " + ", ".join(f"`{m}`" for m in analysis.missing[:5]))
+            st.warning("Missing, e.g.: " + ", ".join(code(m) for m in analysis.missing[:5]))
         if analysis.ambiguous:
             st.warning("Ambiguous names are not downloaded; each matches several objects:")
             st.json(summary["ambiguous examples"])
@@ -139,7 +139,7 @@ with tab_s3:
                 name = s3_dataset or _dataset_default(Path(analysis.csv_path))
                 job_id = start_s3_download(ws, manager, analysis, name)
             except DatasetError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
             else:
                 st.session_state.pop("s3-analysis", None)
                 _start(job_id)
@@ -157,10 +157,10 @@ with tab_batch:
         try:
             entries, skipped = plan_batch(folder, template)
         except DatasetError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
             entries, skipped = [], []
         for path, reason in skipped:
-            st.caption(f"Skipped `{path.name}`: {reason}")
+            st.caption(f"Skipped {code(path.name)}: {md(reason)}")
         if entries:
             st.dataframe(
                 pd.DataFrame(
@@ -179,7 +179,7 @@ with tab_batch:
                         for e in entries
                     ]
                 except (DatasetError, S3AccessError) as exc:
-                    st.error(str(exc))
+                    st.error(md(exc))
             analyses = st.session_state.get("batch-analyses") or []
             if analyses:
                 st.dataframe(
@@ -204,7 +204,7 @@ with tab_batch:
                         try:
                             _start(start_s3_download(ws, manager, a, e.dataset, e.kind))
                         except DatasetError as exc:
-                            st.error(f"{e.csv_path.name}: {exc}")
+                            st.error(f"{md(e.csv_path.name)}: {md(exc)}")
                     st.session_state.pop("batch-analyses", None)
 
 st.divider()

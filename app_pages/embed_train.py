@@ -12,6 +12,7 @@ from services.datasets import DatasetError, list_datasets
 from services.embed import start_embed
 from services.embeddings import EmbeddingStore, embedding_key
 from services.folder_import import start_folder_import
+from services.jobs import page_worker_limit
 from services.server_paths import FOLDER_OR_ZIP
 from services.tag_metrics import SMALL_TEST_POSITIVES
 from services.tag_models import MODEL_TYPES, headline_metrics, list_models
@@ -20,6 +21,7 @@ from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch, save_upload
 from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
+from ui.text import code, md, plot_text
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -31,16 +33,15 @@ st.caption("CLIP embeddings stored once per image and model; one logistic regres
            "classes, C and the decision threshold chosen on validation folds.")  # fmt: skip
 
 
-def start(label: str, key: str, create: Callable[[], int]) -> None:
+def start(key: str, create: Callable[[], int]) -> None:
     """Create a job (errors shown, nothing queued), run it detached and follow it below."""
     try:
         job_id = create()
     except (DatasetError, ModelUnavailableError) as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     launch(manager, job_id)
     st.session_state[key] = job_id
-    st.toast(f"{label}: job {job_id} started")
 
 
 def follow(key: str) -> None:
@@ -73,7 +74,7 @@ name = st.text_input(
 )
 if st.button("Import", key="et-import", icon=":material/drive_folder_upload:", disabled=source is None):
     chosen_name = name or (default_name if how == "Upload a zip" else None)
-    start("Import", "et-import-job", lambda: start_folder_import(ws, manager, source, chosen_name))  # type: ignore[arg-type]
+    start("et-import-job", lambda: start_folder_import(ws, manager, source, chosen_name))  # type: ignore[arg-type]
 follow("et-import-job")
 
 names = [d.name for d in list_datasets(ws.catalog)]
@@ -94,14 +95,17 @@ spec, weights_ok = picked.spec, picked.ok
 key = embedding_key(spec)
 b1, b2 = st.columns(2)
 batch_size = b1.number_input("Batch size", 1, 1024, settings.clip.batch_size, key="et-batch")
+limit = page_worker_limit(settings)
 loader_workers = b2.number_input(
-    "Decoding processes (empty: chosen for the device)", 0, 32, settings.clip.loader_workers, key="et-workers"
-)
-workers = None if loader_workers is None else int(loader_workers)
+    "Decoding processes (empty: chosen for the device)", 0, limit,
+    None if settings.clip.loader_workers is None else min(settings.clip.loader_workers, limit), key="et-workers",
+    help=f"At most {limit} on this server (its cores, or the setting page_jobs.max_workers).",
+)  # fmt: skip
+workers = None if loader_workers is None else min(int(loader_workers), limit)
 if st.button("Embed", type="primary", key="et-embed", icon=":material/memory:", disabled=not weights_ok):
-    start("Embed", "et-embed-job", lambda: start_embed(ws, manager, dataset, spec, int(batch_size), workers))
+    start("et-embed-job", lambda: start_embed(ws, manager, dataset, spec, int(batch_size), workers))
 follow("et-embed-job")
-st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for `{key}`.")
+st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for {code(key)}.")
 
 # --- train ----------------------------------------------------------------------------------------------
 
@@ -110,13 +114,13 @@ CV_CHOICES = {"auto": None, "off": 0, "3 folds": 3, "5 folds": 5, "10 folds": 10
 try:
     available = trainable_tags(ws, dataset)
     no_tags_reason = (
-        f"{dataset} has no tags to train on: its images sit at the top of what was imported, not in tag folders. "
+        f"{md(dataset)} has no tags to train on: its images sit at the top of what was imported, not in tag folders. "
         "A tagged dataset has one sub-folder per tag (and `other-training` for negatives); import one above."
     )
 except DatasetError as exc:
-    available, no_tags_reason = {}, f"{exc}."
+    available, no_tags_reason = {}, f"{md(exc)}."
 if not available:
-    others = ", ".join(n for n in with_tags if n != dataset)
+    others = md(", ".join(n for n in with_tags if n != dataset))
     st.info(no_tags_reason + (f" Datasets with tags: {others}." if others else ""), icon=":material/info:")
 else:
     tags = st.multiselect(
@@ -136,7 +140,7 @@ else:
     )  # fmt: skip
     if st.button("Train", type="primary", key="et-train", icon=":material/model_training:", disabled=not tags):
         options = (tags, types, test_size, int(seed), CV_CHOICES[cv_label])
-        start("Train", "et-train-job", lambda: start_training(ws, manager, dataset, key, *options))
+        start("et-train-job", lambda: start_training(ws, manager, dataset, key, *options))
     follow("et-train-job")
 
 # --- results --------------------------------------------------------------------------------------------
@@ -144,7 +148,7 @@ else:
 models = list_models(ws, dataset, key)
 st.subheader("Models")
 if not models:
-    st.caption(f"No models for {dataset} on `{key}` yet: train some above (the models listed here are those "
+    st.caption(f"No models for {md(dataset)} on {code(key)} yet: train some above (the models listed here are those "
                "trained on this dataset's vectors from the CLIP model chosen above).")  # fmt: skip
 else:
 
@@ -166,7 +170,7 @@ else:
         })  # fmt: skip
     if small:
         st.warning(
-            f"Small test splits (under {SMALL_TEST_POSITIVES} tagged images): {', '.join(sorted(set(small)))}. "
+            f"Small test splits (under {SMALL_TEST_POSITIVES} tagged images): {md(', '.join(sorted(set(small))))}. "
             "A handful of test images makes AP and F1 noisy, so cross-validated metrics are shown for these where "
             "they were computed ('metrics from'); read the bootstrap 95% intervals beside each figure.",
             icon=":material/warning:",
@@ -180,7 +184,7 @@ else:
             curve = (metrics["cv"] if metrics.get("reported") == "cv" else metrics)["pr_curve"]
             figure.add_scatter(x=curve["recall"], y=curve["precision"], mode="lines",
                                name=f"{m.model_type} ({headline_metrics(m.manifest).source})")  # fmt: skip
-    figure.update_layout(xaxis_title="recall", yaxis_title="precision", title=f"Precision-recall: {tag}",
+    figure.update_layout(xaxis_title="recall", yaxis_title="precision", title=f"Precision-recall: {plot_text(tag)}",
                          xaxis_range=[0, 1.02], yaxis_range=[0, 1.02])  # fmt: skip
     st.plotly_chart(figure, key="et-pr")
 with st.expander("Every model in the workspace"):

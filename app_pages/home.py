@@ -6,13 +6,21 @@ import streamlit as st
 from services.datasets import list_datasets
 from services.demo import build_demo
 from ui.components import job_panel, jobs_table
+from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
+from ui.text import code
 
 ws = get_workspace()
 manager = get_job_manager()
 
 st.title("Image workbench")
 st.caption("From a list of URLs or an S3 prefix to a downloaded, described, embedded, classified and compared dataset.")
+
+
+def shown_source(source: str) -> str:
+    """A URL or s3:// source as it is; a server path as pages show paths (display_path)."""
+    return source if "://" in source else display_path(ws, source)
+
 
 overview = ws.catalog.overview()
 cols = st.columns(4)
@@ -26,7 +34,10 @@ datasets = list_datasets(ws.catalog)
 if datasets:
     st.dataframe(
         pd.DataFrame(
-            [{"name": d.name, "kind": d.kind, "rows": d.rows, "images": d.images, "source": d.source} for d in datasets]
+            [
+                {"name": d.name, "kind": d.kind, "rows": d.rows, "images": d.images, "source": shown_source(d.source)}
+                for d in datasets
+            ]
         ),
         hide_index=True,
         key="home-datasets",
@@ -41,10 +52,12 @@ else:
         with st.status("Building the demo workspace", expanded=True) as status:
             made = build_demo(ws, progress=st.write)
             status.update(label="Demo ready", state="complete")
-        st.success(f"Demo CLIP checkpoint (random weights, colours only): `{made['checkpoint']}`")
+        shown = display_path(ws, str(made["checkpoint"]))
+        st.success(f"Demo CLIP checkpoint (random weights, colours only): {code(shown)}")
         st.rerun()
 
 st.subheader("Jobs")
+manager.start_queued_page_jobs()  # queued page jobs start when a slot opens (a killed job frees one too)
 running = manager.list(limit=20, active_only=True)
 for job in running:
     with st.container(border=True):

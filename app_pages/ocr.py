@@ -26,6 +26,7 @@ from services.ocr_rules import OcrRules, RulesError, list_rules, load_rules, sav
 from services.recipes import RecipeError, list_recipes, load_recipe, parse_recipe
 from ui.components import job_panel, launch, save_upload
 from ui.state import get_job_manager, get_workspace
+from ui.text import code, md
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -40,10 +41,10 @@ st.caption("Preprocessing recipe, then line detection and recognition, then rule
 status = engine_status(settings)
 with st.expander("Engines on this machine", expanded=False):
     for name, problem in status.items():
-        st.markdown(f"- **{name}**: " + ("available" if problem is None else f"unavailable: {problem}"))
+        st.markdown(f"- **{name}**: " + ("available" if problem is None else f"unavailable: {md(problem)}"))
 available = [n for n, p in status.items() if p is None]
 if not available:
-    st.error("No OCR engine can run here. " + "; ".join(f"{k}: {v}" for k, v in status.items()))
+    st.error("No OCR engine can run here. " + "; ".join(f"{k}: {md(v)}" for k, v in status.items()))
     st.stop()
 c1, c2, c3 = st.columns(3)
 engine_choice = c1.selectbox("Engine", ["auto", *available], key="ocr-engine")
@@ -56,11 +57,11 @@ try:
     recipe = load_recipe(ws.root, recipe_name) if recipe_name != "(none)" else None
     base_rules = load_rules(ws.root, rules_name)
 except (RecipeError, RulesError) as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 if recipe is not None:
-    c2.caption(recipe.description or f"{len(recipe.ops)} steps")
-c3.caption(base_rules.description)
+    c2.caption(md(recipe.description) if recipe.description else f"{len(recipe.ops)} steps")  # users' text
+c3.caption(md(base_rules.description))
 
 
 def save_and_select(edited: OcrRules, name: str) -> None:
@@ -72,7 +73,7 @@ def save_and_select(edited: OcrRules, name: str) -> None:
         st.session_state["ocr-rules-save-error"] = str(exc)
         return
     st.session_state["ocr-rules"] = name
-    st.session_state["ocr-rules-saved"] = f"Saved rules {path.stem!r} and selected."
+    st.session_state["ocr-rules-saved"] = f"Saved rules {md(repr(path.stem))} and selected."
 
 
 with st.expander("Edit the rules"):
@@ -92,7 +93,7 @@ with st.expander("Edit the rules"):
         st.error("Rules not valid: " + "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()))
         rules, invalid = base_rules, True
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         rules, invalid = base_rules, True
     save_as = st.text_input("Save as", value="" if rules_name in ("none", "seed-003") else rules_name, key="ocr-save")
     st.button("Save rules", key="ocr-save-rules", disabled=not save_as or invalid, on_click=save_and_select,
@@ -100,7 +101,7 @@ with st.expander("Edit the rules"):
     if saved := st.session_state.pop("ocr-rules-saved", None):
         st.success(saved)
     if failed := st.session_state.pop("ocr-rules-save-error", None):
-        st.error(failed)
+        st.error(md(failed))
 
 
 def ordered_for_ocr(datasets: list[DatasetSummary]) -> list[str]:
@@ -115,14 +116,14 @@ def warn_misfit(sized: list[tuple[str, int, int]], what: str, short: bool = Fals
     if recipe is None or not problems:
         return
     if short:
-        st.warning(f"Recipe **{recipe.name}** does not fit {len(problems)} of {len(sized)} {what} (first: "
-                   f"`{problems[0][0]}`, {problems[0][1]}). The job fails those images with `recipe_misfit`.",
+        st.warning(f"Recipe **{md(recipe.name)}** does not fit {len(problems)} of {len(sized)} {md(what)} (first: "
+                   f"{code(problems[0][0])}, {md(problems[0][1])}). The job fails those images with `recipe_misfit`.",
                    icon=":material/crop:")  # fmt: skip
         return
-    shown = "\n".join(f"- `{name}`: {problem}" for name, problem in problems[:5])
+    shown = "\n".join(f"- {code(name)}: {md(problem)}" for name, problem in problems[:5])
     more = f"\n- ... and {len(problems) - 5} more" if len(problems) > 5 else ""
     st.warning(
-        f"Recipe **{recipe.name}** does not fit {len(problems)} of {len(sized)} {what}:\n{shown}{more}\n\n"
+        f"Recipe **{md(recipe.name)}** does not fit {len(problems)} of {len(sized)} {md(what)}:\n{shown}{more}\n\n"
         "An image outside the crop box fails with `recipe_misfit`; a cut box reads only part of the image. "
         "Pick another recipe (or none), or save a copy with a crop box that fits on the Preprocess page.",
         icon=":material/crop:",
@@ -155,22 +156,22 @@ def show_preview(name: str, data: bytes) -> None:
     recipe_json = recipe.model_dump_json() if recipe else None
     drawn, found, problem = read_preview(data, engine, settings.ocr.trocr_model, recipe_json, rules.model_dump_json())
     if drawn is None or found is None:
-        st.error(f"**{name}**: {problem}")
+        st.error(f"**{md(name)}**: {md(problem)}")
         return
     left, right = st.columns([3, 2])
-    left.image(drawn, caption=f"{name} · boxes: green passes the rules, red does not")
+    left.image(drawn, caption=f"{md(name)} · boxes: green passes the rules, red does not")
     if found.valid and found.code:
         shown = found.code
     elif found.raw:
         shown = "InvalidCode"
     else:
         shown = "No text"
-    right.metric(f"Code in {name}", shown)
+    right.metric(f"Code in {md(name)}", shown)
     if not found.raw:
         right.caption("No text line was found in this image" + (" after the recipe." if recipe else "."))
     elif not found.valid:
         edited = " (edited)" if rules != base_rules else ""
-        right.caption(f"Read `{found.raw}`, which the rules {rules_name!r}{edited} do not accept.")
+        right.caption(f"Read {code(found.raw)}, which the rules {md(repr(rules_name))}{edited} do not accept.")
     with right.expander("Details"):
         st.json({"code": found.code, "cord": found.cord, "raw": found.raw, "valid": found.valid,
                  "confidence": found.confidence, "lines": found.lines})  # fmt: skip
@@ -237,7 +238,7 @@ else:
     dataset = st.selectbox("Dataset", names, key="ocr-dataset", help="Datasets imported for OCR are listed first.")
     entries = dataset_entries(ws, dataset)
     if not entries:
-        st.warning(f"Dataset {dataset!r} has no stored images yet: its download or import has not finished.")
+        st.warning(f"Dataset {md(repr(dataset))} has no stored images yet: its download or import has not finished.")
     else:
         warn_misfit(sample_sizes(dataset), f"sampled images of {dataset}")
         index = st.number_input(f"Preview image (of {len(entries)})", 1, len(entries), 1, key="ocr-preview-index")
@@ -245,7 +246,7 @@ else:
         try:
             data = ws.abspath(rel).read_bytes()
         except OSError as exc:
-            st.error(f"{image_name}: {exc.strerror or exc}")
+            st.error(f"{md(image_name)}: {md(exc.strerror or exc)}")
         else:
             show_preview(image_name, data)
 
@@ -260,13 +261,13 @@ if target is not None:
 saved_rules = rules_name if rules == base_rules else None
 if saved_rules is None:
     st.warning("The rules are edited: save them first (a job uses saved rules so it can be resumed). The results "
-               f"below are for the saved rules {rules_name!r}.")  # fmt: skip
+               f"below are for the saved rules {md(repr(rules_name))}.")  # fmt: skip
 if st.button("Run OCR", type="primary", key="ocr-run", disabled=target is None or saved_rules is None,
              icon=":material/document_scanner:"):  # fmt: skip
     try:
         job_id = start_ocr(ws, manager, target or "", engine, None if recipe is None else recipe.name, rules_name)
     except (DatasetError, EngineUnavailableError, RulesError, RecipeError) as exc:
-        st.error(str(exc))
+        st.error(md(exc))
     else:
         launch(manager, job_id)
         st.session_state["ocr-job"] = job_id
@@ -277,14 +278,15 @@ if st.session_state.get("ocr-job"):
 if target:
     settings_hash = ocr_settings_hash(engine, settings.ocr.trocr_model, recipe, base_rules)
     rows = [r for r in ocr_results(ws, target, settings_hash) if r["raw"] is not None or r["error"]]
-    recipe_words = f"recipe {recipe.name}" if recipe else "no recipe"
+    recipe_words = f"recipe {md(recipe.name)}" if recipe else "no recipe"
     if not rows:
-        st.caption(f"No readings yet for {target} with {engine}, {recipe_words} and rules {rules_name}: press Run "
-                   "OCR. (Results are kept per engine, recipe and rules: changing one shows its own.)")  # fmt: skip
+        st.caption(f"No readings yet for {md(target)} with {engine}, {recipe_words} and rules {md(rules_name)}: "
+                   "press Run OCR. (Results are kept per engine, recipe and rules: changing one shows its "
+                   "own.)")  # fmt: skip
     else:
         failed = sum(1 for r in rows if r["error"])
         accepted = sum(1 for r in rows if r["valid"])
-        st.caption(f"{len(rows):,} images with {engine}, {recipe_words} and rules {rules_name}: {accepted:,} read "
+        st.caption(f"{len(rows):,} images with {engine}, {recipe_words} and rules {md(rules_name)}: {accepted:,} read "
                    f"and accepted by the rules, {len(rows) - accepted - failed:,} not accepted (or no text), "
                    f"{failed:,} failed (see the error column).")  # fmt: skip
         columns = ["image", "code", "raw", "valid", "confidence", "cord", "error"]
@@ -302,7 +304,7 @@ if target:
             try:
                 truth = read_ground_truth(truth_file.getvalue())
             except (ValueError, UnicodeDecodeError) as exc:
-                st.error(f"{truth_file.name}: {exc}")
+                st.error(f"{md(truth_file.name)}: {md(exc)}")
             else:
                 report = score_against_truth(truth, rows)
                 if report.overall is None:
@@ -310,8 +312,8 @@ if target:
                         f"No match: none of the {report.truth_rows:,} ground-truth rows names one of the "
                         f"{report.result_rows:,} images read, so there is nothing to score. "
                         f"{NAME_MATCHING.capitalize()}. Images here are named like "
-                        + ", ".join(f"`{r['image']}`" for r in rows[:3])
-                        + (f"; the CSV names {', '.join(f'`{n}`' for n in list(truth)[:3])}." if truth else ".")
+                        + ", ".join(code(r["image"]) for r in rows[:3])
+                        + (f"; the CSV names {', '.join(code(n) for n in list(truth)[:3])}." if truth else ".")
                     )
                 else:
                     score = report.overall
@@ -323,7 +325,7 @@ if target:
                     if report.unmatched:
                         more = " ..." if len(report.unmatched) > 5 else ""
                         st.caption(f"{len(report.unmatched):,} ground-truth rows match no image read: "
-                                   f"{', '.join(report.unmatched[:5])}{more}")  # fmt: skip
+                                   f"{md(', '.join(report.unmatched[:5]))}{more}")  # fmt: skip
                     rates = {c: st.column_config.NumberColumn(c.upper(), format="percent") for c in ("cer", "wer")}
                     scores = pd.DataFrame([vars(s) for s in report.images])
                     st.dataframe(scores, hide_index=True, key="ocr-accuracy", column_config=rates)

@@ -24,10 +24,11 @@ from services.recipes import (
     save_recipe,
 )
 from services.server_paths import FOLDER_OR_ZIP
-from ui.components import job_panel, launch
+from ui.components import job_panel, launch, workers_input
 from ui.recipe_editor import edit_recipe
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
+from ui.text import code, md
 
 ws = get_workspace()
 manager = get_job_manager()
@@ -43,7 +44,7 @@ with st.expander("Import a folder from the server as a dataset"):
         try:
             job_id = start_folder_import(ws, manager, folder)  # type: ignore[arg-type]
         except DatasetError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
         else:
             launch(manager, job_id)
             st.session_state["pp-job"] = job_id
@@ -79,10 +80,10 @@ version = right.selectbox("Version", versions[::-1], key="pp-version", disabled=
 try:
     base = load_recipe(ws.root, recipe_name, version)
 except RecipeError as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 kind = "built-in, read-only" if is_builtin(base.name) else f"{len(versions)} saved version(s)"
-st.caption(f"{base.description}  \nVersion {base.version} ({kind}) · settings `{base.settings_hash[:10]}`")
+st.caption(f"{md(base.description)}  \nVersion {base.version} ({kind}) · settings `{base.settings_hash[:10]}`")
 st.session_state.setdefault("pp-save-name", _save_name_default(recipe_name))
 
 with st.container(border=True):
@@ -90,7 +91,7 @@ with st.container(border=True):
     edited = edit_recipe(base, key="pp-editor")
     recipe = draft_of(base, edited) if edited is not None else None
     if recipe is not None and recipe is not base:
-        st.caption(f"Edited, not saved: runs as `{recipe.name}` (version {recipe.version}) until you save it.")
+        st.caption(f"Edited, not saved: runs as {code(recipe.name)} (version {recipe.version}) until you save it.")
     save_left, save_right = st.columns([3, 1])
     save_as = save_left.text_input("Save as", key="pp-save-name", label_visibility="collapsed")
 
@@ -100,18 +101,18 @@ with st.container(border=True):
         except RecipeExistsError as exc:
             st.session_state["pp-confirm"] = (save_as.strip(), str(exc))
         except RecipeError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
         else:
             st.session_state.pop("pp-confirm", None)
             st.session_state["pp-select-next"] = saved.name
-            st.session_state["pp-saved"] = f"Saved {saved.name} v{saved.version}"
+            st.session_state["pp-saved"] = f"Saved {md(saved.name)} v{saved.version}"
             st.rerun()
 
     if save_right.button("Save recipe", key="pp-save", icon=":material/save:", disabled=edited is None):
         _save(overwrite=False)
     pending = st.session_state.get("pp-confirm")
     if pending is not None and pending[0] == save_as.strip():
-        st.warning(f"{pending[1]}. Save anyway?")
+        st.warning(f"{md(pending[1])}. Save anyway?")
         if st.button("Save as a new version", key="pp-save-confirm", icon=":material/check:"):
             _save(overwrite=True)
     if (message := st.session_state.pop("pp-saved", None)) is not None:
@@ -120,7 +121,7 @@ with st.container(border=True):
 images = dataset_images(ws, dataset)
 st.subheader("Preview")
 if not images:
-    st.warning(f"Dataset {dataset!r} has no stored images yet.")
+    st.warning(f"Dataset {md(repr(dataset))} has no stored images yet.")
 elif recipe is not None:
     seed = st.session_state.get("pp-seed", 0)
     if st.button("Other samples", key="pp-shuffle", icon=":material/shuffle:"):
@@ -128,7 +129,7 @@ elif recipe is not None:
     for p in preview(ws, recipe, sample_images(ws, dataset, 3, seed)):
         before, after = st.columns(2)
         if p.error or p.before is None or p.after is None:
-            st.error(f"{p.image_hash[:12]}: {p.error or 'no preview'}")
+            st.error(f"{p.image_hash[:12]}: {md(p.error or 'no preview')}")
             continue
         before.image(p.before, caption=f"before · {p.image_hash[:12]}", clamp=True, width=320)
         after.image(
@@ -136,9 +137,9 @@ elif recipe is not None:
         )
 
 st.subheader("Run")
-workers = st.number_input("Worker processes", 0, 64, ws.settings.download.workers, key="pp-workers")
+workers = workers_input(ws, "Worker processes", ws.settings.download.workers, "pp-workers")
 if st.button(
-    f"Run {(recipe or base).name} on {len(images):,} images",
+    f"Run {md((recipe or base).name)} on {len(images):,} images",
     type="primary",
     key="pp-run",
     icon=":material/play_arrow:",
@@ -161,7 +162,7 @@ chosen = st.multiselect("Only images flagged", list(FLAGS), key="pp-flags")
 page = st.session_state.get("pp-page", 0)
 rows, total = results_page(ws, shown, dataset, chosen, page * PAGE_SIZE, PAGE_SIZE)
 if not total:
-    st.caption(f"No results yet for {shown.name} (settings `{shown.settings_hash[:10]}`) on {dataset}.")
+    st.caption(f"No results yet for {md(shown.name)} (settings `{shown.settings_hash[:10]}`) on {md(dataset)}.")
 else:
     pages = (total + PAGE_SIZE - 1) // PAGE_SIZE
     nav = st.columns([1, 2, 1])

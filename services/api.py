@@ -29,6 +29,7 @@ from services.api_uploads import UploadLimits, UploadRefused, UploadReport, read
 from services.clip_models import ClipSpec, LoadedClip, ModelUnavailableError, autocast_for, load_clip
 from services.embeddings import EMBED_STAGE, EmbeddingStore, list_embedding_keys, vector_for
 from services.imaging import ImageCheckError
+from services.locators import import_roots, shown_locator
 from services.names import InvalidNameError, SafeName, check_name
 from services.ocr import OcrSetup, RecipeMisfitError, ocr_bytes
 from services.ocr_engines import EngineUnavailableError
@@ -221,6 +222,7 @@ def create_app(ws: Workspace, token: str, max_images: int | None = None) -> Fast
     def image_metadata(image_hash: str) -> dict[str, Any]:
         row = _image_row(ws, image_hash)
         sources = ws.catalog.query("SELECT kind, locator FROM image_sources WHERE image_hash = ?", (image_hash,))
+        roots = import_roots(ws.catalog) if any(s["kind"] in ("path", "zip") for s in sources) else []
         stages = ws.catalog.query(
             "SELECT stage, settings_hash, status FROM stage_results WHERE image_hash = ? ORDER BY stage", (image_hash,)
         )
@@ -230,7 +232,8 @@ def create_app(ws: Workspace, token: str, max_images: int | None = None) -> Fast
             "bytes": row["bytes"],
             "width": row["width"],
             "height": row["height"],
-            "sources": [{"kind": s["kind"], "locator": s["locator"]} for s in sources],
+            # files by their place in what was imported (`parts/p.png`), never the server's path (R9)
+            "sources": [{"kind": s["kind"], "locator": shown_locator(s["locator"], roots)} for s in sources],
             "stages": [{"stage": s["stage"], "settings": s["settings_hash"], "status": s["status"]} for s in stages],
         }
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from services.workspace import Workspace
 UNKNOWN = "unknown"
 MAX_CATEGORIES = 500
 MAX_CATEGORY_CHARS = 80
+MAX_CATEGORY_CSV_BYTES = 2**20  # a list CSV (500 names of 80 characters is about 40 KB)
 
 
 class CategoryError(ValueError):
@@ -46,8 +48,9 @@ class CategoryList:
         return (*self.categories, UNKNOWN)
 
 
-def normalise(categories: list[str]) -> list[str]:
-    """Trimmed, de-duplicated (case-insensitively, first spelling wins), `unknown` and blanks dropped."""
+def normalise(categories: Iterable[str]) -> list[str]:
+    """Trimmed, de-duplicated (case-insensitively, first spelling wins), `unknown` and blanks dropped. Reading
+    stops at the first name past `MAX_CATEGORIES` distinct ones, so a huge file costs no more than a full list."""
     seen: set[str] = set()
     out: list[str] = []
     for i, raw in enumerate(categories, start=1):
@@ -61,10 +64,13 @@ def normalise(categories: list[str]) -> list[str]:
         if name.lower() not in seen:
             seen.add(name.lower())
             out.append(name)
+            if len(out) > MAX_CATEGORIES:
+                raise CategoryError(
+                    f"more than {MAX_CATEGORIES} categories (the {MAX_CATEGORIES + 1}st distinct one is in entry {i}); "
+                    f"at most {MAX_CATEGORIES} fit one request"
+                )
     if not out:
         raise CategoryError("the list has no categories")
-    if len(out) > MAX_CATEGORIES:
-        raise CategoryError(f"{len(out)} categories; at most {MAX_CATEGORIES} fit one request")
     return out
 
 
@@ -73,12 +79,18 @@ def content_hash(categories: list[str] | tuple[str, ...]) -> str:
 
 
 def parse_category_csv(data: bytes, filename: str = "categories.csv") -> list[str]:
-    """The `Category` column of a CSV (the seeds' `unique_categories.csv`), in file order."""
+    """The `Category` column of a CSV (the seeds' `unique_categories.csv`), in file order. A list holds at most
+    500 names of 80 characters (about 40 KB), so a file over `MAX_CATEGORY_CSV_BYTES` is refused unread."""
+    if len(data) > MAX_CATEGORY_CSV_BYTES:
+        raise CategoryError(
+            f"{filename}: {len(data):,} bytes; a category list CSV is at most {MAX_CATEGORY_CSV_BYTES:,} bytes "
+            f"({MAX_CATEGORIES} categories of up to {MAX_CATEGORY_CHARS} characters)"
+        )
     rows = _csv_rows(data, filename)
     header = {name.strip().lower(): name for name in rows.fieldnames or []}
     if "category" not in header:
         raise CategoryError(f"{filename}: no `Category` column (columns: {', '.join(rows.fieldnames or []) or 'none'})")
-    return normalise([row.get(header["category"]) or "" for row in rows])
+    return normalise(row.get(header["category"]) or "" for row in rows)
 
 
 def extract_categories(data: bytes, filename: str = "categorized.csv") -> list[str]:
@@ -87,10 +99,9 @@ def extract_categories(data: bytes, filename: str = "categorized.csv") -> list[s
     header = {name.strip().lower(): name for name in rows.fieldnames or []}
     if "categories" not in header:
         raise CategoryError(f"{filename}: no `categories` column (columns: {', '.join(rows.fieldnames or [])})")
-    found: list[str] = []
-    for row in rows:
-        found.extend(part for part in (row.get(header["categories"]) or "").split(","))
-    return sorted(normalise(found), key=str.lower)
+    column = header["categories"]
+    found = (part for row in rows for part in (row.get(column) or "").split(","))
+    return sorted(normalise(found), key=str.lower)  # stops after 501 distinct names, however long the file
 
 
 def _csv_rows(data: bytes, filename: str) -> csv_safety.DictRows:

@@ -29,6 +29,7 @@ from services.embed import embed_block, embed_missing_on_executor
 from services.embeddings import EMBED_STAGE, EmbeddingStore
 from services.folder_import import start_folder_import
 from services.jobs import ItemResult, JobManager, Journal, RunContext
+from services.names import file_name
 from services.scoring import StackedModels, bin_edges, bin_index, histogram, score, stack_models
 from services.stage_tasks import ImageStageTask
 from services.tag_models import ModelFileError, TagModel, list_models, load_models_from
@@ -55,20 +56,63 @@ def start_classify(
     copy: bool = False,
     dataset: str | None = None,
 ) -> int:
-    """`source` is a folder, a zip or a dataset name. Model files and weights are checked before queueing."""
-    stacked = stack_models(models)
-    spec = _spec_of(models[0])
+    """For the person at the shell and Python code (the CLI, `services.library`): `source` is a folder, a zip
+    or a dataset name, whichever exists. Pages never call this: a name picked on a page is not a path
+    (`start_classify_dataset`), and a path typed on a page has been through `ServerPaths.check`
+    (`start_classify_path`)."""
     path = Path(source).expanduser()
-    import_job = None
     if get_dataset(ws.catalog, source) is not None and not path.exists():
-        name = source
-    elif path.exists():
-        name = _free_name(ws, dataset or f"classify-{path.stem}", str(path.resolve()))
-        import_job = start_folder_import(ws, manager, path, name, kind="classify")
-    else:
-        raise DatasetError(f"{source}: neither a folder, a zip, nor a dataset name")
-    if bins < 1:
-        raise DatasetError(f"bins {bins}: need at least one")
+        return start_classify_dataset(ws, manager, source, models, bins, out, copy)
+    if path.exists():
+        return start_classify_path(ws, manager, path, models, bins, out, copy, dataset)
+    raise DatasetError(f"{source}: neither a folder, a zip, nor a dataset name")
+
+
+def start_classify_dataset(
+    ws: Workspace,
+    manager: JobManager,
+    dataset: str,
+    models: list[TagModel],
+    bins: int = 10,
+    out: Path | None = None,
+    copy: bool = False,
+) -> int:
+    """Classify a dataset, by name only: the name is never read as a path (a dataset named `~` or `docs` is
+    that dataset, not a folder). Model files and weights are checked before queueing."""
+    if get_dataset(ws.catalog, dataset) is None:
+        raise DatasetError(f"no dataset named {dataset!r}")
+    return _queue(ws, manager, dataset, None, models, bins, out, copy)
+
+
+def start_classify_path(
+    ws: Workspace,
+    manager: JobManager,
+    path: Path,
+    models: list[TagModel],
+    bins: int = 10,
+    out: Path | None = None,
+    copy: bool = False,
+    dataset: str | None = None,
+) -> int:
+    """Import a folder or zip the caller has checked (a page: an upload, or a path through
+    `ServerPaths.check`) as dataset `classify-NAME` (or `dataset`), then classify it."""
+    _check(models, bins)  # a mismatched model set or a bad bin count fails before anything is imported
+    name = _free_name(ws, dataset or f"classify-{path.stem}", str(path.resolve()))
+    import_job = start_folder_import(ws, manager, path, name, kind="classify")
+    return _queue(ws, manager, name, import_job, models, bins, out, copy)
+
+
+def _queue(
+    ws: Workspace,
+    manager: JobManager,
+    name: str,
+    import_job: int | None,
+    models: list[TagModel],
+    bins: int,
+    out: Path | None,
+    copy: bool,
+) -> int:
+    stacked, spec = _check(models, bins)
     missing = _unembedded_count(ws, name, stacked.embedding_key) if import_job is None else 1
     if missing:
         resolve_weights(spec)  # images to embed: the weights must be here
@@ -87,6 +131,15 @@ def start_classify(
     dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (name,))
     title = f"Classify: {name} with {len(models)} models ({stacked.embedding_key})"
     return manager.create("classify", title, params, dataset_id)
+
+
+def _check(models: list[TagModel], bins: int) -> tuple[StackedModels, ClipSpec]:
+    """The models stacked (they must share one embedding model) and their CLIP spec; a bad bin count refused."""
+    stacked = stack_models(models)
+    spec = _spec_of(models[0])
+    if bins < 1:
+        raise DatasetError(f"bins {bins}: need at least one")
+    return stacked, spec
 
 
 def _free_name(ws: Workspace, base: str, source: str) -> str:
@@ -167,7 +220,7 @@ def export_dir(ws: Workspace, dataset: str, job_id: int | None = None) -> Path:
     """`exports/classify-NAME[-jobN]`; a dataset this stage imported is already `classify-NAME`, and is not
     prefixed a second time."""
     base = dataset if dataset.startswith("classify-") else f"classify-{dataset}"
-    return ws.root / "exports" / (base if job_id is None else f"{base}-job{job_id}")
+    return ws.root / "exports" / file_name(base, "" if job_id is None else f"-job{job_id}")
 
 
 def _models_hash(params: dict[str, Any]) -> str:
@@ -295,7 +348,7 @@ def write_outputs(ws: Workspace, params: dict[str, Any], default_out: Path) -> P
         for row, i in enumerate(kept):
             src = ws.abspath(result.paths[i])
             for m, (tag, kind) in enumerate(zip(result.stacked.tags, result.stacked.types, strict=True)):
-                target = out / kind / tag / labels[idx[row, m]]
+                target = out / kind / (file_name(tag) if tag else tag) / labels[idx[row, m]]  # a folder name
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, target / f"{result.hashes[i][:16]}{src.suffix}")
     return out

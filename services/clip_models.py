@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from services.names import MAX_NAME_CHARS, InvalidNameError, is_name, name_problem, resolve_in
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,45 @@ class CheckpointMismatchError(ModelUnavailableError):
     """A checkpoint file that does not fit the architecture it was to be loaded as."""
 
 
+class ModelNameError(ModelUnavailableError, ValueError):
+    """A model or pretrained tag name that is not a safe name (a path, `hf-hub:`/`local-dir:` forms, ...)."""
+
+
+def model_name_problem(value: object, what: str) -> str | None:
+    """Why `value` cannot be an open_clip model name or pretrained tag, or None. Every name open_clip ships
+    (`ViT-B-32`, `ViT-B-32-quickgelu`, `convnext_base_w`; tags `openai`, `laion2b_s34b_b79k`) and every custom
+    architecture name is a safe name (services/names.py). open_clip's `hf-hub:ORG/NAME` and `local-dir:PATH`
+    forms are refused: they make open_clip download or read a folder, and this product loads weights only
+    from a pulled tag or a checkpoint file that went through the server-path guard."""
+    problem = name_problem(value)
+    if problem is None:
+        return None
+    hint = (
+        "; Hub and folder models load from their checkpoint file instead"
+        if isinstance(value, str) and value.startswith(("hf-hub:", "local-dir:"))
+        else ""
+    )
+    shown = f" {value[:40]!r}{'...' if len(value) > 40 else ''}" if isinstance(value, str) and value else ""
+    return f"{what}{shown} {problem}{hint} (python -m services models list shows the names)"
+
+
 @dataclass(frozen=True)
 class ClipSpec:
+    """Which open_clip weights to use. The names are checked when a spec is made, so no model or tag name
+    that could be a path (`../x`, `/tmp/x`, `hf-hub:...`) ever reaches a file name, a cache lookup or
+    open_clip: this is the one guard for names typed on a page, given to the CLI or stored in a job."""
+
     model: str = "ViT-B-32"
     pretrained: str | None = "openai"
     checkpoint: str | None = None
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        problem = model_name_problem(self.model, "open_clip model")
+        if problem is None and self.pretrained:
+            problem = model_name_problem(self.pretrained, "pretrained tag")
+        if problem is not None:
+            raise ModelNameError(problem)
 
     @classmethod
     def from_settings(
@@ -102,7 +136,7 @@ def resolve_weights(spec: ClipSpec) -> tuple[str, dict[str, Any]]:
     if spec.checkpoint:
         path = Path(spec.checkpoint)
         if not path.is_file():
-            raise ModelUnavailableError(f"checkpoint {path} does not exist")
+            raise ModelUnavailableError(f"checkpoint {path.name} does not exist")  # no server path on a page
         _register_sidecar_config(spec.model, path)
         if spec.model not in open_clip.list_models():
             raise ModelUnavailableError(
@@ -130,7 +164,7 @@ def _cached_file(cfg: dict[str, Any]) -> str | None:
 
     hub = cfg.get("hf_hub", "")
     if hub:
-        repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        repo, filename = _hub_repo(hub)
         candidates = [filename] if filename else list(HF_WEIGHT_FILES)
         for name in candidates:
             hit = try_to_load_from_cache(repo_id=repo, filename=name)
@@ -142,6 +176,12 @@ def _cached_file(cfg: dict[str, Any]) -> str | None:
         if target.is_file():
             return str(target)
     return None
+
+
+def _hub_repo(hub: str) -> tuple[str, str]:
+    """open_clip's `hf_hub` entry as (repository, file name): `org/name/` names a repository, `org/name/f.bin`
+    one file of it."""
+    return os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
 
 
 def _config_dir() -> Path:
@@ -165,8 +205,11 @@ def _register_sidecar_config(model: str, checkpoint: Path) -> None:
     model_cfg = data.get("model_cfg", data)
     folder = _config_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{model}.json"
-    tmp = folder / f".{model}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:  # open_clip registers a config under its file's stem, so the file is named after the model
+        target = resolve_in(folder, model, ".json", what="open_clip model")
+    except InvalidNameError as exc:
+        raise ModelNameError(str(exc)) from None
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(model_cfg), encoding="utf-8")
     os.replace(tmp, target)
     with _CONFIG_LOCK:
@@ -385,9 +428,11 @@ def _weights_beside(folder: Path) -> Path | None:
 
 
 def _safe_model_name(name: str) -> str:
+    """A checkpoint folder's name as a model name (a safe name, so ClipSpec takes it)."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "checkpoint"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).replace("..", "-").strip("._-")[:MAX_NAME_CHARS].rstrip("._-")
+    return safe if is_name(safe) else "checkpoint"
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -489,20 +534,25 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
 
 
 def pull_weights(spec: ClipSpec, timeout: float) -> str:
-    """Download a pretrained tag's weights into the Hugging Face cache (the only place that downloads)."""
+    """Download a pretrained tag's weights into the Hugging Face cache (the only place that downloads), in a
+    process of its own that is stopped, and its partial files removed, after `timeout` seconds."""
     import open_clip
-    from open_clip.pretrained import download_pretrained
 
     cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained or "")
     if not cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.model)) or "none"
         raise ModelUnavailableError(f"{spec.model} has no pretrained tag {spec.pretrained!r} (tags: {tags})")
-    from services.pulls import PullError, check_reachable, pull_with_timeout
+    from services.pulls import Pull, PullError, check_reachable, hf_repo_folder, run_pull
 
     what = f"{spec.model}/{spec.pretrained}"
+    partial = []
+    if cfg.get("hf_hub"):
+        partial.append(hf_repo_folder(_hub_repo(cfg["hf_hub"])[0]))
+    if cfg.get("url"):  # open_clip writes these straight to their final name: a cut one must go
+        partial.append(Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"]))
     try:
         check_reachable(_download_endpoint(cfg))  # seconds, where the hub client would retry for a minute
-        return pull_with_timeout(lambda: download_pretrained(cfg), timeout, what)
+        return run_pull(Pull(what, ("clip", spec.model, str(spec.pretrained)), tuple(partial)), timeout)
     except PullError as exc:
         raise ModelUnavailableError(
             f"{exc}. This machine cannot download {what}: run `python -m services models pull {what}` on a machine "

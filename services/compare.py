@@ -35,7 +35,7 @@ import numpy as np
 
 from services import csv_safety
 from services.categories import UNKNOWN, CategoryList, load_list
-from services.datasets import SOURCE_JOB_KINDS, ensure_dataset, insert_rows
+from services.datasets import SOURCE_JOB_KINDS, DatasetError, ensure_dataset, insert_rows
 from services.workspace import Workspace
 
 FAILED = "(failed)"
@@ -146,7 +146,10 @@ def import_categorized_csv(ws: Workspace, path: Path, name: str | None = None) -
         lower = {c.strip().lower(): c for c in columns}
         if "categories" not in lower or "image_name" not in lower:
             raise CompareError(f"{path}: needs image_name and categories columns (columns: {', '.join(columns)})")
-        ds = ensure_dataset(ws.catalog, name, "categorized-csv", str(path.resolve()), list(columns))
+        try:
+            ds = ensure_dataset(ws.catalog, name, "categorized-csv", str(path.resolve()), list(columns))
+        except DatasetError as exc:  # the set's name is also the dataset's: the same rules apply
+            raise CompareError(str(exc)) from None
         set_id = _replace_set(ws, name, ds.id, f"csv:{path.name}")
         rows: list[tuple[int, list[str], str | None]] = []
         labels: list[tuple[str, str]] = []

@@ -288,7 +288,7 @@ def local_models(ws: Workspace, check_pretrained: bool = False) -> list[Embeddin
             local = checked(spec) if spec is not None else False
             if local and spec is not None and embedding_key(spec) != key:  # its checkpoint changed: a new key
                 local = False
-        except (TypeError, OSError):  # an unreadable spec, or a checkpoint that is gone
+        except (TypeError, ValueError, OSError):  # an unreadable spec or name, or a checkpoint that is gone
             spec, local = None, False
         label = spec.label if spec is not None else key
         out.append(EmbeddingModel(key, spec, label if local is not False else f"{label} (vectors only)", local))

@@ -22,12 +22,23 @@ from services.workspace import Workspace, write_atomic
 COLOURS = {"a": "#1f77b4", "b": "#d62728"}
 
 
+def _label(text: str) -> str:
+    """A user's name as plotly text: plotly reads a few HTML tags in labels (`<a href>` makes a link), so
+    they are escaped and shown as typed. Selections read `customdata`, which keeps the name itself."""
+    return html.escape(text, quote=False)
+
+
+def _labels(texts: list[str]) -> list[str]:
+    return [_label(t) for t in texts]
+
+
 def counts_figure(name: str, counts: dict[str, int], items: int, colour: str = COLOURS["a"]) -> go.Figure:
     """Count per category for one set (special labels excluded), largest first, in the set's colour."""
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
     cats = [k for k, _ in ordered]
-    figure = go.Figure(go.Bar(x=cats, y=[v for _, v in ordered], marker_color=colour, customdata=cats))
-    figure.update_layout(title=f"{name}: images per category ({items:,} categorised images)", yaxis_title="images")
+    figure = go.Figure(go.Bar(x=_labels(cats), y=[v for _, v in ordered], marker_color=colour, customdata=cats))
+    figure.update_layout(title=f"{_label(name)}: images per category ({items:,} categorised images)",
+                         yaxis_title="images")  # fmt: skip
     return figure
 
 
@@ -40,7 +51,9 @@ def grouped_figure(c: Comparison, normalised: bool = False) -> go.Figure:
         ("a", c.a, [by[x].share_a * 100 if normalised else by[x].count_a for x in cats]),
         ("b", c.b, [by[x].share_b * 100 if normalised else by[x].count_b for x in cats]),
     ):
-        figure.add_bar(x=cats, y=values, name=label_set.name, marker_color=COLOURS[key], customdata=cats)
+        figure.add_bar(
+            x=_labels(cats), y=values, name=_label(label_set.name), marker_color=COLOURS[key], customdata=cats
+        )
     figure.update_layout(
         barmode="group",
         title="% of categorised images carrying each category (multi-label: may sum past 100%)"
@@ -59,7 +72,7 @@ def difference_figure(c: Comparison) -> go.Figure:
     significant = [s.q_value is not None and s.q_value < 0.05 for s in stats]
     figure = go.Figure(
         go.Bar(
-            y=[s.category for s in stats],
+            y=_labels([s.category for s in stats]),
             x=[s.difference * 100 for s in stats],
             orientation="h",
             marker_color=colours,
@@ -71,12 +84,15 @@ def difference_figure(c: Comparison) -> go.Figure:
                 "array": [(s.ci_high - s.difference) * 100 for s in stats],
                 "arrayminus": [(s.difference - s.ci_low) * 100 for s in stats],
             },
-            hovertext=[f"{s.test}, q = {s.q_value:.3g}" if s.q_value is not None else (s.warning or "") for s in stats],
+            hovertext=[
+                f"{s.test}, q = {s.q_value:.3g}" if s.q_value is not None else _label(s.warning or "") for s in stats
+            ],
             customdata=[s.category for s in stats],
         )  # fmt: skip
     )
     figure.update_layout(
-        title=f"{c.b.name} minus {c.a.name}, percentage points (95% CI; solid: q < 0.05, hatched: not significant)",
+        title=f"{_label(c.b.name)} minus {_label(c.a.name)}, percentage points (95% CI; solid: q < 0.05, hatched: "
+        "not significant)",
         xaxis_title="difference in % of categorised images",
         height=max(400, 22 * len(stats)),
     )
@@ -89,7 +105,7 @@ def projection_figure(e: EmbeddingComparison, names: tuple[str, str]) -> go.Figu
     for key, name, rows, hashes in (("a", names[0], slice(0, e.n_a), e.hashes_a),
                                     ("b", names[1], slice(e.n_a, e.n_a + e.n_b), e.hashes_b)):  # fmt: skip
         figure.add_scattergl(
-            x=e.coords[rows, 0], y=e.coords[rows, 1], mode="markers", name=name, customdata=hashes,
+            x=e.coords[rows, 0], y=e.coords[rows, 1], mode="markers", name=_label(name), customdata=hashes,
             marker={"color": COLOURS[key], "size": 5, "opacity": 0.6},
         )  # fmt: skip
     figure.update_layout(title=f"{e.method} of the {e.key} embeddings", dragmode="lasso")

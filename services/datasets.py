@@ -60,6 +60,11 @@ def get_dataset(catalog: Catalog, name: str) -> Dataset | None:
     return Dataset(row["id"], row["name"], row["kind"], row["source"], json.loads(row["columns"]), row["created_at"])
 
 
+def _last_part(source: str) -> str:
+    """A source as errors name it: a URL or s3:// as it is, a server path by its last part."""
+    return source if "://" in source else Path(source).name or source
+
+
 def ensure_dataset(catalog: Catalog, name: str, kind: str, source: str, columns: list[str]) -> Dataset:
     """Create the dataset, or return it if it already holds this same source (a re-run or resume).
 
@@ -73,9 +78,9 @@ def ensure_dataset(catalog: Catalog, name: str, kind: str, source: str, columns:
     existing = get_dataset(catalog, name)
     if existing is not None:
         if existing.source != source or existing.columns != columns:
-            raise DatasetError(
-                f"dataset {name!r} already exists with source {existing.source!r} and columns {existing.columns}; "
-                f"pick another name for {source!r}"
+            raise DatasetError(  # sources by their last part: a page never shows where the server keeps files
+                f"dataset {name!r} already exists with source {_last_part(existing.source)!r} and columns "
+                f"{existing.columns}; pick another name for {_last_part(source)!r}"
             )
         return existing
     with catalog.write() as conn:

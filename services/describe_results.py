@@ -17,6 +17,7 @@ from services import csv_safety
 from services.categories import UNKNOWN, CategoryList
 from services.datasets import dataset_entries
 from services.describe import CATEGORIZE_STAGE, DESCRIBE_STAGE, categorize_settings_hash, describe_settings_hash
+from services.names import file_name
 from services.workspace import Workspace
 
 EXPORT_FORMATS = ("descriptions-csv", "categories-csv", "jsonl", "parquet")
@@ -161,7 +162,7 @@ def export(
     if fmt == "categories-csv" and not keys.categorize_hash:
         raise ValueError("the categories CSV needs a category list")
     suffix = {"descriptions-csv": "descriptions.csv", "categories-csv": "categorized.csv"}.get(fmt, fmt)
-    out = out or ws.root / "exports" / f"{dataset}-{suffix}"
+    out = out or ws.root / "exports" / file_name(dataset, f"-{suffix}")
     out.parent.mkdir(parents=True, exist_ok=True)
     results = iter_results(ws, dataset, keys)
     if fmt == "descriptions-csv":

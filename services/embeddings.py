@@ -31,7 +31,8 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def embedding_key(spec: ClipSpec) -> str:
     """Readable and unique per weights: `ViT-B-32-openai-1a2b3c4d`, `tiny-ckpt-...` for a checkpoint."""
     weights = "ckpt" if spec.checkpoint else (spec.pretrained or "none")
-    return _SAFE.sub("_", f"{spec.model}-{weights}") + "-" + spec.identity_hash()[:8]
+    readable = _SAFE.sub("_", f"{spec.model}-{weights}")[:200]  # a folder name: file systems allow 255 bytes
+    return readable + "-" + spec.identity_hash()[:8]
 
 
 @dataclass

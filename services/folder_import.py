@@ -38,7 +38,8 @@ def start_folder_import(
     name = dataset or (folder.stem if is_zip else folder.name)
     ds = ensure_dataset(ws.catalog, name, kind, str(folder), ["path", "tag"])
     params = {"folder": str(folder), "dataset": name, "workers": workers if workers is not None else 0}
-    return manager.create("import_folder", f"Import {'zip' if is_zip else 'folder'}: {name} ({folder})", params, ds.id)
+    title = f"Import {'zip' if is_zip else 'folder'}: {name} ({folder.name})"  # titles show no server paths
+    return manager.create("import_folder", title, params, ds.id)
 
 
 def tagged_entries(root: Path, limits: ArchiveLimits) -> tuple[list[tuple[str, str, str]], dict[str, str]]:

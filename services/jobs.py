@@ -47,6 +47,19 @@ TASKS: dict[str, str] = {
     "ocr": "services.ocr:OcrTask",
 }
 FINAL_STATES = ("completed", "cancelled", "failed")
+PAGE_JOB = "from_page"  # a job parameter: started from a page, counted against page_jobs.max_running
+PAGE_QUEUED = "page_queued_at"  # a job parameter: waiting for a page-job slot since (epoch seconds)
+PAGE_START_GRACE_SECONDS = 60.0  # a page job counts as starting this long before its process claims it
+
+
+def page_worker_limit(settings: Any) -> int:
+    """The most worker processes a page may give one job: the machine's cores, or `page_jobs.max_workers` when
+    that is lower (the CLI takes any number)."""
+    cores = os.cpu_count() or 1
+    configured = settings.page_jobs.max_workers
+    return max(1, min(cores, configured) if configured else cores)
+
+
 DISK_FULL = "disk_full"  # an item's failure class that stops any job (interrupted, items left pending)
 _DISK_FULL_TEXT = ("[Errno 28]", "[Errno 122]", "No space left on device", "Disk quota exceeded", "disk is full")
 STOP_REASON_BYTES = 4096
@@ -556,6 +569,10 @@ class JobManager:
         progress = self.progress(job_id)
         if unrecorded is not None:  # the row still says running (this process is alive); say what happened
             progress = dataclasses.replace(progress, state="interrupted", error=unrecorded)
+        try:  # a slot for page jobs may have opened: start the next queued one
+            self.start_queued_page_jobs()
+        except Exception:  # never the reason a finished job reports a failure
+            log.warning("could not start queued page jobs after job %s", job_id, exc_info=True)
         return progress
 
     def _open_log(self, job_id: int, kind: str) -> logging.Handler:
@@ -598,6 +615,9 @@ class JobManager:
             if row["state"] == "running" and self._is_live(row, time.time()):
                 raise JobBusyError(f"job {job_id} is already running (pid {row['pid']} on {row['host']})")
             now = time.time()
+            params = json.loads(row["params"])
+            if params.pop(PAGE_QUEUED, None) is not None:  # started some other way (the CLI): no longer queued
+                conn.execute("UPDATE jobs SET params = ? WHERE id = ?", (json.dumps(params), job_id))
             conn.execute(
                 """UPDATE jobs SET state = 'running', pid = ?, host = ?, heartbeat_at = ?, run_started_at = ?,
                    cancel_requested = 0, error = NULL, finished_at = NULL WHERE id = ?""",
@@ -631,6 +651,77 @@ class JobManager:
                 cwd=str(Path(__file__).resolve().parent.parent),
             )
         return proc.pid
+
+    # --- jobs started from pages: a server-wide limit (the CLI is never held back) ----------------------
+
+    def start_from_page(self, job_id: int) -> bool:
+        """Start a job a page made, detached, unless `page_jobs.max_running` jobs started from pages are
+        running or starting already: then it is queued (it stays `created`, nothing is lost) and starts by
+        itself when one of them ends. True when it started now. Counting and reserving happen in one write
+        transaction, so sessions clicking at once cannot pass the limit together."""
+        limit = max(1, self.ws.settings.page_jobs.max_running)
+        with self.catalog.write() as conn:
+            row = conn.execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobError(f"no job with id {job_id}")
+            params = {**json.loads(row["params"]), PAGE_JOB: True}
+            if self._page_jobs_busy(conn, job_id) >= limit:
+                params.setdefault(PAGE_QUEUED, time.time())
+                conn.execute("UPDATE jobs SET params = ? WHERE id = ?", (json.dumps(params), job_id))
+                return False
+            params.pop(PAGE_QUEUED, None)
+            self._reserve(conn, job_id, params)
+        self.start_background(job_id)
+        return True
+
+    def start_queued_page_jobs(self) -> builtins.list[int]:
+        """Start queued page jobs, oldest first, while fewer than `page_jobs.max_running` run; their ids."""
+        waiting = "state = 'created' AND json_extract(params, '$.page_queued_at') IS NOT NULL"
+        if self.catalog.scalar(f"SELECT COUNT(*) FROM jobs WHERE {waiting}") == 0:  # the usual case: no lock
+            return []
+        limit = max(1, self.ws.settings.page_jobs.max_running)
+        started: builtins.list[int] = []
+        while True:
+            with self.catalog.write() as conn:
+                if self._page_jobs_busy(conn) >= limit:
+                    break
+                row = conn.execute(
+                    f"SELECT id, params FROM jobs WHERE {waiting} ORDER BY json_extract(params, '$.page_queued_at'), id"
+                ).fetchone()
+                if row is None:
+                    break
+                params = json.loads(row["params"])
+                params.pop(PAGE_QUEUED, None)
+                self._reserve(conn, row["id"], params)
+            self.start_background(row["id"])
+            started.append(row["id"])
+        return started
+
+    def page_jobs_busy(self) -> int:
+        """Jobs started from pages that are running or starting now."""
+        return self._page_jobs_busy(self.catalog.conn)
+
+    def _page_jobs_busy(self, conn: sqlite3.Connection, exclude: int | None = None) -> int:
+        rows = conn.execute(
+            """SELECT * FROM jobs WHERE state IN ('running', 'created') AND id != ?
+               AND json_extract(params, '$.from_page') = 1""",
+            (exclude if exclude is not None else -1,),
+        ).fetchall()
+        now = time.time()
+        busy = 0
+        for row in rows:
+            if row["state"] == "running":
+                busy += self._is_live(row, now)
+            elif row["heartbeat_at"] is not None and now - row["heartbeat_at"] < PAGE_START_GRACE_SECONDS:
+                busy += 1  # started a moment ago: its process has not claimed it yet
+        return busy
+
+    @staticmethod
+    def _reserve(conn: sqlite3.Connection, job_id: int, params: dict[str, Any]) -> None:
+        """Count a job as starting (heartbeat_at on a created job) until its process claims it."""
+        conn.execute(
+            "UPDATE jobs SET params = ?, heartbeat_at = ? WHERE id = ?", (json.dumps(params), time.time(), job_id)
+        )
 
     def cancel(self, job_id: int) -> JobProgress:
         """Ask a running job to stop after the items in flight; a job not running is marked cancelled."""

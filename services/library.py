@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.classify import classification, resolve_models, start_classify
+from services.classify import classification, export_dir, resolve_models, start_classify
 from services.jobs import JobManager, JobProgress
 from services.settings import load_settings
 from services.tag_models import TagModel, generate_model_path
@@ -56,5 +56,5 @@ def classify_main(
         "models": result.stacked.names,
         "images": result.names,
         "scores": result.scores,
-        "outputs": str(output_dir or ws.root / "exports" / f"classify-{progress.params['dataset']}-job{job_id}"),
+        "outputs": str(output_dir or export_dir(ws, progress.params["dataset"], job_id)),
     }

@@ -10,6 +10,7 @@ calls `check_name`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,8 @@ from typing import Annotated
 from pydantic import AfterValidator
 
 MAX_NAME_CHARS = 128
+MAX_NAME_BYTES = 128  # dataset names, in UTF-8 (safe names are ASCII, so the same limit)
+MAX_FILE_NAME_BYTES = 200  # file names the product builds from names (file systems allow 255 bytes)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 RULE = f"letters, digits, '.', '_' and '-', starting with a letter or digit, no '..', at most {MAX_NAME_CHARS}"
@@ -50,11 +53,16 @@ def check_name(value: object, what: str = "name") -> str:
 
 def dataset_name_problem(value: str) -> str | None:
     """Why a new dataset name cannot be used, or None. Dataset names are free text (they are data, shown and
-    queried as such) but also prefix export file names, so no separators, control characters or `.`/`..`."""
-    if len(value) > MAX_NAME_CHARS:
-        return f"is {len(value)} characters long (at most {MAX_NAME_CHARS})"
-    if value.strip() in (".", "..") or any(c in value for c in "/\\") or any(ord(c) < 32 for c in value):
+    queried as such) but also prefix export file names, so no separators, control characters or `.`/`..`,
+    no leading `~` (a shell's home folder: a name must never read as a path), and at most `MAX_NAME_BYTES`
+    bytes of UTF-8 (file systems count bytes: 128 `€` are 384)."""
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        return f"is {size} bytes long in UTF-8 (at most {MAX_NAME_BYTES}; letters outside ASCII take 2 to 4)"
+    if value.strip() in (".", "..") or any(c in value for c in "/\\") or any(_unprintable(c) for c in value):
         return "cannot contain '/', '\\' or control characters, or be '.' or '..' (it names export files)"
+    if value.lstrip().startswith("~"):
+        return "cannot start with '~' (a name is never a path)"
     return None
 
 
@@ -87,3 +95,25 @@ def resolve_in(folder: Path, name: str, suffix: str = "", what: str = "name") ->
     if path.parent != base and base not in path.parents:
         raise InvalidNameError(f"{what} {name!r} resolves outside its folder")
     return path
+
+
+def file_name(name: str, tail: str = "") -> str:
+    """One file name made from a user's name (a dataset, set, recipe, list) and a tail the product chooses
+    (`-job12.csv`): separators and control characters become `_`, a leading `.` or `~` is dropped, and a
+    name too long for a file system (255 bytes, counted in UTF-8) is cut to `MAX_FILE_NAME_BYTES` with a
+    short hash of the whole name, so two long names never share a file. Every export, report or log file
+    named after something a user named goes through here."""
+    clean = "".join("_" if c in "/\\" or _unprintable(c) else c for c in name).lstrip(".~ ")
+    clean = clean or "unnamed"
+    room = MAX_FILE_NAME_BYTES - len(tail.encode("utf-8"))
+    encoded = clean.encode("utf-8")
+    if len(encoded) > room:
+        digest = hashlib.sha256(encoded).hexdigest()[:8]
+        cut = encoded[: max(1, room - len(digest) - 1)].decode("utf-8", "ignore")  # never half a character
+        clean = f"{cut}-{digest}"
+    return clean + tail
+
+
+def _unprintable(c: str) -> bool:
+    """Control characters and lone surrogates (which no file system name can hold)."""
+    return ord(c) < 32 or c == "\x7f" or 0xD800 <= ord(c) <= 0xDFFF

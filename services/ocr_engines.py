@@ -243,12 +243,9 @@ def resolve_engine(name: str, settings: Settings) -> str:
 
 def pull_trocr(model_id: str, timeout: float) -> str:
     """Download a TrOCR model into the Hugging Face cache (the explicit pull; nothing else downloads)."""
-    from huggingface_hub import snapshot_download
+    from services.pulls import Pull, PullError, hf_repo_folder, run_pull
 
-    from services.pulls import PullError, pull_with_timeout
-
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
-    try:
-        return pull_with_timeout(lambda: snapshot_download(model_id, allow_patterns=patterns), timeout, model_id)
+    try:  # in a process of its own, stopped (partial files removed) at the timeout
+        return run_pull(Pull(model_id, ("trocr", model_id), (hf_repo_folder(model_id),)), timeout)
     except PullError as exc:
         raise EngineUnavailableError(str(exc)) from None

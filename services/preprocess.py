@@ -19,6 +19,7 @@ from services import csv_safety
 from services.datasets import dataset_images
 from services.imaging import ImageCheckError
 from services.jobs import DISK_FULL, ItemResult, JobManager, Journal
+from services.names import file_name
 from services.preprocess_ops import OperationError, OutputTooLargeError, apply_recipe, encode, load_image
 from services.quality import MEASURE_SIDE, QUALITY_STAGE, QUALITY_VERSION, measure
 from services.recipes import Recipe, load_recipe, parse_recipe
@@ -81,7 +82,7 @@ class PreprocessTask(ImageStageTask):
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         """A manifest CSV: source, output, size and quality flags of every image of the run."""
         recipe = parse_recipe(json.dumps(params["recipe"]))
-        out = ws.root / "exports" / f"preprocess-{params['dataset']}-{recipe.name}-job{job_id}.csv"
+        out = ws.root / "exports" / file_name(f"preprocess-{params['dataset']}-{recipe.name}", f"-job{job_id}.csv")
         rows = ws.catalog.conn.execute(
             """SELECT j.item_key, j.locator, j.status, j.error_class, j.error_message, s.result, q.result AS quality
                FROM job_items j

@@ -186,6 +186,14 @@ class SignInSettings(BaseModel):
     max_anonymous_sessions_per_address: int = Field(20, ge=0)
 
 
+class PageJobSettings(BaseModel):
+    """Bounds on jobs started from the dashboard's pages (any signed-in user can start them); the CLI is never
+    held back. A page job past `max_running` is queued and starts when one ends."""
+
+    max_running: int = 4  # jobs started from pages running at once, server-wide
+    max_workers: int | None = None  # worker processes a page may give one job; None: the machine's cores
+
+
 class _FileSource(PydanticBaseSettingsSource):
     """A settings source read from one optional file; subclasses say how to read it."""
 
@@ -275,6 +283,10 @@ class Settings(BaseSettings):
     metrics_networks: list[str] = Field(default_factory=list)
     api: ApiSettings = ApiSettings()  # REST API per-request bounds
     sign_in: SignInSettings = SignInSettings()  # dashboard sign-in throttle
+    # Whether the CLIP picker's Pull button may download weights (up to GBs) into the server's Hugging Face
+    # cache. Unset: yes on a laptop (no sign-in), no once sign-in is configured (`models pull` on the shell).
+    allow_page_pulls: bool | None = None
+    page_jobs: PageJobSettings = PageJobSettings()  # how many page jobs run at once, and their worker processes
 
     @classmethod
     def settings_customise_sources(

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from services.names import MAX_FILE_NAME_BYTES, file_name
 from services.workspace import Workspace, write_atomic
 
 MODEL_TYPES = {"lr": "ovr-logistic-regression", "svm": "ovr-svm"}
@@ -78,7 +79,7 @@ def _folder_name(value: str, what: str) -> str:
     folder = _SAFE.sub("_", value)
     if folder in ("", ".", ".."):
         raise ModelFileError(f"{what} {value[:40]!r} cannot name a model folder")
-    return folder
+    return file_name(folder) if len(folder.encode("utf-8")) > MAX_FILE_NAME_BYTES else folder
 
 
 def _models_root(ws: Workspace, dataset: str) -> Path:
@@ -88,7 +89,8 @@ def _models_root(ws: Workspace, dataset: str) -> Path:
 def generate_model_path(ws: Workspace, dataset: str, embedding_key: str, model_type: str, tag: str) -> Path:
     """Seed 004's `model-{type}-tag-{tag}` naming, as a `.skops` file."""
     full_type = MODEL_TYPES.get(model_type, model_type)
-    return models_dir(ws, dataset, embedding_key) / f"model-{full_type}-tag-{_SAFE.sub('_', tag)}.skops"
+    stem = file_name(f"model-{full_type}-tag-{_SAFE.sub('_', tag)}", ".skops")  # a tag may be a long folder name
+    return models_dir(ws, dataset, embedding_key) / stem
 
 
 def _linear_decision(estimator: Any) -> tuple[np.ndarray, float, np.ndarray | None]:

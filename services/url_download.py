@@ -22,6 +22,7 @@ from services.datasets import (
 )
 from services.fetch_store import StoreOptions, process_chunk, release_workers
 from services.jobs import ChunkedTask, JobManager
+from services.names import file_name
 from services.workspace import Workspace
 
 KIND_FROM_NAME = re.compile(r"^(REAL|GEN)[_-]", re.IGNORECASE)
@@ -106,7 +107,9 @@ def start_url_download(
 
 
 def labelled_csv_path(ws: Workspace, job_id: int, params: dict[str, Any]) -> Path:
-    return Path(params["out"]) if params.get("out") else ws.root / "exports" / f"{params['dataset']}-job{job_id}.csv"
+    if params.get("out"):
+        return Path(params["out"])
+    return ws.root / "exports" / file_name(params["dataset"], f"-job{job_id}.csv")
 
 
 class DownloadTaskBase(ChunkedTask):

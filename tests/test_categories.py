@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from services.categories import (
+    MAX_CATEGORIES,
+    MAX_CATEGORY_CSV_BYTES,
     UNKNOWN,
     CategoryError,
     extract_categories,
     list_lists,
     load_list,
+    normalise,
     parse_category_csv,
     save_list,
     validate_answer,
@@ -46,6 +50,30 @@ def test_extract_categories_from_a_categorised_csv():
     assert extract_categories(data) == ["Animals", "Food"]
     with pytest.raises(CategoryError, match="no `categories` column"):
         extract_categories(b"image_name,description\n")
+
+
+def test_a_list_is_read_only_up_to_its_limit_and_a_big_file_is_refused_unread():
+    """R15: a 16 MB CSV once cost 14 s and 128 MB before `normalise` refused its 500+ names."""
+    consumed = 0
+
+    def names():
+        nonlocal consumed
+        for i in range(1_000_000):
+            consumed += 1
+            yield f"name {i}"
+
+    with pytest.raises(CategoryError, match=f"more than {MAX_CATEGORIES} categories.*entry 501"):
+        normalise(names())
+    assert consumed == MAX_CATEGORIES + 1  # the 501st distinct name stops the reading
+    assert len(normalise(f"n{i % MAX_CATEGORIES}" for i in range(50_000))) == MAX_CATEGORIES  # repeats are fine
+    big = b"Category\n" + b"x\n" * (MAX_CATEGORY_CSV_BYTES // 2)
+    with pytest.raises(CategoryError, match=f"at most {MAX_CATEGORY_CSV_BYTES:,} bytes"):
+        parse_category_csv(big, "huge.csv")
+    many = "image_name,description,categories\n" + "".join(f"i{i}.jpg,d,c{i}\n" for i in range(100_000))
+    started = time.perf_counter()
+    with pytest.raises(CategoryError, match="more than 500 categories"):
+        extract_categories(many.encode())  # a categorised CSV may be big; its distinct names may not
+    assert time.perf_counter() - started < 1.0
 
 
 def test_lists_are_versioned_by_content(ws: Workspace):

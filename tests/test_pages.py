@@ -76,10 +76,10 @@ def test_download_page_refuses_a_csv_without_urls_and_names_uploads_as_uploaded(
     body = "title,entity_value\nitem one,1 gram\nitem two,2 gram\n"
     at.file_uploader(key="urls-upload").upload("products.csv", body.encode(), "text/csv").run()
     assert not at.exception
-    assert any("has no column of image URLs" in e.value and "'title', 'entity_value'" in e.value for e in at.error)
+    assert any("has no column of image URLs" in e.value and "`title`, `entity_value`" in e.value for e in at.error)
     assert not [b for b in at.button if b.label == "Start download"]
     shown = " ".join(c.value for c in at.caption) + " ".join(e.value for e in at.error)
-    assert "'products.csv'" in shown
+    assert "`products.csv`" in shown
     stored = next((ws_root / "uploads").glob("*_products.csv")).name
     assert stored != "products.csv" and stored not in shown
 

@@ -13,6 +13,7 @@ import streamlit as st
 from services.auth import sign_in_required
 from services.settings import Settings
 from services.sign_in_throttle import SignInThrottle, attempt_sign_in, client_address, throttle_folder
+from ui.text import md
 from ui.upload_gate import mark_session
 
 
@@ -80,7 +81,7 @@ def require_sign_in(settings: Settings) -> str | None:
                 st.error("Unknown user or wrong password.")
         st.stop()
     with st.sidebar:
-        st.caption(f"Signed in as **{user}**")
+        st.caption(f"Signed in as **{md(user)}**")  # an OIDC name is the provider's text
         if st.button("Sign out", key="sign-out"):
             st.session_state.pop("signed-in-user", None)
             mark_session(False, settings.max_upload_mb)

@@ -12,14 +12,18 @@ import streamlit as st
 from services.clip_models import (
     CheckpointMismatchError,
     ClipSpec,
+    ModelNameError,
     ModelUnavailableError,
     activation_note,
     local_clip_models,
     pull_weights,
     resolve_weights,
 )
+from services.pulls import page_pulls_allowed
 from services.workspace import Workspace
+from ui.auth import sign_in_configured
 from ui.server_path import checkpoint_input, display_path
+from ui.text import code, md
 
 OTHER = "Another model, tag or checkpoint…"
 
@@ -56,21 +60,25 @@ def clip_model_picker(ws: Workspace, key: str, label: str = "CLIP model") -> Pic
         pretrained = c2.text_input("Pretrained tag", value=settings.clip.pretrained or "", key=f"{key}-pretrained")
         # a path typed on a team server goes through the server-path guard (server_paths), like every path input
         checkpoint = checkpoint_input(ws, "Or a checkpoint file on the server", f"{key}-checkpoint", container=c3)
-        spec = ClipSpec.from_settings(settings, model or None, pretrained or None, checkpoint or None)
+        try:  # the names are checked before anything reads or writes a file (ClipSpec is the guard)
+            spec = ClipSpec.from_settings(settings, model or None, pretrained or None, checkpoint or None)
+        except ModelNameError as exc:
+            st.error(md(exc), icon=":material/error:")
+            return PickedClip(configured, str(exc))
     else:
         spec = local[labels.index(choice)].spec
     try:
         weights, _ = resolve_weights(spec)
     except CheckpointMismatchError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(md(exc), icon=":material/error:")
         return PickedClip(spec, str(exc))
     except ModelUnavailableError as exc:
-        st.warning(str(exc))
+        st.warning(md(exc))
         if spec.pretrained and not spec.checkpoint:
             _pull_button(ws, spec, key)
         return PickedClip(spec, str(exc))
     note = activation_note(spec)
-    st.caption(f"Weights: `{display_path(ws, weights)}`" + (f" · {note}" if note else ""))
+    st.caption(f"Weights: {code(display_path(ws, weights))}" + (f" · {md(note)}" if note else ""))
     return PickedClip(spec, None)
 
 
@@ -81,18 +89,24 @@ def _same(a: ClipSpec, b: ClipSpec) -> bool:
 def _pull_button(ws: Workspace, spec: ClipSpec, key: str) -> None:
     """Pull explicitly; with no route to the hub the answer comes in seconds, in red, with the fix."""
     what = f"{spec.model}/{spec.pretrained}"
+    if not page_pulls_allowed(ws.settings, sign_in_configured(ws.settings)):
+        st.caption(
+            f"Pulling weights from this page is off on this server (`allow_page_pulls`): an administrator pulls "
+            f"them with {code(f'python -m services models pull {what}')}."
+        )
+        return
     timeout = ws.settings.clip.pull_timeout_seconds
     failed_key = f"{key}-pull-error"
-    if st.button(f"Pull {what}", key=f"{key}-pull", icon=":material/download:"):
-        with st.spinner(f"Downloading {what} (gives up after {timeout:.0f}s) ..."):
+    if st.button(f"Pull {md(what)}", key=f"{key}-pull", icon=":material/download:"):
+        with st.spinner(f"Downloading {md(what)} (gives up after {timeout:.0f}s) ..."):
             try:
                 path = pull_weights(spec, timeout)
             except ModelUnavailableError as exc:
                 st.session_state[failed_key] = (what, str(exc))
             else:
                 st.session_state.pop(failed_key, None)
-                st.toast(f"{what} saved to {display_path(ws, path)}")
+                st.toast(f"{md(what)} saved to {code(display_path(ws, path))}")
                 st.rerun()
     failed = st.session_state.get(failed_key)
     if failed and failed[0] == what:
-        st.error(f"Pull failed: {failed[1]}", icon=":material/cloud_off:")
+        st.error(f"Pull failed: {md(failed[1])}", icon=":material/cloud_off:")

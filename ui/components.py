@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
-from services.jobs import JobBusyError, JobError, JobManager, JobProgress
+from services.jobs import PAGE_QUEUED, JobBusyError, JobError, JobManager, JobProgress, page_worker_limit
 from services.settings import Settings
 from services.url_download import labelled_csv_path
 from services.workspace import Workspace
-from ui.server_path import display_path
+from ui.server_path import display_locators, display_path
+from ui.text import code, md
 
 if TYPE_CHECKING:
     from streamlit.runtime.uploaded_file_manager import UploadedFile
@@ -78,7 +80,7 @@ def _act(label: str, action: Callable[[int], object], job_id: int) -> None:
     try:
         action(job_id)
     except (JobBusyError, JobError) as exc:
-        st.error(f"{label}: {exc}")
+        st.error(f"{label}: {md(exc)}")
         return
     st.rerun()
 
@@ -96,7 +98,7 @@ def job_panel(manager: JobManager, job_id: int) -> None:
             shown_state, icon = "completed: every item failed", ":material/error:"
         elif p.state == "completed" and p.failed:
             shown_state, icon = f"completed with {p.failed:,} failed", ":material/warning:"
-        st.markdown(f"**Job {p.id}** · {p.title} · {icon} `{shown_state}`")
+        st.markdown(f"**Job {p.id}** · {md(p.title)} · {icon} `{shown_state}`")
         st.progress(p.fraction, text=f"{p.done + p.failed:,} of {p.total:,} items")
         cols = st.columns(5)
         cols[0].metric("ok", f"{p.done:,}")
@@ -105,11 +107,14 @@ def job_panel(manager: JobManager, job_id: int) -> None:
         cols[3].metric("rate", f"{p.rate:.1f}/s")
         cols[4].metric("ETA", format_seconds(p.eta_seconds))
         if p.error:
-            st.error(p.error)
+            st.error(md(p.error))
         elif p.state == "completed" and p.failed and not p.done:
             st.warning(f"All {p.failed:,} items failed; the failure classes below say why.", icon=":material/error:")
         if p.state == "interrupted":
             st.warning("This job stopped without finishing (its process is gone). Resume continues where it left off.")
+        if p.state == "created" and p.params.get(PAGE_QUEUED):
+            manager.start_queued_page_jobs()  # a slot may have opened while no job process was there to see it
+            st.info(f"Queued: {queued_reason(manager)}.", icon=":material/schedule:")
         buttons = st.columns(4)
         if p.state == "running":
             if buttons[0].button("Cancel", key=f"cancel-{job_id}", icon=":material/stop:"):
@@ -117,23 +122,25 @@ def job_panel(manager: JobManager, job_id: int) -> None:
                 st.toast(f"Job {job_id} will stop after the items in flight.")
         elif p.state in ("interrupted", "cancelled", "failed", "created") and p.pending:
             if buttons[0].button("Resume", key=f"resume-{job_id}", icon=":material/play_arrow:"):
-                _act("Resume", manager.start_background, job_id)
+                _act("Resume", manager.start_from_page, job_id)
         retryable = manager.retryable_failures(job_id) if p.failed and p.state != "running" else 0
         if retryable:  # failures no retry can fix (a refused zip member, not an image) are not offered
             if buttons[1].button(f"Retry {retryable:,} failed", key=f"retry-{job_id}", icon=":material/replay:"):
-                _act("Retry", lambda j: (manager.reset_failed(j), manager.start_background(j)), job_id)
+                _act("Retry", lambda j: (manager.reset_failed(j), manager.start_from_page(j)), job_id)
         if p.state in ("running", "created") and every is None:
             st.rerun()
         if p.failed:
             counts = manager.failure_counts(job_id)
-            st.caption("Failures by class: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-            failures = manager.failures(job_id, limit=200)
-            st.dataframe(pd.DataFrame(failures), hide_index=True, key=f"fail-{job_id}")
+            st.caption("Failures by class: " + ", ".join(f"{md(k)} {v:,}" for k, v in counts.items()))
+            failures = pd.DataFrame(manager.failures(job_id, limit=200))
+            if "locator" in failures:  # no server paths on a team server
+                failures["locator"] = display_locators(manager.ws, list(failures["locator"]))
+            st.dataframe(failures, hide_index=True, key=f"fail-{job_id}")
         if p.state == "completed" and p.kind.startswith("download"):
             path = labelled_csv_path(manager.ws, job_id, p.params)
             if Path(path).is_file() and Path(path).stat().st_size > 50 * 1024 * 1024:
                 shown = display_path(manager.ws, path)
-                st.caption(f"Labelled CSV written to `{shown}` (too large to offer for download here).")
+                st.caption(f"Labelled CSV written to {code(shown)} (too large to offer for download here).")
             elif Path(path).is_file():
                 st.download_button(
                     "Labelled CSV",
@@ -143,9 +150,9 @@ def job_panel(manager: JobManager, job_id: int) -> None:
                     key=f"csv-{job_id}",
                     icon=":material/download:",
                 )
-                st.caption(f"Written to `{display_path(manager.ws, path)}`")
+                st.caption(f"Written to {code(display_path(manager.ws, path))}")
         if p.log_path:
-            st.caption(f"Log: `{display_path(manager.ws, p.log_path)}`")
+            st.caption(f"Log: {code(display_path(manager.ws, p.log_path))}")
         if every is not None and p.state not in ("running", "created"):
             st.rerun()
 
@@ -169,12 +176,37 @@ def save_upload(ws: Workspace, upload: UploadedFile) -> Path:
     return path
 
 
-def launch(manager: JobManager, job_id: int) -> None:
-    """Start a job detached, on the Dask cluster chosen in the sidebar when there is one."""
+def launch(manager: JobManager, job_id: int) -> bool:
+    """Start a job detached, on the Dask cluster chosen in the sidebar when there is one, or queue it when the
+    server already runs `page_jobs.max_running` jobs started from pages (it then starts when one ends). Says
+    which in a toast; True when it started now."""
     executor = st.session_state.get("executor-url")
     if executor:
         manager.set_executor(job_id, executor)
-    manager.start_background(job_id)
+    if manager.start_from_page(job_id):
+        st.toast(f"Job {job_id} started")
+        return True
+    st.toast(f"Job {job_id} queued: {queued_reason(manager)}", icon=":material/schedule:")
+    return False
+
+
+def queued_reason(manager: JobManager) -> str:
+    limit = manager.ws.settings.page_jobs.max_running
+    return (
+        f"{manager.page_jobs_busy()} jobs started from pages are running, at most {limit} at once on this server "
+        "(setting page_jobs.max_running); it starts by itself when one ends"
+    )
+
+
+def workers_input(ws: Workspace, label: str, default: int, key: str, container: DeltaGenerator | None = None) -> int:
+    """Worker processes for a job started from a page: at most the machine's cores (or the lower
+    `page_jobs.max_workers`), so no page can start more processes than the server has cores for one job."""
+    limit = page_worker_limit(ws.settings)
+    widget = container.number_input if container is not None else st.number_input
+    chosen = widget(label, 0, limit, min(default, limit), key=key,
+                    help=f"At most {limit} on this server (its cores, or the setting page_jobs.max_workers); "
+                    "0 runs in the job's own process.")  # fmt: skip
+    return min(int(chosen or 0), limit)
 
 
 def executor_setting() -> None:
@@ -203,7 +235,7 @@ def executor_setting() -> None:
         st.session_state["executor-url"] = check_page_executor(value, settings.dask_schedulers, restricted)
     except ExecutorError as exc:
         st.session_state["executor-url"] = None
-        st.sidebar.error(str(exc))
+        st.sidebar.error(md(exc))  # it quotes what was typed
 
 
 def s3_endpoint_input(settings: Settings, label: str, key: str, column: Any = st) -> tuple[str | None, bool]:

@@ -10,6 +10,7 @@ import streamlit as st
 from pydantic import BaseModel, ValidationError
 
 from services.recipes import MAX_OPS, OPERATIONS, Recipe
+from ui.text import md
 
 
 def _bounds(info: Any) -> tuple[float | None, float | None]:
@@ -89,5 +90,5 @@ def edit_recipe(recipe: Recipe, key: str) -> Recipe | None:
     try:
         return Recipe.model_validate({**recipe.model_dump(exclude={"ops"}), "ops": edited})
     except ValidationError as exc:
-        st.error(f"Recipe not valid: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+        st.error(f"Recipe not valid: {md(exc.errors()[0]['loc'])}: {md(exc.errors()[0]['msg'])}")
         return None

@@ -11,9 +11,11 @@ from pathlib import Path
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from services.locators import import_roots, shown_locator
 from services.server_paths import CHECKPOINT, PathKind, ServerPathError, ServerPaths
 from services.workspace import Workspace
 from ui.auth import sign_in_configured
+from ui.text import md
 
 
 def server_paths(ws: Workspace) -> ServerPaths:
@@ -35,29 +37,32 @@ def server_path_input(
         return None
     text = st.text_input(label, key=key, placeholder=placeholder)
     if policy.roots:  # a team server: say where (a laptop reads anywhere but the never-readable list)
-        st.caption(f"Readable here: {policy.describe()}.")
+        st.caption(f"Readable here: {policy.describe()}.")  # the administrator's folders
     if not text.strip():
         return None
     try:
         return policy.check(text, kind)
-    except ServerPathError as exc:
-        st.error(f"{label}: {exc}.")
+    except ServerPathError as exc:  # it quotes what was typed
+        st.error(f"{label}: {md(exc)}.")
         return None
 
 
 def checkpoint_input(ws: Workspace, label: str, key: str, container: DeltaGenerator | None = None) -> str | None:
-    """A CLIP checkpoint file: the administrator's `clip.checkpoint` as is, anything else through the guard."""
+    """A CLIP checkpoint file: the administrator's `clip.checkpoint` as is, anything else through the guard.
+    The configured file is shown as `display_path` (on a team server its name, or its place in the workspace,
+    never where the server keeps it) and that text stands for it."""
     configured = ws.settings.clip.checkpoint or ""
+    shown = display_path(ws, configured) if configured else ""
     text_input = container.text_input if container is not None else st.text_input
-    text = text_input(label, value=configured, key=key)
+    text = text_input(label, value=shown, key=key)
     if not text.strip():
         return None
-    if text == configured:
+    if configured and text in (shown, configured):
         return configured
     try:
         return str(server_paths(ws).check(text, CHECKPOINT))
-    except ServerPathError as exc:
-        st.error(f"{label}: {exc}.")
+    except ServerPathError as exc:  # it quotes what was typed
+        st.error(f"{label}: {md(exc)}.")
         return None
 
 
@@ -71,3 +76,12 @@ def display_path(ws: Workspace, path: Path | str) -> str:
         return str(path.resolve().relative_to(ws.root))
     except ValueError:
         return path.name
+
+
+def display_locators(ws: Workspace, locators: list[str | None]) -> list[str | None]:
+    """Item locators (URLs, s3:// keys, server paths of files and zip members) as pages show them: in full on
+    a laptop; on a team server relative to the folder or zip they were imported from (services.locators)."""
+    if not sign_in_configured(ws.settings):
+        return locators
+    roots = import_roots(ws.catalog)
+    return [shown_locator(loc, roots) if loc else loc for loc in locators]

@@ -37,6 +37,7 @@ from services.workspace import Workspace
 from tests.conftest import ROOT
 from tests.security.servers import TOKEN, answered, api_server, raw_request, read_response
 from tests.support.text_images import render_png
+from ui.clip_picker import OTHER
 
 APP = str(ROOT / "app.py")
 MB = 2**20
@@ -115,31 +116,26 @@ def post_json(base: str, path: str, body: dict[str, Any], timeout: float = 120) 
 # --- R1: a CLIP model name writes a file anywhere ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1: the Embed (and Describe) page's 'open_clip model' text becomes a file name in "
-    "clip_models._register_sidecar_config (folder / f'{model}.json', no name check): a signed-in user writes a "
-    "JSON file anywhere the server's user can write",
-)
 def test_a_clip_model_name_never_becomes_a_path(team_server: dict[str, Path]) -> None:
+    """R1 (fixed: ClipSpec checks model and tag names; the sidecar config goes through resolve_in)."""
     target = team_server["tmp"] / "written-by-a-model-name"
     at = signed_in()
-    at.switch_page("app_pages/embed_train.py").run()
-    at.text_input(key="et-model").input("/../../../../../../../.." + str(target)).run()
-    assert not at.exception, at.exception
-    assert not target.with_suffix(".json").exists(), "the model name was used as a path and a file was written"
+    for page, key in (("app_pages/embed_train.py", "et"), ("app_pages/describe.py", "dc-clip")):
+        at.switch_page(page).run()
+        at.selectbox(key=f"{key}-pick").set_value(OTHER).run()  # the configured checkpoint stays in the field
+        for name in ("/../../../../../../../.." + str(target), "../../../../../../../.." + str(target)):
+            at.text_input(key=f"{key}-model").input(name).run()
+            assert not at.exception, at.exception
+            assert not target.with_suffix(".json").exists(), "the model name was used as a path and a file was written"
+            assert any("open_clip model" in e.value and "not a path" in e.value for e in at.error), page
 
 
 # --- R2: a dataset named "~" imports the server's home folder ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R2: classify.start_classify reads its source as a path first (Path(source).expanduser().exists()) "
-    "even for a dataset picked on the page: a dataset named '~' (or '~user', or a folder name relative to the "
-    "server's working directory) imports that folder, past server_paths, and shows its images",
-)
 def test_a_dataset_name_is_never_read_as_a_server_path(team_server: dict[str, Path]) -> None:
+    """R2 (fixed: a dataset picked on a page is classified by name only, start_classify_dataset; new dataset
+    names cannot start with '~')."""
     home = team_server["home"]
     at = signed_in()
     try:
@@ -149,15 +145,26 @@ def test_a_dataset_name_is_never_read_as_a_server_path(team_server: dict[str, Pa
         at.text_input(key="cmp-csv-name").input("~")
         at.button(key="cmp-import").click().run()
         assert not at.exception, at.exception
-        at.switch_page("app_pages/classify.py").run()
-        at.radio(key="cl-how").set_value("A dataset").run()
-        at.selectbox(key="cl-dataset").set_value("~").run()
-        at.button(key="cl-run").click().run()
-        assert not at.exception, at.exception
-        ws = Workspace(team_server["ws"], load_settings())
-        sources = {d.name: d.source for d in list_datasets(ws.catalog)}
-        ws.close()
-        assert str(home) not in sources.values(), f"the server's home folder was imported: {sources}"
+        assert any("cannot start with '\\~'" in e.value for e in at.error), [e.value for e in at.error]  # md-escaped
+        # datasets named before names were checked: '~', and 'home', a folder in the server's working directory
+        for legacy in ("~", "home"):
+            ws = Workspace(team_server["ws"], load_settings())
+            with ws.catalog.write() as conn:
+                conn.execute("UPDATE datasets SET name = ? WHERE kind = 'folder'", (legacy,))
+            ws.close()
+            at.switch_page("app_pages/classify.py").run()
+            at.radio(key="cl-how").set_value("A dataset").run()
+            at.selectbox(key="cl-dataset").set_value(legacy).run()
+            at.button(key="cl-run").click().run()
+            assert not at.exception, at.exception
+            assert not at.error, [e.value for e in at.error]
+            ws = Workspace(team_server["ws"], load_settings())
+            job = JobManager(ws).progress(at.session_state["cl-job"])
+            sources = {d.name: d.source for d in list_datasets(ws.catalog)}
+            ws.close()
+            assert job.params["dataset"] == legacy and job.params["import_job"] is None, job.params
+            assert str(home) not in sources.values(), f"the server's home folder was imported: {sources}"
+            _finish_jobs(team_server["ws"])
     finally:
         _finish_jobs(team_server["ws"])
 
@@ -339,14 +346,9 @@ def test_concurrent_sign_in_attempts_cannot_pass_the_per_user_limit(tmp_path: Pa
 # --- R8: names shown as Markdown --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R8: category names (and set and dataset names elsewhere) go into st.caption/st.success/st.markdown "
-    "unescaped: a category '![t](http://host/x.png)' makes every team member's browser that opens the list "
-    "fetch that URL (seen in Chromium: the listener got the request with the dashboard as Referer), and "
-    "'[Sign in again](http://host/)' is a link in the app's own voice",
-)
 def test_names_from_users_are_shown_as_text_not_markdown(team_server: dict[str, Path]) -> None:
+    """R8 (fixed: pages pass users' text through ui/text.py's md/code; tests/security/test_markdown_names.py
+    walks the other pages)."""
     at = signed_in()
     at.switch_page("app_pages/describe.py").run()
     csv = b"Category\n![t](http://127.0.0.1:9/tracker.png)\n[Sign in again](http://127.0.0.1:9/)\ncats\n"
@@ -362,12 +364,8 @@ def test_names_from_users_are_shown_as_text_not_markdown(team_server: dict[str, 
 # --- R9, R10: server paths shown to API clients and signed-in users ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R9: GET /images/{hash} returns each source's locator as stored, the absolute path of an imported "
-    "file or zip on the server (/srv/..., /home/...), though error details have server paths cut out",
-)
 def test_api_image_metadata_carries_no_server_path(tmp_path: Path) -> None:
+    """R9 (fixed: locators are shown relative to their import root, services/locators.py)."""
     root = tmp_path / "ws"
     folder = tmp_path / "private-layout" / "parts"
     folder.mkdir(parents=True)
@@ -382,19 +380,22 @@ def test_api_image_metadata_carries_no_server_path(tmp_path: Path) -> None:
             body = response.read().decode()
     assert "p.png" in body  # the source is named...
     assert str(tmp_path) not in body, body  # ...but not where the server keeps it
+    assert json.loads(body)["sources"] == [{"kind": "path", "locator": "parts/p.png"}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R10: checkpoint_input (ui/server_path.py) puts the administrator's clip.checkpoint, an absolute "
-    "server path, in the text input every signed-in user sees on Embed & Train and Describe; it gives away "
-    "the workspace's location (the demo keeps it in WS/models/) which R1 then writes into",
-)
 def test_the_configured_checkpoint_path_is_not_shown(team_server: dict[str, Path]) -> None:
+    """R10 (fixed: the checkpoint field shows display_path, which stands for the configured file)."""
     at = signed_in()
-    at.switch_page("app_pages/embed_train.py").run()
-    assert not at.exception, at.exception
-    assert str(team_server["checkpoint"].parent) not in rendered(at)
+    for page, key in (("app_pages/embed_train.py", "et"), ("app_pages/describe.py", "dc-clip")):
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+        assert str(team_server["checkpoint"].parent) not in rendered(at)
+        at.selectbox(key=f"{key}-pick").set_value(OTHER).run()  # the field holding the configured checkpoint
+        assert not at.exception, at.exception
+        assert at.text_input(key=f"{key}-checkpoint").value == team_server["checkpoint"].name
+        assert str(team_server["checkpoint"].parent) not in rendered(at)
+        assert not at.error, [e.value for e in at.error]  # the name shown still stands for the configured file
+        assert f"Weights: `{team_server['checkpoint'].name}`" in [c.value for c in at.caption]
 
 
 # --- R11: the server's AWS key id and session token go to any endpoint a user types -----------------------
