@@ -202,7 +202,7 @@ def test_two_sessions_and_a_cli_job_share_one_workspace(tmp_path: Path, image_se
             expect(page.get_by_text("running", exact=True).first).to_be_visible(timeout=30_000)
         first.get_by_role("button", name="Cancel").first.click()
         for page in (first, second):  # the second session sees the job stop through the catalog
-            expect(page.get_by_text("0 job(s) running")).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("No job running")).to_be_visible(timeout=90_000)
         browser.close()
     ws = Workspace(ws_root, load_settings())
     p = JobManager(ws).progress(1)
