@@ -21,6 +21,7 @@ from services.scoring import bin_edges, histogram
 from services.server_paths import FOLDER_OR_ZIP
 from services.tag_models import ModelFileError, list_models
 from ui.components import job_panel, launch, save_upload
+from ui.page_state import BIND, follow_job, followed_job
 from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
 from ui.text import code, md, plot_text
@@ -37,7 +38,7 @@ trained_on = sorted({m.manifest["dataset"] for m in list_models(ws)})
 if not trained_on:
     st.info("No trained models yet: train some on the Embed & Train page (or `python -m services train`).")
     st.stop()
-model_set = st.selectbox("Models trained on", trained_on, key="cl-models")
+model_set = st.selectbox("Models trained on", trained_on, bind=BIND, key="cl-models")
 try:
     models = resolve_models(ws, None, model_set)
 except ModelFileError as exc:
@@ -56,7 +57,9 @@ if made_with:
 # --- what to classify -----------------------------------------------------------------------------------
 
 st.subheader("Classify")
-how = st.radio("Images", ["Upload a zip", "Folder or zip on the server", "A dataset"], horizontal=True, key="cl-how")
+how = st.radio(
+    "Images", ["Upload a zip", "Folder or zip on the server", "A dataset"], horizontal=True, bind=BIND, key="cl-how"
+)
 folder: Path | None = None  # an upload, or a path through the server-path guard
 picked: str | None = None  # a dataset, by name only: never read as a path
 name: str | None = None
@@ -71,10 +74,10 @@ if how == "Upload a zip":
 elif how == "Folder or zip on the server":
     folder = server_path_input(ws, "Path", FOLDER_OR_ZIP, "cl-path", placeholder="/data/new-images.zip")
 else:
-    picked = st.selectbox("Dataset", [d.name for d in list_datasets(ws.catalog)], key="cl-dataset")
+    picked = st.selectbox("Dataset", [d.name for d in list_datasets(ws.catalog)], bind=BIND, key="cl-dataset")
 c1, c2 = st.columns(2)
-bins = int(c1.number_input("Score bins over [0, 1]", 1, 100, 10, key="cl-bins"))
-copy = c2.checkbox("Also copy images into {type}/{tag}/{bin}/ folders", key="cl-copy")
+bins = int(c1.number_input("Score bins over [0, 1]", 1, 100, 10, bind=BIND, key="cl-bins"))
+copy = c2.checkbox("Also copy images into {type}/{tag}/{bin}/ folders", bind=BIND, key="cl-copy")
 if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", disabled=not (folder or picked)):
     try:
         if folder is not None:
@@ -85,11 +88,11 @@ if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", 
         st.error(md(exc))
     else:
         launch(manager, job_id)
-        st.session_state["cl-job"] = job_id
+        follow_job("cl-job", job_id)
         st.session_state["cl-shown"] = manager.progress(job_id).params["dataset"]  # show it below
-if st.session_state.get("cl-job"):
+if (cl_job := followed_job(manager, "cl-job", ("classify",))) is not None:
     with st.container(border=True):
-        job_panel(manager, int(st.session_state["cl-job"]))
+        job_panel(manager, cl_job)
 
 # --- results --------------------------------------------------------------------------------------------
 
@@ -100,7 +103,7 @@ last = ws.catalog.scalar(
     "ORDER BY id DESC LIMIT 1"
 )
 shown = st.selectbox(
-    "Classified dataset", names, index=names.index(last) if last in names else 0, key="cl-shown",
+    "Classified dataset", names, index=names.index(last) if last in names else 0, bind=BIND, key="cl-shown",
     help="Starts at the dataset classified last.",
 )  # fmt: skip
 result = classification(ws, shown, models)
@@ -110,9 +113,9 @@ if not scored.any():
     st.stop()
 st.metric("Images scored", f"{int(scored.sum()):,}")
 tags = sorted(set(result.stacked.tags))
-tag = st.selectbox("Tag", tags, key="cl-tag")
+tag = st.selectbox("Tag", tags, bind=BIND, key="cl-tag")
 kinds = [k for t, k in zip(result.stacked.tags, result.stacked.types, strict=True) if t == tag]
-kind = st.radio("Model", kinds, horizontal=True, key="cl-kind")
+kind = st.radio("Model", kinds, horizontal=True, bind=BIND, key="cl-kind")
 pairs = list(zip(result.stacked.tags, result.stacked.types, strict=True))
 name = result.stacked.names[pairs.index((tag, kind))]
 column = result.column(name)
@@ -132,7 +135,7 @@ if st.session_state.get("cl-threshold-model") != name:  # a new model: start fro
     st.session_state["cl-threshold-model"] = name
     st.session_state["cl-threshold"] = float(np.floor(stored_threshold * 1000) / 1000)  # never above it
 threshold = st.slider(
-    "Show images scoring at least", 0.0, 1.0, step=0.001, format="%.3f", key="cl-threshold",
+    "Show images scoring at least", 0.0, 1.0, step=0.001, format="%.3f", bind=BIND, key="cl-threshold",
     help=f"Starts at the model's decision threshold ({stored_threshold:.3f}, chosen on validation data when it "
     "was trained): images at or above it are the ones the model calls tagged.",
 )  # fmt: skip
@@ -146,7 +149,7 @@ grid = st.columns(6)
 for n, i in enumerate(order[:GALLERY]):
     grid[n % 6].image(str(ws.abspath(result.paths[i])), caption=f"{column[i]:.3f} · {md(Path(result.names[i]).name)}")
 if order:
-    pick = st.selectbox("Image detail", [result.names[i] for i in order[:200]], key="cl-detail")
+    pick = st.selectbox("Image detail", [result.names[i] for i in order[:200]], bind=BIND, key="cl-detail")
     i = result.names.index(pick)
     left, right = st.columns([1, 2])
     left.image(str(ws.abspath(result.paths[i])), caption=result.hashes[i][:16])

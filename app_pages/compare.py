@@ -67,6 +67,7 @@ from services.embed import start_embed
 from services.embeddings import EmbeddingStore
 from services.names import file_name, to_name
 from ui.components import job_panel, launch, save_upload
+from ui.page_state import BIND, follow_jobs, followed_jobs
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
 from ui.text import code, md
@@ -151,7 +152,7 @@ with st.expander("Add a set", expanded=len(list_label_sets(ws)) < 2):
     with csv_tab:
         upload = st.file_uploader("image_name,description,categories", type=["csv"], key="cmp-upload",
                                   max_upload_size=ws.settings.max_upload_mb)  # fmt: skip
-        csv_name = st.text_input("Set name", key="cmp-csv-name", placeholder="default: the file name")
+        csv_name = st.text_input("Set name", bind=BIND, key="cmp-csv-name", placeholder="default: the file name")
         st.caption("`image_name` is matched to imported images by name, so galleries, embeddings and image "
                    "properties work once the images themselves are in the workspace.")  # fmt: skip
         if st.button("Import CSV", key="cmp-import", disabled=upload is None) and upload is not None:
@@ -164,8 +165,8 @@ with st.expander("Add a set", expanded=len(list_label_sets(ws)) < 2):
         datasets = image_dataset_names(ws)
         lists = [x.label for x in list_lists(ws, all_versions=True)]
         g1, g2 = st.columns(2)
-        dataset = g1.selectbox("Dataset", datasets, key="cmp-dataset") if datasets else None
-        chosen_list = g2.selectbox("Category list", lists, key="cmp-list") if lists else None
+        dataset = g1.selectbox("Dataset", datasets, bind=BIND, key="cmp-dataset") if datasets else None
+        chosen_list = g2.selectbox("Category list", lists, bind=BIND, key="cmp-list") if lists else None
         if not datasets or not lists:
             st.caption("Needs a dataset and a category list: import images, then categorise them on the Describe "
                        "& Categorize page.")  # fmt: skip
@@ -190,9 +191,9 @@ roles = {s.name: set_role(ws, s) for s in all_sets}
 preset_a = next((i for i, n in enumerate(names) if roles[n] == "REAL"), 0)
 preset_b = next((i for i, n in enumerate(names) if roles[n] == "GEN" and i != preset_a), 1 if preset_a == 0 else 0)
 c1, c2, c3 = st.columns(3)
-name_a = c1.selectbox("A (e.g. REAL)", names, index=preset_a, key="cmp-a")
-name_b = c2.selectbox("B (e.g. GEN)", names, index=preset_b, key="cmp-b")
-test = c3.selectbox("Test per category", ["g-test", "chi-square"], key="cmp-test",
+name_a = c1.selectbox("A (e.g. REAL)", names, index=preset_a, bind=BIND, key="cmp-a")
+name_b = c2.selectbox("B (e.g. GEN)", names, index=preset_b, bind=BIND, key="cmp-b")
+test = c3.selectbox("Test per category", ["g-test", "chi-square"], bind=BIND, key="cmp-test",
                     help=f"Used where every expected count is at least {MIN_EXPECTED}; Fisher's exact test "
                          "elsewhere.")  # fmt: skip
 if name_a == name_b:
@@ -221,7 +222,7 @@ st.caption("Click a bar in any of these charts to see that category's images fro
 one, grouped, normalised, difference = st.tabs(["One set", "Grouped", "% of images", "Difference"])
 events: dict[str, Any] = {}
 with one:
-    single = st.radio("Set", [set_a.name, set_b.name], horizontal=True, key="cmp-single", format_func=md)
+    single = st.radio("Set", [set_a.name, set_b.name], horizontal=True, bind=BIND, key="cmp-single", format_func=md)
     chosen = set_a if single == set_a.name else set_b
     counts = {k: v for k, v in label_counts(ws, chosen).items() if k not in result.special}
     chosen_n = result.n_a if chosen is set_a else result.n_b
@@ -262,7 +263,7 @@ for chart, event in events.items():
 # --- gallery ---------------------------------------------------------------------------------------------
 
 st.subheader("Images of a category")
-category = st.selectbox("Images of category", choices, index=None, key="cmp-gallery-category",
+category = st.selectbox("Images of category", choices, index=None, bind=BIND, key="cmp-gallery-category",
                         placeholder="click a bar above, or pick one", label_visibility="collapsed")  # fmt: skip
 if not category:
     st.caption("No category chosen yet: click a bar in a chart above, or pick a category here.")
@@ -271,7 +272,7 @@ else:
     pages = max(1, math.ceil(max(totals.values()) / PAGE_SIZE))
     if st.session_state.get("cmp-gallery-page", 1) > pages:  # a category with fewer pages than the last one
         st.session_state["cmp-gallery-page"] = 1
-    page = int(st.number_input(f"Page (of {pages})", 1, pages, key="cmp-gallery-page")) if pages > 1 else 1
+    page = int(st.number_input(f"Page (of {pages})", 1, pages, bind=BIND, key="cmp-gallery-page")) if pages > 1 else 1
     left, right = st.columns(2)
     for column, label_set in ((left, set_a), (right, set_b)):
         with column:
@@ -337,7 +338,7 @@ def pick_model() -> EmbeddingModel | None:
         st.caption("No vectors in this workspace yet, and no local checkpoint configured.")
         return None
     labels = [m.label for m in models]
-    picked = st.selectbox("CLIP model", labels, key="cmp-model",
+    picked = st.selectbox("CLIP model", labels, bind=BIND, key="cmp-model",
                           help="Models whose weights are on this machine, and models with vectors in this workspace "
                                "(\"vectors only\": no local weights to embed more).")  # fmt: skip
     return models[labels.index(picked)]
@@ -373,7 +374,7 @@ def vector_coverage(model: EmbeddingModel) -> tuple[dict[str, SetImages], dict[s
             lacking[s.name] = imgs
     if lacking:
         offer_embedding(model, lacking)
-    for job_id in st.session_state.get("cmp-embed-jobs", []):
+    for job_id in followed_jobs(manager, "cmp-embed-jobs"):
         with st.container(border=True):
             job_panel(manager, int(job_id))
     return images, coverage
@@ -400,7 +401,7 @@ def offer_embedding(model: EmbeddingModel, lacking: dict[str, SetImages]) -> Non
                 continue
             launch(manager, job_id)
             started.append(job_id)
-        st.session_state["cmp-embed-jobs"] = started
+        follow_jobs("cmp-embed-jobs", started)
 
 
 def show_distances(
@@ -408,7 +409,7 @@ def show_distances(
 ) -> EmbeddingComparison | None:
     """The Compare embeddings button and its results: FD and KID with intervals, per category, the map."""
     ready = all(coverage[s.name] >= 2 for s in (set_a, set_b))
-    resamples = int(st.number_input("Bootstrap resamples", 0, 2000, RESAMPLES, step=50, key="cmp-resamples",
+    resamples = int(st.number_input("Bootstrap resamples", 0, 2000, RESAMPLES, step=50, bind=BIND, key="cmp-resamples",
                                     help="For the FD and KID intervals; 0 skips them (seconds instead of tens of "
                                          "seconds on large sets)."))  # fmt: skip
     if st.button("Compare embeddings", key="cmp-embed", disabled=not ready):

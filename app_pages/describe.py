@@ -26,6 +26,7 @@ from services.gemini_client import GeminiError
 from services.zero_shot import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
 from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch
+from ui.page_state import BIND, follow_job, followed_job
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
 from ui.text import code, md, plot_text
@@ -57,7 +58,7 @@ names = [d.name for d in list_datasets(ws.catalog)]
 if not names:
     st.info("No datasets yet: download or import some first.")
     st.stop()
-dataset = st.selectbox("Dataset", names, key="dc-dataset")
+dataset = st.selectbox("Dataset", names, bind=BIND, key="dc-dataset")
 
 # --- category lists ---------------------------------------------------------------------------------
 
@@ -82,7 +83,7 @@ with st.expander("Category lists", expanded=not list_lists(ws)):
             help=f"At most {MAX_CATEGORIES} categories of up to {MAX_CATEGORY_CHARS} characters, in a file of at most "
             f"{MAX_CATEGORY_CSV_BYTES // 2**20} MB.",
         )  # fmt: skip
-        upload_name = st.text_input("Save as list", value="categories", key="dc-cat-upload-name")
+        upload_name = st.text_input("Save as list", value="categories", bind=BIND, key="dc-cat-upload-name")
         if st.button("Save list", key="dc-cat-upload-save") and upload is not None:
             uploaded = upload
             save_categories(
@@ -90,17 +91,19 @@ with st.expander("Category lists", expanded=not list_lists(ws)):
             )
     with edit_tab:
         lists = list_lists(ws)
-        base = st.selectbox("Start from", ["(empty)"] + [x.name for x in lists], key="dc-cat-edit-base")
+        base = st.selectbox("Start from", ["(empty)"] + [x.name for x in lists], bind=BIND, key="dc-cat-edit-base")
         start = [] if base == "(empty)" else list(load_list(ws, base).categories)
         edited = st.data_editor(
             pd.DataFrame({"Category": start or [""]}), num_rows="dynamic", key=f"dc-cat-editor-{base}"
         )
-        edit_name = st.text_input("Save as list", value="" if base == "(empty)" else base, key="dc-cat-edit-name")
+        edit_name = st.text_input(
+            "Save as list", value="" if base == "(empty)" else base, bind=BIND, key="dc-cat-edit-name"
+        )
         if st.button("Save as a new version", key="dc-cat-edit-save", disabled=not edit_name):
             save_categories(edit_name, lambda: [str(c) for c in edited["Category"].dropna()], "edit")
     with extract_tab:
         source = st.file_uploader("`image_name,description,categories` CSV", type=["csv"], key="dc-cat-extract")
-        extract_name = st.text_input("Save as list", value="extracted", key="dc-cat-extract-name")
+        extract_name = st.text_input("Save as list", value="extracted", bind=BIND, key="dc-cat-extract-name")
         if st.button("Extract and save", key="dc-cat-extract-save") and source is not None:
             extract_from = source
             save_categories(
@@ -111,7 +114,7 @@ with st.expander("Category lists", expanded=not list_lists(ws)):
 
 all_versions = list_lists(ws, all_versions=True)
 labels = [x.label for x in all_versions]
-chosen_label = st.selectbox("Category list", ["(none)"] + labels, index=1 if labels else 0, key="dc-list")
+chosen_label = st.selectbox("Category list", ["(none)"] + labels, index=1 if labels else 0, bind=BIND, key="dc-list")
 category_list = next((x for x in all_versions if x.label == chosen_label), None)
 if category_list is not None:
     st.caption(f"{len(category_list.categories)} categories: " + md(", ".join(category_list.categories)))
@@ -132,7 +135,7 @@ if not images:
 # --- try one image -------------------------------------------------------------------------------------
 
 with st.expander("Try one image"):
-    index = st.number_input("Image number", 1, len(images), 1, key="dc-try-index")
+    index = st.number_input("Image number", 1, len(images), 1, bind=BIND, key="dc-try-index")
     image_hash, rel = images[int(index) - 1]
     left, right = st.columns([1, 2])
     left.image(str(ws.abspath(rel)), caption=image_hash[:12])
@@ -146,7 +149,7 @@ with st.expander("Try one image"):
 # --- run -----------------------------------------------------------------------------------------------
 
 st.subheader("Run")
-mode_label = st.radio("What to run", list(MODES), key="dc-mode")
+mode_label = st.radio("What to run", list(MODES), bind=BIND, key="dc-mode")
 mode = MODES[mode_label]
 needs_list = mode != "describe"
 if needs_list and category_list is None:
@@ -173,10 +176,10 @@ if st.button(f"Start: {mode_label}", type="primary", key="dc-run", disabled=bloc
         st.error(md(exc))
     else:
         launch(manager, job_id)
-        st.session_state["dc-job"] = job_id
-if st.session_state.get("dc-job"):
+        follow_job("dc-job", job_id)
+if (dc_job := followed_job(manager, "dc-job", ("describe", "categorize_clip"))) is not None:
     with st.container(border=True):
-        job_panel(manager, int(st.session_state["dc-job"]))
+        job_panel(manager, dc_job)
 
 # --- results -------------------------------------------------------------------------------------------
 
@@ -184,12 +187,13 @@ st.subheader("Results")
 keys = ResultKeys.current(ws, category_list, clip_key)
 results = list(iter_results(ws, dataset, keys))
 f1, f2, f3 = st.columns(3)
-category_filter = f1.selectbox(
-    "Category", ["(any)"] + (list(category_list.allowed) if category_list else []), key="dc-filter-cat"
-)
-text_filter = f2.text_input("Description contains", key="dc-filter-text")
+category_filter = f1.selectbox(  # one filter per list: a list's categories are its own options (and URL value)
+    "Category", ["(any)"] + (list(category_list.allowed) if category_list else []), bind=BIND,
+    key=f"dc-filter-cat-{category_list.name}-v{category_list.version}" if category_list else "dc-filter-cat",
+)  # fmt: skip
+text_filter = f2.text_input("Description contains", bind=BIND, key="dc-filter-text")
 status_filter = f3.selectbox(
-    "Show", ["all", "described", "categorized", "failed", "pending", "disagree"], key="dc-filter-status"
+    "Show", ["all", "described", "categorized", "failed", "pending", "disagree"], bind=BIND, key="dc-filter-status"
 )
 shown = filter_results(results, None if category_filter == "(any)" else category_filter, text_filter, status_filter)
 counts = st.columns(5)
@@ -222,7 +226,7 @@ if len(shown) > TABLE_LIMIT:
 
 if shown:
     st.markdown("**Image detail**")
-    pick = st.selectbox("Image", [r.name for r in shown[:TABLE_LIMIT]], key="dc-detail")
+    pick = st.selectbox("Image", [r.name for r in shown[:TABLE_LIMIT]], bind=BIND, key="dc-detail")
     r = next(x for x in shown if x.name == pick)
     left, right = st.columns([1, 2])
     left.image(str(ws.abspath(r.path)), caption=r.image_hash[:12])
@@ -265,7 +269,9 @@ if category_list is not None and clip_key is not None:
         )
 
 st.markdown("**Export**")
-fmt = st.selectbox("Format", [f for f in EXPORT_FORMATS if f != "categories-csv" or category_list], key="dc-fmt")
+fmt = st.selectbox(
+    "Format", [f for f in EXPORT_FORMATS if f != "categories-csv" or category_list], bind=BIND, key="dc-fmt"
+)
 if st.button("Write export", key="dc-export", icon=":material/download:"):
     try:
         path, n = export(ws, dataset, keys, fmt)

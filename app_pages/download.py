@@ -12,6 +12,7 @@ from services.s3_download import analyze_s3, plan_batch, start_s3_download
 from services.server_paths import CSV_FILE, FOLDER
 from services.url_download import guess_kind, start_url_download, url_columns
 from ui.components import job_panel, jobs_table, launch, s3_endpoint_input, save_upload, workers_input
+from ui.page_state import BIND, follow_job, followed_job
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
 from ui.text import code, md
@@ -28,7 +29,7 @@ st.caption(
 
 
 def _csv_source(key: str, label: str) -> Path | None:
-    how = st.radio("Source", ["Upload a CSV", "Path on the server"], horizontal=True, key=f"{key}-how")
+    how = st.radio("Source", ["Upload a CSV", "Path on the server"], horizontal=True, bind=BIND, key=f"{key}-how")
     if how == "Upload a CSV":
         upload = st.file_uploader(label, type=["csv"], key=f"{key}-upload", max_upload_size=ws.settings.max_upload_mb)
         if upload is None:
@@ -46,9 +47,18 @@ def _dataset_default(path: Path) -> str:
     return to_name(Path(_shown_name(path)).stem, "dataset")
 
 
+def _name_follows_file(key: str, csv_path: Path) -> None:
+    """A new CSV offers its own dataset name (a kept name would clash with the last file's dataset); a reload
+    keeps the name in the URL."""
+    source = _shown_name(csv_path)
+    if st.session_state.get(f"{key}-source") != source:
+        st.session_state[f"{key}-source"] = source
+        st.session_state[f"{key}-dataset"] = _dataset_default(csv_path)
+
+
 def _start(job_id: int) -> None:
     launch(manager, job_id)
-    st.session_state["download-job"] = job_id
+    follow_job("download-job", job_id)
     st.session_state["job-pick"] = job_id  # the panel below follows the new job at once
 
 
@@ -74,16 +84,30 @@ with tab_urls:
                 "000's `image_link`."
             )
         elif header:
+            _name_follows_file("urls", csv_path)
             with st.form("urls-form"):
                 left, right = st.columns(2)
-                url_column = left.selectbox("URL column", candidates, index=0, help="Columns whose cells are URLs.")
-                dataset = right.text_input("Dataset name", value=_dataset_default(csv_path))
+                url_column = left.selectbox(
+                    "URL column",
+                    candidates,
+                    index=0,
+                    help="Columns whose cells are URLs.",
+                    bind=BIND,
+                    key="urls-column",
+                )
+                dataset = right.text_input("Dataset name", bind=BIND, key="urls-dataset")
                 guessed = guess_kind(Path(_shown_name(csv_path)))
-                kind = left.selectbox("Kind", KINDS, index=KINDS.index(guessed) if guessed in KINDS else 0)
-                resize = right.number_input("Resize to N x N (0 = keep originals only)", 0, 4096, 0, step=32)
+                kind = left.selectbox(
+                    "Kind", KINDS, index=KINDS.index(guessed) if guessed in KINDS else 0, bind=BIND, key="urls-kind"
+                )
+                resize = right.number_input(
+                    "Resize to N x N (0 = keep originals only)", 0, 4096, 0, step=32, bind=BIND, key="urls-resize"
+                )
                 workers = workers_input(ws, "Worker processes", ws.settings.download.workers, "urls-workers", left)
-                placeholder = right.checkbox("Placeholder image for failed rows (seed 000 behaviour)")
-                discard = right.checkbox("Keep only the resized copy")
+                placeholder = right.checkbox(
+                    "Placeholder image for failed rows (seed 000 behaviour)", bind=BIND, key="urls-placeholder"
+                )
+                discard = right.checkbox("Keep only the resized copy", bind=BIND, key="urls-discard")
                 submitted = st.form_submit_button("Start download", type="primary", icon=":material/download:")
             if submitted:
                 try:
@@ -106,11 +130,13 @@ with tab_urls:
 
 with tab_s3:
     s3_csv = _csv_source("s3", "CSV of file names, with or without a header")
+    if s3_csv is not None:
+        _name_follows_file("s3", s3_csv)
     left, right = st.columns(2)
-    bucket = left.text_input("Bucket", value=ws.settings.download.s3_bucket or "", key="s3-bucket")
-    prefix = right.text_input("Prefix", value="datalake_training/", key="s3-prefix")
+    bucket = left.text_input("Bucket", value=ws.settings.download.s3_bucket or "", bind=BIND, key="s3-bucket")
+    prefix = right.text_input("Prefix", value="datalake_training/", bind=BIND, key="s3-prefix")
     endpoint, signed = s3_endpoint_input(ws.settings, "Endpoint URL (S3-compatible stores only)", "s3-endpoint", left)
-    s3_dataset = right.text_input("Dataset name", value=_dataset_default(s3_csv) if s3_csv else "", key="s3-dataset")
+    s3_dataset = right.text_input("Dataset name", bind=BIND, key="s3-dataset")
     if st.button("Analyse", key="s3-analyse", icon=":material/search:", disabled=not (s3_csv and bucket)):
         try:
             st.session_state["s3-analysis"] = analyze_s3(ws, s3_csv, bucket, prefix, endpoint, signed=signed)  # type: ignore[arg-type]
@@ -150,8 +176,10 @@ with tab_batch:
         ws, "Drop folder on the server", FOLDER, "batch-folder", placeholder="downloader/to_download"
     )
     left, right = st.columns(2)
-    batch_bucket = left.text_input("Bucket", value=ws.settings.download.s3_bucket or "", key="batch-bucket")
-    template = right.text_input("Prefix template", value=ws.settings.download.s3_prefix_template, key="batch-template")
+    batch_bucket = left.text_input("Bucket", value=ws.settings.download.s3_bucket or "", bind=BIND, key="batch-bucket")
+    template = right.text_input(
+        "Prefix template", value=ws.settings.download.s3_prefix_template, bind=BIND, key="batch-template"
+    )
     batch_endpoint, batch_signed = s3_endpoint_input(ws.settings, "Endpoint URL", "batch-endpoint", left)
     if folder and batch_bucket:
         try:
@@ -210,11 +238,16 @@ with tab_batch:
 st.divider()
 st.subheader("Download jobs")
 jobs = [j for j in manager.list(limit=50) if j.kind.startswith("download")]
-current = st.session_state.get("download-job") or (jobs[0].id if jobs else None)
+current = followed_job(manager, "download-job", ("download_urls", "download_s3"))
 if current is not None:
     ids = [j.id for j in jobs]
     chosen = st.selectbox(
-        "Job", ids, index=ids.index(current) if current in ids else 0, format_func=lambda i: f"job {i}", key="job-pick"
+        "Job",
+        ids,
+        index=ids.index(current) if current in ids else 0,
+        format_func=lambda i: f"job {i}",
+        bind=BIND,
+        key="job-pick",
     )
     with st.container(border=True):
         job_panel(manager, int(chosen))

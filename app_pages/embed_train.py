@@ -19,6 +19,7 @@ from services.tag_models import MODEL_TYPES, headline_metrics, list_models
 from services.tag_training import AUTO_CV_FOLDS, has_trainable_tags, start_training, trainable_tags
 from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch, save_upload
+from ui.page_state import BIND, follow_job, followed_job
 from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
 from ui.text import code, md, plot_text
@@ -41,13 +42,14 @@ def start(key: str, create: Callable[[], int]) -> None:
         st.error(md(exc))
         return
     launch(manager, job_id)
-    st.session_state[key] = job_id
+    follow_job(key, job_id)
 
 
-def follow(key: str) -> None:
-    if st.session_state.get(key):
+def follow(key: str, kind: str) -> None:
+    """The panel of the section's job: started here, named in the URL, or the latest of its kind."""
+    if (job_id := followed_job(manager, key, (kind,))) is not None:
         with st.container(border=True):
-            job_panel(manager, int(st.session_state[key]))
+            job_panel(manager, job_id)
 
 
 # --- import ---------------------------------------------------------------------------------------------
@@ -55,7 +57,7 @@ def follow(key: str) -> None:
 st.subheader("1. Import a tagged dataset")
 st.caption("Folder name = tag. Zips (and zips inside them, two levels deep) are read in place; members with "
            "`..`, symlinks, encryption or absurd compression are refused with the reason.")  # fmt: skip
-how = st.radio("From", ["Folder or zip on the server", "Upload a zip"], horizontal=True, key="et-how")
+how = st.radio("From", ["Folder or zip on the server", "Upload a zip"], horizontal=True, bind=BIND, key="et-how")
 source: Path | None = None
 default_name = "the folder or zip name"
 if how == "Upload a zip":
@@ -69,13 +71,14 @@ else:
     source = server_path_input(ws, "Folder or .zip path", FOLDER_OR_ZIP, "et-path", placeholder="/data/tagged-images")
 name = st.text_input(
     "Dataset name",
+    bind=BIND,
     key="et-name",
     placeholder=f"default: {source.stem if source and how != 'Upload a zip' else default_name}",
 )
 if st.button("Import", key="et-import", icon=":material/drive_folder_upload:", disabled=source is None):
     chosen_name = name or (default_name if how == "Upload a zip" else None)
     start("et-import-job", lambda: start_folder_import(ws, manager, source, chosen_name))  # type: ignore[arg-type]
-follow("et-import-job")
+follow("et-import-job", "import_folder")
 
 names = [d.name for d in list_datasets(ws.catalog)]
 if not names:
@@ -83,7 +86,7 @@ if not names:
     st.stop()
 with_tags = [n for n in names if has_trainable_tags(ws, n)]
 dataset = st.selectbox(
-    "Dataset", names, index=names.index(with_tags[0]) if with_tags else 0, key="et-dataset",
+    "Dataset", names, index=names.index(with_tags[0]) if with_tags else 0, bind=BIND, key="et-dataset",
     format_func=lambda n: n if n in with_tags else f"{n} (no tags)",
 )  # fmt: skip
 
@@ -94,17 +97,18 @@ picked = clip_model_picker(ws, "et")
 spec, weights_ok = picked.spec, picked.ok
 key = embedding_key(spec)
 b1, b2 = st.columns(2)
-batch_size = b1.number_input("Batch size", 1, 1024, settings.clip.batch_size, key="et-batch")
+batch_size = b1.number_input("Batch size", 1, 1024, settings.clip.batch_size, bind=BIND, key="et-batch")
 limit = page_worker_limit(settings)
 loader_workers = b2.number_input(
     "Decoding processes (empty: chosen for the device)", 0, limit,
-    None if settings.clip.loader_workers is None else min(settings.clip.loader_workers, limit), key="et-workers",
+    None if settings.clip.loader_workers is None else min(settings.clip.loader_workers, limit),
+    bind=BIND, key="et-workers",
     help=f"At most {limit} on this server (its cores, or the setting page_jobs.max_workers).",
 )  # fmt: skip
 workers = None if loader_workers is None else min(int(loader_workers), limit)
 if st.button("Embed", type="primary", key="et-embed", icon=":material/memory:", disabled=not weights_ok):
     start("et-embed-job", lambda: start_embed(ws, manager, dataset, spec, int(batch_size), workers))
-follow("et-embed-job")
+follow("et-embed-job", "embed")
 st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for {code(key)}.")
 
 # --- train ----------------------------------------------------------------------------------------------
@@ -124,16 +128,16 @@ if not available:
     st.info(no_tags_reason + (f" Datasets with tags: {others}." if others else ""), icon=":material/info:")
 else:
     tags = st.multiselect(
-        "Tags", list(available), default=list(available), key="et-tags",
+        "Tags", list(available), default=list(available), bind=BIND, key="et-tags",
         format_func=lambda t: f"{t} ({available[t]:,})",
     )  # fmt: skip
     t1, t2, t3, t4 = st.columns([3, 2, 2, 2])
-    types = t1.multiselect("Models", list(MODEL_TYPES), default=list(MODEL_TYPES), key="et-types",
+    types = t1.multiselect("Models", list(MODEL_TYPES), default=list(MODEL_TYPES), bind=BIND, key="et-types",
                            format_func=lambda t: MODEL_TYPES[t])  # fmt: skip
-    test_size = t2.slider("Test share", 0.05, 0.5, 0.1, 0.05, key="et-test")
-    seed = t3.number_input("Seed", 0, 2**31 - 1, 0, key="et-seed")
+    test_size = t2.slider("Test share", 0.05, 0.5, 0.1, 0.05, bind=BIND, key="et-test")
+    seed = t3.number_input("Seed", 0, 2**31 - 1, 0, bind=BIND, key="et-seed")
     cv_label = t4.selectbox(
-        "Cross-validation", list(CV_CHOICES), key="et-cv",
+        "Cross-validation", list(CV_CHOICES), bind=BIND, key="et-cv",
         help=f"auto: {AUTO_CV_FOLDS} folds for a tag with under {SMALL_TEST_POSITIVES} tagged test images, whose "
         "metrics are then reported from the folds; off: the test split only. Each fold picks its own C and "
         "threshold, like the final model.",
@@ -141,7 +145,7 @@ else:
     if st.button("Train", type="primary", key="et-train", icon=":material/model_training:", disabled=not tags):
         options = (tags, types, test_size, int(seed), CV_CHOICES[cv_label])
         start("et-train-job", lambda: start_training(ws, manager, dataset, key, *options))
-    follow("et-train-job")
+    follow("et-train-job", "train_tags")
 
 # --- results --------------------------------------------------------------------------------------------
 
@@ -176,7 +180,7 @@ else:
             icon=":material/warning:",
         )
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="et-metrics")
-    tag = st.selectbox("PR curve for", sorted({m.tag for m in models}), key="et-pr-tag")
+    tag = st.selectbox("PR curve for", sorted({m.tag for m in models}), bind=BIND, key="et-pr-tag")
     figure = go.Figure()
     for m in models:
         if m.tag == tag:  # the curve of the metrics shown: the pooled cross-validation folds when reported

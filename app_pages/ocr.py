@@ -25,6 +25,7 @@ from services.ocr_engines import EngineUnavailableError, engine_status, resolve_
 from services.ocr_rules import OcrRules, RulesError, list_rules, load_rules, save_rules
 from services.recipes import RecipeError, list_recipes, load_recipe, parse_recipe
 from ui.components import job_panel, launch, save_upload
+from ui.page_state import BIND, follow_job, followed_job
 from ui.state import get_job_manager, get_workspace
 from ui.text import code, md
 
@@ -47,12 +48,12 @@ if not available:
     st.error("No OCR engine can run here. " + "; ".join(f"{k}: {md(v)}" for k, v in status.items()))
     st.stop()
 c1, c2, c3 = st.columns(3)
-engine_choice = c1.selectbox("Engine", ["auto", *available], key="ocr-engine")
+engine_choice = c1.selectbox("Engine", ["auto", *available], bind=BIND, key="ocr-engine")
 engine = resolve_engine(engine_choice, settings)
 c1.caption(f"auto uses {resolve_engine('auto', settings)}")
-recipe_name = c2.selectbox("Preprocess recipe", ["(none)", *list_recipes(ws.root)], key="ocr-recipe")
+recipe_name = c2.selectbox("Preprocess recipe", ["(none)", *list_recipes(ws.root)], bind=BIND, key="ocr-recipe")
 st.session_state.setdefault("ocr-rules", "seed-003")  # the default; saving edited rules selects them
-rules_name = c3.selectbox("Rules", list_rules(ws.root), key="ocr-rules")
+rules_name = c3.selectbox("Rules", list_rules(ws.root), bind=BIND, key="ocr-rules")
 try:
     recipe = load_recipe(ws.root, recipe_name) if recipe_name != "(none)" else None
     base_rules = load_rules(ws.root, rules_name)
@@ -77,9 +78,9 @@ def save_and_select(edited: OcrRules, name: str) -> None:
 
 
 with st.expander("Edit the rules"):
-    strip = st.text_input("Characters to strip", base_rules.strip, key=f"ocr-strip-{rules_name}")
+    strip = st.text_input("Characters to strip", base_rules.strip, bind=BIND, key=f"ocr-strip-{rules_name}")
     pattern = st.text_input("Validation pattern (full match, after mapping)", base_rules.pattern or "",
-                            key=f"ocr-pattern-{rules_name}")  # fmt: skip
+                            bind=BIND, key=f"ocr-pattern-{rules_name}")  # fmt: skip
     table = st.data_editor(
         pd.DataFrame({"from": list(base_rules.mapping), "to": list(base_rules.mapping.values())}),
         num_rows="dynamic", key=f"ocr-map-{rules_name}",
@@ -95,7 +96,9 @@ with st.expander("Edit the rules"):
     except ValueError as exc:
         st.error(md(exc))
         rules, invalid = base_rules, True
-    save_as = st.text_input("Save as", value="" if rules_name in ("none", "seed-003") else rules_name, key="ocr-save")
+    save_as = st.text_input(
+        "Save as", value="" if rules_name in ("none", "seed-003") else rules_name, bind=BIND, key="ocr-save"
+    )
     st.button("Save rules", key="ocr-save-rules", disabled=not save_as or invalid, on_click=save_and_select,
               args=(rules, save_as))  # fmt: skip
     if saved := st.session_state.pop("ocr-rules-saved", None):
@@ -191,7 +194,7 @@ def sample_sizes(dataset: str) -> list[tuple[str, int, int]]:
 # --- images ---------------------------------------------------------------------------------------------
 
 st.subheader("Images")
-how = st.radio("From", ["Upload images", "A dataset"], horizontal=True, key="ocr-how")
+how = st.radio("From", ["Upload images", "A dataset"], horizontal=True, bind=BIND, key="ocr-how")
 datasets = list_datasets(ws.catalog)
 names = ordered_for_ocr(datasets)
 if how == "Upload images":
@@ -212,7 +215,7 @@ if how == "Upload images":
         pages = (len(uploads) + PAGE_SIZE - 1) // PAGE_SIZE
         page = 1
         if pages > 1:
-            page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key="ocr-upload-page"))
+            page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, bind=BIND, key="ocr-upload-page"))
         first = (page - 1) * PAGE_SIZE
         shown = uploads[first : first + PAGE_SIZE]
         st.caption(f"Images {first + 1}–{first + len(shown)} of {len(uploads)}")
@@ -235,13 +238,17 @@ elif not names:
     st.info("No datasets yet: upload images above and add them as a dataset, or import a folder with "
             "`python -m services ocr FOLDER`.")  # fmt: skip
 else:
-    dataset = st.selectbox("Dataset", names, key="ocr-dataset", help="Datasets imported for OCR are listed first.")
+    dataset = st.selectbox(
+        "Dataset", names, bind=BIND, key="ocr-dataset", help="Datasets imported for OCR are listed first."
+    )
     entries = dataset_entries(ws, dataset)
     if not entries:
         st.warning(f"Dataset {md(repr(dataset))} has no stored images yet: its download or import has not finished.")
     else:
         warn_misfit(sample_sizes(dataset), f"sampled images of {dataset}")
-        index = st.number_input(f"Preview image (of {len(entries)})", 1, len(entries), 1, key="ocr-preview-index")
+        index = st.number_input(
+            f"Preview image (of {len(entries)})", 1, len(entries), 1, bind=BIND, key="ocr-preview-index"
+        )
         _, rel, image_name = entries[int(index) - 1]
         try:
             data = ws.abspath(rel).read_bytes()
@@ -253,7 +260,9 @@ else:
 # --- batch ----------------------------------------------------------------------------------------------
 
 st.subheader("Run over a dataset")
-target = st.selectbox("Dataset to read", names, key="ocr-target", help="Datasets imported for OCR are listed first.")
+target = st.selectbox(
+    "Dataset to read", names, bind=BIND, key="ocr-target", help="Datasets imported for OCR are listed first."
+)
 if target is None:
     st.caption("No datasets yet: add uploaded images as a dataset above, or import a folder with the CLI.")
 if target is not None:
@@ -270,10 +279,10 @@ if st.button("Run OCR", type="primary", key="ocr-run", disabled=target is None o
         st.error(md(exc))
     else:
         launch(manager, job_id)
-        st.session_state["ocr-job"] = job_id
-if st.session_state.get("ocr-job"):
+        follow_job("ocr-job", job_id)
+if (ocr_job := followed_job(manager, "ocr-job", ("ocr",))) is not None:
     with st.container(border=True):
-        job_panel(manager, int(st.session_state["ocr-job"]))
+        job_panel(manager, ocr_job)
 
 if target:
     settings_hash = ocr_settings_hash(engine, settings.ocr.trocr_model, recipe, base_rules)

@@ -25,6 +25,7 @@ from services.recipes import (
 )
 from services.server_paths import FOLDER_OR_ZIP
 from ui.components import job_panel, launch, workers_input
+from ui.page_state import BIND, follow_job, followed_job
 from ui.recipe_editor import edit_recipe
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
@@ -47,7 +48,7 @@ with st.expander("Import a folder from the server as a dataset"):
             st.error(md(exc))
         else:
             launch(manager, job_id)
-            st.session_state["pp-job"] = job_id
+            follow_job("pp-job", job_id)
 
 names = [d.name for d in list_datasets(ws.catalog)]
 if not names:
@@ -73,10 +74,10 @@ if (chosen := st.session_state.pop("pp-select-next", None)) is not None:  # just
     st.session_state.pop("pp-version", None)
 
 left, middle, right = st.columns([4, 4, 2])
-dataset = left.selectbox("Dataset", names, key="pp-dataset")
-recipe_name = middle.selectbox("Recipe", list_recipes(ws.root), key="pp-recipe", on_change=_follow_selection)
+dataset = left.selectbox("Dataset", names, bind=BIND, key="pp-dataset")
+recipe_name = middle.selectbox("Recipe", list_recipes(ws.root), bind=BIND, key="pp-recipe", on_change=_follow_selection)
 versions = recipe_versions(ws.root, recipe_name)
-version = right.selectbox("Version", versions[::-1], key="pp-version", disabled=len(versions) < 2)
+version = right.selectbox("Version", versions[::-1], bind=BIND, key="pp-version", disabled=len(versions) < 2)
 try:
     base = load_recipe(ws.root, recipe_name, version)
 except RecipeError as exc:
@@ -93,7 +94,7 @@ with st.container(border=True):
     if recipe is not None and recipe is not base:
         st.caption(f"Edited, not saved: runs as {code(recipe.name)} (version {recipe.version}) until you save it.")
     save_left, save_right = st.columns([3, 1])
-    save_as = save_left.text_input("Save as", key="pp-save-name", label_visibility="collapsed")
+    save_as = save_left.text_input("Save as", bind=BIND, key="pp-save-name", label_visibility="collapsed")
 
     def _save(overwrite: bool) -> None:
         try:
@@ -147,10 +148,10 @@ if st.button(
 ):
     job_id = start_preprocess(ws, manager, dataset, recipe, int(workers))  # type: ignore[arg-type]
     launch(manager, job_id)
-    st.session_state["pp-job"] = job_id
-if st.session_state.get("pp-job"):
+    follow_job("pp-job", job_id)
+if (pp_job := followed_job(manager, "pp-job", ("preprocess",))) is not None:
     with st.container(border=True):
-        job_panel(manager, int(st.session_state["pp-job"]))
+        job_panel(manager, pp_job)
 
 st.subheader("Results")
 counts = quality_counts(ws, dataset)
@@ -158,7 +159,7 @@ cols = st.columns(len(FLAGS))
 for col, flag in zip(cols, FLAGS, strict=True):
     col.metric(flag.replace("_", " "), f"{counts.get(flag, 0):,}")
 shown = recipe or base
-chosen = st.multiselect("Only images flagged", list(FLAGS), key="pp-flags")
+chosen = st.multiselect("Only images flagged", list(FLAGS), bind=BIND, key="pp-flags")
 page = st.session_state.get("pp-page", 0)
 rows, total = results_page(ws, shown, dataset, chosen, page * PAGE_SIZE, PAGE_SIZE)
 if not total:

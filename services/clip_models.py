@@ -48,6 +48,10 @@ class CheckpointMismatchError(ModelUnavailableError):
     """A checkpoint file that does not fit the architecture it was to be loaded as."""
 
 
+class WeightsNotPulledError(ModelUnavailableError):
+    """A known model and pretrained tag whose weights are not on this machine yet: an explicit pull fetches them."""
+
+
 class ModelNameError(ModelUnavailableError, ValueError):
     """A model or pretrained tag name that is not a safe name (a path, `hf-hub:`/`local-dir:` forms, ...)."""
 
@@ -155,7 +159,7 @@ def resolve_weights(spec: ClipSpec) -> tuple[str, dict[str, Any]]:
         raise ModelUnavailableError(f"{spec.model} has no pretrained tag {spec.pretrained!r} (tags: {tags})")
     found = _cached_file(cfg)
     if found is None:
-        raise ModelUnavailableError(f"no local weights for {spec.model}/{spec.pretrained}; {pull_hint(spec)}")
+        raise WeightsNotPulledError(f"no local weights for {spec.model}/{spec.pretrained}; {pull_hint(spec)}")
     return found, cfg
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from services import csv_safety
 from services.catalog import Catalog
 from services.names import dataset_name_problem
+from services.workspace import UPLOAD_PREFIX
 
 if TYPE_CHECKING:
     from services.workspace import Workspace
@@ -61,8 +62,13 @@ def get_dataset(catalog: Catalog, name: str) -> Dataset | None:
 
 
 def _last_part(source: str) -> str:
-    """A source as errors name it: a URL or s3:// as it is, a server path by its last part."""
-    return source if "://" in source else Path(source).name or source
+    """A source as errors name it: a URL or s3:// as it is, a server path by its last part, an upload by the
+    name it was uploaded under (without the prefix that keeps uploads apart)."""
+    if "://" in source:
+        return source
+    path = Path(source)
+    match = UPLOAD_PREFIX.match(path.name)
+    return match.group(1) if match and path.parent.name == "uploads" else path.name or source
 
 
 def ensure_dataset(catalog: Catalog, name: str, kind: str, source: str, columns: list[str]) -> Dataset:

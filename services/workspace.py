@@ -22,7 +22,7 @@ from services.catalog import Catalog, CatalogError, NewCatalogRefused
 from services.settings import Settings, load_settings
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-_UPLOAD_PREFIX = re.compile(r"^[0-9a-f-]{12}_(.+)$")  # ui.components.save_upload: the upload's file id, cut
+UPLOAD_PREFIX = re.compile(r"^[0-9a-f-]{12}_(.+)$")  # ui.components.save_upload: the upload's file id, cut
 CONTENT_FOLDERS = ("images", "derived", "embeddings", "models")  # what a catalog indexes
 
 
@@ -95,7 +95,7 @@ class Workspace:
         """The name a person knows a file by: a stored upload without the prefix that keeps uploads apart
         (`1a2b3c4d-5e6f_urls.csv` is `urls.csv`), anything else its file name."""
         path = Path(path)
-        match = _UPLOAD_PREFIX.match(path.name)
+        match = UPLOAD_PREFIX.match(path.name)
         return match.group(1) if match and path.parent == self.root / "uploads" else path.name
 
     def close(self) -> None:

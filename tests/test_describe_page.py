@@ -84,7 +84,7 @@ def test_page_estimate_try_one_run_results_and_export(page_ws: Path, tmp_path: P
         table = results_table(at)
         assert list(table["image"]) == ["00_red.png", "01_green.png", "02_yellow.png"]
         assert list(table["gemini"]) == ["red", "green", "unknown"]
-        at.selectbox(key="dc-filter-cat").set_value("green").run()
+        at.selectbox(key="dc-filter-cat-colours-v1").set_value("green").run()
         assert list(results_table(at)["image"]) == ["01_green.png"]
         at.selectbox(key="dc-fmt").set_value("categories-csv").run()
         at.button(key="dc-export").click().run()

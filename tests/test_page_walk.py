@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts" / "pages"
 BUCKET = "walk-bucket"
+OFFLINE_PULL = "Pull with no route to the model hub: refused in red within the pull timeout, with the fix (issue 15)"
 REUSED_NAME = (
     "the walk uses a source's dataset name box once, so a second source reuses the name; the page names the fix"
 )
@@ -119,7 +121,8 @@ def _inputs(base: Path, ws: Path, images: ImageServer, s3_endpoint: str) -> dict
     files["categories"] = _write_csv(base / "walk_categories.csv", ["Category"], [[c] for c in ["people", "food"]])
     files["categorised"] = ws / "demo-src" / "REAL_demo.csv"
     tagged = ws / "demo-src" / "tagged"
-    files["tagged-folder"] = tagged
+    files["tagged-folder"] = base / "tagged"  # outside the workspace: a page reads no workspace internals
+    shutil.copytree(tagged, files["tagged-folder"])
     with zipfile.ZipFile(base / "walk_tagged.zip", "w") as zf:
         for folder in ("red", "blue", "other-training"):
             for png in sorted((tagged / folder).glob("*.png"))[:6]:
@@ -223,7 +226,7 @@ def plans(demo: Demo) -> dict[str, PagePlan]:
             "preprocess",
             "preprocess",
             "Preprocess",
-            text={"^Folder$": str(f["tagged-folder"] / "green"), "Save as": "walk-recipe"},
+            text={r"^Folder or \.zip$": str(f["tagged-folder"] / "green"), "Save as": "walk-recipe"},
             expected_errors={r"not valid JSON": "the walk types 'walk' into the JSON fields of a recipe step"},
             order={r"^Run ": -1},  # each recipe is run as soon as it is chosen, before its steps are edited
             max_interactions=90,
@@ -235,10 +238,16 @@ def plans(demo: Demo) -> dict[str, PagePlan]:
             text={
                 "open_clip model": None,
                 "Pretrained tag": None,
-                "local checkpoint file": str(f["checkpoint"]),
+                "checkpoint file on the server": str(f["checkpoint"]),
                 "Save as list": "walk-list",
                 "Description contains": "demo",
             },
+            expected_errors={
+                r"Pull failed: .*(cannot reach|offline|timed out)": OFFLINE_PULL,
+                r"does not (load|fit) into|differs|ViT-B-32": "the demo checkpoint typed beside the default model name "
+                "ViT-B-32: the mismatch is named before any job starts (issue 15)",
+            },
+            limits={r"^Pull ": 15.0},
             files={"Category": f["categories"], "image_name,description,categories": f["categorised"]},
             choices={"What to run": "Categorize offline (CLIP zero-shot)", "^Category list$": "demo-categories v1"},
         ),
@@ -251,10 +260,13 @@ def plans(demo: Demo) -> dict[str, PagePlan]:
                 "Dataset name": "walk-tagged",
                 "open_clip model": "demo-tiny-clip",  # the demo's model (Describe tries the default name)
                 "Pretrained tag": None,
-                "local checkpoint file": str(f["checkpoint"]),
+                "checkpoint file on the server": str(f["checkpoint"]),
             },
             files={".zip": f["tagged-zip"]},
-            expected_errors={r"dataset '[\w-]+' already exists .* pick another name": REUSED_NAME},
+            expected_errors={
+                r"dataset '[\w-]+' already exists .* pick another name": REUSED_NAME,
+                r"Pull failed: .*(cannot reach|offline|timed out)": OFFLINE_PULL,
+            },
             choices={"^Dataset$": "demo-tagged"},  # the tagged set: its Train and Models sections
             order={r"^Pull ": -1},  # before a checkpoint is typed, which hides it
             limits={r"^Pull ": 5.0},  # a download belongs in a job; the server's pull timeout is 12 s here
@@ -272,6 +284,10 @@ def plans(demo: Demo) -> dict[str, PagePlan]:
             "ocr",
             "OCR",
             text={"Save as": "walk-rules", "Characters to strip": None, "Validation pattern": None},
+            expected_errors={
+                r"map one character to one": "the walk types 'walk' into the rules table's 'from' "
+                "column: a mapping of several characters is refused with the reason"
+            },
             files={"Ground truth": f["truth"], "^Images$": f["part"]},
         ),
         "compare": PagePlan(
@@ -292,26 +308,11 @@ def plans(demo: Demo) -> dict[str, PagePlan]:
 
 
 PAGES = ["home", "download", "preprocess", "describe", "embed", "classify", "ocr", "compare"]
-SIDEBAR = "the sidebar shows 'Catalog schema v4' (a developer detail)"
-WALK_FAILS = {  # what each walk still finds (2026-11-29); see test-artifacts/pages/<page>/walk.md
-    "preprocess": "the walk types 'walk' into the folder input (refused by the server-path guard, not yet in the "
-    "plan's expected errors)",
-    "describe": "the plan's labels predate the CLIP model picker; the offline Pull and the default model's missing "
-    "weights are refused in red, not yet in the plan's expected errors",
-    "embed": "the plan imports a folder inside the workspace (refused: workspace internals) and predates the CLIP "
-    "model picker; the offline Pull is refused in red, not yet in the plan's expected errors",
-    "ocr": "a multi-character 'from' in the rules table is refused with a clear message, not yet in the plan's "
-    "expected errors",
-}
-RELOAD_LOSES = {  # what a browser reload loses today
-    "home": "the sidebar's 'Run jobs on' value",
-    "download": "every input of the three tabs, and the job being watched (it shows the newest instead)",
-    "preprocess": "the job panel, the dataset, recipe and every recipe edit",
-    "describe": "the job panel, dataset, category list, CLIP checkpoint, mode and filters",
-    "embed": "the job panels, dataset, model, checkpoint and training options",
-    "classify": "the job panel, the source, path, bins and copy option",
-    "ocr": "the job panel, engine, recipe, rules and source",
-    "compare": "sets A and B, the test, the gallery category and the Add-a-set inputs",
+WALK_FAILS: dict[str, str] = {}  # what each walk still finds; see test-artifacts/pages/<page>/walk.md
+RELOAD_LOSES = {  # what a browser reload still loses
+    "embed": "after the offline Pull fails (the page keeps the failure in session state), a later 'Cross-validation' "
+    "choice never reaches the URL, so a reload shows 'auto'; every other input and the job panels come back. Without "
+    "the Pull the choice is kept (Streamlit 1.67's query-parameter binding; not isolated further)",
 }
 
 

@@ -14,6 +14,7 @@ from services.clip_models import (
     ClipSpec,
     ModelNameError,
     ModelUnavailableError,
+    WeightsNotPulledError,
     activation_note,
     local_clip_models,
     pull_weights,
@@ -22,6 +23,7 @@ from services.clip_models import (
 from services.pulls import page_pulls_allowed
 from services.workspace import Workspace
 from ui.auth import sign_in_configured
+from ui.page_state import BIND
 from ui.server_path import checkpoint_input, display_path
 from ui.text import code, md
 
@@ -50,14 +52,17 @@ def clip_model_picker(ws: Workspace, key: str, label: str = "CLIP model") -> Pic
         label,
         labels,
         index=default,
+        bind=BIND,
         key=f"{key}-pick",
         help="Models whose weights are on this machine: checkpoints in the workspace, the models its embeddings "
         "were made with, and tags pulled into the Hugging Face cache (`python -m services models pull`).",
     )
     if choice == OTHER:
         c1, c2, c3 = st.columns([2, 2, 3])
-        model = c1.text_input("open_clip model", value=settings.clip.model, key=f"{key}-model")
-        pretrained = c2.text_input("Pretrained tag", value=settings.clip.pretrained or "", key=f"{key}-pretrained")
+        model = c1.text_input("open_clip model", value=settings.clip.model, bind=BIND, key=f"{key}-model")
+        pretrained = c2.text_input(
+            "Pretrained tag", value=settings.clip.pretrained or "", bind=BIND, key=f"{key}-pretrained"
+        )
         # a path typed on a team server goes through the server-path guard (server_paths), like every path input
         checkpoint = checkpoint_input(ws, "Or a checkpoint file on the server", f"{key}-checkpoint", container=c3)
         try:  # the names are checked before anything reads or writes a file (ClipSpec is the guard)
@@ -74,7 +79,7 @@ def clip_model_picker(ws: Workspace, key: str, label: str = "CLIP model") -> Pic
         return PickedClip(spec, str(exc))
     except ModelUnavailableError as exc:
         st.warning(md(exc))
-        if spec.pretrained and not spec.checkpoint:
+        if isinstance(exc, WeightsNotPulledError):  # a pull can fetch only a tag open_clip knows
             _pull_button(ws, spec, key)
         return PickedClip(spec, str(exc))
     note = activation_note(spec)
@@ -97,8 +102,10 @@ def _pull_button(ws: Workspace, spec: ClipSpec, key: str) -> None:
         return
     timeout = ws.settings.clip.pull_timeout_seconds
     failed_key = f"{key}-pull-error"
-    if st.button(f"Pull {md(what)}", key=f"{key}-pull", icon=":material/download:"):
-        with st.spinner(f"Downloading {md(what)} (gives up after {timeout:.0f}s) ..."):
+    pressed = st.button(f"Pull {md(what)}", key=f"{key}-pull", icon=":material/download:")
+    slot = st.container()  # the progress and the failure show under the button
+    if pressed:
+        with slot, st.spinner(f"Downloading {md(what)} (gives up after {timeout:.0f}s) ..."):
             try:
                 path = pull_weights(spec, timeout)
             except ModelUnavailableError as exc:
@@ -109,4 +116,4 @@ def _pull_button(ws: Workspace, spec: ClipSpec, key: str) -> None:
                 st.rerun()
     failed = st.session_state.get(failed_key)
     if failed and failed[0] == what:
-        st.error(f"Pull failed: {md(failed[1])}", icon=":material/cloud_off:")
+        slot.error(f"Pull failed: {md(failed[1])}", icon=":material/cloud_off:")

@@ -17,6 +17,7 @@ from services.jobs import PAGE_QUEUED, JobBusyError, JobError, JobManager, JobPr
 from services.settings import Settings
 from services.url_download import labelled_csv_path
 from services.workspace import Workspace
+from ui.page_state import BIND
 from ui.server_path import display_locators, display_path
 from ui.text import code, md
 
@@ -134,7 +135,8 @@ def job_panel(manager: JobManager, job_id: int) -> None:
             st.caption("Failures by class: " + ", ".join(f"{md(k)} {v:,}" for k, v in counts.items()))
             failures = pd.DataFrame(manager.failures(job_id, limit=200))
             if "locator" in failures:  # no server paths on a team server
-                failures["locator"] = display_locators(manager.ws, list(failures["locator"]))
+                kept = [loc if isinstance(loc, str) else None for loc in failures["locator"]]  # None reads as NaN
+                failures["locator"] = display_locators(manager.ws, kept)
             st.dataframe(failures, hide_index=True, key=f"fail-{job_id}")
         if p.state == "completed" and p.kind.startswith("download"):
             path = labelled_csv_path(manager.ws, job_id, p.params)
@@ -203,7 +205,7 @@ def workers_input(ws: Workspace, label: str, default: int, key: str, container: 
     `page_jobs.max_workers`), so no page can start more processes than the server has cores for one job."""
     limit = page_worker_limit(ws.settings)
     widget = container.number_input if container is not None else st.number_input
-    chosen = widget(label, 0, limit, min(default, limit), key=key,
+    chosen = widget(label, 0, limit, min(default, limit), bind=BIND, key=key,
                     help=f"At most {limit} on this server (its cores, or the setting page_jobs.max_workers); "
                     "0 runs in the job's own process.")  # fmt: skip
     return min(int(chosen or 0), limit)
@@ -226,12 +228,13 @@ def executor_setting() -> None:
             value = st.sidebar.selectbox(
                 "Run jobs on",
                 ["local", *listed],
+                bind=BIND,
                 key="executor-choice",
                 help="local, or a Dask scheduler an administrator listed in the dask_schedulers setting",
             )
         else:
             hint = "local, or dask://HOST:PORT for download, preprocess, embed and classify"
-            value = st.sidebar.text_input("Run jobs on", value="local", key="executor-input", help=hint)
+            value = st.sidebar.text_input("Run jobs on", value="local", bind=BIND, key="executor-input", help=hint)
         st.session_state["executor-url"] = check_page_executor(value, settings.dask_schedulers, restricted)
     except ExecutorError as exc:
         st.session_state["executor-url"] = None
@@ -255,7 +258,9 @@ def s3_endpoint_input(settings: Settings, label: str, key: str, column: Any = st
             f"With the server's AWS credentials: AWS (leave empty) and the administrator's endpoints ({shown}). "
             "Any other endpoint is read anonymously: public buckets only."
         )
-    endpoint = column.text_input(label, value=settings.download.s3_endpoint_url or "", key=key, help=help_text)
+    endpoint = column.text_input(
+        label, value=settings.download.s3_endpoint_url or "", bind=BIND, key=key, help=help_text
+    )
     endpoint = endpoint.strip() or None
     signed = endpoint_is_signed(settings, endpoint, restricted)
     if not signed:

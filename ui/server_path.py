@@ -15,6 +15,7 @@ from services.locators import import_roots, shown_locator
 from services.server_paths import CHECKPOINT, PathKind, ServerPathError, ServerPaths
 from services.workspace import Workspace
 from ui.auth import sign_in_configured
+from ui.page_state import BIND
 from ui.text import md
 
 
@@ -35,7 +36,7 @@ def server_path_input(
                 "to list folders in the `server_paths` setting."
             )
         return None
-    text = st.text_input(label, key=key, placeholder=placeholder)
+    text = st.text_input(label, bind=BIND, key=key, placeholder=placeholder)
     if policy.roots:  # a team server: say where (a laptop reads anywhere but the never-readable list)
         st.caption(f"Readable here: {policy.describe()}.")  # the administrator's folders
     if not text.strip():
@@ -54,7 +55,7 @@ def checkpoint_input(ws: Workspace, label: str, key: str, container: DeltaGenera
     configured = ws.settings.clip.checkpoint or ""
     shown = display_path(ws, configured) if configured else ""
     text_input = container.text_input if container is not None else st.text_input
-    text = text_input(label, value=shown, key=key)
+    text = text_input(label, value=shown, bind=BIND, key=key)
     if not text.strip():
         return None
     if configured and text in (shown, configured):

@@ -127,6 +127,29 @@ def post_file(base: str, path: str, name: str, data: bytes, token: str | None = 
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+    except urllib.error.URLError as exc:  # the server answered (a 413) and closed before the body was all sent
+        if not isinstance(exc.reason, (BrokenPipeError, ConnectionResetError)):
+            raise
+        return _answer_to_headers(base, path, headers, len(body), timeout)
+
+
+def _answer_to_headers(base: str, path: str, headers: dict[str, str], length: int, timeout: float):
+    """The server's answer to the request's headers alone (its Content-Length declared, no body sent): what a
+    server that refuses a body by its declared size says, without a client racing to push the body first."""
+    import http.client
+    import urllib.parse
+
+    where = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=timeout)
+    try:
+        conn.putrequest("POST", path)
+        for name, value in {**headers, "Content-Length": str(length)}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager

@@ -430,6 +430,7 @@ class Walker:
         self.section = ""
         self.toast_jobs: set[int] = set()
         self.jobs_seen: set[int] = set()  # every job panel the walk saw, and every job it started
+        self.unsent: set[str] = set()  # form widgets changed since the form was last submitted
 
     @contextlib.contextmanager
     def timed(self, bucket: str) -> Iterator[None]:
@@ -800,6 +801,10 @@ class Walker:
             t0 = time.monotonic()
             with self.timed("use"):
                 note = self._use(w)
+            if w["kind"] == "stFormSubmitButton":
+                self.unsent.clear()  # the walk has one form open at a time: its edits are sent
+            elif w["inForm"]:
+                self.unsent.add(w["ident"])
             action = f"{action}: {note}"
             limit_pattern = _matches(self.plan.limits, w["label"] or "")
             limit_s = self.plan.limits[limit_pattern] if limit_pattern else self.plan.click_timeout_s
@@ -862,6 +867,7 @@ class Walker:
         """Reload the browser tab (a new session) and record which job panels and input values it lost."""
         before = {w["ident"]: w for w in self.discover(hidden_too=True)}
         jobs_before = self._panel_ids()
+        self.report.reload_notes.append(f"reloaded {self.page.url}")  # the page's state as its URL keeps it
         self.page.reload(wait_until="domcontentloaded")
         self.page.get_by_role("heading", name=self.plan.heading, exact=True, level=1).wait_for(timeout=60_000)
         settle(self.page, 60)
@@ -879,6 +885,10 @@ class Walker:
                     self.report.reload_notes.append(f"{self._describe(w)} back to its default")
                 continue
             if w["kind"] not in VALUE_KINDS or _matches(self.plan.skip, w["label"] or ""):
+                continue
+            if ident in self.unsent:  # like any web form, an edit never submitted is not the page's state
+                if ident not in after or after[ident]["value"] != w["value"]:
+                    self.report.reload_notes.append(f"{self._describe(w)}: unsubmitted {w['value']!r} not kept")
                 continue
             if ident not in after:
                 self.report.reload_losses.append(f"{self._describe(w)} (was {w['value']!r}) is gone")
