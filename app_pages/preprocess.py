@@ -163,7 +163,11 @@ chosen = st.multiselect("Only images flagged", list(FLAGS), bind=BIND, key="pp-f
 page = st.session_state.get("pp-page", 0)
 rows, total = results_page(ws, shown, dataset, chosen, page * PAGE_SIZE, PAGE_SIZE)
 if not total:
-    st.caption(f"No results yet for {md(shown.name)} (settings `{shown.settings_hash[:10]}`) on {md(dataset)}.")
+    _, done = results_page(ws, shown, dataset, [], 0, 1) if chosen else (None, 0)
+    if done:  # results exist; the flags picked match none of them
+        st.caption(f"None of the {done:,} results of {md(shown.name)} is flagged {md(' or '.join(chosen))}.")
+    else:
+        st.caption(f"No results yet for {md(shown.name)} (settings `{shown.settings_hash[:10]}`) on {md(dataset)}.")
 else:
     pages = (total + PAGE_SIZE - 1) // PAGE_SIZE
     nav = st.columns([1, 2, 1])

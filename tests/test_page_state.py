@@ -105,3 +105,14 @@ def test_added_and_removed_recipe_steps_come_back_from_the_url(two_jobs: dict[st
         at = _open("app_pages/preprocess.py", **{"pp-recipe": "ocr-line", "pp-editor-ops": junk})
         assert not at.exception, at.exception
         assert len([e for e in at.expander if e.label[0].isdigit()]) == len(base.ops), junk  # the recipe's own
+
+
+def test_an_empty_result_grid_says_why(two_jobs: dict[str, object]) -> None:
+    """Issue 15 ("say why a section is empty"): a flag filter that matches nothing is not "no results yet"."""
+    at = _open("app_pages/preprocess.py", **{"pp-dataset": "shots", "pp-recipe": "ocr-128", "pp-flags": "too_bright"})
+    assert not at.exception, at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "None of the 3 results of ocr-128 is flagged too_bright" in captions, captions
+    assert "No results yet" not in captions
+    at = _open("app_pages/preprocess.py", **{"pp-dataset": "shots", "pp-recipe": "ocr-128"})
+    assert "Page 1 of 1 · 3 images" in " ".join(c.value for c in at.caption)
