@@ -154,7 +154,8 @@ def _finish(
     counts = manager.failure_counts(job_id)
     if counts:
         typer.echo("failures by class: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-        typer.echo(f"retry them with: python -m services jobs retry-failed {job_id}")
+        if manager.retryable_failures(job_id):  # not for classes no retry can fix (a misfit recipe, a bad image)
+            typer.echo(f"retry them with: python -m services jobs retry-failed {job_id}")
     if p.state == "completed" and p.kind.startswith("download"):
         from services.url_download import labelled_csv_path
 

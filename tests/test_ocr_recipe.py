@@ -173,6 +173,7 @@ def test_cli_job_over_a_zip_with_a_misfit_recipe_fails_each_item_with_its_reason
     assert ran.returncode == 0, ran.stderr  # the job ran; its items failed, each with the reason
     assert "Traceback" not in ran.stderr and "0 ok, 3 failed" in ran.stdout
     assert "failures by class: recipe_misfit=3" in ran.stdout
+    assert "retry-failed" not in ran.stdout  # no retry fixes a recipe that does not fit: no hint to try one
     failed_lines = [line for line in ran.stdout.splitlines() if "\tfailed: recipe_misfit: " in line]
     assert len(failed_lines) == 3 and all(MISFIT_REASON in line for line in failed_lines)
 
