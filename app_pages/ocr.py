@@ -222,7 +222,7 @@ if how == "Upload images":
         for upload in shown:
             with st.container(border=True):
                 show_preview(upload.name, upload.getvalue())
-        if st.button(f"Add {len(uploads)} images as a dataset", key="ocr-import"):
+        if st.button(f"Add {len(uploads)} image{'' if len(uploads) == 1 else 's'} as a dataset", key="ocr-import"):
             folder = ws.root / "uploads" / f"ocr-{uploads[0].file_id[:8]}"
             folder.mkdir(parents=True, exist_ok=True)
             for upload in uploads:
