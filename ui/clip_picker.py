@@ -101,19 +101,15 @@ def _pull_button(ws: Workspace, spec: ClipSpec, key: str) -> None:
         )
         return
     timeout = ws.settings.clip.pull_timeout_seconds
-    failed_key = f"{key}-pull-error"
-    pressed = st.button(f"Pull {md(what)}", key=f"{key}-pull", icon=":material/download:")
-    slot = st.container()  # the progress and the failure show under the button
-    if pressed:
-        with slot, st.spinner(f"Downloading {md(what)} (gives up after {timeout:.0f}s) ..."):
+    if st.button(f"Pull {md(what)}", key=f"{key}-pull", icon=":material/download:"):
+        failed: ModelUnavailableError | None = None
+        with st.spinner(f"Downloading {md(what)} (gives up after {timeout:.0f}s) ..."):
             try:
                 path = pull_weights(spec, timeout)
-            except ModelUnavailableError as exc:
-                st.session_state[failed_key] = (what, str(exc))
-            else:
-                st.session_state.pop(failed_key, None)
-                st.toast(f"{md(what)} saved to {code(display_path(ws, path))}")
-                st.rerun()
-    failed = st.session_state.get(failed_key)
-    if failed and failed[0] == what:
-        slot.error(f"Pull failed: {md(failed[1])}", icon=":material/cloud_off:")
+            except ModelUnavailableError as exc:  # shown until the next action on the page, like any button's answer
+                failed = exc
+        if failed is not None:
+            st.error(f"Pull failed: {md(failed)}", icon=":material/cloud_off:")
+            return
+        st.toast(f"{md(what)} saved to {code(display_path(ws, path))}")
+        st.rerun()
