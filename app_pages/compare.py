@@ -570,9 +570,10 @@ if st.button("Write the HTML report and CSV tables", key="cmp-report"):
     except OSError as exc:  # a full disk or a read-only workspace: said here, never a trace
         st.error(f"Could not write the report: {md(exc.strerror or exc)}. Free space in the workspace and try again.")
     else:
-        st.session_state["cmp-report-path"] = str(out)
-if st.session_state.get("cmp-report-path"):
-    report_path = Path(st.session_state["cmp-report-path"])
+        st.session_state["cmp-report-path"] = (str(out), set_a.name, set_b.name, test)
+written = st.session_state.get("cmp-report-path")
+if written and tuple(written[1:]) == (set_a.name, set_b.name, test) and Path(written[0]).is_file():
+    report_path = Path(written[0])  # the report of the sets and test picked now, not of an earlier pick
     st.download_button("Report (HTML)", report_path.read_bytes(), file_name=report_path.name, key="cmp-report-download")
     st.caption(f"Written to {code(display_path(ws, report_path))} with CSV tables beside it")
 else:

@@ -275,13 +275,14 @@ fmt = st.selectbox(
 if st.button("Write export", key="dc-export", icon=":material/download:"):
     try:
         path, n = export(ws, dataset, keys, fmt)
-        st.session_state["dc-export-file"] = (str(path), n)
+        st.session_state["dc-export-file"] = (str(path), n, dataset, fmt)
     except (ValueError, DatasetError) as exc:
         st.error(md(exc))
     except OSError as exc:  # a full disk or a read-only workspace: said here, never a trace
         st.error(f"Could not write the export: {md(exc.strerror or exc)}. Free space in the workspace and try again.")
-if st.session_state.get("dc-export-file"):
-    path_str, n = st.session_state["dc-export-file"]
+written = st.session_state.get("dc-export-file")
+if written and tuple(written[2:]) == (dataset, fmt):  # the file of what is picked now, not of an earlier pick
+    path_str, n = written[0], written[1]
     path = Path(path_str)
     if path.is_file():
         st.download_button(

@@ -59,6 +59,9 @@ def test_import_two_sets_and_compare(tmp_path: Path, monkeypatch: pytest.MonkeyP
     at.button(key="cmp-report").click().run()
     assert not at.exception, at.exception
     assert (tmp_path / "page-ws" / "exports" / "compare-REAL_a-vs-GEN_b.html").is_file()
+    assert [b.label for b in at.get("download_button")] == ["Report (HTML)"]
+    at.selectbox(key="cmp-test").set_value("chi-square").run()  # the report was written for the G-test
+    assert not at.get("download_button") and "The report holds what this page shows" in texts(at)
 
 
 def test_demo_workspace_embed_from_the_page_then_compare_with_intervals(

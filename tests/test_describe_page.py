@@ -93,6 +93,8 @@ def test_page_estimate_try_one_run_results_and_export(page_ws: Path, tmp_path: P
             written = list(csv.reader(fh))  # formula-guarded: every cell quoted, values unchanged
         assert written[0] == ["image_name", "description", "categories"] and len(written) == 4
         assert any("categorized.csv (3 images)" in b.label for b in at.get("download_button"))
+        at.selectbox(key="dc-fmt").set_value("descriptions-csv").run()  # another format: not the last file's button
+        assert not any("categorized.csv" in b.label for b in at.get("download_button"))
         # a second job over the same list asks nothing
         again = start_describe(ws, JobManager(ws), dataset, "categorize", cats)
         assert JobManager(ws).run(again).done == 3 and server.requests == 3
