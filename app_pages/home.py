@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from services.compare import LABEL_SET_KIND
 from services.datasets import list_datasets
 from services.demo import build_demo
 from ui.components import job_panel, jobs_table
@@ -35,13 +36,16 @@ if datasets:
     st.dataframe(
         pd.DataFrame(
             [
-                {"name": d.name, "kind": d.kind, "rows": d.rows, "images": d.images, "source": shown_source(d.source)}
+                {"name": d.name, "kind": d.kind, "rows": d.rows,
+                 "images": None if d.kind == LABEL_SET_KIND else d.images, "source": shown_source(d.source)}
                 for d in datasets
             ]
         ),
         hide_index=True,
         key="home-datasets",
-    )
+    )  # fmt: skip
+    if any(d.kind == LABEL_SET_KIND for d in datasets):
+        st.caption(f"`{LABEL_SET_KIND}`: a categorised CSV imported for Compare; it holds labels, not images.")
 else:
     st.info(
         "No datasets yet. Start on the Download page, or run `python -m services download urls CSV --dataset NAME`, "

@@ -60,6 +60,9 @@ class LabelSet:
     created_at: float = 0.0
 
 
+LABEL_SET_KIND = "categorized-csv"  # the dataset kind of an imported categorised CSV: labels, not images
+
+
 def _label_set(row: Any) -> LabelSet:
     return LabelSet(row["id"], row["name"], row["dataset_id"], row["source"], row["items"], row["created_at"])
 
@@ -147,7 +150,7 @@ def import_categorized_csv(ws: Workspace, path: Path, name: str | None = None) -
         if "categories" not in lower or "image_name" not in lower:
             raise CompareError(f"{path}: needs image_name and categories columns (columns: {', '.join(columns)})")
         try:
-            ds = ensure_dataset(ws.catalog, name, "categorized-csv", str(path.resolve()), list(columns))
+            ds = ensure_dataset(ws.catalog, name, LABEL_SET_KIND, str(path.resolve()), list(columns))
         except DatasetError as exc:  # the set's name is also the dataset's: the same rules apply
             raise CompareError(str(exc)) from None
         set_id = _replace_set(ws, name, ds.id, f"csv:{path.name}")

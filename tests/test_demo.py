@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -30,6 +31,9 @@ def test_home_button_builds_a_demo_every_page_can_show(tmp_path: Path, monkeypat
     ws.close()
     at.run()
     assert at.metric[2].value == "6"  # datasets on the Home page
+    table = next(d.value for d in at.dataframe if "source" in d.value.columns).set_index("name")
+    assert pd.isna(table.loc["REAL-categorised", "images"]) and table.loc["demo-GEN", "images"] == 36  # labels only
+    assert any("holds labels, not images" in c.value for c in at.caption)
     for page in ("describe", "embed_train", "classify", "ocr", "compare", "preprocess"):
         at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception, (page, at.exception)

@@ -105,7 +105,7 @@ def job_panel(manager: JobManager, job_id: int) -> None:
         cols[0].metric("ok", f"{p.done:,}")
         cols[1].metric("failed", f"{p.failed:,}")
         cols[2].metric("total", f"{p.total:,}")
-        cols[3].metric("rate", f"{p.rate:.1f}/s")
+        cols[3].metric("rate", f"{p.rate:.1f}/s" if p.rate > 0 else "-")  # "-": nothing new was processed
         cols[4].metric("ETA", format_seconds(p.eta_seconds))
         if p.error:
             st.error(md(p.error))
