@@ -131,12 +131,12 @@ else:
         "Tags", list(available), default=list(available), bind=BIND, key="et-tags",
         format_func=lambda t: f"{t} ({available[t]:,})",
     )  # fmt: skip
-    t1, t2, t3, t4 = st.columns([3, 2, 2, 2])
+    t1, t2, t3 = st.columns([3, 2, 2])
     types = t1.multiselect("Models", list(MODEL_TYPES), default=list(MODEL_TYPES), bind=BIND, key="et-types",
                            format_func=lambda t: MODEL_TYPES[t])  # fmt: skip
     test_size = t2.slider("Test share", 0.05, 0.5, 0.1, 0.05, bind=BIND, key="et-test")
     seed = t3.number_input("Seed", 0, 2**31 - 1, 0, bind=BIND, key="et-seed")
-    cv_label = t4.selectbox(
+    cv_label = st.selectbox(
         "Cross-validation", list(CV_CHOICES), bind=BIND, key="et-cv",
         help=f"auto: {AUTO_CV_FOLDS} folds for a tag with under {SMALL_TEST_POSITIVES} tagged test images, whose "
         "metrics are then reported from the folds; off: the test split only. Each fold picks its own C and "

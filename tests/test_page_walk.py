@@ -309,12 +309,7 @@ def plans(demo: Demo) -> dict[str, PagePlan]:
 
 PAGES = ["home", "download", "preprocess", "describe", "embed", "classify", "ocr", "compare"]
 WALK_FAILS: dict[str, str] = {}  # what each walk still finds; see test-artifacts/pages/<page>/walk.md
-RELOAD_LOSES = {  # what a browser reload still loses
-    "embed": "after the offline Pull shows its red failure, a later 'Cross-validation' choice never reaches the URL "
-    "(the frontend does not write it; Python then never sees it), so a reload shows 'auto'; every other input and "
-    "the job panels come back, and without the failed Pull the choice is kept. Streamlit 1.67's query-parameter "
-    "binding; not isolated further",
-}
+RELOAD_LOSES: dict[str, str] = {}  # what a browser reload still loses
 
 
 SELF_TEST_APP = """
