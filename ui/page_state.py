@@ -25,43 +25,44 @@ def follow_job(key: str, job_id: int) -> None:
     st.query_params[key] = str(int(job_id))
 
 
+def _existing_job(manager: JobManager, text: str) -> int | None:
+    """The job a URL names, when it is a job id of this workspace; None for anything else (a link to a job
+    that is gone, or not a number)."""
+    if not (text.isdigit() and len(text) < 12):
+        return None
+    try:
+        manager.progress(int(text))
+    except JobError:
+        return None
+    return int(text)
+
+
 def followed_job(manager: JobManager, key: str, kinds: tuple[str, ...]) -> int | None:
     """The job the page's panel shows: the one started in this session, else the one the URL names (after a
     reload), else the page's latest job of these kinds; None when the page has never run one."""
     if (current := st.session_state.get(key)) is not None:
         return int(current)
-    raw = st.query_params.get(key, "")
-    if raw.isdigit() and len(raw) < 12:
-        try:
-            manager.progress(int(raw))
-        except JobError:  # a link to a job that is gone: fall back to the latest
-            pass
-        else:
-            follow_job(key, int(raw))
-            return int(raw)
-    latest = next((j.id for j in manager.list(limit=RECENT_JOBS) if j.kind in kinds), None)
-    if latest is not None:
-        follow_job(key, latest)
-    return latest
+    named = _existing_job(manager, st.query_params.get(key, ""))
+    shown = (
+        named if named is not None else next((j.id for j in manager.list(limit=RECENT_JOBS) if j.kind in kinds), None)
+    )
+    if shown is not None:
+        follow_job(key, shown)
+    return shown
 
 
 def followed_jobs(manager: JobManager, key: str) -> list[int]:
     """Several jobs a page follows (a list kept in the session and in the URL as `?key=3,4`)."""
     if (current := st.session_state.get(key)) is not None:
         return [int(j) for j in current]
-    found: list[int] = []
-    for part in st.query_params.get(key, "").split(",")[:20]:
-        if part.isdigit() and len(part) < 12:
-            try:
-                manager.progress(int(part))
-            except JobError:
-                continue
-            found.append(int(part))
+    named = (_existing_job(manager, part) for part in st.query_params.get(key, "").split(",")[:20])
+    found = [j for j in named if j is not None]
     if found:
         follow_jobs(key, found)
     return found
 
 
 def follow_jobs(key: str, job_ids: list[int]) -> None:
+    """The page follows these jobs from now on, in this session and in the URL."""
     st.session_state[key] = [int(j) for j in job_ids]
     st.query_params[key] = ",".join(str(int(j)) for j in job_ids)
