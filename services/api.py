@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import re
 from functools import partial
 from typing import IO, Annotated, Any
@@ -23,9 +22,10 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api_uploads import UploadLimits, UploadRefused, UploadReport, read_upload
+from services.asgi_limits import json_answer, run_within
 from services.clip_models import ClipSpec, LoadedClip, ModelUnavailableError, autocast_for, load_clip
 from services.embeddings import EMBED_STAGE, EmbeddingStore, list_embedding_keys, vector_for
 from services.imaging import ImageCheckError
@@ -77,7 +77,7 @@ class TokenGate:
             await self.app(scope, receive, send)
             return
         if not token_matches(list(scope.get("headers") or []), self.token):
-            await _json_answer(send, 401, UNAUTHORISED, ((b"www-authenticate", b"Bearer"),))
+            await json_answer(send, 401, UNAUTHORISED, ((b"www-authenticate", b"Bearer"),))
             return
         await self.app(scope, receive, send)
 
@@ -114,36 +114,8 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send, limit, route)
             return
-        seen = 0
-        exceeded = False
-        started = False
-
-        async def limited() -> Message:
-            nonlocal seen, exceeded
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                exceeded = True
-                raise _BodyTooLarge
-            return message
-
-        async def unless_exceeded(message: Message) -> None:
-            nonlocal started
-            if exceeded:
-                return  # whatever the app answers once the limit is passed, the client gets the 413
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited, unless_exceeded)
-        except _BodyTooLarge:
-            pass
-        if exceeded and not started:
+        if await run_within(self.app, scope, receive, send, limit):
             await _too_large(send, limit, route)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 async def _too_large(send: Send, limit: int, route: str | None = None) -> None:
@@ -151,22 +123,7 @@ async def _too_large(send: Send, limit: int, route: str | None = None) -> None:
         detail = f"request body over the {limit // 2**20} MB limit"
     else:
         detail = f"request body over the {limit:,} byte limit of {route} (one image within api.max_image_bytes)"
-    await _json_answer(send, 413, {"detail": detail})
-
-
-async def _json_answer(
-    send: Send, status: int, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
-    """An answer sent before the body was read: the connection is closed after it, so the rest of the body
-    is never read either."""
-    data = json.dumps(body).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                    (b"connection", b"close"), *headers],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": data})
+    await json_answer(send, 413, {"detail": detail})
 
 
 def create_app(ws: Workspace, token: str, max_images: int | None = None) -> FastAPI:

@@ -34,14 +34,15 @@ fails loudly when an upgrade removes one:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.asgi_limits import json_answer, run_within
 
 log = logging.getLogger(__name__)
 
@@ -221,36 +222,8 @@ class UploadGate:
 
     async def _read_within(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
         """Pass the upload on, answering 413 as soon as its body passes `cap` bytes."""
-        seen = 0
-        over = False
-        started = False
-
-        async def counted() -> Message:
-            nonlocal seen, over
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > cap:
-                over = True
-                raise _TooLarge
-            return message
-
-        async def unless_over(message: Message) -> None:
-            nonlocal started
-            if over:
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, unless_over)
-        except _TooLarge:
-            pass
-        if over and not started:
+        if await run_within(self.app, scope, receive, send, cap):
             await _answer(send, 413, f"file over the {self.limit // 2**20} MB upload limit")
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _discard_body(receive: Receive, cap: int) -> None:
@@ -264,11 +237,4 @@ async def _discard_body(receive: Receive, cap: int) -> None:
 
 
 async def _answer(send: Send, status: int, reason: str) -> None:
-    body = json.dumps({"detail": reason}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": body})
+    await json_answer(send, status, {"detail": reason})
