@@ -16,6 +16,59 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+
+def file_name_sql(column: str) -> str:
+    """SQL for the file name in a URL, path or zip member (`services.compare`'s `_file_name`: backslashes as
+    slashes, the query string dropped, the part after the last slash), to store and look up by index."""
+    slashed = f"replace({column}, '\\', '/')"
+    bare = (
+        f"CASE WHEN instr({slashed}, '?') > 0 THEN substr({slashed}, 1, instr({slashed}, '?') - 1) ELSE {slashed} END"
+    )
+    return f"replace({bare}, rtrim({bare}, replace({bare}, '/', '')), '')"
+
+
+# What a job item that turns ok adds (a trigger body, for items inserted ok and items updated to ok): its image to
+# the dataset of a source job (not a placeholder; the first item in dispatch order names it), and for a folder
+# import the image's tag from the row the item came from.
+ITEM_STORED_SQL = (
+    """        INSERT INTO dataset_members (dataset_id, image_hash, seq, name, file_name)
+            SELECT jb.dataset_id, NEW.image_hash, NEW.seq, NEW.item_key, """
+    + file_name_sql("NEW.item_key")
+    + """ FROM jobs jb
+            WHERE jb.id = NEW.job_id AND jb.dataset_id IS NOT NULL AND NEW.image_hash IS NOT NULL
+              AND jb.kind IN ('download_urls', 'download_s3', 'import_folder')
+              AND NOT EXISTS (SELECT 1 FROM images i WHERE i.hash = NEW.image_hash AND i.is_placeholder = 1)
+        ON CONFLICT (dataset_id, image_hash) DO UPDATE SET seq = excluded.seq, name = excluded.name,
+            file_name = excluded.file_name WHERE excluded.seq < dataset_members.seq;
+        INSERT OR IGNORE INTO dataset_member_tags (dataset_id, tag, image_hash)
+            SELECT dataset_id, tag, NEW.image_hash FROM (
+                SELECT r.dataset_id, json_extract(r.data, '$[' || (SELECT c.key FROM datasets d, json_each(d.columns) c
+                    WHERE d.id = r.dataset_id AND c.value = 'tag') || ']') AS tag
+                FROM jobs jb JOIN dataset_rows r INDEXED BY dataset_rows_key
+                    ON r.dataset_id = jb.dataset_id AND r.source_key = NEW.item_key
+                WHERE jb.id = NEW.job_id AND jb.kind = 'import_folder' AND NEW.image_hash IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM images i WHERE i.hash = NEW.image_hash AND i.is_placeholder = 1))
+            WHERE COALESCE(tag, '') != '';"""
+)
+
+
+# What a stage result adds (a trigger body, for a new result and for the new side of a changed one): its quality
+# flags to the index of flags, and one to the counts of every dataset holding the image.
+STAGE_RESULT_ADDED_SQL = """        INSERT OR IGNORE INTO image_flags (settings_hash, flag, image_hash)
+            SELECT NEW.settings_hash, f.value, NEW.image_hash
+            FROM json_each(CASE WHEN json_valid(NEW.result) THEN NEW.result ELSE '{}' END, '$.flags') f
+            WHERE NEW.stage = 'quality' AND NEW.status = 'ok';
+        INSERT INTO dataset_stage_counts (dataset_id, stage, settings_hash, status, images)
+            SELECT m.dataset_id, NEW.stage, NEW.settings_hash, NEW.status, 1 FROM dataset_members m
+            WHERE m.image_hash = NEW.image_hash
+        ON CONFLICT (dataset_id, stage, settings_hash, status) DO UPDATE SET images = images + 1;
+        INSERT INTO dataset_flag_counts (dataset_id, settings_hash, flag, images)
+            SELECT m.dataset_id, NEW.settings_hash, f.value, 1 FROM dataset_members m,
+                json_each(CASE WHEN json_valid(NEW.result) THEN NEW.result ELSE '{}' END, '$.flags') f
+            WHERE m.image_hash = NEW.image_hash AND NEW.stage = 'quality' AND NEW.status = 'ok'
+        ON CONFLICT (dataset_id, settings_hash, flag) DO UPDATE SET images = images + 1;"""
+
+
 MIGRATIONS: list[str] = [
     # 1: images, their sources, datasets and rows, per-stage results, jobs and per-item status.
     """
@@ -152,6 +205,158 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (set_id, label, item)
     ) WITHOUT ROWID;
     """,
+    # 5: what pages read without scanning the catalog, kept by triggers as rows are ingested and job items
+    # finish: each dataset's stored images (one row per content hash, named by its first item in dispatch
+    # order), its folder tags, and counters of rows, images and images per tag.
+    """
+    ALTER TABLE datasets ADD COLUMN n_rows INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE datasets ADD COLUMN n_images INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE dataset_members (
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        image_hash TEXT NOT NULL,
+        seq INTEGER NOT NULL,               -- dispatch order of the first item that stored it: input order
+        name TEXT NOT NULL,                 -- that item's key: the URL, S3 file name or path in the folder
+        file_name TEXT NOT NULL,            -- the name's last part (file_name_sql), to link CSV names by
+        PRIMARY KEY (dataset_id, image_hash)
+    ) WITHOUT ROWID;
+    CREATE INDEX dataset_members_order ON dataset_members(dataset_id, seq);
+    CREATE INDEX dataset_members_file ON dataset_members(dataset_id, file_name);
+    CREATE TABLE dataset_member_tags (
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        tag TEXT NOT NULL,
+        image_hash TEXT NOT NULL,
+        PRIMARY KEY (dataset_id, tag, image_hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE dataset_tag_counts (
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        tag TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, tag)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER dataset_rows_counted AFTER INSERT ON dataset_rows BEGIN
+        UPDATE datasets SET n_rows = n_rows + 1 WHERE id = NEW.dataset_id;
+    END;
+    CREATE INDEX dataset_members_image ON dataset_members(image_hash);
+    CREATE TABLE dataset_stage_counts (      -- images of a dataset per stage result (settings, status)
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        stage TEXT NOT NULL,
+        settings_hash TEXT NOT NULL,
+        status TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, stage, settings_hash, status)
+    ) WITHOUT ROWID;
+    CREATE TABLE dataset_flag_counts (       -- images of a dataset per quality flag (quality version)
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        settings_hash TEXT NOT NULL,
+        flag TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, settings_hash, flag)
+    ) WITHOUT ROWID;
+    CREATE TABLE image_flags (               -- quality flags per image, to filter on without parsing results
+        settings_hash TEXT NOT NULL,
+        flag TEXT NOT NULL,
+        image_hash TEXT NOT NULL,
+        PRIMARY KEY (settings_hash, flag, image_hash)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER dataset_members_counted AFTER INSERT ON dataset_members BEGIN
+        UPDATE datasets SET n_images = n_images + 1 WHERE id = NEW.dataset_id;
+        INSERT INTO dataset_stage_counts (dataset_id, stage, settings_hash, status, images)
+            SELECT NEW.dataset_id, s.stage, s.settings_hash, s.status, 1 FROM stage_results s
+            WHERE s.image_hash = NEW.image_hash
+        ON CONFLICT (dataset_id, stage, settings_hash, status) DO UPDATE SET images = images + 1;
+        INSERT INTO dataset_flag_counts (dataset_id, settings_hash, flag, images)
+            SELECT NEW.dataset_id, s.settings_hash, f.value, 1
+            FROM stage_results s, json_each(CASE WHEN json_valid(s.result) THEN s.result ELSE '{}' END, '$.flags') f
+            WHERE s.image_hash = NEW.image_hash AND s.stage = 'quality' AND s.status = 'ok'
+        ON CONFLICT (dataset_id, settings_hash, flag) DO UPDATE SET images = images + 1;
+    END;
+    CREATE TRIGGER stage_result_counted AFTER INSERT ON stage_results BEGIN
+{stage_result_added}
+    END;
+    CREATE TRIGGER stage_result_recounted AFTER UPDATE OF status, result ON stage_results BEGIN
+        DELETE FROM image_flags WHERE OLD.stage = 'quality' AND settings_hash = OLD.settings_hash
+            AND image_hash = OLD.image_hash AND flag IN (SELECT value FROM
+                json_each(CASE WHEN json_valid(OLD.result) THEN OLD.result ELSE '{}' END, '$.flags'));
+        UPDATE dataset_stage_counts SET images = images - 1
+            WHERE stage = OLD.stage AND settings_hash = OLD.settings_hash AND status = OLD.status
+              AND dataset_id IN (SELECT dataset_id FROM dataset_members WHERE image_hash = OLD.image_hash);
+        UPDATE dataset_flag_counts SET images = images - 1
+            WHERE OLD.stage = 'quality' AND OLD.status = 'ok' AND settings_hash = OLD.settings_hash
+              AND flag IN (SELECT value FROM
+                  json_each(CASE WHEN json_valid(OLD.result) THEN OLD.result ELSE '{}' END, '$.flags'))
+              AND dataset_id IN (SELECT dataset_id FROM dataset_members WHERE image_hash = OLD.image_hash);
+{stage_result_added}
+    END;
+    CREATE TRIGGER dataset_member_tags_counted AFTER INSERT ON dataset_member_tags BEGIN
+        INSERT INTO dataset_tag_counts (dataset_id, tag, images) VALUES (NEW.dataset_id, NEW.tag, 1)
+        ON CONFLICT (dataset_id, tag) DO UPDATE SET images = images + 1;
+    END;
+    CREATE TRIGGER job_item_stored_on_insert AFTER INSERT ON job_items WHEN NEW.status = 'ok' BEGIN
+{item_stored}
+    END;
+    CREATE TRIGGER job_item_stored_on_update AFTER UPDATE OF status ON job_items
+    WHEN NEW.status = 'ok' AND OLD.status != 'ok' BEGIN
+{item_stored}
+    END;
+    CREATE TABLE catalog_totals (
+        name TEXT PRIMARY KEY,              -- images, image_bytes, sources
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TRIGGER images_counted AFTER INSERT ON images WHEN NEW.is_placeholder = 0 BEGIN
+        UPDATE catalog_totals SET value = value + 1 WHERE name = 'images';
+        UPDATE catalog_totals SET value = value + NEW.bytes WHERE name = 'image_bytes';
+    END;
+    CREATE TRIGGER image_sources_counted AFTER INSERT ON image_sources BEGIN
+        UPDATE catalog_totals SET value = value + 1 WHERE name = 'sources';
+    END;
+    INSERT INTO catalog_totals (name, value) VALUES
+        ('images', (SELECT COUNT(*) FROM images WHERE is_placeholder = 0)),
+        ('image_bytes', (SELECT COALESCE(SUM(bytes), 0) FROM images WHERE is_placeholder = 0)),
+        ('sources', (SELECT COUNT(*) FROM image_sources));
+    INSERT OR IGNORE INTO image_flags (settings_hash, flag, image_hash)
+        SELECT s.settings_hash, f.value, s.image_hash
+        FROM stage_results s, json_each(CASE WHEN json_valid(s.result) THEN s.result ELSE '{}' END, '$.flags') f
+        WHERE s.stage = 'quality' AND s.status = 'ok';
+    UPDATE datasets SET n_rows = (SELECT COUNT(*) FROM dataset_rows r WHERE r.dataset_id = datasets.id);
+    INSERT INTO dataset_members (dataset_id, image_hash, seq, name, file_name)
+        SELECT jb.dataset_id, j.image_hash, MIN(j.seq), j.item_key, {item_file_name}
+        FROM jobs jb JOIN job_items j ON j.job_id = jb.id JOIN images i ON i.hash = j.image_hash
+        WHERE jb.dataset_id IS NOT NULL AND jb.kind IN ('download_urls', 'download_s3', 'import_folder')
+          AND j.status = 'ok' AND i.is_placeholder = 0
+        GROUP BY jb.dataset_id, j.image_hash;
+    INSERT OR IGNORE INTO dataset_member_tags (dataset_id, tag, image_hash)
+        SELECT dataset_id, tag, image_hash FROM (
+            SELECT r.dataset_id, j.image_hash, json_extract(r.data, '$[' || (SELECT c.key FROM datasets d,
+                json_each(d.columns) c WHERE d.id = r.dataset_id AND c.value = 'tag') || ']') AS tag
+            FROM jobs jb CROSS JOIN job_items j ON j.job_id = jb.id AND j.status = 'ok'
+            JOIN dataset_rows r INDEXED BY dataset_rows_key
+                ON r.dataset_id = jb.dataset_id AND r.source_key = j.item_key
+            JOIN images i ON i.hash = j.image_hash
+            WHERE jb.kind = 'import_folder' AND i.is_placeholder = 0)
+        WHERE COALESCE(tag, '') != '';
+    -- a label set's counts per label and per number of categories an item carries, written when the set is
+    -- finished (sets never change after that): what Compare reads instead of grouping a million labels
+    CREATE TABLE label_set_counts (
+        set_id INTEGER NOT NULL REFERENCES label_sets(id),
+        label TEXT NOT NULL,
+        items INTEGER NOT NULL,
+        PRIMARY KEY (set_id, label)
+    ) WITHOUT ROWID;
+    CREATE TABLE label_set_depths (
+        set_id INTEGER NOT NULL REFERENCES label_sets(id),
+        categories INTEGER NOT NULL,
+        items INTEGER NOT NULL,
+        PRIMARY KEY (set_id, categories)
+    ) WITHOUT ROWID;
+    INSERT INTO label_set_counts (set_id, label, items)
+        SELECT set_id, label, COUNT(*) FROM labels GROUP BY set_id, label;
+    INSERT INTO label_set_depths (set_id, categories, items)
+        SELECT set_id, n, COUNT(*) FROM (SELECT set_id, COUNT(*) AS n FROM labels
+                                         WHERE label NOT IN ('unknown', '(failed)') GROUP BY set_id, item)
+        GROUP BY set_id, n;
+    """.replace("{item_stored}", ITEM_STORED_SQL)
+    .replace("{stage_result_added}", STAGE_RESULT_ADDED_SQL)
+    .replace("{item_file_name}", file_name_sql("j.item_key")),
 ]
 
 
@@ -296,8 +501,10 @@ class Catalog:
         error: str | None,
     ) -> None:
         conn.execute(
-            """INSERT OR REPLACE INTO stage_results
-               (image_hash, stage, settings_hash, status, result, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            """INSERT INTO stage_results
+               (image_hash, stage, settings_hash, status, result, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (image_hash, stage, settings_hash) DO UPDATE SET status = excluded.status,
+               result = excluded.result, error = excluded.error, updated_at = excluded.updated_at""",
             (image_hash, stage, settings_hash, status, json.dumps(result) if result else None, error, time.time()),
         )
 
@@ -330,17 +537,29 @@ class Catalog:
         return out
 
     def overview(self) -> dict[str, Any]:
-        """Counts for the Home page and `workspace info`, aggregated in SQL."""
+        """Counts for the Home page and `workspace info`: counters kept by the catalog's triggers (migration 5)."""
+        totals = {r["name"]: r["value"] for r in self.query("SELECT name, value FROM catalog_totals")}
         return {
-            "images": self.scalar("SELECT COUNT(*) FROM images WHERE is_placeholder = 0"),
-            "image_bytes": self.scalar("SELECT COALESCE(SUM(bytes), 0) FROM images WHERE is_placeholder = 0"),
-            "sources": self.scalar("SELECT COUNT(*) FROM image_sources"),
+            "images": totals["images"],
+            "image_bytes": totals["image_bytes"],
+            "sources": totals["sources"],
             "datasets": self.scalar("SELECT COUNT(*) FROM datasets"),
             "jobs": self.scalar("SELECT COUNT(*) FROM jobs"),
         }
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script: `--` comments dropped, then split on `;` (no string literal has one)."""
+    """Statements of a migration script: `--` comments dropped, then split on `;` (no string literal has one),
+    a trigger's `BEGIN ... END` body kept whole."""
     code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
-    return [s.strip() for s in code.split(";") if s.strip()]
+    statements: list[str] = []
+    current = ""
+    for part in code.split(";"):
+        current = f"{current};{part}" if current else part
+        stripped = current.strip()
+        if stripped.upper().startswith("CREATE TRIGGER") and not stripped.upper().endswith("END"):
+            continue
+        if stripped:
+            statements.append(stripped)
+        current = ""
+    return statements

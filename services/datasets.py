@@ -10,6 +10,7 @@ import contextlib
 import csv
 import io
 import json
+import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
     from services.workspace import Workspace
 
 INGEST_BATCH = 5000
-SOURCE_JOB_KINDS = ("download_urls", "download_s3", "import_folder")  # jobs that bring images into a dataset
+# jobs that bring images into a dataset (the catalog's triggers of migration 5 name the same kinds)
+SOURCE_JOB_KINDS = ("download_urls", "download_s3", "import_folder")
 ADDED_COLUMNS = ["image_path", "image_hash", "status", "error"]
 
 
@@ -100,13 +102,9 @@ def ensure_dataset(catalog: Catalog, name: str, kind: str, source: str, columns:
 
 
 def list_datasets(catalog: Catalog) -> list[DatasetSummary]:
-    rows = catalog.query(
-        """SELECT d.id, d.name, d.kind, d.source, d.created_at,
-                  (SELECT COUNT(*) FROM dataset_rows r WHERE r.dataset_id = d.id) AS n_rows,
-                  (SELECT COUNT(DISTINCT j.image_hash) FROM jobs jb JOIN job_items j ON j.job_id = jb.id
-                     WHERE jb.dataset_id = d.id AND j.status = 'ok') AS n_images
-           FROM datasets d ORDER BY d.id"""
-    )
+    """Every dataset with its row and stored-image counts: counters the catalog keeps as rows are ingested and
+    items finish (migration 5), so listing costs one small read at any size."""
+    rows = catalog.query("SELECT id, name, kind, source, created_at, n_rows, n_images FROM datasets ORDER BY id")
     return [
         DatasetSummary(r["id"], r["name"], r["kind"], r["source"], r["n_rows"], r["n_images"], r["created_at"])
         for r in rows
@@ -202,6 +200,29 @@ def export_labelled_csv(
 
 
 # --- the stored images of a dataset -------------------------------------------------------------
+#
+# `dataset_members` (kept by the catalog's triggers) holds one row per stored image of a dataset, in input order
+# by `seq`. Pages read it a page or a sample at a time through the indexed keys; jobs and exports that need every
+# image read it whole.
+
+# an image's stored file (its original, else its largest derived copy), for queries that join `images i`
+STORED_PATH = """COALESCE(i.path, (SELECT d.path FROM derived_images d WHERE d.image_hash = i.hash
+                                    ORDER BY d.width DESC LIMIT 1))"""
+
+
+def dataset_id_of(catalog: Catalog, dataset: str) -> int:
+    """The dataset's id; an unknown name is an error that lists the first datasets there are."""
+    dataset_id = catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
+    if dataset_id is None:
+        names = [r[0] for r in catalog.query("SELECT name FROM datasets ORDER BY name LIMIT 21")]
+        listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        raise DatasetError(f"no dataset named {dataset!r}; datasets: {listed or '(none yet)'}")
+    return int(dataset_id)
+
+
+def image_count(ws: Workspace, dataset: str) -> int:
+    """How many stored images the dataset has (a counter, not a count)."""
+    return int(ws.catalog.scalar("SELECT n_images FROM datasets WHERE id = ?", (dataset_id_of(ws.catalog, dataset),)))
 
 
 def dataset_images(ws: Workspace, dataset: str) -> list[tuple[str, str]]:
@@ -211,52 +232,105 @@ def dataset_images(ws: Workspace, dataset: str) -> list[tuple[str, str]]:
 
 def dataset_entries(ws: Workspace, dataset: str) -> list[tuple[str, str, str]]:
     """(image hash, stored path, name) per stored image of the dataset, in input order; the name is what the
-    input called it (S3 file name, path in the folder, URL), first occurrence wins."""
-    dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
-    if dataset_id is None:
-        names = [r[0] for r in ws.catalog.query("SELECT name FROM datasets ORDER BY name")]
-        raise DatasetError(f"no dataset named {dataset!r}; datasets: {', '.join(names) or '(none yet)'}")
-    marks = ",".join("?" * len(SOURCE_JOB_KINDS))
+    input called it (S3 file name, path in the folder, URL), first occurrence wins. Every image: for jobs and
+    exports; pages read `entries_page` or `sample_entries`."""
+    return entries_page(ws, dataset, 0, None)
+
+
+def entries_page(ws: Workspace, dataset: str, offset: int, limit: int | None) -> list[tuple[str, str, str]]:
+    """`limit` entries (all with None) from position `offset` in input order, read through the order index."""
+    dataset_id = dataset_id_of(ws.catalog, dataset)
     rows = ws.catalog.query(
-        f"""SELECT j.image_hash AS hash, j.item_key AS name,
-                   COALESCE(i.path, (SELECT d.path FROM derived_images d WHERE d.image_hash = i.hash
-                                     ORDER BY d.width DESC LIMIT 1)) AS path,
-                   MIN(j.seq) AS first
-            FROM jobs jb JOIN job_items j ON j.job_id = jb.id JOIN images i ON i.hash = j.image_hash
-            WHERE jb.dataset_id = ? AND jb.kind IN ({marks}) AND j.status = 'ok' AND i.is_placeholder = 0
-            GROUP BY j.image_hash ORDER BY first""",
-        (dataset_id, *SOURCE_JOB_KINDS),
-    )  # SQLite takes the bare `name` from the row holding MIN(seq)
+        f"""SELECT m.image_hash AS hash, m.name, {STORED_PATH} AS path
+            FROM dataset_members m JOIN images i ON i.hash = m.image_hash
+            WHERE m.dataset_id = ? ORDER BY m.seq LIMIT ? OFFSET ?""",
+        (dataset_id, -1 if limit is None else limit, max(0, offset)),
+    )
     return [(r["hash"], r["path"], r["name"]) for r in rows if r["path"]]
+
+
+def sample_entries(ws: Workspace, dataset: str, n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """About `n` distinct entries picked at random (reproducibly for a seed), in input order: each is the first
+    image whose hash follows a random 256-bit number, one indexed lookup apiece. Content hashes are uniform, so
+    this is a uniform sample without reading the dataset."""
+    dataset_id = dataset_id_of(ws.catalog, dataset)
+    total = int(ws.catalog.scalar("SELECT n_images FROM datasets WHERE id = ?", (dataset_id,)))
+    if total <= n:
+        return entries_page(ws, dataset, 0, None)
+    rng = random.Random(seed)
+    picked: dict[str, tuple[int, tuple[str, str, str]]] = {}
+    for _ in range(8 * n):
+        if len(picked) >= n:
+            break
+        point = f"{rng.getrandbits(256):064x}"
+        row = (
+            ws.catalog.conn.execute(  # the first hash at or after the point, else (past the last) the first
+                f"""SELECT m.image_hash AS hash, m.name, m.seq, {STORED_PATH} AS path
+                FROM dataset_members m JOIN images i ON i.hash = m.image_hash
+                WHERE m.dataset_id = ? AND m.image_hash >= ? ORDER BY m.image_hash LIMIT 1""",
+                (dataset_id, point),
+            ).fetchone()
+            or ws.catalog.conn.execute(
+                f"""SELECT m.image_hash AS hash, m.name, m.seq, {STORED_PATH} AS path
+                FROM dataset_members m JOIN images i ON i.hash = m.image_hash
+                WHERE m.dataset_id = ? ORDER BY m.image_hash LIMIT 1""",
+                (dataset_id,),
+            ).fetchone()
+        )
+        if row is not None and row["path"]:
+            picked[row["hash"]] = (row["seq"], (row["hash"], row["path"], row["name"]))
+    return [entry for _, entry in sorted(picked.values())]
+
+
+def stage_count(ws: Workspace, dataset: str, stage: str, settings_hash: str, status: str = "ok") -> int:
+    """How many of the dataset's images have a result of this stage, settings and status (a counter)."""
+    found = ws.catalog.scalar(
+        """SELECT c.images FROM dataset_stage_counts c JOIN datasets d ON d.id = c.dataset_id
+           WHERE d.name = ? AND c.stage = ? AND c.settings_hash = ? AND c.status = ?""",
+        (dataset, stage, settings_hash, status),
+    )
+    return int(found or 0)
+
+
+def flag_counts(ws: Workspace, dataset: str, settings_hash: str) -> dict[str, int]:
+    """How many of the dataset's measured images carry each quality flag (counters)."""
+    rows = ws.catalog.query(
+        """SELECT c.flag, c.images FROM dataset_flag_counts c JOIN datasets d ON d.id = c.dataset_id
+           WHERE d.name = ? AND c.settings_hash = ? AND c.images > 0""",
+        (dataset, settings_hash),
+    )
+    return {r["flag"]: r["images"] for r in rows}
 
 
 NEGATIVE_TAGS = ("other-training", "other-validation")  # seed 004's folders of negatives
 
 
-def dataset_tags(ws: Workspace, dataset: str) -> dict[str, set[str]]:
-    """Tags per stored image of a folder or zip dataset (the `tag` column: the folder each copy sat in);
-    an image found in two folders carries both."""
+def _tagged_dataset(ws: Workspace, dataset: str) -> Dataset:
     ds = get_dataset(ws.catalog, dataset)
     if ds is None:
         raise DatasetError(f"no dataset named {dataset!r}")
     if "tag" not in ds.columns:
         raise DatasetError(f"dataset {dataset!r} has no tags (import a folder tree or zip with folder names as tags)")
-    column = ds.columns.index("tag")
-    rows = ws.catalog.query(
-        f"""SELECT DISTINCT j.image_hash AS hash, json_extract(r.data, '$[{column}]') AS tag
-            FROM dataset_rows r
-            JOIN jobs jb ON jb.dataset_id = r.dataset_id AND jb.kind = 'import_folder'
-            JOIN job_items j ON j.job_id = jb.id AND j.item_key = r.source_key
-            JOIN images i ON i.hash = j.image_hash
-            WHERE r.dataset_id = ? AND j.status = 'ok' AND i.is_placeholder = 0""",
-        (ds.id,),
-    )
-    tags: dict[str, set[str]] = {}
-    for r in rows:
-        tags.setdefault(r["hash"], set())
-        if r["tag"]:
-            tags[r["hash"]].add(r["tag"])
+    return ds
+
+
+def dataset_tags(ws: Workspace, dataset: str) -> dict[str, set[str]]:
+    """Tags per stored image of a folder or zip dataset (the `tag` column: the folder each copy sat in);
+    an image found in two folders carries both, one at the top of the tree none."""
+    ds = _tagged_dataset(ws, dataset)
+    tags: dict[str, set[str]] = {
+        r[0]: set() for r in ws.catalog.query("SELECT image_hash FROM dataset_members WHERE dataset_id = ?", (ds.id,))
+    }
+    for r in ws.catalog.query("SELECT tag, image_hash FROM dataset_member_tags WHERE dataset_id = ?", (ds.id,)):
+        tags.setdefault(r[1], set()).add(r[0])
     return tags
+
+
+def tag_counts(ws: Workspace, dataset: str) -> dict[str, int]:
+    """Stored images per tag, negatives included, by tag name: counters, read in one small query."""
+    ds = _tagged_dataset(ws, dataset)
+    rows = ws.catalog.query("SELECT tag, images FROM dataset_tag_counts WHERE dataset_id = ? ORDER BY tag", (ds.id,))
+    return {r["tag"]: r["images"] for r in rows}
 
 
 def image_paths(ws: Workspace, hashes: list[str]) -> dict[str, str]:

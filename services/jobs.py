@@ -402,24 +402,14 @@ class JobManager:
         n_ok = n_failed = 0
         with self.catalog.write() as conn:
             for r in results:
-                cur = conn.execute(
-                    """UPDATE job_items SET status = ?, attempts = attempts + ?, error_class = ?,
-                       error_message = ?, image_hash = ?, result = ?, updated_at = ?
-                       WHERE job_id = ? AND item_key = ? AND status = 'pending'""",
-                    (
-                        r.status,
-                        r.attempts,
-                        r.error_class,
-                        r.error_message,
-                        r.subject_hash,
-                        json.dumps(r.result) if r.result else None,
-                        now,
-                        job_id,
-                        r.key,
-                    ),
-                )
-                if cur.rowcount == 0:
+                still_pending = conn.execute(
+                    "SELECT 1 FROM job_items WHERE job_id = ? AND item_key = ? AND status = 'pending'",
+                    (job_id, r.key),
+                ).fetchone()
+                if still_pending is None:
                     continue
+                # the image first: the catalog's triggers read it (a placeholder joins no dataset) when the item
+                # turns ok below
                 if r.image is not None:
                     img = r.image
                     self.catalog.record_image(
@@ -434,6 +424,22 @@ class JobManager:
                     )
                     if r.status == "ok" and r.source is not None:
                         self.catalog.record_source(conn, r.source[0], r.source[1], img.hash)
+                conn.execute(
+                    """UPDATE job_items SET status = ?, attempts = attempts + ?, error_class = ?,
+                       error_message = ?, image_hash = ?, result = ?, updated_at = ?
+                       WHERE job_id = ? AND item_key = ?""",
+                    (
+                        r.status,
+                        r.attempts,
+                        r.error_class,
+                        r.error_message,
+                        r.subject_hash,
+                        json.dumps(r.result) if r.result else None,
+                        now,
+                        job_id,
+                        r.key,
+                    ),
+                )
                 subject = r.subject_hash
                 if subject is not None:
                     for variant, relpath, w, h in r.derived:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, ClassVar
 
-from services.datasets import DatasetError, dataset_images
+from services.datasets import DatasetError, dataset_id_of, dataset_images, image_count
 from services.jobs import ChunkedTask, JobManager
 from services.workspace import Workspace
 
@@ -36,6 +36,6 @@ class ImageStageTask(ChunkedTask):
 
 def require_images(ws: Workspace, dataset: str) -> int:
     """The dataset's id, after checking it exists and has stored images (the error says what to do)."""
-    if not dataset_images(ws, dataset):  # also raises, listing the datasets, when the name is unknown
+    if not image_count(ws, dataset):  # also raises, listing the datasets, when the name is unknown
         raise DatasetError(f"dataset {dataset!r} has no stored images yet; download or import them first")
-    return int(ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,)))
+    return dataset_id_of(ws.catalog, dataset)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from services.datasets import NEGATIVE_TAGS, DatasetError, dataset_tags
+from services.datasets import NEGATIVE_TAGS, DatasetError, dataset_tags, tag_counts
 from services.embeddings import Embeddings, EmbeddingStore
 from services.jobs import ChunkedTask, ItemResult, JobManager, Journal
 from services.tag_metrics import SMALL_TEST_POSITIVES, best_f1_threshold, evaluate
@@ -52,27 +52,17 @@ class TrainOptions:
 
 
 def trainable_tags(ws: Workspace, dataset: str) -> dict[str, int]:
-    """Tags with their image counts, negatives excluded."""
-    counts: dict[str, int] = {}
-    for tags in dataset_tags(ws, dataset).values():
-        for tag in tags - set(NEGATIVE_TAGS):
-            counts[tag] = counts.get(tag, 0) + 1
-    return dict(sorted(counts.items()))
+    """Tags with their image counts, negatives excluded (the catalog's per-tag counters)."""
+    return {tag: n for tag, n in tag_counts(ws, dataset).items() if tag not in NEGATIVE_TAGS}
 
 
 def has_trainable_tags(ws: Workspace, dataset: str) -> bool:
-    """Whether any image of the dataset sits in a tag folder (a negatives folder does not count). One indexed
-    lookup that stops at the first hit, so a page can ask it of every dataset."""
-    from services.datasets import get_dataset
-
-    ds = get_dataset(ws.catalog, dataset)
-    if ds is None or "tag" not in ds.columns:
-        return False
-    column = ds.columns.index("tag")
+    """Whether any stored image of the dataset sits in a tag folder (a negatives folder does not count): one
+    indexed lookup, so a page can ask it of every dataset."""
     hit = ws.catalog.scalar(
-        f"""SELECT 1 FROM dataset_rows WHERE dataset_id = ? AND COALESCE(json_extract(data, '$[{column}]'), '')
-            NOT IN ('', ?, ?) LIMIT 1""",
-        (ds.id, *NEGATIVE_TAGS),
+        """SELECT 1 FROM dataset_tag_counts c JOIN datasets d ON d.id = c.dataset_id
+           WHERE d.name = ? AND c.tag NOT IN (?, ?) AND c.images > 0 LIMIT 1""",
+        (dataset, *NEGATIVE_TAGS),
     )
     return hit is not None
 
