@@ -8,16 +8,20 @@ import plotly.express as px
 import streamlit as st
 
 from services.classify import (
-    classification,
+    ScoreSummary,
     export_dir,
+    image_scores,
     resolve_models,
+    score_summary,
+    scores_version,
     start_classify_dataset,
     start_classify_path,
+    top_scored,
     write_outputs,
 )
 from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
 from services.datasets import DatasetError, list_datasets
-from services.scoring import bin_edges, histogram
+from services.scoring import bin_edges, stack_models
 from services.server_paths import FOLDER_OR_ZIP
 from services.tag_models import ModelFileError, list_models
 from ui.components import job_panel, launch, save_upload
@@ -106,31 +110,28 @@ shown = st.selectbox(
     "Classified dataset", names, index=names.index(last) if last in names else 0, bind=BIND, key="cl-shown",
     help="Starts at the dataset classified last.",
 )  # fmt: skip
-result = classification(ws, shown, models)
-scored = ~np.isnan(result.scores).any(axis=1)
-if not scored.any():
+stacked = stack_models(models)
+pairs = list(zip(stacked.tags, stacked.types, strict=True))
+version = scores_version(ws, shown)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def summary_of(dataset: str, sha: str, bins: int, model_threshold: float, threshold: float,
+               version: tuple[int, int, str], root: str) -> ScoreSummary:  # fmt: skip
+    """One SQL aggregate per model, threshold and classify progress: reruns read it from the cache."""
+    return score_summary(ws, dataset, sha, bins, model_threshold, threshold)
+
+
+if not any(top_scored(ws, shown, sha, 0.0, 1) for sha in stacked.shas):  # an indexed lookup per model
     st.caption(f"No scores yet for {md(shown)} with these models: classify it above (“A dataset”).")
     st.stop()
-st.metric("Images scored", f"{int(scored.sum()):,}")
-tags = sorted(set(result.stacked.tags))
+tags = sorted(set(stacked.tags))
 tag = st.selectbox("Tag", tags, bind=BIND, key="cl-tag")
-kinds = [k for t, k in zip(result.stacked.tags, result.stacked.types, strict=True) if t == tag]
+kinds = [k for t, k in pairs if t == tag]
 kind = st.radio("Model", kinds, horizontal=True, bind=BIND, key="cl-kind")
-pairs = list(zip(result.stacked.tags, result.stacked.types, strict=True))
-name = result.stacked.names[pairs.index((tag, kind))]
-column = result.column(name)
-labels = [f"{lo:.2f}-{hi:.2f}" for lo, hi in bin_edges(bins)]
-counts = histogram(column[scored].reshape(-1, 1), bins)[0]
-st.plotly_chart(
-    px.bar(
-        pd.DataFrame({"score bin": labels, "images": counts}),
-        x="score bin",
-        y="images",
-        title=plot_text(f"{tag}: {kind}"),
-    ),
-    key="cl-hist",
-)
-stored_threshold = float(result.stacked.thresholds[result.stacked.names.index(name)])
+model_index = pairs.index((tag, kind))
+name, sha = stacked.names[model_index], stacked.shas[model_index]
+stored_threshold = float(stacked.thresholds[model_index])
 if st.session_state.get("cl-threshold-model") != name:  # a new model: start from its own threshold
     st.session_state["cl-threshold-model"] = name
     st.session_state["cl-threshold"] = float(np.floor(stored_threshold * 1000) / 1000)  # never above it
@@ -139,23 +140,35 @@ threshold = st.slider(
     help=f"Starts at the model's decision threshold ({stored_threshold:.3f}, chosen on validation data when it "
     "was trained): images at or above it are the ones the model calls tagged.",
 )  # fmt: skip
-order = [i for i in np.argsort(-np.nan_to_num(column, nan=-1.0)) if scored[i] and column[i] >= threshold]
-tagged = int(np.sum(column[scored] >= stored_threshold))
+summary = summary_of(shown, sha, bins, stored_threshold, threshold, version, str(ws.root))
+st.metric("Images scored", f"{summary.scored:,}")
+labels = [f"{lo:.2f}-{hi:.2f}" for lo, hi in bin_edges(bins)]
+st.plotly_chart(
+    px.bar(
+        pd.DataFrame({"score bin": labels, "images": summary.counts}),
+        x="score bin",
+        y="images",
+        title=plot_text(f"{tag}: {kind}"),
+    ),
+    key="cl-hist",
+)
+best = top_scored(ws, shown, sha, threshold, 200)
 st.caption(
-    f"{len(order):,} images at or above {threshold:.3f}; the best {min(GALLERY, len(order))} shown. "
-    f"{tagged:,} of {int(scored.sum()):,} reach the model's threshold {stored_threshold:.3f}."
+    f"{summary.at_least:,} images at or above {threshold:.3f}; the best {min(GALLERY, len(best))} shown. "
+    f"{summary.reach_model_threshold:,} of {summary.scored:,} reach the model's threshold {stored_threshold:.3f}."
 )
 grid = st.columns(6)
-for n, i in enumerate(order[:GALLERY]):
-    grid[n % 6].image(str(ws.abspath(result.paths[i])), caption=f"{column[i]:.3f} · {md(Path(result.names[i]).name)}")
-if order:
-    pick = st.selectbox("Image detail", [result.names[i] for i in order[:200]], bind=BIND, key="cl-detail")
-    i = result.names.index(pick)
+for n, image in enumerate(best[:GALLERY]):
+    grid[n % 6].image(str(ws.abspath(image.path)), caption=f"{image.score:.3f} · {md(Path(image.name).name)}")
+if best:
+    pick = st.selectbox("Image detail", [image.name for image in best], bind=BIND, key="cl-detail")
+    image = next((b for b in best if b.name == pick), best[0])
     left, right = st.columns([1, 2])
-    left.image(str(ws.abspath(result.paths[i])), caption=result.hashes[i][:16])
+    left.image(str(ws.abspath(image.path)), caption=image.image_hash[:16])
+    scores = image_scores(ws, image.image_hash, stacked.shas)
     right.dataframe(
         pd.DataFrame(
-            {"model": result.stacked.names, "tag": result.stacked.tags, "score": result.scores[i]}
+            {"model": stacked.names, "tag": stacked.tags, "score": [scores.get(s, np.nan) for s in stacked.shas]}
         ).sort_values("score", ascending=False),
         hide_index=True,
         key="cl-detail-table",

@@ -19,9 +19,18 @@ from services.categories import (
     save_list,
 )
 from services.clip_models import ModelUnavailableError
-from services.datasets import DatasetError, dataset_images, list_datasets
+from services.datasets import DatasetError, entries_page, image_count, list_datasets
 from services.describe import estimate_cost, start_describe, try_one
-from services.describe_results import EXPORT_FORMATS, ResultKeys, agreement, export, filter_results, iter_results
+from services.describe_results import (
+    EXPORT_FORMATS,
+    STATUSES,
+    ResultKeys,
+    agreement,
+    answered_by_both,
+    export,
+    result_counts,
+    results_view,
+)
 from services.gemini_client import GeminiError
 from services.zero_shot import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
 from ui.clip_picker import clip_model_picker
@@ -127,16 +136,17 @@ with st.expander("CLIP model for zero-shot categories", expanded=clip_mode_chose
 spec, clip_error = picked.spec, picked.error
 clip_key = (CLIP_STAGE, zero_shot_settings_hash(spec, category_list)) if category_list and not clip_error else None
 
-images = dataset_images(ws, dataset)
-if not images:
+n_images = image_count(ws, dataset)
+if not n_images:
     st.warning(f"Dataset {md(repr(dataset))} has no stored images yet.")
     st.stop()
 
 # --- try one image -------------------------------------------------------------------------------------
 
 with st.expander("Try one image"):
-    index = st.number_input("Image number", 1, len(images), 1, bind=BIND, key="dc-try-index")
-    image_hash, rel = images[int(index) - 1]
+    index = st.number_input("Image number", 1, n_images, 1, bind=BIND, key="dc-try-index")
+    picked_entry = entries_page(ws, dataset, int(index) - 1, 1) or entries_page(ws, dataset, 0, 1)
+    image_hash, rel, _ = picked_entry[0]
     left, right = st.columns([1, 2])
     left.image(str(ws.abspath(rel)), caption=image_hash[:12])
     try_mode = "both" if category_list is not None else "describe"
@@ -185,27 +195,27 @@ if (dc_job := followed_job(manager, "dc-job", ("describe", "categorize_clip"))) 
 
 st.subheader("Results")
 keys = ResultKeys.current(ws, category_list, clip_key)
-results = list(iter_results(ws, dataset, keys))
 f1, f2, f3 = st.columns(3)
 category_filter = f1.selectbox(  # one filter per list: a list's categories are its own options (and URL value)
     "Category", ["(any)"] + (list(category_list.allowed) if category_list else []), bind=BIND,
     key=f"dc-filter-cat-{category_list.name}-v{category_list.version}" if category_list else "dc-filter-cat",
 )  # fmt: skip
 text_filter = f2.text_input("Description contains", bind=BIND, key="dc-filter-text")
-status_filter = f3.selectbox(
-    "Show", ["all", "described", "categorized", "failed", "pending", "disagree"], bind=BIND, key="dc-filter-status"
+status_filter = f3.selectbox("Show", list(STATUSES), bind=BIND, key="dc-filter-status")
+shown, matching = results_view(
+    ws, dataset, keys, None if category_filter == "(any)" else category_filter, text_filter, status_filter, TABLE_LIMIT
 )
-shown = filter_results(results, None if category_filter == "(any)" else category_filter, text_filter, status_filter)
+tally = result_counts(ws, dataset, keys)
 counts = st.columns(5)
-counts[0].metric("Images", f"{len(results):,}")
-counts[1].metric("Described", f"{sum(r.description is not None for r in results):,}")
-counts[2].metric("Categorised (Gemini)", f"{sum(r.categories is not None for r in results):,}")
+counts[0].metric("Images", f"{tally.images:,}")
+counts[1].metric("Described", f"{tally.described:,}")
+counts[2].metric("Categorised (Gemini)", f"{tally.categorized:,}")
 counts[3].metric(
     "Categorised (CLIP)",
-    f"{sum(r.clip_categories is not None for r in results):,}",
+    f"{tally.clip:,}",
     help=None if clip_key else "CLIP's categories are shown for the category list and CLIP model chosen above.",
 )
-counts[4].metric("Failed", f"{sum(bool(r.describe_error or r.categorize_error) for r in results):,}")
+counts[4].metric("Failed", f"{tally.failed:,}")
 table = pd.DataFrame(
     [
         {
@@ -216,17 +226,17 @@ table = pd.DataFrame(
             "agree": r.agrees,
             "error": r.describe_error or r.categorize_error or "",
         }
-        for r in shown[:TABLE_LIMIT]
+        for r in shown
     ],
     columns=["image", "summary", "gemini", "clip", "agree", "error"],
 )
 st.dataframe(table, hide_index=True, key="dc-table")
-if len(shown) > TABLE_LIMIT:
-    st.caption(f"Showing the first {TABLE_LIMIT:,} of {len(shown):,}; narrow the filters or export.")
+if matching > len(shown):
+    st.caption(f"Showing the first {len(shown):,} of {matching:,}; narrow the filters or export.")
 
 if shown:
     st.markdown("**Image detail**")
-    pick = st.selectbox("Image", [r.name for r in shown[:TABLE_LIMIT]], bind=BIND, key="dc-detail")
+    pick = st.selectbox("Image", [r.name for r in shown], bind=BIND, key="dc-detail")
     r = next(x for x in shown if x.name == pick)
     left, right = st.columns([1, 2])
     left.image(str(ws.abspath(r.path)), caption=r.image_hash[:12])
@@ -245,7 +255,7 @@ if shown:
         right.plotly_chart(px.bar(scores, x="category", y="probability", title="CLIP zero-shot"), key="dc-scores")
 
 if category_list is not None and clip_key is not None:
-    rows, overall = agreement(results, category_list)
+    rows, overall = agreement(answered_by_both(ws, dataset, keys), category_list)
     if rows:
         st.markdown("**Gemini vs CLIP zero-shot**")
         if overall is not None:

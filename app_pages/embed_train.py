@@ -109,7 +109,7 @@ workers = None if loader_workers is None else min(int(loader_workers), limit)
 if st.button("Embed", type="primary", key="et-embed", icon=":material/memory:", disabled=not weights_ok):
     start("et-embed-job", lambda: start_embed(ws, manager, dataset, spec, int(batch_size), workers))
 follow("et-embed-job", "embed")
-st.caption(f"{len(EmbeddingStore(ws, key).stored_hashes()):,} vectors stored for {code(key)}.")
+st.caption(f"{EmbeddingStore(ws, key).count():,} vectors stored for {code(key)}.")
 
 # --- train ----------------------------------------------------------------------------------------------
 

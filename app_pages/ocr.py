@@ -1,18 +1,21 @@
 """OCR: pick an engine, recipe and rules, preview with boxes drawn, run over a dataset, check accuracy."""
 
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
 from services import csv_safety
-from services.datasets import DatasetError, DatasetSummary, dataset_entries, list_datasets
+from services.datasets import DatasetError, DatasetSummary, entries_page, image_count, list_datasets
 from services.folder_import import start_folder_import
 from services.imaging import ImageCheckError
 from services.ocr import (
     OcrResult,
     decode_bytes,
     fit_problems,
+    ocr_readings,
     ocr_results,
     ocr_settings_hash,
     oriented_size,
@@ -34,6 +37,7 @@ manager = get_job_manager()
 settings = ws.settings
 PAGE_SIZE = 4  # uploaded images previewed at once
 FIT_SAMPLE = 24  # dataset images whose size is checked against the recipe
+TABLE_LIMIT = 1000  # readings shown in the table (the CSV holds all)
 
 st.title("OCR")
 st.caption("Preprocessing recipe, then line detection and recognition, then rules that repair look-alike "
@@ -183,7 +187,7 @@ def show_preview(name: str, data: bytes) -> None:
 def sample_sizes(dataset: str) -> list[tuple[str, int, int]]:
     """(name, width, height) of the dataset's first images, read from their headers (what the recipe meets)."""
     sized = []
-    for _, rel, image_name in dataset_entries(ws, dataset)[:FIT_SAMPLE]:
+    for _, rel, image_name in entries_page(ws, dataset, 0, FIT_SAMPLE):
         try:
             sized.append((image_name, *oriented_size(ws.abspath(rel))))
         except (OSError, ImageCheckError):
@@ -241,15 +245,13 @@ else:
     dataset = st.selectbox(
         "Dataset", names, bind=BIND, key="ocr-dataset", help="Datasets imported for OCR are listed first."
     )
-    entries = dataset_entries(ws, dataset)
-    if not entries:
+    n_images = image_count(ws, dataset)
+    if not n_images:
         st.warning(f"Dataset {md(repr(dataset))} has no stored images yet: its download or import has not finished.")
     else:
         warn_misfit(sample_sizes(dataset), f"sampled images of {dataset}")
-        index = st.number_input(
-            f"Preview image (of {len(entries)})", 1, len(entries), 1, bind=BIND, key="ocr-preview-index"
-        )
-        _, rel, image_name = entries[int(index) - 1]
+        index = st.number_input(f"Preview image (of {n_images:,})", 1, n_images, 1, bind=BIND, key="ocr-preview-index")
+        _, rel, image_name = (entries_page(ws, dataset, int(index) - 1, 1) or entries_page(ws, dataset, 0, 1))[0]
         try:
             data = ws.abspath(rel).read_bytes()
         except OSError as exc:
@@ -286,24 +288,34 @@ if (ocr_job := followed_job(manager, "ocr-job", ("ocr",))) is not None:
 
 if target:
     settings_hash = ocr_settings_hash(engine, settings.ocr.trocr_model, recipe, base_rules)
-    rows = [r for r in ocr_results(ws, target, settings_hash) if r["raw"] is not None or r["error"]]
+    readings = ocr_readings(ws, target, settings_hash, TABLE_LIMIT)
+    rows = readings.rows
     recipe_words = f"recipe {md(recipe.name)}" if recipe else "no recipe"
     if not rows:
         st.caption(f"No readings yet for {md(target)} with {engine}, {recipe_words} and rules {md(rules_name)}: "
                    "press Run OCR. (Results are kept per engine, recipe and rules: changing one shows its "
                    "own.)")  # fmt: skip
     else:
-        failed = sum(1 for r in rows if r["error"])
-        accepted = sum(1 for r in rows if r["valid"])
-        st.caption(f"{len(rows):,} images with {engine}, {recipe_words} and rules {md(rules_name)}: {accepted:,} read "
-                   f"and accepted by the rules, {len(rows) - accepted - failed:,} not accepted (or no text), "
+        failed, accepted = readings.failed, readings.accepted
+        st.caption(f"{readings.total:,} images with {engine}, {recipe_words} and rules {md(rules_name)}: {accepted:,} "
+                   f"read and accepted by the rules, {readings.total - accepted - failed:,} not accepted (or no text), "
                    f"{failed:,} failed (see the error column).")  # fmt: skip
         columns = ["image", "code", "raw", "valid", "confidence", "cord", "error"]
         frame = pd.DataFrame(rows)[columns]
         st.dataframe(frame, hide_index=True, key="ocr-results")
-        results_csv = csv_safety.to_bytes(
-            columns, ([r.get(c) for c in columns] for r in rows), settings.csv_formula_guard
-        )
+        if readings.total > len(rows):
+            st.caption(f"Showing the first {len(rows):,} of {readings.total:,}; the CSV holds them all.")
+
+        def all_readings(dataset: str = target, settings_key: str = settings_hash) -> list[dict[str, Any]]:
+            """Every reading, for the CSV and the accuracy report: read when asked for, not on every run."""
+            return [r for r in ocr_results(ws, dataset, settings_key) if r["raw"] is not None or r["error"]]
+
+        def results_csv() -> bytes:
+            every = all_readings()
+            return csv_safety.to_bytes(
+                columns, ([r.get(c) for c in columns] for r in every), settings.csv_formula_guard
+            )
+
         st.download_button("Results CSV", results_csv, file_name=f"ocr-{target}.csv", key="ocr-results-csv")
 
         st.markdown("**Accuracy against ground truth**")
@@ -315,13 +327,14 @@ if target:
             except (ValueError, UnicodeDecodeError) as exc:
                 st.error(f"{md(truth_file.name)}: {md(exc)}")
             else:
-                report = score_against_truth(truth, rows)
+                every = all_readings()
+                report = score_against_truth(truth, every)
                 if report.overall is None:
                     st.warning(
                         f"No match: none of the {report.truth_rows:,} ground-truth rows names one of the "
                         f"{report.result_rows:,} images read, so there is nothing to score. "
                         f"{NAME_MATCHING.capitalize()}. Images here are named like "
-                        + ", ".join(code(r["image"]) for r in rows[:3])
+                        + ", ".join(code(r["image"]) for r in every[:3])
                         + (f"; the CSV names {', '.join(code(n) for n in list(truth)[:3])}." if truth else ".")
                     )
                 else:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from services.datasets import DatasetError, dataset_images, list_datasets
+from services.datasets import DatasetError, image_count, list_datasets
 from services.folder_import import start_folder_import
 from services.preprocess import (
     preview,
@@ -119,9 +119,9 @@ with st.container(border=True):
     if (message := st.session_state.pop("pp-saved", None)) is not None:
         st.success(message)
 
-images = dataset_images(ws, dataset)
+n_images = image_count(ws, dataset)
 st.subheader("Preview")
-if not images:
+if not n_images:
     st.warning(f"Dataset {md(repr(dataset))} has no stored images yet.")
 elif recipe is not None:
     seed = st.session_state.get("pp-seed", 0)
@@ -140,11 +140,11 @@ elif recipe is not None:
 st.subheader("Run")
 workers = workers_input(ws, "Worker processes", ws.settings.download.workers, "pp-workers")
 if st.button(
-    f"Run {md((recipe or base).name)} on {len(images):,} images",
+    f"Run {md((recipe or base).name)} on {n_images:,} images",
     type="primary",
     key="pp-run",
     icon=":material/play_arrow:",
-    disabled=recipe is None or not images,
+    disabled=recipe is None or not n_images,
 ):
     job_id = start_preprocess(ws, manager, dataset, recipe, int(workers))  # type: ignore[arg-type]
     launch(manager, job_id)
@@ -160,8 +160,12 @@ for col, flag in zip(cols, FLAGS, strict=True):
     col.metric(flag.replace("_", " "), f"{counts.get(flag, 0):,}")
 shown = recipe or base
 chosen = st.multiselect("Only images flagged", list(FLAGS), bind=BIND, key="pp-flags")
-page = st.session_state.get("pp-page", 0)
-rows, total = results_page(ws, shown, dataset, chosen, page * PAGE_SIZE, PAGE_SIZE)
+view = [dataset, shown.settings_hash, sorted(chosen)]
+starts = st.session_state.get("pp-starts")  # the view, then the key each page starts after (keyset pages)
+if not starts or starts[0] != view:
+    starts = st.session_state["pp-starts"] = [view, 0]
+page = len(starts) - 2
+rows, total = results_page(ws, shown, dataset, chosen, starts[-1], PAGE_SIZE)
 if not total:
     _, done = results_page(ws, shown, dataset, [], 0, 1) if chosen else (None, 0)
     if done:  # results exist; the flags picked match none of them
@@ -172,11 +176,11 @@ else:
     pages = (total + PAGE_SIZE - 1) // PAGE_SIZE
     nav = st.columns([1, 2, 1])
     if nav[0].button("Previous", key="pp-prev", disabled=page == 0):
-        st.session_state["pp-page"] = page - 1
+        starts.pop()
         st.rerun()
     nav[1].caption(f"Page {page + 1} of {pages} · {total:,} images")
-    if nav[2].button("Next", key="pp-next", disabled=page + 1 >= pages):
-        st.session_state["pp-page"] = page + 1
+    if nav[2].button("Next", key="pp-next", disabled=page + 1 >= pages or not rows):
+        starts.append(rows[-1].seq)
         st.rerun()
     grid = st.columns(4)
     for i, row in enumerate(rows):

@@ -13,6 +13,7 @@ import base64
 import binascii
 import hmac
 import re
+import secrets
 from functools import partial
 from typing import IO, Annotated, Any
 
@@ -167,9 +168,11 @@ def create_app(ws: Workspace, token: str, max_images: int | None = None) -> Fast
     @app.get("/images/random", dependencies=guard)
     def random_image() -> dict[str, Any]:
         """A random stored image (404 on an empty catalog, where seed 004 looped forever)."""
+        point = secrets.token_hex(32)  # the first image whose hash follows a random one: an indexed lookup
         row = ws.catalog.conn.execute(
-            """SELECT hash FROM images WHERE is_placeholder = 0 LIMIT 1
-               OFFSET abs(random()) % MAX(1, (SELECT COUNT(*) FROM images WHERE is_placeholder = 0))"""
+            "SELECT hash FROM images WHERE hash >= ? AND is_placeholder = 0 ORDER BY hash LIMIT 1", (point,)
+        ).fetchone() or ws.catalog.conn.execute(
+            "SELECT hash FROM images WHERE is_placeholder = 0 ORDER BY hash LIMIT 1"
         ).fetchone()
         if row is None:
             raise HTTPException(404, "the catalog has no images yet")

@@ -24,7 +24,15 @@ import numpy as np
 
 from services import csv_safety
 from services.clip_models import ClipSpec, load_clip, resolve_weights
-from services.datasets import DatasetError, dataset_entries, get_dataset
+from services.datasets import (
+    STORED_PATH,
+    DatasetError,
+    dataset_entries,
+    dataset_id_of,
+    get_dataset,
+    image_count,
+    stage_count,
+)
 from services.embed import embed_block, embed_missing_on_executor
 from services.embeddings import EMBED_STAGE, EmbeddingStore
 from services.folder_import import start_folder_import
@@ -159,8 +167,8 @@ def _spec_of(model: TagModel) -> ClipSpec:
 
 
 def _unembedded_count(ws: Workspace, dataset: str, key: str) -> int:
-    hashes = [h for h, _, _ in dataset_entries(ws, dataset)]
-    return len(hashes) - len(ws.catalog.stage_done(EMBED_STAGE, key, hashes))
+    """Images of the dataset without an embed result for this model (counters, not a read of the dataset)."""
+    return image_count(ws, dataset) - stage_count(ws, dataset, EMBED_STAGE, key)
 
 
 def _models(params: dict[str, Any]) -> list[TagModel]:
@@ -302,6 +310,82 @@ def classification(ws: Workspace, dataset: str, models: list[TagModel]) -> Class
         for r in rows:
             scores[row_of[r["image_hash"]], column[r["model_sha"]]] = r["score"]
     return Classification([e[0] for e in entries], [e[2] for e in entries], [e[1] for e in entries], stacked, scores)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSummary:
+    """One model's scores over a dataset, as the page shows them."""
+
+    scored: int  # images of the dataset with a score from this model
+    counts: list[int]  # per bin (`bin_edges(bins)`)
+    reach_model_threshold: int
+    at_least: int  # images scoring at least the threshold asked for
+
+
+def score_summary(
+    ws: Workspace, dataset: str, model_sha: str, bins: int, model_threshold: float, threshold: float
+) -> ScoreSummary:
+    """Bin counts and threshold counts in one SQL aggregate over the model's scores (`bin_index`'s bins), so a
+    page never builds a matrix of every image."""
+    if bins < 1:
+        raise ValueError("bins must be at least 1")
+    rows = ws.catalog.query(
+        """SELECT MIN(CAST(MAX(MIN(t.score, 1.0), 0.0) * ? AS INTEGER), ? - 1) AS bin, COUNT(*) AS n,
+                  SUM(t.score >= ?) AS reach, SUM(t.score >= ?) AS at_least
+           FROM tag_scores t CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = t.image_hash
+           WHERE t.model_sha = ? GROUP BY bin""",
+        (bins, bins, model_threshold, threshold, dataset_id_of(ws.catalog, dataset), model_sha),
+    )
+    counts = [0] * bins
+    for r in rows:
+        counts[r["bin"]] = r["n"]
+    return ScoreSummary(
+        scored=sum(counts),
+        counts=counts,
+        reach_model_threshold=sum(r["reach"] for r in rows),
+        at_least=sum(r["at_least"] for r in rows),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredImage:
+    image_hash: str
+    name: str
+    path: str
+    score: float
+
+
+def top_scored(ws: Workspace, dataset: str, model_sha: str, threshold: float, limit: int) -> list[ScoredImage]:
+    """The dataset's best-scoring images at or above the threshold, best first: read down the scores index."""
+    rows = ws.catalog.query(
+        f"""SELECT m.image_hash, m.name, t.score, {STORED_PATH} AS path
+            FROM tag_scores t INDEXED BY tag_scores_model
+            CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = t.image_hash
+            JOIN images i ON i.hash = m.image_hash
+            WHERE t.model_sha = ? AND t.score >= ? ORDER BY t.score DESC LIMIT ?""",
+        (dataset_id_of(ws.catalog, dataset), model_sha, threshold, limit),
+    )
+    return [ScoredImage(r["image_hash"], r["name"], r["path"] or "", r["score"]) for r in rows]
+
+
+def image_scores(ws: Workspace, image_hash: str, model_shas: list[str]) -> dict[str, float]:
+    """One image's score from each of these model versions that scored it."""
+    marks = ",".join("?" * len(model_shas))
+    rows = ws.catalog.query(
+        f"SELECT model_sha, score FROM tag_scores WHERE image_hash = ? AND model_sha IN ({marks})",
+        (image_hash, *model_shas),
+    )
+    return {r["model_sha"]: r["score"] for r in rows}
+
+
+def scores_version(ws: Workspace, dataset: str) -> tuple[int, int, str]:
+    """Changes when a classify job of the dataset makes progress: what a page caches score summaries by."""
+    row = ws.catalog.conn.execute(
+        """SELECT COALESCE(MAX(id), 0), COALESCE(SUM(n_ok), 0), COALESCE(GROUP_CONCAT(state), '') FROM jobs
+           WHERE kind = 'classify' AND json_extract(params, '$.dataset') = ?""",
+        (dataset,),
+    ).fetchone()
+    return int(row[0]), int(row[1]), str(row[2])
 
 
 def write_outputs(ws: Workspace, params: dict[str, Any], default_out: Path) -> Path:

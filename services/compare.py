@@ -83,7 +83,8 @@ def _replace_set(ws: Workspace, name: str, dataset_id: int | None, source: str) 
     with ws.catalog.write() as conn:
         old = conn.execute("SELECT id FROM label_sets WHERE name = ?", (name,)).fetchone()
         if old is not None:
-            conn.execute("DELETE FROM labels WHERE set_id = ?", (old["id"],))
+            for table in ("labels", "label_set_counts", "label_set_depths"):
+                conn.execute(f"DELETE FROM {table} WHERE set_id = ?", (old["id"],))
             conn.execute("DELETE FROM label_sets WHERE id = ?", (old["id"],))
         cur = conn.execute(
             "INSERT INTO label_sets (name, dataset_id, source, items, created_at) VALUES (?, ?, ?, 0, ?)",
@@ -118,6 +119,21 @@ def _finish_set(ws: Workspace, set_id: int) -> LabelSet:
         conn.execute(
             "UPDATE label_sets SET items = (SELECT COUNT(DISTINCT item) FROM labels WHERE set_id = ?) WHERE id = ?",
             (set_id, set_id),
+        )
+        # the counts Compare reads (a set never changes after this)
+        conn.execute("DELETE FROM label_set_counts WHERE set_id = ?", (set_id,))
+        conn.execute("DELETE FROM label_set_depths WHERE set_id = ?", (set_id,))
+        conn.execute(
+            """INSERT INTO label_set_counts (set_id, label, items)
+               SELECT set_id, label, COUNT(*) FROM labels WHERE set_id = ? GROUP BY label""",
+            (set_id,),
+        )
+        conn.execute(
+            """INSERT INTO label_set_depths (set_id, categories, items)
+               SELECT ?, n, COUNT(*) FROM (SELECT COUNT(*) AS n FROM labels WHERE set_id = ? AND label NOT IN (?, ?)
+                                          GROUP BY item)
+               GROUP BY n""",
+            (set_id, set_id, UNKNOWN, FAILED),
         )
     name = ws.catalog.scalar("SELECT name FROM label_sets WHERE id = ?", (set_id,))
     return get_label_set(ws, name)
@@ -216,9 +232,9 @@ def label_set_from_gemini(
 
 
 def label_counts(ws: Workspace, label_set: LabelSet) -> dict[str, int]:
-    """Items per label, one indexed GROUP BY (no row leaves the database)."""
-    rows = ws.catalog.query("SELECT label, COUNT(*) AS n FROM labels WHERE set_id = ? GROUP BY label", (label_set.id,))
-    return {r["label"]: int(r["n"]) for r in rows}
+    """Items per label: counted once when the set was finished (`label_set_counts`)."""
+    rows = ws.catalog.query("SELECT label, items FROM label_set_counts WHERE set_id = ?", (label_set.id,))
+    return {r["label"]: int(r["items"]) for r in rows}
 
 
 def categorised_items(label_set: LabelSet, counts: dict[str, int]) -> int:
@@ -228,14 +244,11 @@ def categorised_items(label_set: LabelSet, counts: dict[str, int]) -> int:
 
 def category_depth(ws: Workspace, label_set: LabelSet) -> dict[int, int]:
     """Categorised items by how many categories each carries (1, 2, 3, ...): where answers gave more than the
-    two asked for, and how multi-label a set is. One GROUP BY over the set's rows."""
+    two asked for, and how multi-label a set is. Counted once when the set was finished (`label_set_depths`)."""
     rows = ws.catalog.query(
-        """SELECT n, COUNT(*) AS items FROM
-             (SELECT COUNT(*) AS n FROM labels WHERE set_id = ? AND label NOT IN (?, ?) GROUP BY item)
-           GROUP BY n ORDER BY n""",
-        (label_set.id, UNKNOWN, FAILED),
+        "SELECT categories, items FROM label_set_depths WHERE set_id = ? ORDER BY categories", (label_set.id,)
     )
-    return {int(r["n"]): int(r["items"]) for r in rows}
+    return {int(r["categories"]): int(r["items"]) for r in rows}
 
 
 def _denominator(ws: Workspace, label_set: LabelSet, counts: dict[str, int]) -> int:
@@ -518,24 +531,19 @@ def image_link(ws: Workspace, label_set: LabelSet, sample: int = 200) -> ImageLi
             best, best_score = ImageLink(row["name"], "name", len(items), hits), score
     if best.dataset is not None:
         return best
-    wanted = {_file_name(i) for i in items}
-    for row in candidates:
-        hits = len(wanted & {_file_name(n) for n in _dataset_names(ws, row["id"])})
+    wanted = sorted({_file_name(i) for i in items})
+    for row in candidates:  # by file name: the stored file names of the dataset's images, an index
+        hits = int(
+            ws.catalog.scalar(
+                f"""SELECT COUNT(DISTINCT file_name) FROM dataset_members
+                    WHERE dataset_id = ? AND file_name IN ({",".join("?" * len(wanted))})""",
+                (row["id"], *wanted),
+            )
+        )
         score = (hits, role is not None and _role(row["name"], row["kind"]) == role)
         if hits and score > best_score:
             best, best_score = ImageLink(row["name"], "file name", len(items), hits), score
     return best
-
-
-def _dataset_names(ws: Workspace, dataset_id: int) -> dict[str, tuple[str, str]]:
-    """Item name -> (image hash, stored path) of a dataset's stored images (first occurrence wins)."""
-    from services.datasets import dataset_entries
-
-    name = ws.catalog.scalar("SELECT name FROM datasets WHERE id = ?", (dataset_id,))
-    out: dict[str, tuple[str, str]] = {}
-    for image_hash, path, item in dataset_entries(ws, name):
-        out.setdefault(item, (image_hash, path))
-    return out
 
 
 def _stored_paths(ws: Workspace, hashes: list[str]) -> dict[str, str]:
@@ -577,9 +585,20 @@ def item_images(
                 found.setdefault(r["item_key"], r["image_hash"])
         paths = _stored_paths(ws, list(set(found.values())))
         return {item: (h, paths[h]) for item, h in found.items() if h in paths}
+    from services.datasets import STORED_PATH
+
     by_file: dict[str, tuple[str, str]] = {}
-    for name, hit in _dataset_names(ws, dataset_id).items():
-        by_file.setdefault(_file_name(name), hit)
+    names = sorted({_file_name(item) for item in items})
+    for start in range(0, len(names), 500):  # the first image (input order) stored under each file name
+        part = names[start : start + 500]
+        for r in ws.catalog.query(
+            f"""SELECT m.file_name, m.image_hash, {STORED_PATH} AS path FROM dataset_members m
+                JOIN images i ON i.hash = m.image_hash
+                WHERE m.dataset_id = ? AND m.file_name IN ({",".join("?" * len(part))}) ORDER BY m.seq""",
+            (dataset_id, *part),
+        ):
+            if r["path"]:
+                by_file.setdefault(r["file_name"], (r["image_hash"], r["path"]))
     return {item: by_file[_file_name(item)] for item in items if _file_name(item) in by_file}
 
 
@@ -672,8 +691,7 @@ def set_role(ws: Workspace, label_set: LabelSet) -> str | None:
 
 
 def image_dataset_names(ws: Workspace) -> list[str]:
-    """Datasets a Gemini label set can be built from (not the CSV imports), by name only: the page's picker
-    must not count a download-sized catalog's rows on every rerun as `list_datasets` does."""
+    """Datasets a Gemini label set can be built from (not the CSV imports), by name."""
     return [r[0] for r in ws.catalog.query("SELECT name FROM datasets WHERE kind != 'categorized-csv' ORDER BY name")]
 
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from services.categories import CategoryList, load_list, validate_answer
-from services.datasets import DatasetError, dataset_images
+from services.datasets import DatasetError, dataset_id_of, image_count, stage_count
 from services.describe_prompts import (
     CATEGORIZE_PROMPT_VERSION,
     DESCRIBE_PROMPT,
@@ -442,11 +442,12 @@ def estimate_cost(
         "list": None if category_list is None else [category_list.name, category_list.version],
     }
     plan = JobPlan.from_params(ws, params)
-    hashes = [h for h, _ in dataset_images(ws, dataset)]
-    todo = set(hashes)
-    for stage, settings_hash in plan.done_stages():
-        todo -= ws.catalog.stage_done(stage, settings_hash, hashes)
-    described = ws.catalog.stage_done(DESCRIBE_STAGE, plan.describe_hash, list(todo)) if mode == "categorize" else set()
+    n_images = image_count(ws, dataset)
+    n_todo = n_images - _done_by_all(ws, dataset, plan.done_stages())
+    n_text = 0  # images left to categorise that have a description: a text request each
+    if mode == "categorize":
+        described = (DESCRIBE_STAGE, plan.describe_hash)
+        n_text = _done_by_all(ws, dataset, [described]) - _done_by_all(ws, dataset, [described, *plan.done_stages()])
     side = settings.processing.image_max_size
     image_tokens = TOKENS_PER_TILE * (1 if side <= 384 else math.ceil(side / 768) ** 2)
     gem = settings.gemini
@@ -455,8 +456,7 @@ def estimate_cost(
     both_in = describe_in + 2 * _text_tokens(cats_text) + 60
     describe_out = _observed_output_tokens(ws, plan.describe_hash) or gem.expected_output_tokens_describe
     text_in = describe_out + 2 * _text_tokens(cats_text) + 80  # the stored description goes back in
-    n_text = len(described)
-    n_image = len(todo) - n_text
+    n_image = n_todo - n_text
     if mode == "describe":
         tokens_in, tokens_out = n_image * describe_in, n_image * describe_out
     else:
@@ -469,23 +469,49 @@ def estimate_cost(
         cost = (tokens_in * price.input_per_million + tokens_out * price.output_per_million) / 1e6
     per_second = min(gem.requests_per_minute / 60.0, gem.concurrency / max(0.05, gem.expected_latency_seconds))
     return CostEstimate(
-        images=len(hashes),
-        to_do=len(todo),
-        requests=len(todo),
+        images=n_images,
+        to_do=n_todo,
+        requests=n_todo,
         input_tokens=int(tokens_in),
         output_tokens=int(tokens_out),
         cost_usd=cost,
-        seconds=len(todo) / per_second if per_second > 0 else 0.0,
+        seconds=n_todo / per_second if per_second > 0 else 0.0,
         model=model,
     )
 
 
+def _done_by_all(ws: Workspace, dataset: str, stages: list[tuple[str, str]]) -> int:
+    """How many of the dataset's images have an ok result for every one of these stages: a counter for one
+    stage; for more, the first stage's results looked up in the others (it costs what there are of them)."""
+    first, *others = stages
+    if not others:
+        return stage_count(ws, dataset, *first)
+    joins = " ".join(
+        f"""JOIN stage_results s{n} ON s{n}.image_hash = s.image_hash AND s{n}.stage = ? AND s{n}.settings_hash = ?
+            AND s{n}.status = 'ok'"""
+        for n in range(len(others))
+    )
+    return int(
+        ws.catalog.scalar(
+            f"""SELECT COUNT(*) FROM stage_results s
+                CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = s.image_hash {joins}
+                WHERE s.stage = ? AND s.settings_hash = ? AND s.status = 'ok'""",
+            (dataset_id_of(ws.catalog, dataset), *[v for stage in others for v in stage], *first),
+        )
+    )
+
+
+OBSERVED_SAMPLE = 2000  # earlier answers an estimate averages: enough for a mean, bounded at any size
+
+
 def _observed_output_tokens(ws: Workspace, describe_hash: str) -> int | None:
-    """Mean output tokens of this model's earlier descriptions (answers that were really requested)."""
+    """Mean output tokens of this model's descriptions (answers that were really requested), over at most
+    OBSERVED_SAMPLE of them read in content-hash order: a random sample."""
     value = ws.catalog.scalar(
-        """SELECT AVG(json_extract(result, '$.output_tokens')) FROM stage_results
-           WHERE stage = ? AND settings_hash = ? AND status = 'ok' AND json_extract(result, '$.attempts') > 0""",
-        (DESCRIBE_STAGE, describe_hash),
+        """SELECT AVG(json_extract(result, '$.output_tokens')) FROM (
+               SELECT result FROM stage_results WHERE stage = ? AND settings_hash = ? AND status = 'ok' LIMIT ?)
+           WHERE json_extract(result, '$.attempts') > 0""",
+        (DESCRIBE_STAGE, describe_hash, OBSERVED_SAMPLE),
     )
     return int(value) if value else None
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from services import csv_safety
 from services.categories import UNKNOWN, CategoryList
-from services.datasets import dataset_entries
+from services.datasets import STORED_PATH, dataset_entries, dataset_id_of, image_count, stage_count
 from services.describe import CATEGORIZE_STAGE, DESCRIBE_STAGE, categorize_settings_hash, describe_settings_hash
 from services.names import file_name
 from services.workspace import Workspace
@@ -145,6 +145,178 @@ def filter_results(
         if status == "disagree" and r.agrees is not False:
             continue
         out.append(r)
+    return out
+
+
+# --- the page's views: counts, a filtered table, the images both engines answered ----------------------------
+#
+# A page never reads every image of a dataset: counts come from the catalog's per-dataset counters (failures,
+# which are few, from the results index), and a filtered table starts from the results the filter needs (so it
+# costs what there are of them) or walks the images in input order until it has enough.
+
+
+@dataclass
+class ResultCounts:
+    images: int
+    described: int
+    categorized: int
+    clip: int
+    failed: int
+
+
+def result_counts(ws: Workspace, dataset: str, keys: ResultKeys) -> ResultCounts:
+    """Images, and how many have a description, Gemini's categories, CLIP's, or a failure."""
+    failed = 0
+    failing = [(DESCRIBE_STAGE, keys.describe_hash)] + (
+        [(CATEGORIZE_STAGE, keys.categorize_hash)] if keys.categorize_hash else []
+    )
+    if any(stage_count(ws, dataset, stage, h, "failed") for stage, h in failing):
+        union = " UNION ".join(
+            "SELECT image_hash FROM stage_results WHERE stage = ? AND settings_hash = ? AND status = 'failed'"
+            for _ in failing
+        )
+        failed = int(ws.catalog.scalar(
+            f"""SELECT COUNT(*) FROM ({union}) x CROSS JOIN dataset_members m
+                ON m.dataset_id = ? AND m.image_hash = x.image_hash""",
+            (*[v for pair in failing for v in pair], dataset_id_of(ws.catalog, dataset)),
+        ))  # fmt: skip
+    return ResultCounts(
+        images=image_count(ws, dataset),
+        described=stage_count(ws, dataset, DESCRIBE_STAGE, keys.describe_hash),
+        categorized=stage_count(ws, dataset, CATEGORIZE_STAGE, keys.categorize_hash) if keys.categorize_hash else 0,
+        clip=stage_count(ws, dataset, keys.clip_stage, keys.clip_hash) if keys.clip_stage and keys.clip_hash else 0,
+        failed=failed,
+    )
+
+
+STATUSES = ("all", "described", "categorized", "failed", "pending", "disagree")
+
+
+def results_view(
+    ws: Workspace,
+    dataset: str,
+    keys: ResultKeys,
+    category: str | None = None,
+    text: str | None = None,
+    status: str = "all",
+    limit: int = 1000,
+) -> tuple[list[ImageResult], int]:
+    """The first `limit` images in input order that pass the page's filters (as `filter_results` has them), and
+    how many pass in all."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r}: use one of {', '.join(STATUSES)}")
+    dataset_id = dataset_id_of(ws.catalog, dataset)
+    needle = (text or "").strip().lower()
+    d = (DESCRIBE_STAGE, keys.describe_hash)
+    c = (CATEGORIZE_STAGE, keys.categorize_hash or "")
+    k = (keys.clip_stage or "", keys.clip_hash or "")
+    where: list[str] = []
+    params: list[Any] = []
+    if category:
+        where.append(
+            """(EXISTS (SELECT 1 FROM json_each(CASE WHEN c.status = 'ok' THEN c.result ELSE '{}' END, '$.categories')
+                        WHERE value = ?)
+                OR (k.status = 'ok' AND json_extract(k.result, '$.categories[0]') = ?))"""
+        )
+        params += [category, category]
+    if needle:  # matched as filter_results does: in the description's JSON text, any case, any script
+        ws.catalog.conn.create_function("description_text", 1, _description_text, deterministic=True)
+        where.append("d.status = 'ok' AND instr(description_text(d.result), ?) > 0")
+        params.append(needle)
+    where.append({
+        "all": "1",
+        "described": "d.status = 'ok'",
+        "categorized": "c.status = 'ok'",
+        "failed": "(d.status = 'failed' OR c.status = 'failed')",
+        "pending": "COALESCE(d.status, '') NOT IN ('ok', 'failed') AND COALESCE(c.status, '') NOT IN ('ok', 'failed')",
+        "disagree": """c.status = 'ok' AND k.status = 'ok' AND json_array_length(c.result, '$.categories') > 0
+            AND json_extract(k.result, '$.categories[0]') NOT IN
+                (SELECT value FROM json_each(c.result, '$.categories'))""",
+    }[status])  # fmt: skip
+    # which results every passing image must have, to start from them instead of from every image
+    drivers: list[tuple[str, str, str]] = []
+    if needle or status == "described":
+        drivers = [(*d, "ok")]
+    elif status in ("categorized", "disagree"):
+        drivers = [(*c, "ok")]
+    elif status == "failed":
+        drivers = [(*d, "failed")] + ([(*c, "failed")] if keys.categorize_hash else [])
+    elif category:
+        drivers = [(*c, "ok")] + ([(*k, "ok")] if keys.clip_stage else [])
+    joins = """JOIN images i ON i.hash = m.image_hash
+        LEFT JOIN stage_results d ON d.image_hash = m.image_hash AND d.stage = ? AND d.settings_hash = ?
+        LEFT JOIN stage_results c ON c.image_hash = m.image_hash AND c.stage = ? AND c.settings_hash = ?
+        LEFT JOIN stage_results k ON k.image_hash = m.image_hash AND k.stage = ? AND k.settings_hash = ?"""
+    join_params = [*d, *c, *k]
+    if drivers:
+        union = " UNION ".join(
+            "SELECT image_hash FROM stage_results WHERE stage = ? AND settings_hash = ? AND status = ?" for _ in drivers
+        )
+        source = f"({union}) x CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = x.image_hash"
+        source_params = [*[v for driver in drivers for v in driver], dataset_id]
+        filters = " AND ".join(where)
+    else:
+        source, source_params = "dataset_members m", []
+        filters = " AND ".join(["m.dataset_id = ?", *where])
+        params = [dataset_id, *params]
+    body = f"FROM {source} {joins} WHERE {filters}"
+    every = [*source_params, *join_params, *params]
+    if not drivers and status == "all" and not category:
+        total = image_count(ws, dataset)
+    else:
+        total = int(ws.catalog.scalar(f"SELECT COUNT(*) {body}", tuple(every)))
+    if not total:
+        return [], 0
+    rows = ws.catalog.query(
+        f"""SELECT m.image_hash, m.name, {STORED_PATH} AS path,
+                   d.status AS d_status, d.result AS d_result, d.error AS d_error,
+                   c.status AS c_status, c.result AS c_result, c.error AS c_error,
+                   k.status AS k_status, k.result AS k_result, k.error AS k_error
+            {body} ORDER BY m.seq LIMIT ?""",
+        (*every, limit),
+    )
+    return [_row_result(r, keys) for r in rows], total
+
+
+def _description_text(result: str | None) -> str:
+    """A describe result's description as `filter_results` searches it: its JSON text, lower case."""
+    try:
+        description = json.loads(result or "{}").get("description") or {}
+    except (ValueError, AttributeError):
+        return ""
+    return json.dumps(description, ensure_ascii=False).lower()
+
+
+def _row_result(r: Any, keys: ResultKeys) -> ImageResult:
+    stages: dict[str, Any] = {}
+    for prefix, stage in (("d", DESCRIBE_STAGE), ("c", CATEGORIZE_STAGE), ("k", keys.clip_stage or "")):
+        if r[f"{prefix}_status"] is not None:
+            stages[stage] = {
+                "status": r[f"{prefix}_status"],
+                "result": r[f"{prefix}_result"],
+                "error": r[f"{prefix}_error"],
+            }
+    return _image_result(r["image_hash"], r["path"] or "", r["name"], stages, keys)
+
+
+def answered_by_both(ws: Workspace, dataset: str, keys: ResultKeys) -> list[ImageResult]:
+    """Images with Gemini's and CLIP's categories (what `agreement` compares), from the categorised ones."""
+    if not (keys.categorize_hash and keys.clip_stage and keys.clip_hash):
+        return []
+    dataset_id = dataset_id_of(ws.catalog, dataset)
+    rows = ws.catalog.query(
+        """SELECT c.image_hash, c.result AS c_result, k.result AS k_result
+           FROM stage_results c CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = c.image_hash
+           JOIN stage_results k ON k.image_hash = c.image_hash AND k.stage = ? AND k.settings_hash = ?
+                AND k.status = 'ok'
+           WHERE c.stage = ? AND c.settings_hash = ? AND c.status = 'ok'""",
+        (dataset_id, keys.clip_stage, keys.clip_hash, CATEGORIZE_STAGE, keys.categorize_hash),
+    )
+    out = []
+    for r in rows:
+        stages = {CATEGORIZE_STAGE: {"status": "ok", "result": r["c_result"], "error": None},
+                  keys.clip_stage: {"status": "ok", "result": r["k_result"], "error": None}}  # fmt: skip
+        out.append(_image_result(r["image_hash"], "", "", stages, keys))
     return out
 
 

@@ -50,6 +50,10 @@ class Embeddings:
         return Embeddings([self.hashes[i] for i in rows], self.vectors[rows])
 
 
+_COUNTS: dict[tuple[str, tuple[str, ...]], int] = {}  # EmbeddingStore.count per store and set of shards
+_COUNT_LOCK = threading.Lock()
+
+
 class EmbeddingStore:
     def __init__(self, ws: Workspace, key: str) -> None:
         self.ws = ws
@@ -87,6 +91,21 @@ class EmbeddingStore:
         if not self.folder.is_dir():
             return []
         return sorted(p.name[: -len(".hashes")] for p in self.folder.glob("*.hashes"))
+
+    def count(self) -> int:
+        """How many images have a vector. Shards are written once and never change under their name, so the
+        count is read once per set of shards and kept in the process: a page's rerun lists a folder."""
+        shards = tuple(self.shards())
+        key = (str(self.folder), shards)
+        with _COUNT_LOCK:
+            if key in _COUNTS:
+                return _COUNTS[key]
+        found = len(self.stored_hashes())
+        with _COUNT_LOCK:
+            if len(_COUNTS) > 64:
+                _COUNTS.clear()
+            _COUNTS[key] = found
+        return found
 
     def stored_hashes(self) -> set[str]:
         """Which images have a vector: the hash lists only, no vector is read (for counts and checks)."""

@@ -389,6 +389,47 @@ def ocr_results(ws: Workspace, dataset: str, settings_hash: str) -> list[dict[st
     return out
 
 
+@dataclass(frozen=True)
+class OcrReadings:
+    """What the page shows of a dataset's readings: the first rows and the counts of all of them."""
+
+    rows: list[dict[str, Any]]
+    total: int  # images read (text found) or failed
+    accepted: int
+    failed: int
+
+
+def ocr_readings(ws: Workspace, dataset: str, settings_hash: str, limit: int = 1000) -> OcrReadings:
+    """The first `limit` images read or failed, in input order, and counts over all of them: started from the
+    readings (the results index), so it costs what there are of them, not the dataset's size."""
+    from services.datasets import STORED_PATH, dataset_id_of
+
+    readings = """CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = s.image_hash"""
+    where = """WHERE s.stage = ? AND s.settings_hash = ?
+               AND (json_extract(s.result, '$.raw') IS NOT NULL OR s.error IS NOT NULL)"""
+    params = (dataset_id_of(ws.catalog, dataset), OCR_STAGE, settings_hash)
+    counts = ws.catalog.conn.execute(
+        f"""SELECT COUNT(*), COALESCE(SUM(json_extract(s.result, '$.valid') = 1), 0),
+                   COALESCE(SUM(s.error IS NOT NULL), 0) FROM stage_results s {readings} {where}""",
+        params,
+    ).fetchone()
+    rows = ws.catalog.query(
+        f"""SELECT m.image_hash, m.name, s.result, s.error, {STORED_PATH} AS path
+            FROM stage_results s {readings} JOIN images i ON i.hash = m.image_hash {where}
+            ORDER BY m.seq LIMIT ?""",
+        (*params, limit),
+    )
+    out = []
+    for r in rows:
+        data = json.loads(r["result"]) if r["result"] else {}
+        out.append({
+            "image": r["name"], "hash": r["image_hash"], "path": r["path"], "code": data.get("code"),
+            "raw": data.get("raw"), "valid": data.get("valid"), "confidence": data.get("confidence"),
+            "cord": data.get("cord"), "error": r["error"],
+        })  # fmt: skip
+    return OcrReadings(out, int(counts[0]), int(counts[1]), int(counts[2]))
+
+
 # --- one image from a device (REST, socket) ---------------------------------------------------------
 
 

@@ -16,7 +16,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from services import csv_safety
-from services.datasets import dataset_images
+from services.datasets import (
+    STORED_PATH,
+    dataset_id_of,
+    flag_counts,
+    image_count,
+    sample_entries,
+    stage_count,
+)
 from services.imaging import ImageCheckError
 from services.jobs import DISK_FULL, ItemResult, JobManager, Journal
 from services.names import file_name
@@ -210,27 +217,13 @@ def preview(ws: Workspace, recipe: Recipe, images: list[tuple[str, str]]) -> lis
 
 
 def sample_images(ws: Workspace, dataset: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
-    images = dataset_images(ws, dataset)
-    if len(images) <= n:
-        return images
-    rng = np.random.default_rng(seed)
-    return [images[i] for i in sorted(rng.choice(len(images), n, replace=False))]
+    """About `n` of the dataset's images at random, reproducibly per seed (indexed lookups, no full read)."""
+    return [(h, path) for h, path, _ in sample_entries(ws, dataset, n, seed)]
 
 
 def quality_counts(ws: Workspace, dataset: str) -> dict[str, int]:
-    """How many of the dataset's measured images carry each quality flag (aggregated in SQL)."""
-    hashes = [h for h, _ in dataset_images(ws, dataset)]
-    counts: dict[str, int] = {}
-    for start in range(0, len(hashes), 500):
-        part = hashes[start : start + 500]
-        marks = ",".join("?" * len(part))
-        for r in ws.catalog.query(
-            f"""SELECT f.value AS flag, COUNT(*) AS n FROM stage_results s, json_each(s.result, '$.flags') f
-                WHERE s.stage = ? AND s.settings_hash = ? AND s.image_hash IN ({marks}) GROUP BY f.value""",
-            (QUALITY_STAGE, QUALITY_VERSION, *part),
-        ):
-            counts[r["flag"]] = counts.get(r["flag"], 0) + r["n"]
-    return counts
+    """How many of the dataset's measured images carry each quality flag (the catalog's counters)."""
+    return flag_counts(ws, dataset, QUALITY_VERSION)
 
 
 @dataclass
@@ -239,28 +232,56 @@ class ResultRow:
     source: str
     output: str
     flags: list[str]
+    seq: int = 0  # the image's place in the dataset: the key the next page starts after
 
 
 def results_page(
-    ws: Workspace, recipe: Recipe, dataset: str, flags: list[str] | None = None, offset: int = 0, limit: int = 12
+    ws: Workspace, recipe: Recipe, dataset: str, flags: list[str] | None = None, after: int = 0, limit: int = 12
 ) -> tuple[list[ResultRow], int]:
-    """One page of a recipe's outputs for a dataset, optionally only images with all of `flags`; and the total."""
-    sources = dict(dataset_images(ws, dataset))
-    hashes = list(sources)
-    matched: list[ResultRow] = []
-    for start in range(0, len(hashes), 500):
-        part = hashes[start : start + 500]
-        marks = ",".join("?" * len(part))
+    """One page of a recipe's outputs for a dataset in input order, starting after the image at `after` (the
+    last row's `seq` of the page before: keyset pagination, the same cost on every page), optionally only images
+    with all of `flags`; and how many there are in all.
+
+    Without flags the total is a counter and the page is read in input order, from the dataset's images when
+    most have results, else from the results; with flags both start from the images carrying the first flag
+    (an index of flags), so the cost follows how many carry it, not the dataset's size."""
+    dataset_id = dataset_id_of(ws.catalog, dataset)
+    stage, settings_hash = stage_name(recipe), recipe.settings_hash
+    columns = f"m.image_hash, m.seq, s.result, q.result AS quality, {STORED_PATH} AS source"
+    quality = "LEFT JOIN stage_results q ON q.image_hash = m.image_hash AND q.stage = ? AND q.settings_hash = ?"
+    ok = "s.image_hash = m.image_hash AND s.stage = ? AND s.settings_hash = ? AND s.status = 'ok'"
+    wanted = sorted(set(flags or []))
+    if not wanted:
+        total = stage_count(ws, dataset, stage, settings_hash)
+        if not total:
+            return [], 0
+        if total * 4 >= image_count(ws, dataset):  # most images have results: walk the images in order
+            sql = f"""SELECT {columns} FROM dataset_members m JOIN stage_results s ON {ok}
+                      JOIN images i ON i.hash = m.image_hash {quality}
+                      WHERE m.dataset_id = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"""
+        else:  # few have: start from the results (CROSS JOIN keeps that order of the loops)
+            sql = f"""SELECT {columns} FROM stage_results s CROSS JOIN dataset_members m ON {ok}
+                      JOIN images i ON i.hash = m.image_hash {quality}
+                      WHERE m.dataset_id = ? AND m.seq > ? ORDER BY m.seq LIMIT ?"""
+        rows = ws.catalog.query(sql, (stage, settings_hash, QUALITY_STAGE, QUALITY_VERSION, dataset_id, after, limit))
+    else:  # start from the images with the first flag (an index), keep those with all of them
+        marks = ",".join("?" * len(wanted))
+        flagged = f"""FROM image_flags f
+            CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = f.image_hash
+            JOIN stage_results s ON {ok} JOIN images i ON i.hash = m.image_hash {quality}
+            WHERE f.settings_hash = ? AND f.flag = ? AND m.seq > ?
+              AND (SELECT COUNT(*) FROM image_flags g WHERE g.settings_hash = f.settings_hash
+                   AND g.image_hash = f.image_hash AND g.flag IN ({marks})) = ?"""
+        joins = (dataset_id, stage, settings_hash, QUALITY_STAGE, QUALITY_VERSION, QUALITY_VERSION, wanted[0])
+        total = int(ws.catalog.scalar(f"SELECT COUNT(*) {flagged}", (*joins, 0, *wanted, len(wanted))))
+        if not total:
+            return [], 0
         rows = ws.catalog.query(
-            f"""SELECT s.image_hash, s.result, q.result AS quality FROM stage_results s
-                LEFT JOIN stage_results q ON q.image_hash = s.image_hash AND q.stage = ? AND q.settings_hash = ?
-                WHERE s.stage = ? AND s.settings_hash = ? AND s.status = 'ok' AND s.image_hash IN ({marks})""",
-            (QUALITY_STAGE, QUALITY_VERSION, stage_name(recipe), recipe.settings_hash, *part),
+            f"SELECT {columns} {flagged} ORDER BY m.seq LIMIT ?", (*joins, after, *wanted, len(wanted), limit)
         )
-        for r in rows:
-            image_flags = json.loads(r["quality"])["flags"] if r["quality"] else []
-            if flags and not set(flags) <= set(image_flags):
-                continue
-            output = json.loads(r["result"])["output"]
-            matched.append(ResultRow(r["image_hash"], sources[r["image_hash"]], output, image_flags))
-    return matched[offset : offset + limit], len(matched)
+    page = []
+    for r in rows:
+        image_flags = json.loads(r["quality"])["flags"] if r["quality"] else []
+        output = json.loads(r["result"])["output"]
+        page.append(ResultRow(r["image_hash"], r["source"] or "", output, image_flags, r["seq"]))
+    return page, total
