@@ -169,11 +169,14 @@ def create_app(ws: Workspace, token: str, max_images: int | None = None) -> Fast
     def random_image() -> dict[str, Any]:
         """A random stored image (404 on an empty catalog, where seed 004 looped forever)."""
         point = secrets.token_hex(32)  # the first image whose hash follows a random one: an indexed lookup
-        row = ws.catalog.conn.execute(
-            "SELECT hash FROM images WHERE hash >= ? AND is_placeholder = 0 ORDER BY hash LIMIT 1", (point,)
-        ).fetchone() or ws.catalog.conn.execute(
-            "SELECT hash FROM images WHERE is_placeholder = 0 ORDER BY hash LIMIT 1"
-        ).fetchone()
+        row = (
+            ws.catalog.conn.execute(
+                "SELECT hash FROM images WHERE hash >= ? AND is_placeholder = 0 ORDER BY hash LIMIT 1", (point,)
+            ).fetchone()
+            or ws.catalog.conn.execute(
+                "SELECT hash FROM images WHERE is_placeholder = 0 ORDER BY hash LIMIT 1"
+            ).fetchone()
+        )
         if row is None:
             raise HTTPException(404, "the catalog has no images yet")
         return image_metadata(row["hash"])

@@ -27,6 +27,17 @@ def file_name_sql(column: str) -> str:
     return f"replace({bare}, rtrim({bare}, replace({bare}, '/', '')), '')"
 
 
+SCORE_BINS = 1000  # fine bins of a classifier score that every dataset's score histogram is kept in
+
+
+def score_bin_sql(score: str) -> str:
+    """SQL for a score's fine bin: the largest k in 0..999 with k / 1000.0 <= score (1.0 in the last bin), decided
+    by the same comparisons a query of a range makes, so counts from bins and from ranges add up exactly."""
+    k = f"CAST({score} * {SCORE_BINS} AS INTEGER)"
+    exact = f"({k} + ({score} >= ({k} + 1) / {SCORE_BINS}.0) - ({score} < {k} / {SCORE_BINS}.0))"
+    return f"MIN({SCORE_BINS - 1}, MAX(0, {exact}))"
+
+
 # What a job item that turns ok adds (a trigger body, for items inserted ok and items updated to ok): its image to
 # the dataset of a source job (not a placeholder; the first item in dispatch order names it), and for a folder
 # import the image's tag from the row the item came from.
@@ -252,6 +263,28 @@ MIGRATIONS: list[str] = [
         images INTEGER NOT NULL,
         PRIMARY KEY (dataset_id, settings_hash, flag)
     ) WITHOUT ROWID;
+    CREATE TABLE dataset_score_bins (        -- images of a dataset per classifier version and fine score bin
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        model_sha TEXT NOT NULL,
+        bin INTEGER NOT NULL,               -- score_bin_sql: k with k / 1000 <= score < (k + 1) / 1000
+        images INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, model_sha, bin)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER tag_score_counted AFTER INSERT ON tag_scores BEGIN
+        INSERT INTO dataset_score_bins (dataset_id, model_sha, bin, images)
+            SELECT m.dataset_id, NEW.model_sha, {new_score_bin}, 1 FROM dataset_members m
+            WHERE m.image_hash = NEW.image_hash
+        ON CONFLICT (dataset_id, model_sha, bin) DO UPDATE SET images = images + 1;
+    END;
+    CREATE TRIGGER tag_score_recounted AFTER UPDATE OF score, model_sha ON tag_scores BEGIN
+        UPDATE dataset_score_bins SET images = images - 1
+            WHERE model_sha = OLD.model_sha AND bin = {old_score_bin}
+              AND dataset_id IN (SELECT dataset_id FROM dataset_members WHERE image_hash = OLD.image_hash);
+        INSERT INTO dataset_score_bins (dataset_id, model_sha, bin, images)
+            SELECT m.dataset_id, NEW.model_sha, {new_score_bin}, 1 FROM dataset_members m
+            WHERE m.image_hash = NEW.image_hash
+        ON CONFLICT (dataset_id, model_sha, bin) DO UPDATE SET images = images + 1;
+    END;
     CREATE TABLE image_flags (               -- quality flags per image, to filter on without parsing results
         settings_hash TEXT NOT NULL,
         flag TEXT NOT NULL,
@@ -260,6 +293,9 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE TRIGGER dataset_members_counted AFTER INSERT ON dataset_members BEGIN
         UPDATE datasets SET n_images = n_images + 1 WHERE id = NEW.dataset_id;
+        INSERT INTO dataset_score_bins (dataset_id, model_sha, bin, images)
+            SELECT NEW.dataset_id, t.model_sha, {t_score_bin}, 1 FROM tag_scores t WHERE t.image_hash = NEW.image_hash
+        ON CONFLICT (dataset_id, model_sha, bin) DO UPDATE SET images = images + 1;
         INSERT INTO dataset_stage_counts (dataset_id, stage, settings_hash, status, images)
             SELECT NEW.dataset_id, s.stage, s.settings_hash, s.status, 1 FROM stage_results s
             WHERE s.image_hash = NEW.image_hash
@@ -354,7 +390,10 @@ MIGRATIONS: list[str] = [
         SELECT set_id, n, COUNT(*) FROM (SELECT set_id, COUNT(*) AS n FROM labels
                                          WHERE label NOT IN ('unknown', '(failed)') GROUP BY set_id, item)
         GROUP BY set_id, n;
-    """.replace("{item_stored}", ITEM_STORED_SQL)
+    """.replace("{new_score_bin}", score_bin_sql("NEW.score"))
+    .replace("{old_score_bin}", score_bin_sql("OLD.score"))
+    .replace("{t_score_bin}", score_bin_sql("t.score"))
+    .replace("{item_stored}", ITEM_STORED_SQL)
     .replace("{stage_result_added}", STAGE_RESULT_ADDED_SQL)
     .replace("{item_file_name}", file_name_sql("j.item_key")),
 ]

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from services import csv_safety
+from services.catalog import SCORE_BINS, score_bin_sql
 from services.clip_models import ClipSpec, load_clip, resolve_weights
 from services.datasets import (
     STORED_PATH,
@@ -258,8 +259,9 @@ def _score_and_store(
     models_hash = _models_hash(params)
     with ws.catalog.write() as conn:
         conn.executemany(
-            """INSERT OR REPLACE INTO tag_scores (image_hash, model_sha, model, tag, score, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?)""",
+            """INSERT INTO tag_scores (image_hash, model_sha, model, tag, score, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT (image_hash, model_sha) DO UPDATE SET model = excluded.model, tag = excluded.tag,
+               score = excluded.score, updated_at = excluded.updated_at""",  # an update: the histogram follows
             [
                 (h, stacked.shas[m], stacked.names[m], stacked.tags[m], float(probabilities[i, m]), now)
                 for i, h in enumerate(hashes)
@@ -325,25 +327,43 @@ class ScoreSummary:
 def score_summary(
     ws: Workspace, dataset: str, model_sha: str, bins: int, model_threshold: float, threshold: float
 ) -> ScoreSummary:
-    """Bin counts and threshold counts in one SQL aggregate over the model's scores (`bin_index`'s bins), so a
-    page never builds a matrix of every image."""
+    """Bin counts and threshold counts from the dataset's fine score histogram (`dataset_score_bins`, 1,000 bins
+    kept as scores are written): a count of scores at or above x is the fine bins above x's plus an exact count
+    of the few scores inside x's own fine bin, so any number of bins and any threshold cost a few small reads."""
     if bins < 1:
         raise ValueError("bins must be at least 1")
-    rows = ws.catalog.query(
-        """SELECT MIN(CAST(MAX(MIN(t.score, 1.0), 0.0) * ? AS INTEGER), ? - 1) AS bin, COUNT(*) AS n,
-                  SUM(t.score >= ?) AS reach, SUM(t.score >= ?) AS at_least
-           FROM tag_scores t CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = t.image_hash
-           WHERE t.model_sha = ? GROUP BY bin""",
-        (bins, bins, model_threshold, threshold, dataset_id_of(ws.catalog, dataset), model_sha),
+    dataset_id = dataset_id_of(ws.catalog, dataset)
+    fine = dict(
+        ws.catalog.conn.execute(
+            "SELECT bin, images FROM dataset_score_bins WHERE dataset_id = ? AND model_sha = ? AND images > 0",
+            (dataset_id, model_sha),
+        ).fetchall()
     )
-    counts = [0] * bins
-    for r in rows:
-        counts[r["bin"]] = r["n"]
+    scored = sum(fine.values())
+
+    def at_least(x: float) -> int:
+        if x <= 0.0:
+            return scored
+        if x > 1.0:
+            return 0
+        bin_of = score_bin_sql("?")
+        edge = int(ws.catalog.scalar(f"SELECT {bin_of}", (x,) * bin_of.count("?")))
+        above = sum(n for b, n in fine.items() if b > edge)
+        below = "AND t.score < ?" if edge < SCORE_BINS - 1 else ""  # the last bin holds 1.0 too
+        inside = ws.catalog.scalar(
+            f"""SELECT COUNT(*) FROM tag_scores t INDEXED BY tag_scores_model
+                CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = t.image_hash
+                WHERE t.model_sha = ? AND t.score >= ? {below}""",
+            (dataset_id, model_sha, x, *([(edge + 1) / SCORE_BINS] if below else [])),
+        )
+        return above + int(inside)
+
+    edges = [at_least(k / bins) for k in range(bins)] + [0]
     return ScoreSummary(
-        scored=sum(counts),
-        counts=counts,
-        reach_model_threshold=sum(r["reach"] for r in rows),
-        at_least=sum(r["at_least"] for r in rows),
+        scored=scored,
+        counts=[edges[k] - edges[k + 1] for k in range(bins)],
+        reach_model_threshold=at_least(model_threshold),
+        at_least=at_least(threshold),
     )
 
 

@@ -509,7 +509,8 @@ def image_link(ws: Workspace, label_set: LabelSet, sample: int = 200) -> ImageLi
     items = [
         r[0]
         for r in ws.catalog.query(
-            "SELECT DISTINCT item FROM labels WHERE set_id = ? ORDER BY item LIMIT ?", (label_set.id, sample)
+            "SELECT DISTINCT item FROM labels WHERE set_id = ? LIMIT ?",
+            (label_set.id, sample),  # stops at the limit
         )
     ]
     candidates = ws.catalog.query("SELECT id, name, kind FROM datasets WHERE kind != 'categorized-csv' ORDER BY name")
@@ -522,7 +523,7 @@ def image_link(ws: Workspace, label_set: LabelSet, sample: int = 200) -> ImageLi
         hits = int(
             ws.catalog.scalar(
                 f"""SELECT COUNT(DISTINCT item_key) FROM job_items WHERE job_id IN ({",".join("?" * len(jobs))})
-                    AND item_key IN ({",".join("?" * len(items))}) AND status = 'ok'""",
+                    AND item_key IN ({",".join("?" * len(items))}) AND +status = 'ok'""",  # `+`: by key, not status
                 (*jobs, *items),
             )
         )
@@ -579,7 +580,7 @@ def item_images(
             part = items[start : start + 500]
             for r in ws.catalog.query(
                 f"""SELECT item_key, image_hash FROM job_items WHERE job_id IN ({",".join("?" * len(jobs))})
-                    AND item_key IN ({",".join("?" * len(part))}) AND status = 'ok'""",
+                    AND item_key IN ({",".join("?" * len(part))}) AND +status = 'ok'""",  # `+`: by key, not status
                 (*jobs, *part),
             ):
                 found.setdefault(r["item_key"], r["image_hash"])

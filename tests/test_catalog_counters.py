@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from services.catalog import MIGRATIONS, Catalog, _split_sql
+from services.classify import score_summary
 from services.compare import category_depth, get_label_set, import_categorized_csv, label_counts
 from services.datasets import dataset_entries, dataset_tags, list_datasets, sample_entries, tag_counts
 from services.folder_import import start_folder_import
@@ -215,6 +216,8 @@ def test_a_catalog_written_at_schema_4_gets_its_members_and_counters_when_migrat
             (3, 'h1', 1, 'ok', 'h1');
         INSERT INTO stage_results VALUES ('h1', 'quality', 'v1', 'ok', '{"flags": ["tiny"]}', NULL, 0),
             ('h2', 'describe', 'd1', 'failed', NULL, 'boom', 0);
+        INSERT INTO tag_scores VALUES ('h1', 'sha', 'model-x', 'x', 0.7, 0), ('h2', 'sha', 'model-x', 'x', 0.2, 0),
+            ('ph', 'sha', 'model-x', 'x', 0.9, 0);
         INSERT INTO label_sets (id, name, dataset_id, source, items, created_at)
             VALUES (1, 'REAL', NULL, 'csv:r', 4, 0);
         INSERT INTO labels VALUES (1, 'cat', 'a.jpg'), (1, 'dog', 'a.jpg'), (1, 'cat', 'b.jpg'),
@@ -230,6 +233,8 @@ def test_a_catalog_written_at_schema_4_gets_its_members_and_counters_when_migrat
         assert tag_counts(ws, "tree") == {"a": 1, "b": 1}
         assert [name for _, _, name in dataset_entries(ws, "photos")] == ["u1", "u2"]
         assert ws.catalog.overview()["images"] == 2 and ws.catalog.overview()["image_bytes"] == 30
+        scores = score_summary(ws, "photos", "sha", 2, 0.5, 0.1)  # the placeholder's score is in no dataset
+        assert (scores.counts, scores.reach_model_threshold, scores.at_least) == ([1, 1], 1, 2)
         real = get_label_set(ws, "REAL")
         assert label_counts(ws, real) == {"cat": 2, "dog": 1, "unknown": 1, "(failed)": 1}
         assert category_depth(ws, real) == {1: 1, 2: 1}

@@ -180,7 +180,7 @@ def test_classify_summary_and_best_images_match_numpy_over_every_score(
     rng = np.random.default_rng(3)
     scored = order[: N - 5]  # five images without scores
     values = {"sha-a": rng.random(len(scored)), "sha-b": rng.random(len(scored)) ** 3}
-    values["sha-a"][:4] = [0.0, 1.0, 0.5, 0.5]  # the ends and a tie
+    values["sha-a"][:10] = [0.0, 1.0, 0.5, 0.5, 0.57, 0.3, 0.007, 0.999, 0.2, 0.0005]  # ends, ties, bin edges
     with ws.catalog.write() as conn:
         conn.executemany(
             "INSERT INTO tag_scores (image_hash, model_sha, model, tag, score, updated_at) VALUES (?, ?, ?, ?, ?, 0)",
@@ -202,6 +202,18 @@ def test_classify_summary_and_best_images_match_numpy_over_every_score(
         expected = sorted((s for s in v if s >= 0.2), reverse=True)[:10]
         assert [b.score for b in best] == pytest.approx(expected)
         assert all(b.image_hash in scored and b.path for b in best)
+    # scores written again (a second classify run): the histogram follows the new scores
+    values["sha-a"] = rng.random(len(scored))
+    with ws.catalog.write() as conn:
+        conn.executemany(
+            """INSERT INTO tag_scores (image_hash, model_sha, model, tag, score, updated_at) VALUES (?, ?, ?, ?, ?, 0)
+               ON CONFLICT (image_hash, model_sha) DO UPDATE SET score = excluded.score""",
+            [(h, "sha-a", "model-sha-a", "t", float(values["sha-a"][i])) for i, h in enumerate(scored)],
+        )
+    summary = score_summary(ws, "set", "sha-a", 7, 0.3, 0.42)
+    expected_bins = np.bincount(np.minimum((values["sha-a"] * 7).astype(int), 6), minlength=7)
+    assert summary.counts == expected_bins.tolist() and summary.scored == len(scored)
+    assert summary.at_least == int((values["sha-a"] >= 0.42).sum())
     assert image_scores(ws, scored[1], ["sha-a", "sha-b", "sha-none"]) == pytest.approx(
-        {"sha-a": 1.0, "sha-b": float(values["sha-b"][1])}
+        {"sha-a": float(values["sha-a"][1]), "sha-b": float(values["sha-b"][1])}
     )
