@@ -8,7 +8,7 @@ PORT ?= 8501
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed bench-classify bench-ocr bench-compare clean
+.PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed bench-classify bench-ocr bench-compare bench-pages clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ bench-ocr: $(STAMP)
 
 bench-compare: $(STAMP)
 	$(PY) benchmarks/compare.py
+
+bench-pages: $(STAMP)
+	$(PY) benchmarks/pages.py
+	$(PY) benchmarks/score_writes.py --images 100000 --models 10
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .ruff_cache
