@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -399,23 +400,47 @@ class OcrReadings:
     failed: int
 
 
-def ocr_readings(ws: Workspace, dataset: str, settings_hash: str, limit: int = 1000) -> OcrReadings:
-    """The first `limit` images read or failed, in input order, and counts over all of them: started from the
-    readings (the results index), so it costs what there are of them, not the dataset's size."""
-    from services.datasets import STORED_PATH, dataset_id_of
+_READING_COUNTS: dict[tuple[str, int, str, int, int], tuple[int, int, int]] = {}  # by the stage's counters
+_READING_COUNTS_LOCK = threading.Lock()
 
-    readings = """CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = s.image_hash"""
-    where = """WHERE s.stage = ? AND s.settings_hash = ?
-               AND (json_extract(s.result, '$.raw') IS NOT NULL OR s.error IS NOT NULL)"""
-    params = (dataset_id_of(ws.catalog, dataset), OCR_STAGE, settings_hash)
-    counts = ws.catalog.conn.execute(
-        f"""SELECT COUNT(*), COALESCE(SUM(json_extract(s.result, '$.valid') = 1), 0),
-                   COALESCE(SUM(s.error IS NOT NULL), 0) FROM stage_results s {readings} {where}""",
-        params,
-    ).fetchone()
+
+def ocr_readings(ws: Workspace, dataset: str, settings_hash: str, limit: int = 1000) -> OcrReadings:
+    """The first `limit` images read or failed, in input order, and counts over all of them. The rows are read
+    in input order from the dataset's images when most have readings, else from the readings; the counts (one
+    pass over the readings) are kept in the process until the stage's counters for the dataset change."""
+    from services.datasets import STORED_PATH, dataset_id_of, image_count, stage_count
+
+    dataset_id = dataset_id_of(ws.catalog, dataset)
+    read = """(json_extract(s.result, '$.raw') IS NOT NULL OR s.error IS NOT NULL)"""
+    ok, failed = (stage_count(ws, dataset, OCR_STAGE, settings_hash, status) for status in ("ok", "failed"))
+    key = (str(ws.catalog.path), dataset_id, settings_hash, ok, failed)
+    with _READING_COUNTS_LOCK:
+        counts = _READING_COUNTS.get(key)
+    if counts is None:
+        row = ws.catalog.conn.execute(
+            f"""SELECT COUNT(*), COALESCE(SUM(json_extract(s.result, '$.valid') = 1), 0),
+                       COALESCE(SUM(s.error IS NOT NULL), 0)
+                FROM stage_results s CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = s.image_hash
+                WHERE s.stage = ? AND s.settings_hash = ? AND {read}""",
+            (dataset_id, OCR_STAGE, settings_hash),
+        ).fetchone()
+        counts = (int(row[0]), int(row[1]), int(row[2]))
+        with _READING_COUNTS_LOCK:
+            if len(_READING_COUNTS) > 256:
+                _READING_COUNTS.clear()
+            _READING_COUNTS[key] = counts
+    if (ok + failed) * 4 >= image_count(ws, dataset):  # most images have readings: walk the images in order
+        source = """dataset_members m JOIN stage_results s ON s.image_hash = m.image_hash AND s.stage = ?
+                    AND s.settings_hash = ?"""
+        params: tuple[object, ...] = (OCR_STAGE, settings_hash, dataset_id)
+        where = "m.dataset_id = ?"
+    else:  # few have: start from the readings
+        source = """stage_results s CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = s.image_hash"""
+        params = (dataset_id, OCR_STAGE, settings_hash)
+        where = "s.stage = ? AND s.settings_hash = ?"
     rows = ws.catalog.query(
         f"""SELECT m.image_hash, m.name, s.result, s.error, {STORED_PATH} AS path
-            FROM stage_results s {readings} JOIN images i ON i.hash = m.image_hash {where}
+            FROM {source} JOIN images i ON i.hash = m.image_hash WHERE {where} AND {read}
             ORDER BY m.seq LIMIT ?""",
         (*params, limit),
     )
@@ -427,7 +452,7 @@ def ocr_readings(ws: Workspace, dataset: str, settings_hash: str, limit: int = 1
             "raw": data.get("raw"), "valid": data.get("valid"), "confidence": data.get("confidence"),
             "cord": data.get("cord"), "error": r["error"],
         })  # fmt: skip
-    return OcrReadings(out, int(counts[0]), int(counts[1]), int(counts[2]))
+    return OcrReadings(out, *counts)
 
 
 # --- one image from a device (REST, socket) ---------------------------------------------------------

@@ -147,6 +147,13 @@ def test_ocr_readings_and_the_cost_estimate_match_the_whole_list(populated: tupl
     assert readings.failed == sum(bool(r["error"]) for r in every)
     assert readings.rows == every[:4]
     assert entries_page(ws, "set", 10, 3) == dataset_entries(ws, "set")[10:13]
+    # a settings hash with few readings: read from the readings, not from every image, with the same answer
+    with ws.catalog.write() as conn:
+        for image_hash, _, _ in dataset_entries(ws, "set")[::25]:
+            ws.catalog.record_stage(conn, image_hash, OCR_STAGE, "sparse", "ok", {"raw": "X", "valid": True}, None)
+    sparse = ocr_readings(ws, "set", "sparse", limit=2)
+    every = [r for r in ocr_results(ws, "set", "sparse") if r["raw"] is not None or r["error"]]
+    assert (sparse.total, sparse.accepted, sparse.rows) == (3, 3, every[:2])
 
     everything = list(iter_results(ws, "set", keys))
     from services.categories import load_list
