@@ -22,6 +22,7 @@ from services.clip_models import ModelUnavailableError
 from services.datasets import DatasetError, entries_page, image_count, list_datasets
 from services.describe import estimate_cost, start_describe, try_one
 from services.describe_results import (
+    COUNT_CAP,
     EXPORT_FORMATS,
     STATUSES,
     ResultKeys,
@@ -232,7 +233,8 @@ table = pd.DataFrame(
 )
 st.dataframe(table, hide_index=True, key="dc-table")
 if matching > len(shown):
-    st.caption(f"Showing the first {len(shown):,} of {matching:,}; narrow the filters or export.")
+    of = f"{COUNT_CAP:,}+" if matching > COUNT_CAP else f"{matching:,}"
+    st.caption(f"Showing the first {len(shown):,} of {of}; narrow the filters or export.")
 
 if shown:
     st.markdown("**Image detail**")

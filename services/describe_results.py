@@ -190,6 +190,7 @@ def result_counts(ws: Workspace, dataset: str, keys: ResultKeys) -> ResultCounts
 
 
 STATUSES = ("all", "described", "categorized", "failed", "pending", "disagree")
+COUNT_CAP = 10_000  # a category or text filter's matches are counted up to this ("10,000+")
 
 
 def results_view(
@@ -202,7 +203,7 @@ def results_view(
     limit: int = 1000,
 ) -> tuple[list[ImageResult], int]:
     """The first `limit` images in input order that pass the page's filters (as `filter_results` has them), and
-    how many pass in all."""
+    how many pass in all (with a category or text filter, or `disagree`: up to COUNT_CAP + 1)."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r}: use one of {', '.join(STATUSES)}")
     dataset_id = dataset_id_of(ws.catalog, dataset)
@@ -221,6 +222,9 @@ def results_view(
         params += [category, category]
     if needle:  # matched as filter_results does: in the description's JSON text, any case, any script
         ws.catalog.conn.create_function("description_text", 1, _description_text, deterministic=True)
+        if needle.isascii():  # a quick necessary test in SQL first: the stored JSON escapes only non-ASCII
+            where.append("instr(lower(d.result), ?) > 0")
+            params.append(needle)
         where.append("d.status = 'ok' AND instr(description_text(d.result), ?) > 0")
         params.append(needle)
     where.append({
@@ -243,28 +247,41 @@ def results_view(
         drivers = [(*d, "failed")] + ([(*c, "failed")] if keys.categorize_hash else [])
     elif category:
         drivers = [(*c, "ok")] + ([(*k, "ok")] if keys.clip_stage else [])
+    n_images = image_count(ws, dataset)
+    # counted from the results the filter needs (or the counters); listed from those results too unless the
+    # images passing are many, when walking the images in order finds `limit` of them soon
+    dense = not drivers
     joins = """JOIN images i ON i.hash = m.image_hash
         LEFT JOIN stage_results d ON d.image_hash = m.image_hash AND d.stage = ? AND d.settings_hash = ?
         LEFT JOIN stage_results c ON c.image_hash = m.image_hash AND c.stage = ? AND c.settings_hash = ?
         LEFT JOIN stage_results k ON k.image_hash = m.image_hash AND k.stage = ? AND k.settings_hash = ?"""
     join_params = [*d, *c, *k]
-    if drivers:
-        union = " UNION ".join(
-            "SELECT image_hash FROM stage_results WHERE stage = ? AND settings_hash = ? AND status = ?" for _ in drivers
-        )
-        source = f"({union}) x CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = x.image_hash"
-        source_params = [*[v for driver in drivers for v in driver], dataset_id]
-        filters = " AND ".join(where)
-    else:
-        source, source_params = "dataset_members m", []
-        filters = " AND ".join(["m.dataset_id = ?", *where])
-        params = [dataset_id, *params]
-    body = f"FROM {source} {joins} WHERE {filters}"
-    every = [*source_params, *join_params, *params]
-    if not drivers and status == "all" and not category:
-        total = image_count(ws, dataset)
-    else:
-        total = int(ws.catalog.scalar(f"SELECT COUNT(*) {body}", tuple(every)))
+    union = " UNION ".join(
+        "SELECT image_hash FROM stage_results WHERE stage = ? AND settings_hash = ? AND status = ?" for _ in drivers
+    )
+    driven = (
+        f"""FROM ({union}) x CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = x.image_hash
+            {joins} WHERE {" AND ".join(where)}""",
+        [*[v for driver in drivers for v in driver], dataset_id, *join_params, *params],
+    )
+    walked = (
+        f"FROM dataset_members m {joins} WHERE {' AND '.join(['m.dataset_id = ?', *where])}",
+        [*join_params, dataset_id, *params],
+    )
+    if category or needle or status == "disagree":  # counted up to COUNT_CAP + 1 ("10,000+"): a broad filter
+        body, every = driven if drivers else walked  # stops early, a narrow one reads only the results it needs
+        total = int(ws.catalog.scalar(f"SELECT COUNT(*) FROM (SELECT 1 {body} LIMIT ?)", (*every, COUNT_CAP + 1)))
+    else:  # a status alone: from the counters, or from the results (never from every image)
+        any_result = [(*d, "ok"), (*d, "failed"), (*c, "ok"), (*c, "failed")]
+        total = {
+            "all": lambda: n_images,
+            "described": lambda: stage_count(ws, dataset, *d),
+            "categorized": lambda: stage_count(ws, dataset, *c),
+            "failed": lambda: _images_with_any(ws, dataset_id, [(*d, "failed"), (*c, "failed")]),
+            "pending": lambda: n_images - _images_with_any(ws, dataset_id, any_result),
+        }[status]()
+    many = total > COUNT_CAP or total * 10 >= n_images  # many pass: walking the images finds `limit` soon
+    body, every = walked if dense or many else driven
     if not total:
         return [], 0
     rows = ws.catalog.query(
@@ -276,6 +293,21 @@ def results_view(
         (*every, limit),
     )
     return [_row_result(r, keys) for r in rows], total
+
+
+def _images_with_any(ws: Workspace, dataset_id: int, results: list[tuple[str, str, str]]) -> int:
+    """How many of the dataset's images have at least one of these (stage, settings hash, status) results,
+    counted from the results (an index), so it costs what there are of them."""
+    union = " UNION ".join(
+        "SELECT image_hash FROM stage_results WHERE stage = ? AND settings_hash = ? AND status = ?" for _ in results
+    )
+    return int(
+        ws.catalog.scalar(
+            f"""SELECT COUNT(*) FROM ({union}) x
+                CROSS JOIN dataset_members m ON m.dataset_id = ? AND m.image_hash = x.image_hash""",
+            (*[v for result in results for v in result], dataset_id),
+        )
+    )
 
 
 def _description_text(result: str | None) -> str:
