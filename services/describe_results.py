@@ -171,15 +171,7 @@ def result_counts(ws: Workspace, dataset: str, keys: ResultKeys) -> ResultCounts
         [(CATEGORIZE_STAGE, keys.categorize_hash)] if keys.categorize_hash else []
     )
     if any(stage_count(ws, dataset, stage, h, "failed") for stage, h in failing):
-        union = " UNION ".join(
-            "SELECT image_hash FROM stage_results WHERE stage = ? AND settings_hash = ? AND status = 'failed'"
-            for _ in failing
-        )
-        failed = int(ws.catalog.scalar(
-            f"""SELECT COUNT(*) FROM ({union}) x CROSS JOIN dataset_members m
-                ON m.dataset_id = ? AND m.image_hash = x.image_hash""",
-            (*[v for pair in failing for v in pair], dataset_id_of(ws.catalog, dataset)),
-        ))  # fmt: skip
+        failed = _images_with_any(ws, dataset_id_of(ws.catalog, dataset), [(*pair, "failed") for pair in failing])
     return ResultCounts(
         images=image_count(ws, dataset),
         described=stage_count(ws, dataset, DESCRIBE_STAGE, keys.describe_hash),
