@@ -14,12 +14,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP): requirements.txt | $(PY)
+# requirements.txt pins every dependency; the package itself goes in editable (`workbench` = `python -m services`).
+$(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -e .
 	touch $@
 
-$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+$(DEV_STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(PY)
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q --no-deps -e .
 	touch $@
 
 # The dashboard (dashboard.py: app.py behind the upload gate and private-route middleware), Streamlit's upload

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from services.catalog import CatalogError
-from services.log_setup import quiet_third_party_loggers
-from services.settings import load_settings
+from services.core.catalog import CatalogError
+from services.core.log_setup import quiet_third_party_loggers
+from services.core.settings import load_settings
 from ui.auth import require_sign_in, sign_in_configured
 from ui.components import executor_setting
 from ui.state import get_job_manager, get_workspace

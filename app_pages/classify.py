@@ -7,7 +7,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from services.classify import (
+from services.core.datasets import list_datasets
+from services.core.errors import WorkbenchError
+from services.core.server_paths import FOLDER_OR_ZIP
+from services.io.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
+from services.stages.classify.scoring import bin_edges, stack_models
+from services.stages.classify.stage import (
     ScoreSummary,
     export_dir,
     image_scores,
@@ -19,12 +24,9 @@ from services.classify import (
     top_scored,
     write_outputs,
 )
-from services.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
-from services.datasets import DatasetError, list_datasets
-from services.scoring import bin_edges, stack_models
-from services.server_paths import FOLDER_OR_ZIP
-from services.tag_models import ModelFileError, list_models
+from services.stages.train.models import list_models
 from ui.components import job_panel, launch, save_upload
+from ui.errors import show_error
 from ui.page_state import BIND, follow_job, followed_job
 from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
@@ -45,8 +47,8 @@ if not trained_on:
 model_set = st.selectbox("Models trained on", trained_on, bind=BIND, key="cl-models")
 try:
     models = resolve_models(ws, None, model_set)
-except ModelFileError as exc:
-    st.error(md(exc))
+except WorkbenchError as exc:
+    show_error(exc)
     st.stop()
 st.caption(f"{len(models)} models: " + md(", ".join(sorted({m.tag for m in models}))))  # tags: folder names
 made_with = models[0].manifest.get("embedding_spec")
@@ -88,8 +90,8 @@ if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", 
             job_id = start_classify_path(ws, manager, folder, models, bins, None, copy, name)
         else:
             job_id = start_classify_dataset(ws, manager, picked or "", models, bins, None, copy)
-    except (DatasetError, ModelFileError, ModelUnavailableError) as exc:
-        st.error(md(exc))
+    except WorkbenchError as exc:
+        show_error(exc)
     else:
         launch(manager, job_id)
         follow_job("cl-job", job_id)

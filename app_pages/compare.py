@@ -9,13 +9,25 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from services.categories import list_lists
-from services.clusters import cluster_sets
-from services.compare import (
+from services.core.datasets import DatasetError, image_paths
+from services.core.errors import WorkbenchError
+from services.core.names import file_name, to_name
+from services.io.embedding_store import EmbeddingStore
+from services.stages.clusters.clustering import cluster_sets
+from services.stages.compare.embeddings import (
+    MIN_CATEGORY_IMAGES,
+    RESAMPLES,
+    EmbeddingComparison,
+    EmbeddingModel,
+    compare_embeddings,
+    confounds,
+    local_models,
+    weights_on_disk,
+)
+from services.stages.compare.label_sets import (
     FAILED,
     MIN_EXPECTED,
     TEST_NAMES,
-    CompareError,
     ImageLink,
     LabelSet,
     SetImages,
@@ -34,17 +46,7 @@ from services.compare import (
     set_images,
     set_role,
 )
-from services.compare_embeddings import (
-    MIN_CATEGORY_IMAGES,
-    RESAMPLES,
-    EmbeddingComparison,
-    EmbeddingModel,
-    compare_embeddings,
-    confounds,
-    local_models,
-    weights_on_disk,
-)
-from services.compare_report import (
+from services.stages.compare.report import (
     COLOURS,
     DISTANCE_HEADER,
     RATES_HEADER,
@@ -62,11 +64,10 @@ from services.compare_report import (
     thumbnail_jpeg,
     write_tables,
 )
-from services.datasets import DatasetError, image_paths
-from services.embed import start_embed
-from services.embeddings import EmbeddingStore
-from services.names import file_name, to_name
+from services.stages.describe.categories import list_lists
+from services.stages.embed.stage import start_embed
 from ui.components import job_panel, launch, save_upload
+from ui.errors import show_error
 from ui.page_state import BIND, follow_jobs, followed_jobs
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
@@ -159,8 +160,8 @@ with st.expander("Add a set", expanded=len(list_label_sets(ws)) < 2):
             try:
                 saved = import_categorized_csv(ws, save_upload(ws, upload), csv_name or upload.name.rsplit(".", 1)[0])
                 st.success(f"{md(saved.name)}: {saved.items:,} images")
-            except CompareError as exc:
-                st.error(md(exc))
+            except WorkbenchError as exc:
+                show_error(exc)
     with gemini_tab:
         datasets = image_dataset_names(ws)
         lists = [x.label for x in list_lists(ws, all_versions=True)]
@@ -179,8 +180,8 @@ with st.expander("Add a set", expanded=len(list_label_sets(ws)) < 2):
                 st.success(f"{md(saved.name)}: {saved.items:,} images"
                            + (f"; {beyond:,} answers gave more than two valid categories, all counted" if beyond
                               else ""))  # fmt: skip
-            except CompareError as exc:
-                st.error(md(exc))
+            except WorkbenchError as exc:
+                show_error(exc)
 
 all_sets = list_label_sets(ws)
 if len(all_sets) < 2:

@@ -7,21 +7,21 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from services.categories import (
+from services.core.datasets import DatasetError, entries_page, image_count, list_datasets
+from services.core.errors import WorkbenchError
+from services.io.gemini_client import GeminiError
+from services.stages.describe.categories import (
     MAX_CATEGORIES,
     MAX_CATEGORY_CHARS,
     MAX_CATEGORY_CSV_BYTES,
-    CategoryError,
     extract_categories,
     list_lists,
     load_list,
     parse_category_csv,
     save_list,
 )
-from services.clip_models import ModelUnavailableError
-from services.datasets import DatasetError, entries_page, image_count, list_datasets
-from services.describe import estimate_cost, start_describe, try_one
-from services.describe_results import (
+from services.stages.describe.categorize_clip import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
+from services.stages.describe.results import (
     COUNT_CAP,
     EXPORT_FORMATS,
     STATUSES,
@@ -32,10 +32,10 @@ from services.describe_results import (
     result_counts,
     results_view,
 )
-from services.gemini_client import GeminiError
-from services.zero_shot import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
+from services.stages.describe.stage import estimate_cost, start_describe, try_one
 from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch
+from ui.errors import show_error
 from ui.page_state import BIND, follow_job, followed_job
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
@@ -77,8 +77,8 @@ def save_categories(name: str, read: Callable[[], list[str]], source: str) -> No
     """Parse, store as a new version when changed, select it; errors name the row or column."""
     try:
         saved = save_list(ws, name, read(), source)
-    except CategoryError as exc:
-        st.error(md(exc))  # it quotes the row
+    except WorkbenchError as exc:
+        show_error(exc)
         return
     st.session_state["dc-list"] = saved.label
     st.success(f"Saved {md(saved.label)}: {len(saved.categories)} categories: {md(', '.join(saved.categories[:20]))}")
@@ -173,8 +173,8 @@ elif mode == "clip":
 else:
     try:
         st.info(estimate_cost(ws, dataset, mode, category_list).describe(), icon=":material/payments:")
-    except DatasetError as exc:
-        st.error(md(exc))
+    except WorkbenchError as exc:
+        show_error(exc)
 blocked = (needs_list and category_list is None) or (mode == "clip" and bool(clip_error))
 blocked = blocked or (mode != "clip" and key_state == "missing")
 if st.button(f"Start: {mode_label}", type="primary", key="dc-run", disabled=blocked, icon=":material/play_arrow:"):
@@ -183,8 +183,8 @@ if st.button(f"Start: {mode_label}", type="primary", key="dc-run", disabled=bloc
             job_id = start_zero_shot(ws, manager, dataset, category_list, spec)  # type: ignore[arg-type]
         else:
             job_id = start_describe(ws, manager, dataset, mode, category_list)
-    except (DatasetError, ModelUnavailableError) as exc:
-        st.error(md(exc))
+    except WorkbenchError as exc:
+        show_error(exc)
     else:
         launch(manager, job_id)
         follow_job("dc-job", job_id)

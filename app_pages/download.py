@@ -5,13 +5,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from services.datasets import DatasetError, read_csv_header
-from services.names import to_name
-from services.s3_client import S3AccessError
-from services.s3_download import analyze_s3, plan_batch, start_s3_download
-from services.server_paths import CSV_FILE, FOLDER
-from services.url_download import guess_kind, start_url_download, url_columns
+from services.core.datasets import DatasetError, read_csv_header
+from services.core.errors import WorkbenchError
+from services.core.names import to_name
+from services.core.server_paths import CSV_FILE, FOLDER
+from services.io.s3_client import S3AccessError
+from services.stages.download.s3 import analyze_s3, plan_batch, start_s3_download
+from services.stages.download.urls import guess_kind, start_url_download, url_columns
 from ui.components import job_panel, jobs_table, launch, s3_endpoint_input, save_upload, workers_input
+from ui.errors import show_error
 from ui.page_state import BIND, follow_job, followed_job
 from ui.server_path import server_path_input
 from ui.state import get_job_manager, get_workspace
@@ -123,8 +125,8 @@ with tab_urls:
                         placeholder,
                         int(workers),
                     )
-                except DatasetError as exc:
-                    st.error(md(exc))
+                except WorkbenchError as exc:
+                    show_error(exc)
                 else:
                     _start(job_id)
 
@@ -164,8 +166,8 @@ with tab_s3:
             try:
                 name = s3_dataset or _dataset_default(Path(analysis.csv_path))
                 job_id = start_s3_download(ws, manager, analysis, name)
-            except DatasetError as exc:
-                st.error(md(exc))
+            except WorkbenchError as exc:
+                show_error(exc)
             else:
                 st.session_state.pop("s3-analysis", None)
                 _start(job_id)
@@ -184,8 +186,8 @@ with tab_batch:
     if folder and batch_bucket:
         try:
             entries, skipped = plan_batch(folder, template)
-        except DatasetError as exc:
-            st.error(md(exc))
+        except WorkbenchError as exc:
+            show_error(exc)
             entries, skipped = [], []
         for path, reason in skipped:
             st.caption(f"Skipped {code(path.name)}: {md(reason)}")
@@ -206,8 +208,8 @@ with tab_batch:
                         (e, analyze_s3(ws, e.csv_path, batch_bucket, e.prefix, batch_endpoint, signed=batch_signed))
                         for e in entries
                     ]
-                except (DatasetError, S3AccessError) as exc:
-                    st.error(md(exc))
+                except WorkbenchError as exc:
+                    show_error(exc)
             analyses = st.session_state.get("batch-analyses") or []
             if analyses:
                 st.dataframe(

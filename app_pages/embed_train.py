@@ -7,18 +7,19 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from services.clip_models import ModelUnavailableError
-from services.datasets import DatasetError, list_datasets
-from services.embed import start_embed
-from services.embeddings import EmbeddingStore, embedding_key
-from services.folder_import import start_folder_import
-from services.jobs import page_worker_limit
-from services.server_paths import FOLDER_OR_ZIP
-from services.tag_metrics import SMALL_TEST_POSITIVES
-from services.tag_models import MODEL_TYPES, headline_metrics, list_models
-from services.tag_training import AUTO_CV_FOLDS, has_trainable_tags, start_training, trainable_tags
+from services.core.datasets import DatasetError, list_datasets
+from services.core.errors import WorkbenchError
+from services.core.server_paths import FOLDER_OR_ZIP
+from services.io.embedding_store import EmbeddingStore, embedding_key
+from services.jobs.manager import page_worker_limit
+from services.stages.download.folder_import import start_folder_import
+from services.stages.embed.stage import start_embed
+from services.stages.train.metrics import SMALL_TEST_POSITIVES
+from services.stages.train.models import MODEL_TYPES, headline_metrics, list_models
+from services.stages.train.stage import AUTO_CV_FOLDS, has_trainable_tags, start_training, trainable_tags
 from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch, save_upload
+from ui.errors import show_error
 from ui.page_state import BIND, follow_job, followed_job
 from ui.server_path import display_path, server_path_input
 from ui.state import get_job_manager, get_workspace
@@ -38,8 +39,8 @@ def start(key: str, create: Callable[[], int]) -> None:
     """Create a job (errors shown, nothing queued), run it detached and follow it below."""
     try:
         job_id = create()
-    except (DatasetError, ModelUnavailableError) as exc:
-        st.error(md(exc))
+    except WorkbenchError as exc:
+        show_error(exc)
         return
     launch(manager, job_id)
     follow_job(key, job_id)

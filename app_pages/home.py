@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from services.compare import LABEL_SET_KIND
-from services.datasets import list_datasets
-from services.demo import build_demo
+from services.core.datasets import list_datasets
+from services.demo.builder import build_demo
+from services.stages.compare.label_sets import LABEL_SET_KIND
 from ui.components import job_panel, jobs_table
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace

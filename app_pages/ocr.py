@@ -7,11 +7,15 @@ import streamlit as st
 from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
-from services import csv_safety
-from services.datasets import DatasetError, DatasetSummary, entries_page, image_count, list_datasets
-from services.folder_import import start_folder_import
-from services.imaging import ImageCheckError
-from services.ocr import (
+from services.core import csv_safety
+from services.core.datasets import DatasetSummary, entries_page, image_count, list_datasets
+from services.core.errors import WorkbenchError
+from services.io.imaging import ImageCheckError
+from services.stages.download.folder_import import start_folder_import
+from services.stages.ocr.accuracy import NAME_MATCHING, read_ground_truth, score_against_truth, truth_report_csv
+from services.stages.ocr.engines import EngineUnavailableError, engine_status, resolve_engine
+from services.stages.ocr.rules import OcrRules, RulesError, list_rules, load_rules, save_rules
+from services.stages.ocr.stage import (
     OcrResult,
     decode_bytes,
     fit_problems,
@@ -23,11 +27,9 @@ from services.ocr import (
     read_image,
     start_ocr,
 )
-from services.ocr_accuracy import NAME_MATCHING, read_ground_truth, score_against_truth, truth_report_csv
-from services.ocr_engines import EngineUnavailableError, engine_status, resolve_engine
-from services.ocr_rules import OcrRules, RulesError, list_rules, load_rules, save_rules
-from services.recipes import RecipeError, list_recipes, load_recipe, parse_recipe
+from services.stages.preprocess.recipes import list_recipes, load_recipe, parse_recipe
 from ui.components import job_panel, launch, save_upload
+from ui.errors import show_error
 from ui.page_state import BIND, follow_job, followed_job
 from ui.state import get_job_manager, get_workspace
 from ui.text import code, md
@@ -61,8 +63,8 @@ rules_name = c3.selectbox("Rules", list_rules(ws.root), bind=BIND, key="ocr-rule
 try:
     recipe = load_recipe(ws.root, recipe_name) if recipe_name != "(none)" else None
     base_rules = load_rules(ws.root, rules_name)
-except (RecipeError, RulesError) as exc:
-    st.error(md(exc))
+except WorkbenchError as exc:
+    show_error(exc)
     st.stop()
 if recipe is not None:
     c2.caption(md(recipe.description) if recipe.description else f"{len(recipe.ops)} steps")  # users' text
@@ -277,8 +279,8 @@ if st.button("Run OCR", type="primary", key="ocr-run", disabled=target is None o
              icon=":material/document_scanner:"):  # fmt: skip
     try:
         job_id = start_ocr(ws, manager, target or "", engine, None if recipe is None else recipe.name, rules_name)
-    except (DatasetError, EngineUnavailableError, RulesError, RecipeError) as exc:
-        st.error(md(exc))
+    except WorkbenchError as exc:
+        show_error(exc)
     else:
         launch(manager, job_id)
         follow_job("ocr-job", job_id)

@@ -2,18 +2,12 @@
 
 import streamlit as st
 
-from services.datasets import DatasetError, image_count, list_datasets
-from services.folder_import import start_folder_import
-from services.preprocess import (
-    preview,
-    quality_counts,
-    results_page,
-    sample_images,
-    start_preprocess,
-)
-from services.quality import FLAGS
-from services.recipes import (
-    RecipeError,
+from services.core.datasets import image_count, list_datasets
+from services.core.errors import WorkbenchError
+from services.core.server_paths import FOLDER_OR_ZIP
+from services.stages.download.folder_import import start_folder_import
+from services.stages.preprocess.quality import FLAGS
+from services.stages.preprocess.recipes import (
     RecipeExistsError,
     draft_of,
     is_builtin,
@@ -23,8 +17,15 @@ from services.recipes import (
     renamed,
     save_recipe,
 )
-from services.server_paths import FOLDER_OR_ZIP
+from services.stages.preprocess.stage import (
+    preview,
+    quality_counts,
+    results_page,
+    sample_images,
+    start_preprocess,
+)
 from ui.components import job_panel, launch, workers_input
+from ui.errors import show_error
 from ui.page_state import BIND, follow_job, followed_job
 from ui.recipe_editor import edit_recipe
 from ui.server_path import server_path_input
@@ -44,8 +45,8 @@ with st.expander("Import a folder from the server as a dataset"):
     if st.button("Import folder", key="pp-import", icon=":material/drive_folder_upload:", disabled=not folder):
         try:
             job_id = start_folder_import(ws, manager, folder)  # type: ignore[arg-type]
-        except DatasetError as exc:
-            st.error(md(exc))
+        except WorkbenchError as exc:
+            show_error(exc)
         else:
             launch(manager, job_id)
             follow_job("pp-job", job_id)
@@ -80,8 +81,8 @@ versions = recipe_versions(ws.root, recipe_name)
 version = right.selectbox("Version", versions[::-1], bind=BIND, key="pp-version", disabled=len(versions) < 2)
 try:
     base = load_recipe(ws.root, recipe_name, version)
-except RecipeError as exc:
-    st.error(md(exc))
+except WorkbenchError as exc:
+    show_error(exc)
     st.stop()
 kind = "built-in, read-only" if is_builtin(base.name) else f"{len(versions)} saved version(s)"
 st.caption(f"{md(base.description)}  \nVersion {base.version} ({kind}) · settings `{base.settings_hash[:10]}`")
@@ -101,8 +102,8 @@ with st.container(border=True):
             saved = save_recipe(ws.root, renamed(edited, save_as.strip()), overwrite=overwrite)  # type: ignore[arg-type]
         except RecipeExistsError as exc:
             st.session_state["pp-confirm"] = (save_as.strip(), str(exc))
-        except RecipeError as exc:
-            st.error(md(exc))
+        except WorkbenchError as exc:
+            show_error(exc)
         else:
             st.session_state.pop("pp-confirm", None)
             st.session_state["pp-select-next"] = saved.name

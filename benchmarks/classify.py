@@ -24,11 +24,11 @@ from common import machine_description  # benchmarks/ is on sys.path when run as
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.scoring import score, stack_models  # noqa: E402
-from services.settings import load_settings  # noqa: E402
-from services.tag_models import generate_model_path, list_models, load_estimator, save_model  # noqa: E402
-from services.tag_training import make_estimator  # noqa: E402
-from services.workspace import Workspace  # noqa: E402
+from services.core.settings import load_settings  # noqa: E402
+from services.core.workspace import Workspace  # noqa: E402
+from services.stages.classify.scoring import score, stack_models  # noqa: E402
+from services.stages.train.models import generate_model_path, list_models, load_estimator, save_model  # noqa: E402
+from services.stages.train.stage import make_estimator  # noqa: E402
 
 
 def train_models(ws: Workspace, m: int, dim: int, rng: np.random.Generator) -> None:

@@ -5,8 +5,8 @@ set, and the page with FD/KID bootstrap intervals on.
 
 1. Failures. Set A has `--failure-n` items of which 30% failed (`ERROR` rows) and the same category shares
    among its answered items as set B (exact counts, 10 categories). The comparison as the previous release
-   computed it (its `services/compare.py`, read from git at `--before-rev`, run in this process) and as it is
-   computed now: p-value and 95% interval of the largest category, categories called different, JSD.
+   computed it (its label-set module, read from git at `--before-rev`, run in this process) and as it is computed
+   now: p-value and 95% interval of the largest category, categories called different, JSD.
 2. The page at N rows per set. Two seeds'-format CSVs (`image_name,description,categories`, one or two of C
    categories per row, 3% unknown, 1% failed) imported as datasets and label sets (timed, not part of the
    goal); then `compare_sets` alone and whole runs of the Compare page through Streamlit's AppTest: the first
@@ -45,18 +45,18 @@ from common import machine_description  # benchmarks/ is on sys.path when run as
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.compare import (  # noqa: E402
+from services.core.datasets import ensure_dataset  # noqa: E402
+from services.core.settings import load_settings  # noqa: E402
+from services.core.workspace import Workspace  # noqa: E402
+from services.io.embedding_store import EmbeddingStore  # noqa: E402
+from services.stages.compare.embeddings import compare_embeddings  # noqa: E402
+from services.stages.compare.label_sets import (  # noqa: E402
     _finish_set,
     _insert_labels,
     _replace_set,
     compare_sets,
     import_categorized_csv,
 )
-from services.compare_embeddings import compare_embeddings  # noqa: E402
-from services.datasets import ensure_dataset  # noqa: E402
-from services.embeddings import EmbeddingStore  # noqa: E402
-from services.settings import load_settings  # noqa: E402
-from services.workspace import Workspace  # noqa: E402
 
 SHARES = [0.3, 0.2, 0.15, 0.1, 0.1, 0.05, 0.05, 0.03, 0.01, 0.01]  # exact at multiples of 100 items
 
@@ -90,9 +90,16 @@ def fake_hash(prefix: str, i: int) -> str:
 
 
 def previous_compare(rev: str) -> Any:
-    """The previous release's services/compare.py as a module (from git), to run the old computation."""
-    source = subprocess.run(["git", "show", f"{rev}:services/compare.py"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout  # fmt: skip
+    """The previous release's label-set statistics as a module (from git), to run the old computation: the file
+    is services/stages/compare/label_sets.py since issue 17, services/compare.py before."""
+    source = None
+    for path_in_rev in ("services/stages/compare/label_sets.py", "services/compare.py"):
+        shown = subprocess.run(["git", "show", f"{rev}:{path_in_rev}"], cwd=ROOT, capture_output=True, text=True)
+        if shown.returncode == 0:
+            source = shown.stdout
+            break
+    if source is None:
+        raise SystemExit(f"no label-set module in git revision {rev}")
     path = Path(tempfile.mkdtemp()) / "compare_before.py"
     path.write_text(source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location("compare_before", path)
@@ -125,7 +132,7 @@ def failure_case(root: Path, n: int, rev: str) -> dict[str, Any]:
         sets.append(import_categorized_csv(ws, path, f"failures-{name}"))
     out: dict[str, Any] = {"n_per_set": n, "failed_in_A": n - n * 7 // 10, "categories": len(SHARES)}
     old = previous_compare(rev)
-    for label, module in (("before", old), ("after", sys.modules["services.compare"])):
+    for label, module in (("before", old), ("after", sys.modules["services.stages.compare.label_sets"])):
         old_sets = [module.get_label_set(ws, s.name) for s in sets]
         result = module.compare_sets(ws, old_sets[0], old_sets[1])
         top = next(s for s in result.categories if s.category == "category-00")

@@ -26,11 +26,11 @@ from common import machine_description  # benchmarks/ is on sys.path when run as
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.describe import start_describe  # noqa: E402
-from services.folder_import import start_folder_import  # noqa: E402
-from services.jobs import JobManager  # noqa: E402
-from services.settings import load_settings  # noqa: E402
-from services.workspace import Workspace  # noqa: E402
+from services.core.settings import load_settings  # noqa: E402
+from services.core.workspace import Workspace  # noqa: E402
+from services.jobs.manager import JobManager  # noqa: E402
+from services.stages.describe.stage import start_describe  # noqa: E402
+from services.stages.download.folder_import import start_folder_import  # noqa: E402
 from tests.support.fake_gemini import API_KEY, PALETTE, FakeGemini, make_colour_png  # noqa: E402
 
 

@@ -26,13 +26,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.clip_models import ClipSpec, autocast_for, load_clip  # noqa: E402
-from services.embed import auto_loader_workers, start_embed  # noqa: E402
-from services.embeddings import EmbeddingStore  # noqa: E402
-from services.folder_import import start_folder_import  # noqa: E402
-from services.jobs import JobManager  # noqa: E402
-from services.settings import load_settings  # noqa: E402
-from services.workspace import Workspace  # noqa: E402
+from services.core.settings import load_settings  # noqa: E402
+from services.core.workspace import Workspace  # noqa: E402
+from services.io.clip_models import ClipSpec, autocast_for, load_clip  # noqa: E402
+from services.io.embedding_store import EmbeddingStore  # noqa: E402
+from services.jobs.manager import JobManager  # noqa: E402
+from services.stages.download.folder_import import start_folder_import  # noqa: E402
+from services.stages.embed.stage import auto_loader_workers, start_embed  # noqa: E402
 
 
 def make_photos(folder: Path, n: int) -> None:

@@ -47,8 +47,8 @@ def main() -> None:
     from common import machine_description
 
     import services
-    from services.http_fetch import HttpFetcher
-    from services.settings import DownloadSettings
+    from services.core.settings import DownloadSettings
+    from services.io.http_fetch import HttpFetcher
 
     print(f"measuring {Path(services.__file__).parent}", flush=True)
     server = subprocess.Popen(

@@ -3,7 +3,7 @@
     python benchmarks/ocr.py [--n 60] [--trocr-model FOLDER_OR_HUB_ID]
 
 N single text lines (serial codes, words, mixed; a third with speckle noise and blur) are rendered with
-Debian's DejaVu fonts and read one image at a time through `services.ocr.read_image` (the same path as the
+Debian's DejaVu fonts and read one image at a time through `services.stages.ocr.stage.read_image` (the same path as the
 job, the REST endpoint and the socket). TrOCR runs when its weights are on this machine (a pulled Hub id or
 a local folder); with `--tiny-trocr` a tiny random TrOCR measures the pipeline's speed only (its CER is
 meaningless). The engine's first call (model loading) is excluded from the rate.
@@ -25,11 +25,11 @@ from common import machine_description  # benchmarks/ is on sys.path when run as
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.ocr import read_image  # noqa: E402
-from services.ocr_accuracy import accuracy  # noqa: E402
-from services.ocr_engines import engine_status  # noqa: E402
-from services.ocr_rules import PRESETS  # noqa: E402
-from services.settings import load_settings  # noqa: E402
+from services.core.settings import load_settings  # noqa: E402
+from services.stages.ocr.accuracy import accuracy  # noqa: E402
+from services.stages.ocr.engines import engine_status  # noqa: E402
+from services.stages.ocr.rules import PRESETS  # noqa: E402
+from services.stages.ocr.stage import read_image  # noqa: E402
 from tests.support.text_images import render_line  # noqa: E402
 
 WORDS = ["Quality", "checked", "SERIAL", "Lot", "batch", "OK", "pressure", "valve", "Type", "NO"]

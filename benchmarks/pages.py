@@ -129,17 +129,17 @@ def build_workspace(root: Path, n: int) -> dict[str, float]:
     """The workspace described in the module docstring; returns the seconds each part took."""
     import numpy as np
 
-    from services.clip_models import ClipSpec
-    from services.datasets import ensure_dataset, insert_rows
-    from services.describe import DESCRIBE_STAGE, describe_settings_hash
-    from services.embeddings import EmbeddingStore, embedding_key
-    from services.jobs import JobManager
-    from services.preprocess import stage_name
-    from services.quality import QUALITY_STAGE, QUALITY_VERSION
-    from services.recipes import PRESETS
-    from services.tag_models import list_models
-    from services.tag_training import start_training
-    from services.workspace import Workspace
+    from services.core.datasets import ensure_dataset, insert_rows
+    from services.core.workspace import Workspace
+    from services.io.clip_models import ClipSpec
+    from services.io.embedding_store import EmbeddingStore, embedding_key
+    from services.jobs.manager import JobManager
+    from services.stages.describe.stage import DESCRIBE_STAGE, describe_settings_hash
+    from services.stages.preprocess.quality import QUALITY_STAGE, QUALITY_VERSION
+    from services.stages.preprocess.recipes import PRESETS
+    from services.stages.preprocess.stage import stage_name
+    from services.stages.train.models import list_models
+    from services.stages.train.stage import start_training
 
     timings: dict[str, float] = {}
     ws = Workspace(root)
@@ -226,7 +226,7 @@ def build_workspace(root: Path, n: int) -> dict[str, float]:
     timings["models and scores"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from services.compare import import_categorized_csv
+    from services.stages.compare.label_sets import import_categorized_csv
 
     for name in ("REAL", "GEN"):
         csv_path = root / f"{name}.csv"
@@ -293,8 +293,8 @@ def time_migration(root: Path) -> float:
     takes to build members and counters. Checks that it rebuilds the same counts."""
     import sqlite3
 
-    from services.catalog import Catalog
-    from services.datasets import list_datasets
+    from services.core.catalog import Catalog
+    from services.core.datasets import list_datasets
 
     path = root / "catalog.sqlite"
     before = [(d.name, d.rows, d.images) for d in list_datasets(Catalog(path))]
@@ -321,7 +321,7 @@ def run(sizes: list[int], reruns: int, work: Path) -> dict[str, Any]:
     # A small workspace first, its times thrown away: it pays for the imports each page makes once per server
     # process (plotly, scipy, open_clip, ...), which a running dashboard has paid long before. Then an empty
     # workspace: the baseline the issue's table gives.
-    from services.workspace import Workspace
+    from services.core.workspace import Workspace
 
     build_workspace(work / "ws-warm-up", 1000)
     time_pages(work / "ws-warm-up", 1)

@@ -29,7 +29,7 @@ UPSERT = """INSERT INTO tag_scores (image_hash, model_sha, model, tag, score, up
 def main() -> None:
     import numpy as np
 
-    from services.workspace import Workspace
+    from services.core.workspace import Workspace
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000)

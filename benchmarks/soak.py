@@ -5,7 +5,7 @@ must end ok or failed with a class, none lost or duplicated, memory flat.
 
 Faults: 429 then ok, 503 then ok, 404, truncated bodies, non-images, slow answers, and repeated URLs.
 The job runs as `python -m services download urls` (2 worker processes); its process tree's RSS is sampled
-every 0.5 s in both halves. The test suite runs the same check at a smaller N (tests/test_soak.py).
+every 0.5 s in both halves. The test suite runs the same check at a smaller N (tests/jobs/test_soak.py).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from common import machine_description  # benchmarks/ is on sys.path when run as
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.jobs import JobManager  # noqa: E402
-from services.settings import load_settings  # noqa: E402
-from services.workspace import Workspace  # noqa: E402
+from services.core.settings import load_settings  # noqa: E402
+from services.core.workspace import Workspace  # noqa: E402
+from services.jobs.manager import JobManager  # noqa: E402
 from tests.support.image_server import ImageServer, make_jpeg  # noqa: E402
 
 HEADER = ["image_link", "group_id", "entity_name", "entity_value"]

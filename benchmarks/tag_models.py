@@ -37,11 +37,11 @@ from common import machine_description  # benchmarks/ is on sys.path when run as
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.datasets import dataset_tags  # noqa: E402
-from services.embeddings import EmbeddingStore  # noqa: E402
-from services.tag_models import list_models  # noqa: E402
-from services.tag_training import AUTO_CV_FOLDS, split_for_tag  # noqa: E402
-from services.workspace import Workspace  # noqa: E402
+from services.core.datasets import dataset_tags  # noqa: E402
+from services.core.workspace import Workspace  # noqa: E402
+from services.io.embedding_store import EmbeddingStore  # noqa: E402
+from services.stages.train.models import list_models  # noqa: E402
+from services.stages.train.stage import AUTO_CV_FOLDS, split_for_tag  # noqa: E402
 
 GAP = 0.02
 
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tag_models.json")
     args = parser.parse_args()
-    from services.tiny_clip import save_demo_clip
+    from services.demo.tiny_clip import save_demo_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)

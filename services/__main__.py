@@ -1,7 +1,7 @@
-"""Entry point for `python -m services`: errors end as one line (services/cli_errors.py)."""
+"""Entry point for `python -m services` (the same as the `workbench` command): errors end as one line
+(services/cli/errors.py)."""
 
-from services.cli import app, cli_debug, cli_workspace_root
-from services.cli_errors import run_cli
+from services.cli.app import main
 
 if __name__ == "__main__":
-    run_cli(app, cli_debug, cli_workspace_root)
+    main()

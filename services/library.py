@@ -13,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.classify import classification, export_dir, resolve_models, start_classify
-from services.jobs import JobManager, JobProgress
-from services.settings import load_settings
-from services.tag_models import TagModel, generate_model_path
-from services.tag_models import list_models as _list_models
-from services.workspace import Workspace
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.jobs.manager import JobManager, JobProgress
+from services.stages.classify.stage import classification, export_dir, resolve_models, start_classify
+from services.stages.train.models import TagModel, generate_model_path
+from services.stages.train.models import list_models as _list_models
 
 __all__ = ["classify_main", "generate_model_path", "list_models", "open_workspace", "run"]
 

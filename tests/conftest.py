@@ -12,14 +12,12 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.jobs.manager import JobManager
+from tests.support.image_server import ImageServer
 
-from services.jobs import JobManager  # noqa: E402
-from services.settings import load_settings  # noqa: E402
-from services.workspace import Workspace  # noqa: E402
-from tests.support.image_server import ImageServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the checkout (the package itself is installed: `make test`)
 
 FAST_ENV = {
     "WORKBENCH_DOWNLOAD__BACKOFF_BASE": "0.05",
@@ -121,13 +119,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """A workspace with a tagged dataset embedded by a tiny CLIP model and LR + SVM models for each tag
     (tests copy it before changing it)."""
-    from services.clip_models import ClipSpec
-    from services.embed import start_embed
-    from services.embeddings import embedding_key
-    from services.folder_import import start_folder_import
-    from services.tag_training import start_training
+    from services.io.clip_models import ClipSpec
+    from services.io.embedding_store import embedding_key
+    from services.stages.download.folder_import import start_folder_import
+    from services.stages.embed.stage import start_embed
+    from services.stages.train.stage import start_training
+    from tests.support.tagged_images import tagged_tree
     from tests.support.tiny_models import TINY_CLIP_NAME, save_tiny_clip
-    from tests.test_embed_train import tagged_tree
 
     base = tmp_path_factory.mktemp("trained")
     checkpoint = save_tiny_clip(base / "model")

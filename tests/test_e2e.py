@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, write_csv
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, dashboard_at
+from tests.support.describe_data import gemini_env
 from tests.support.fake_gemini import FakeGemini, make_colour_png
 from tests.support.image_server import ImageServer, make_jpeg
+from tests.support.label_csvs import synthetic
+from tests.support.tagged_images import png, tagged_tree
 from tests.support.text_images import render_png
 from tests.support.tiny_models import TINY_CLIP_NAME, save_tiny_clip
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _dashboard_at
-from tests.test_compare import synthetic
-from tests.test_describe import gemini_env
-from tests.test_embed_train import png, tagged_tree
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
@@ -95,7 +95,7 @@ def test_the_whole_pipeline_in_a_browser(tmp_path: Path, image_server: ImageServ
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ws_root = tmp_path / "e2e-ws"
     try:
-        with _dashboard_at(tmp_path, ws_root) as base, sync_playwright() as pw:
+        with dashboard_at(tmp_path, ws_root) as base, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 2000})
 

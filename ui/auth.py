@@ -1,7 +1,7 @@
 """The sign-in gate in front of every page: Streamlit's OIDC login when `[auth]` is configured in
 `.streamlit/secrets.toml`, otherwise the workbench's own users (hashed passwords in secrets), otherwise open
 (a laptop). Failed attempts are throttled per user name and per client address across every session and
-restart (services.sign_in_throttle); the password is never kept in the session. The gate also tells the
+restart (services.core.sign_in_throttle); the password is never kept in the session. The gate also tells the
 upload gate (ui/upload_gate.py) whether this session may upload."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from services.auth import sign_in_required
-from services.settings import Settings
-from services.sign_in_throttle import SignInThrottle, attempt_sign_in, client_address, throttle_folder
+from services.core.auth import sign_in_required
+from services.core.settings import Settings
+from services.core.sign_in_throttle import SignInThrottle, attempt_sign_in, client_address, throttle_folder
 from ui.text import md
 from ui.upload_gate import mark_session
 
@@ -27,7 +27,7 @@ def _oidc_configured() -> bool:
 @st.cache_resource(show_spinner=False)
 def _throttle(folder: str, limits_json: str) -> SignInThrottle:
     """One throttle per workspace and limits per server process (its counters live on disk, shared)."""
-    from services.settings import SignInSettings
+    from services.core.settings import SignInSettings
 
     return SignInThrottle(Path(folder), SignInSettings.model_validate_json(limits_json))
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from services.clip_models import (
+from services.core.workspace import Workspace
+from services.io.clip_models import (
     CheckpointMismatchError,
     ClipSpec,
     ModelNameError,
@@ -20,8 +21,7 @@ from services.clip_models import (
     pull_weights,
     resolve_weights,
 )
-from services.pulls import page_pulls_allowed
-from services.workspace import Workspace
+from services.io.pulls import page_pulls_allowed
 from ui.auth import sign_in_configured
 from ui.page_state import BIND
 from ui.server_path import checkpoint_input, display_path

@@ -13,10 +13,10 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from services.jobs import PAGE_QUEUED, JobBusyError, JobError, JobManager, JobProgress, page_worker_limit
-from services.settings import Settings
-from services.url_download import labelled_csv_path
-from services.workspace import Workspace
+from services.core.settings import Settings
+from services.core.workspace import Workspace
+from services.jobs.manager import PAGE_QUEUED, JobBusyError, JobError, JobManager, JobProgress, page_worker_limit
+from services.stages.download.urls import labelled_csv_path
 from ui.page_state import BIND
 from ui.server_path import display_locators, display_path
 from ui.text import code, md
@@ -215,9 +215,9 @@ def executor_setting() -> None:
     """The sidebar's 'Run jobs on': local or a Dask scheduler for the shardable stages. On a server with
     sign-in, only the schedulers an administrator lists in `dask_schedulers` are offered (a typed address
     would let any signed-in user make the server connect anywhere); an open workbench takes any address."""
-    from services.auth import sign_in_required
-    from services.executors import ExecutorError, check_page_executor, listed_schedulers
-    from services.settings import load_settings
+    from services.core.auth import sign_in_required
+    from services.core.settings import load_settings
+    from services.jobs.executors import ExecutorError, check_page_executor, listed_schedulers
     from ui.auth import _oidc_configured
 
     settings = load_settings()
@@ -245,8 +245,8 @@ def s3_endpoint_input(settings: Settings, label: str, key: str, column: Any = st
     """An S3 endpoint text input: (endpoint or None for AWS, whether requests to it carry the server's AWS
     credentials). On a server with sign-in only an endpoint an administrator lists (`s3_endpoints`,
     `download.s3_endpoint_url`) is signed for: any other is read anonymously, so a typed host never receives
-    the key id or the session token (services.s3_client.endpoint_is_signed)."""
-    from services.s3_client import endpoint_is_signed, listed_endpoints
+    the key id or the session token (services.io.s3_client.endpoint_is_signed)."""
+    from services.io.s3_client import endpoint_is_signed, listed_endpoints
     from ui.auth import sign_in_configured
 
     restricted = sign_in_configured(settings)

@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 import streamlit as st
 
-from services.jobs import JobError, JobManager
+from services.jobs.manager import JobError, JobManager
 
 BIND: Final[Literal["query-params"]] = "query-params"
 RECENT_JOBS = 200  # how far back a page looks for its latest job

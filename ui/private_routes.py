@@ -30,7 +30,7 @@ class HideInternalRoutes:
     def __init__(self, app: ASGIApp, networks: list[str] | None = None) -> None:
         self.app = app
         if networks is None:
-            from services.settings import load_settings
+            from services.core.settings import load_settings
 
             networks = load_settings().metrics_networks
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]

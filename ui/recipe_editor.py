@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 from pydantic import BaseModel, ValidationError
 
-from services.recipes import MAX_OPS, OPERATIONS, Recipe
+from services.stages.preprocess.recipes import MAX_OPS, OPERATIONS, Recipe
 from ui.page_state import BIND
 from ui.text import md
 

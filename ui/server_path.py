@@ -1,4 +1,4 @@
-"""The one widget for a path on the server: a text input whose value goes through services.server_paths.
+"""The one widget for a path on the server: a text input whose value goes through services.core.server_paths.
 
 Every page input that names a file or folder on the server uses it, so what a user may read is decided in one
 place (the `server_paths` setting, sign-in, and the never-readable list) and refusals read the same everywhere.
@@ -11,9 +11,9 @@ from pathlib import Path
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from services.locators import import_roots, shown_locator
-from services.server_paths import CHECKPOINT, PathKind, ServerPathError, ServerPaths
-from services.workspace import Workspace
+from services.core.locators import import_roots, shown_locator
+from services.core.server_paths import CHECKPOINT, PathKind, ServerPathError, ServerPaths
+from services.core.workspace import Workspace
 from ui.auth import sign_in_configured
 from ui.page_state import BIND
 from ui.text import md
@@ -81,7 +81,7 @@ def display_path(ws: Workspace, path: Path | str) -> str:
 
 def display_locators(ws: Workspace, locators: list[str | None]) -> list[str | None]:
     """Item locators (URLs, s3:// keys, server paths of files and zip members) as pages show them: in full on
-    a laptop; on a team server relative to the folder or zip they were imported from (services.locators)."""
+    a laptop; on a team server relative to the folder or zip they were imported from (services.core.locators)."""
     if not sign_in_configured(ws.settings):
         return locators
     roots = import_roots(ws.catalog)

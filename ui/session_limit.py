@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-from services.sign_in_throttle import address_key, client_address
+from services.core.sign_in_throttle import address_key, client_address
 from ui.upload_gate import session_may_upload
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class AnonymousSessionLimit:
         self, app: ASGIApp, limit: int | None = None, trusted_proxy_hops: int | None = None, enabled: bool | None = None
     ) -> None:
         if limit is None or trusted_proxy_hops is None or enabled is None:
-            from services.settings import load_settings
+            from services.core.settings import load_settings
 
             settings = load_settings()
             limit = settings.sign_in.max_anonymous_sessions_per_address if limit is None else limit

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from services.jobs import JobManager
-from services.settings import load_settings
-from services.workspace import Workspace
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.jobs.manager import JobManager
 
 
 @st.cache_resource(show_spinner=False)

@@ -42,7 +42,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.asgi_limits import json_answer, run_within
+from services.api.limits import json_answer, run_within
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class UploadGate:
 
     def __init__(self, app: ASGIApp, max_upload_mb: int | None = None) -> None:
         if max_upload_mb is None:
-            from services.settings import load_settings
+            from services.core.settings import load_settings
 
             max_upload_mb = load_settings().max_upload_mb
         self.app = app

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.settings import DownloadSettings, load_settings
+from services.core.settings import DownloadSettings, load_settings
 from tests.support.recording_server import RecordingServer, pair_on_one_port
 
 ALLOWED = '["127.0.0.2/32"]'

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from services.api_uploads import NAME_CHARS_SHOWN
+from services.stages.classify.uploads import NAME_CHARS_SHOWN
 from tests.security.servers import (
     TOKEN,
     Served,
@@ -38,7 +38,7 @@ from tests.support.hostile_zips import (
     with_scrambled_deflate,
     with_truncated_deflate,
 )
-from tests.test_embed_train import png
+from tests.support.tagged_images import png
 
 MB = 2**20
 

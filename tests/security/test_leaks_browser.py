@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from services.auth import hash_password
+from services.core.auth import hash_password
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services.categories import save_list
-from services.compare import import_categorized_csv
-from services.jobs import JobManager
-from services.ocr_rules import OcrRules, save_rules
-from services.recipes import Grayscale, Recipe, save_recipe
-from services.settings import load_settings
-from services.url_download import start_url_download
-from services.workspace import Workspace
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.jobs.manager import JobManager
+from services.stages.compare.label_sets import import_categorized_csv
+from services.stages.describe.categories import save_list
+from services.stages.download.urls import start_url_download
+from services.stages.ocr.rules import OcrRules, save_rules
+from services.stages.preprocess.recipes import Grayscale, Recipe, save_recipe
 from tests.conftest import ROOT
 from ui.text import code, md, plot_text
 
@@ -146,7 +146,7 @@ def test_planted_names_reach_no_browser_as_links_or_images(
     from playwright.sync_api import sync_playwright
 
     from tests.security.servers import dashboard_server
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
     host = f"127.0.0.1:{secret.port}"
     image, link = f"![t](http://{host}/tracker.png)", f"[Sign in again](http://{host}/phish)"

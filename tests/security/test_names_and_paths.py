@@ -21,11 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.api import create_app
-from services.names import InvalidNameError, check_name, resolve_in
-from services.ocr_rules import PRESETS as RULE_PRESETS
-from services.ocr_rules import OcrRules, RulesError, list_rules, load_rules, load_rules_arg, save_rules
-from services.recipes import (
+from services.api.app import create_app
+from services.core.names import InvalidNameError, check_name, resolve_in
+from services.core.server_paths import CHECKPOINT, CSV_FILE, FOLDER, FOLDER_OR_ZIP, ServerPathError, ServerPaths
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.stages.ocr.rules import PRESETS as RULE_PRESETS
+from services.stages.ocr.rules import OcrRules, RulesError, list_rules, load_rules, load_rules_arg, save_rules
+from services.stages.preprocess.recipes import (
     PRESETS,
     Grayscale,
     Recipe,
@@ -38,9 +41,6 @@ from services.recipes import (
     renamed,
     save_recipe,
 )
-from services.server_paths import CHECKPOINT, CSV_FILE, FOLDER, FOLDER_OR_ZIP, ServerPathError, ServerPaths
-from services.settings import load_settings
-from services.workspace import Workspace
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,18 +11,18 @@ from typing import Any
 import open_clip
 import pytest
 
-from services.classify import resolve_models, start_classify, start_classify_dataset
-from services.clip_models import ClipSpec, ModelNameError, ModelUnavailableError, _register_sidecar_config
-from services.datasets import DatasetError, ensure_dataset
-from services.describe_results import ResultKeys, export
-from services.embeddings import embedding_key
-from services.jobs import JobManager
-from services.locators import shown_locator
-from services.names import MAX_FILE_NAME_BYTES, dataset_name_problem, file_name
-from services.settings import load_settings
-from services.tag_models import generate_model_path
-from services.url_download import labelled_csv_path
-from services.workspace import Workspace
+from services.core.datasets import DatasetError, ensure_dataset
+from services.core.locators import shown_locator
+from services.core.names import MAX_FILE_NAME_BYTES, dataset_name_problem, file_name
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.io.clip_models import ClipSpec, ModelNameError, ModelUnavailableError, _register_sidecar_config
+from services.io.embedding_store import embedding_key
+from services.jobs.manager import JobManager
+from services.stages.classify.stage import resolve_models, start_classify, start_classify_dataset
+from services.stages.describe.results import ResultKeys, export
+from services.stages.download.urls import labelled_csv_path
+from services.stages.train.models import generate_model_path
 
 HOSTILE_MODEL_NAMES = [
     "../../../../tmp/x",

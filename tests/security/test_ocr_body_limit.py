@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from services.api import JSON_AND_FORM_MARGIN, ocr_body_limit
-from services.settings import load_settings
-from services.workspace import Workspace
+from services.api.app import JSON_AND_FORM_MARGIN, ocr_body_limit
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
 from tests.security.servers import TOKEN, Served, answered, api_server, json_body, post_file, raw_request, read_response
 
 IMAGE_LIMIT = 300_000

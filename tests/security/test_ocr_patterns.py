@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ocr_rules import (
+from services.stages.ocr.rules import (
     MAX_MATCHED_CHARS,
     MAX_PATTERN_CHARS,
     PRESETS,

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.folder_import import start_folder_import
-from services.jobs import JobManager
-from services.ocr import RecipeTooLargeError, prepare
-from services.preprocess import preview, start_preprocess
-from services.preprocess_ops import OutputTooLargeError, apply_op, apply_recipe, output_size
-from services.recipes import (
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.jobs.manager import JobManager
+from services.stages.download.folder_import import start_folder_import
+from services.stages.ocr.stage import RecipeTooLargeError, prepare
+from services.stages.preprocess.ops import OutputTooLargeError, apply_op, apply_recipe, output_size
+from services.stages.preprocess.recipes import (
     MAX_ARC_POINTS,
     MAX_OPS,
     PRESETS,
@@ -37,8 +38,7 @@ from services.recipes import (
     UnwarpArc,
     parse_recipe,
 )
-from services.settings import load_settings
-from services.workspace import Workspace
+from services.stages.preprocess.stage import preview, start_preprocess
 
 SIZE_OPS = [
     Grayscale(),
@@ -164,7 +164,7 @@ def test_the_ocr_page_preview_refuses_a_recipe_over_the_pixel_limit(tmp_path: Pa
     """The OCR page runs the chosen recipe on every uploaded image in the dashboard's own process."""
     from streamlit.testing.v1 import AppTest
 
-    from services.recipes import save_recipe
+    from services.stages.preprocess.recipes import save_recipe
     from tests.conftest import ROOT
     from tests.support.text_images import render_png
 

@@ -25,15 +25,15 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services.auth import hash_password
-from services.datasets import list_datasets
-from services.folder_import import start_folder_import
-from services.jobs import JobManager
-from services.ocr_rules import OcrRules, RulesError, save_rules
-from services.recipes import Grayscale, Recipe, RecipeError, Resize, save_recipe
-from services.settings import load_settings
-from services.sign_in_throttle import SignInThrottle, attempt_sign_in, throttle_folder
-from services.workspace import Workspace
+from services.core.auth import hash_password
+from services.core.datasets import list_datasets
+from services.core.settings import load_settings
+from services.core.sign_in_throttle import SignInThrottle, attempt_sign_in, throttle_folder
+from services.core.workspace import Workspace
+from services.jobs.manager import JobManager
+from services.stages.download.folder_import import start_folder_import
+from services.stages.ocr.rules import OcrRules, RulesError, save_rules
+from services.stages.preprocess.recipes import Grayscale, Recipe, RecipeError, Resize, save_recipe
 from tests.conftest import ROOT
 from tests.security.servers import TOKEN, answered, api_server, raw_request, read_response
 from tests.support.text_images import render_png
@@ -270,7 +270,7 @@ def test_a_session_cannot_hold_more_than_the_upload_limit(tmp_path: Path) -> Non
 
     from tests.security.servers import dashboard_server
     from tests.security.test_upload_gate import _uploaded_bytes
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
     ws_root = tmp_path / "ws"
     settings = {
@@ -314,7 +314,7 @@ def test_a_session_cannot_hold_more_than_the_upload_limit(tmp_path: Path) -> Non
 
 
 def test_concurrent_sign_in_attempts_cannot_pass_the_per_user_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from services.auth import verify_password
+    from services.core.auth import verify_password
 
     encoded = hash_password("the-right-one")  # the product's 600,000 iterations
     monkeypatch.setenv("WORKBENCH_WORKSPACE", str(tmp_path / "ws"))
@@ -365,7 +365,7 @@ def test_names_from_users_are_shown_as_text_not_markdown(team_server: dict[str, 
 
 
 def test_api_image_metadata_carries_no_server_path(tmp_path: Path) -> None:
-    """R9 (fixed: locators are shown relative to their import root, services/locators.py)."""
+    """R9 (fixed: locators are shown relative to their import root, services/core/locators.py)."""
     root = tmp_path / "ws"
     folder = tmp_path / "private-layout" / "parts"
     folder.mkdir(parents=True)

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services.auth import hash_password
-from services.jobs import JobManager
-from services.s3_client import S3Source, endpoint_is_signed, list_prefix, make_client
-from services.settings import load_settings
-from services.workspace import Workspace
+from services.core.auth import hash_password
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.io.s3_client import S3Source, endpoint_is_signed, list_prefix, make_client
+from services.jobs.manager import JobManager
 from tests.conftest import ROOT, write_csv
 from tests.support.recording_server import RecordingServer
 
@@ -80,7 +80,7 @@ def test_an_anonymous_analysis_and_its_job_read_a_public_store(
     workers both run unsigned (the job keeps `signed` in its parameters)."""
     import boto3
 
-    from services.s3_download import analyze_s3, start_s3_download
+    from services.stages.download.s3 import analyze_s3, start_s3_download
     from tests.support.image_server import make_jpeg
 
     monkeypatch.setenv("WORKBENCH_DOWNLOAD__ALLOWED_NETWORKS", '["127.0.0.2/32", "127.0.0.1/32"]')  # moto's

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services.auth import hash_password
-from services.folder_import import start_folder_import
-from services.jobs import JobManager
-from services.recipes import PRESETS, load_recipe, recipe_versions
-from services.settings import load_settings
-from services.workspace import Workspace
+from services.core.auth import hash_password
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.jobs.manager import JobManager
+from services.stages.download.folder_import import start_folder_import
+from services.stages.preprocess.recipes import PRESETS, load_recipe, recipe_versions
 from tests.support.image_server import make_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from services.auth import hash_password
+from services.core.auth import hash_password
 from tests.security.servers import dashboard_server
 
 pytestmark = pytest.mark.browser
@@ -54,7 +54,7 @@ def _server(tmp_path: Path, users: bool):
 def test_sessions_that_have_not_signed_in_are_bounded_per_address(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
     with _server(tmp_path, users=True) as base, ExitStack() as held, sync_playwright() as pw:
         # a browser signs in: its session counted while the form showed, and stops counting once signed in

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services.auth import ITERATIONS, hash_password
-from services.settings import SignInSettings, load_settings
-from services.sign_in_throttle import (
+from services.core.auth import ITERATIONS, hash_password
+from services.core.settings import SignInSettings, load_settings
+from services.core.sign_in_throttle import (
     SignInThrottle,
     address_key,
     attempt_sign_in,
@@ -94,8 +94,8 @@ def test_refusals_are_cheap_and_counters_outlive_the_process(tmp_path: Path, mon
     settings = load_settings(workspace=ws)
     limits = SignInSettings(max_failures_per_user=3)
     script = (
-        "import sys; from pathlib import Path; from services.settings import load_settings, SignInSettings; "
-        "from services.sign_in_throttle import SignInThrottle, attempt_sign_in, throttle_folder; "
+        "import sys; from pathlib import Path; from services.core.settings import load_settings, SignInSettings; "
+        "from services.core.sign_in_throttle import SignInThrottle, attempt_sign_in, throttle_folder; "
         "s = load_settings(workspace=sys.argv[1]); "
         "t = SignInThrottle(throttle_folder(Path(sys.argv[1])), SignInSettings(max_failures_per_user=3)); "
         "print([attempt_sign_in(s, t, 'alice', f'guess{i}', '203.0.113.9').retry_after for i in range(3)])"
@@ -164,7 +164,7 @@ def test_behind_a_trusted_proxy_each_client_address_is_throttled_on_its_own(tmp_
     from playwright.sync_api import expect, sync_playwright
 
     from tests.security.servers import dashboard_server
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
     settings = {
         "WORKBENCH_WORKSPACE": str(tmp_path / "ws"),

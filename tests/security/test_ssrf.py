@@ -20,10 +20,7 @@ import pytest
 import urllib3
 from pydantic import ValidationError
 
-from services.executors import ExecutorError, check_executor_url, check_page_executor
-from services.http_fetch import FetchError, HttpFetcher, check_url
-from services.jobs import JobManager
-from services.network_policy import (
+from services.core.network_policy import (
     NetworkPolicy,
     UrlRefused,
     classify_address,
@@ -31,10 +28,13 @@ from services.network_policy import (
     parse_networks,
     parse_url,
 )
-from services.s3_client import S3AccessError, S3EndpointRefused, S3Source, list_prefix, make_client
-from services.settings import DownloadSettings, load_settings
-from services.url_download import UrlDownloadTask, start_url_download
-from services.workspace import Workspace
+from services.core.settings import DownloadSettings, load_settings
+from services.core.workspace import Workspace
+from services.io.http_fetch import FetchError, HttpFetcher, check_url
+from services.io.s3_client import S3AccessError, S3EndpointRefused, S3Source, list_prefix, make_client
+from services.jobs.executors import ExecutorError, check_executor_url, check_page_executor
+from services.jobs.manager import JobManager
+from services.stages.download.urls import UrlDownloadTask, start_url_download
 from tests.conftest import ROOT, read_csv, write_csv
 from tests.support.recording_server import RecordingServer, small_png
 from tests.support.tls import make_tls
@@ -337,7 +337,7 @@ def aws_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_s3_endpoint_on_a_non_allowed_address_is_refused_up_front(
     aws_keys: None, secret: RecordingServer, ws: Workspace, tmp_path: Path
 ) -> None:
-    from services.s3_download import analyze_s3
+    from services.stages.download.s3 import analyze_s3
 
     names = write_csv(tmp_path / "GEN_x.csv", None, [["a.jpg"]])
     cfg = ws.settings.download
@@ -429,7 +429,7 @@ def test_s3_requests_are_checked_before_signing_and_sent_to_the_checked_address(
 def test_s3_with_a_listed_endpoint_downloads(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import boto3
 
-    from services.s3_download import analyze_s3, start_s3_download
+    from services.stages.download.s3 import analyze_s3, start_s3_download
     from tests.support.image_server import make_jpeg
 
     monkeypatch.setenv("WORKBENCH_DOWNLOAD__ALLOWED_NETWORKS", '["127.0.0.2/32", "127.0.0.1/32"]')  # moto's
@@ -501,7 +501,7 @@ def test_scheduler_addresses_go_through_the_strict_parser() -> None:
 def test_signed_in_pages_offer_only_listed_schedulers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from services.auth import hash_password
+    from services.core.auth import hash_password
 
     monkeypatch.setenv("WORKBENCH_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.setenv("WORKBENCH_USERS", json.dumps({"alice": hash_password("pw", iterations=1000)}))

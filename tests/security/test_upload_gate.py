@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from services.auth import hash_password
+from services.core.auth import hash_password
 from tests.security.servers import answered, dashboard_server, raw_request, read_response
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 MB = 2**20

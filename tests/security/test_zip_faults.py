@@ -1,4 +1,4 @@
-"""Issue 14, broken zips through the one archive guard (services/archives.py) that the API, `import-tagged`,
+"""Issue 14, broken zips through the one archive guard (services/io/archives.py) that the API, `import-tagged`,
 folder imports and classify share: a bad CRC, a Deflate64 member, a scrambled or truncated deflate stream,
 each also inside a nested zip, a corrupt nested zip, and a 5,000-character member name. Each is refused
 per member with the reason; the good members are imported; no job fails."""
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from services.archives import ArchiveError, ArchiveReader, list_images
-from services.folder_import import start_folder_import
-from services.jobs import JobManager
-from services.workspace import Workspace
+from services.core.workspace import Workspace
+from services.io.archives import ArchiveError, ArchiveReader, list_images
+from services.jobs.manager import JobManager
+from services.stages.download.folder_import import start_folder_import
 from tests.conftest import ROOT
 from tests.support.hostile_zips import (
     build_zip,
@@ -25,7 +25,7 @@ from tests.support.hostile_zips import (
     with_scrambled_deflate,
     with_truncated_deflate,
 )
-from tests.test_embed_train import png
+from tests.support.tagged_images import png
 
 GOOD = {"red/ok.png": png("red", 1), "red/x.png": png("red", 2)}
 LONG = "red/" + "n" * 5000 + ".png"

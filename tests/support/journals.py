@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.workspace import Workspace
+from services.core.workspace import Workspace
 
 
 def finished_at_kill(ws: Workspace, job_id: int) -> set[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.tiny_clip import TINY_CLIP_CONFIG, save_tiny_clip_checkpoint
+from services.demo.tiny_clip import TINY_CLIP_CONFIG, save_tiny_clip_checkpoint
 
 TINY_CLIP_NAME = "tiny-test-clip"
 __all__ = ["TINY_CLIP_CONFIG", "TINY_CLIP_NAME", "save_tiny_clip"]

@@ -7,14 +7,10 @@ listener's hit count (0 expected).
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
-from services.http_fetch import FetchError, HttpFetcher
-from services.settings import DownloadSettings
+from services.core.settings import DownloadSettings
+from services.io.http_fetch import FetchError, HttpFetcher
 from tests.support.recording_server import pair_on_one_port
 
 secret, allowed = pair_on_one_port()

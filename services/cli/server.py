@@ -1,0 +1,91 @@
+"""CLI for running a shared server: `dashboard` (the dashboard behind its upload gate), `hash-password` (a line
+for the sign-in users in secrets), `demo`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from services import APP_ROOT
+from services.cli.common import cli_workspace, fail
+
+commands = typer.Typer()
+
+# The dashboard's Streamlit options, given on the command line so that they hold from any working folder (an
+# installed `workbench dashboard` has no .streamlit/config.toml beside it; the checkout's file says the same and
+# a test keeps the two equal). showErrorDetails "none": an uncaught error never shows its traceback in a browser.
+DASHBOARD_OPTIONS: dict[str, str] = {
+    "server.headless": "true",
+    "server.runOnSave": "false",
+    "server.fileWatcherType": "none",
+    "browser.gatherUsageStats": "false",
+    "client.toolbarMode": "minimal",
+    "client.showErrorDetails": "none",
+    "theme.base": "light",
+}
+
+
+@commands.command("hash-password")
+def hash_password(
+    user: Annotated[str, typer.Argument(help="The user name the line is for.")],
+) -> None:
+    """Prompt for a password (hidden) and print the `[users]` line for .streamlit/secrets.toml."""
+    from services.core.auth import hash_password as make_hash
+
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    typer.echo("# add under [users] in .streamlit/secrets.toml (or WORKBENCH_USERS as JSON):")
+    typer.echo(f'{user} = "{make_hash(password)}"')
+
+
+@commands.command("demo")
+def demo(small: Annotated[bool, typer.Option(help="Fewer images (a quicker build).")] = False) -> None:
+    """Build a demo workspace offline (sample photos, generated images, tags, OCR parts, Compare CSVs)."""
+    from services.cli.common import cli_workspace
+    from services.demo.builder import build_demo
+
+    made = build_demo(cli_workspace(), small=small, progress=lambda step: typer.echo(f"- {step}"))
+    typer.echo(f"demo ready in {made['workspace']}: `make run WORKSPACE={made['workspace']}`")
+    typer.echo(f"demo CLIP checkpoint (random weights, colours only): {made['checkpoint']}")
+
+
+@commands.command("dashboard")
+def dashboard(
+    port: Annotated[int, typer.Option(help="Port.")] = 8501,
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")] = "localhost",
+) -> None:
+    """Start the dashboard on this workspace, behind the upload gate, with Streamlit's upload limit
+    (server.maxUploadSize) set from max_upload_mb. Replaces this process with `streamlit run dashboard.py`."""
+    from services.cli.common import cli_workspace
+
+    ws = cli_workspace()
+    argv = [
+        sys.executable, "-m", "streamlit", "run", str(APP_ROOT / "dashboard.py"),
+        "--server.port", str(port), "--server.address", host,
+        "--server.maxUploadSize", str(ws.settings.max_upload_mb),
+        *(arg for key, value in DASHBOARD_OPTIONS.items() for arg in (f"--{key}", value)),
+    ]  # fmt: skip
+    ws.close()
+    typer.echo(f"dashboard on http://{host}:{port} over {ws.root} (uploads up to {ws.settings.max_upload_mb} MB)")
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, {**os.environ, "WORKBENCH_WORKSPACE": str(ws.root)})
+
+
+@commands.command("api")
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve the REST API (token from WORKBENCH_API_TOKEN or api_token in secrets); docs at /docs."""
+    import uvicorn
+
+    from services.api.app import create_app
+
+    ws = cli_workspace()
+    token = ws.settings.api_token.get_secret_value() if ws.settings.api_token else ""
+    if not token:
+        fail("no API token: set WORKBENCH_API_TOKEN (or api_token in .streamlit/secrets.toml) before serving")
+    typer.echo(f"serving {ws.root} on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(create_app(ws, token), host=host, port=port, log_level="info")

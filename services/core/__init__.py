@@ -1,0 +1,1 @@
+"""The workspace and what every stage shares: settings, the catalog, datasets, names, errors, CSV safety."""

@@ -1,0 +1,1 @@
+"""The offline demo workspace and the tiny random CLIP it trains with."""

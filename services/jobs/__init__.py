@@ -1,0 +1,1 @@
+"""Long jobs: the manager (create, run, resume, cancel, journal), executors, the image-stage base."""

@@ -1,0 +1,1 @@
+"""Classify: tag models scored over a dataset or an upload; bins, scores and copies."""

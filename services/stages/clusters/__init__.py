@@ -1,0 +1,1 @@
+"""Clusters: two sets clustered together, shares, lift and keywords per cluster."""

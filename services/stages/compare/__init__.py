@@ -1,0 +1,1 @@
+"""Compare REAL vs GEN: label-set statistics, embedding metrics, figures and reports."""

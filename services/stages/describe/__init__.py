@@ -1,0 +1,1 @@
+"""Describe and categorise: Gemini descriptions and categories, category lists, CLIP zero-shot categories."""

@@ -1,0 +1,1 @@
+"""Preprocess: recipes of OpenCV operations, quality flags, the preprocess job and its views."""
