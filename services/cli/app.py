@@ -29,6 +29,7 @@ from services.cli.common import (
     job_progress,
     root_options,
 )
+from services.cli.errors import OneLineErrors
 from services.core.datasets import export_labelled_csv, list_datasets
 from services.core.settings import load_settings
 from services.core.workspace import Workspace
@@ -46,6 +47,7 @@ from services.stages.train import cli as train_cli
 __all__ = ["app", "cli_debug", "cli_workspace_root"]
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Image-dataset workbench: download, preprocess, describe, embed, classify, compare.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold keys and tokens; tracebacks show only with --debug

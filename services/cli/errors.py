@@ -15,8 +15,10 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from services.core.errors import WorkbenchError, missing_extra
 from services.core.log_setup import quiet_third_party_loggers
@@ -100,3 +102,22 @@ def run_cli(app: Callable[[], object], debug: Callable[[], bool], workspace: Cal
             err=True,
         )
         sys.exit(1)
+
+
+class OneLineErrors(TyperGroup):
+    """The root command group: an error a user can act on (see `known_message`) ends the command here, as one
+    line and exit 2, whoever invoked the app (the `workbench` entry point, `python -m services`, a test's
+    CliRunner). With `--debug` it propagates, and `run_cli` shows the traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # typer.Exit, Abort and usage errors have no known message: they pass through
+            from services.cli.common import cli_debug, cli_workspace_root
+
+            message = known_message(exc)
+            if message is None or cli_debug():
+                raise
+            _log_traceback(exc, cli_workspace_root())
+            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from services.core.datasets import DatasetError, dataset_id_of, dataset_images, image_count
 from services.core.workspace import Workspace
-from services.jobs.manager import ChunkedTask, JobManager
+from services.jobs.manager import JobManager
+from services.jobs.stage import ChunkedTask
 
 PLAN_BATCH = 5000
 

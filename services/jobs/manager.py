@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import asdict, dataclass, field
@@ -804,56 +803,6 @@ class Journal:
 
     def close(self) -> None:
         os.close(self.fd)
-
-
-class ChunkedTask(ABC):
-    """A task whose items run in chunks on an executor: `chunk_function(items, options)` in the workers."""
-
-    kind: ClassVar[str] = ""
-    fatal_classes: ClassVar[frozenset[str]] = frozenset()
-    sticky_classes: ClassVar[frozenset[str]] = frozenset()
-
-    @abstractmethod
-    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        """Create the job's items (idempotent: a killed planning is simply planned again)."""
-
-    def chunk_function(self) -> Callable[[list[tuple[str, str | None]], Any], list[ItemResult]]:
-        """The picklable top-level function the workers run on a chunk of (key, locator) items.
-        Tasks that override `process` (a model or a shared client in the job process) need none."""
-        raise NotImplementedError(f"{type(self).__name__} runs its own process()")
-
-    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> Any:
-        """The picklable options passed with every chunk."""
-        raise NotImplementedError(f"{type(self).__name__} runs its own process()")
-
-    def release(self) -> None:  # noqa: B027 (an optional hook)
-        """Drop per-process worker state after a run (cached clients, pools)."""
-
-    def process(
-        self, ws: Workspace, job_id: int, params: dict[str, Any], items: Iterator[PendingItem], ctx: RunContext
-    ) -> None:
-        from services.jobs.executors import make_executor
-
-        options = self.chunk_options(ws, job_id, params)
-        function = self.chunk_function()
-        workers = int(params.get("workers") or 0)
-        given: Executor | None = params.get("_executor")
-        executor = given or make_executor(workers)
-        try:
-            dispatch_chunks(
-                items,
-                lambda chunk: executor.submit(function, [(i.key, i.locator) for i in chunk], options),
-                ctx,
-                chunk_size=int(params.get("chunk_size") or ws.settings.download.chunk_size),
-                max_in_flight=max(2, 2 * workers) if given is None else int(params.get("in_flight") or 32),
-            )
-        finally:
-            if given is None:
-                executor.shutdown(wait=True, cancel_futures=True)
-            self.release()
-
-    def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
-        """Nothing by default; downloads write their labelled CSV here."""
 
 
 def dispatch_chunks(

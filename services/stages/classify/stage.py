@@ -38,7 +38,8 @@ from services.core.workspace import Workspace, write_atomic
 from services.io.clip_models import ClipSpec, load_clip, resolve_weights
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore
 from services.jobs.image_stage import ImageStageTask
-from services.jobs.manager import ItemResult, JobManager, Journal, RunContext
+from services.jobs.manager import ItemResult, JobManager, RunContext
+from services.jobs.stage import ResultLog
 from services.stages.classify.scoring import StackedModels, bin_edges, bin_index, histogram, score, stack_models
 from services.stages.download.folder_import import start_folder_import
 from services.stages.embed.stage import embed_block, embed_missing_on_executor
@@ -195,10 +196,9 @@ class ClassifyTask(ImageStageTask):
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
         stacked = stack_models(_models(params))
         store = EmbeddingStore(ws, params["key"])
-        journal = Journal(ws.job_dir(job_id))
         loaded = None
-        try:
-            while not ctx.stop_requested:
+        with ResultLog(ws, job_id, ctx) as log:
+            while not log.stopping:
                 block = list(itertools.islice(items, 10_000))
                 if not block:
                     break
@@ -211,15 +211,10 @@ class ClassifyTask(ImageStageTask):
                 elif missing:
                     loaded = loaded or load_clip(ClipSpec(**params["spec"]))
                     embed_block(ws, loaded, store, params, missing, ctx, record)
-                if ctx.stop_requested:
+                if log.stopping:
                     break
                 vectors = store.load([i.key for i in block])
-                results = failed + _score_and_store(ws, stacked, vectors.hashes, vectors.vectors, params)
-                for r in results:
-                    journal.write(r)
-                ctx.report(results)
-        finally:
-            journal.close()
+                log(failed + _score_and_store(ws, stacked, vectors.hashes, vectors.vectors, params))
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         write_outputs(ws, params, export_dir(ws, params["dataset"], job_id))

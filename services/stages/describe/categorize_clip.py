@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ import numpy as np
 from services.core.workspace import Workspace
 from services.io.clip_models import ClipSpec, load_clip, resolve_weights
 from services.jobs.image_stage import ImageStageTask, require_images
-from services.jobs.manager import ItemResult, JobManager, Journal
+from services.jobs.manager import ItemResult, JobManager
 from services.stages.describe.categories import CategoryList, load_list
 
 CLIP_STAGE = "categorize:clip"
@@ -68,8 +69,8 @@ class CategorizeClipTask(ImageStageTask):
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return [(CLIP_STAGE, params["settings_hash"])]
 
-    def chunk_function(self) -> Any:
-        return zero_shot_chunk
+    def batch_work(self) -> Any:
+        return zero_shot_batch
 
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> ZeroShotOptions:
         category_list = load_list(ws, params["list"][0], params["list"][1])
@@ -87,7 +88,9 @@ class CategorizeClipTask(ImageStageTask):
 _TEXT_FEATURES: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 
 
-def zero_shot_chunk(items: list[tuple[str, str | None]], opts: ZeroShotOptions) -> list[ItemResult]:
+def zero_shot_batch(
+    items: list[tuple[str, str | None]], opts: ZeroShotOptions, cancelled: Callable[[], bool]
+) -> Iterator[ItemResult]:
     """Score a batch of (image hash, path) items against every category at once."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -96,43 +99,34 @@ def zero_shot_chunk(items: list[tuple[str, str | None]], opts: ZeroShotOptions) 
     if key not in _TEXT_FEATURES:
         _TEXT_FEATURES[key] = loaded.embed_texts([PROMPT_TEMPLATE.format(c) for c in opts.categories])
     text = _TEXT_FEATURES[key]
-    journal = Journal(opts.journal_dir)
-    results: list[ItemResult] = []
     images, keys = [], []
-    try:
-        for image_hash, rel in items:
-            path = Path(opts.workspace) / (rel or "")
-            try:
-                with Image.open(path) as img:
-                    images.append(ImageOps.exif_transpose(img).convert("RGB"))
-                keys.append(image_hash)
-            except FileNotFoundError:
-                results.append(_failed(opts, image_hash, "missing", f"{path} is gone from the workspace"))
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                results.append(_failed(opts, image_hash, "not_image", f"{path}: cannot decode ({exc})"))
-        if images and not journal.cancelled:
-            probs = category_probabilities(loaded.embed_images(images, opts.batch_size), text, loaded.logit_scale)
-            for image_hash, row in zip(keys, probs, strict=True):
-                result = {
-                    "categories": top_categories(row, opts.categories),
-                    "scores": {c: round(float(p), 4) for c, p in zip(opts.categories, row, strict=True)},
-                    "list": opts.list_label,
-                    "model": opts.spec.label,
-                }
-                results.append(
-                    ItemResult(
-                        key=image_hash,
-                        status="ok",
-                        image_hash=image_hash,
-                        result={"categories": result["categories"]},
-                        stages=[(CLIP_STAGE, opts.settings_hash, "ok", result, None)],
-                    )  # fmt: skip
-                )
-        for r in results:
-            journal.write(r)
-    finally:
-        journal.close()
-    return results
+    for image_hash, rel in items:
+        path = Path(opts.workspace) / (rel or "")
+        try:
+            with Image.open(path) as img:
+                images.append(ImageOps.exif_transpose(img).convert("RGB"))
+            keys.append(image_hash)
+        except FileNotFoundError:
+            yield _failed(opts, image_hash, "missing", f"{path} is gone from the workspace")
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            yield _failed(opts, image_hash, "not_image", f"{path}: cannot decode ({exc})")
+    if not images or cancelled():
+        return
+    probs = category_probabilities(loaded.embed_images(images, opts.batch_size), text, loaded.logit_scale)
+    for image_hash, row in zip(keys, probs, strict=True):
+        result = {
+            "categories": top_categories(row, opts.categories),
+            "scores": {c: round(float(p), 4) for c, p in zip(opts.categories, row, strict=True)},
+            "list": opts.list_label,
+            "model": opts.spec.label,
+        }
+        yield ItemResult(
+            key=image_hash,
+            status="ok",
+            image_hash=image_hash,
+            result={"categories": result["categories"]},
+            stages=[(CLIP_STAGE, opts.settings_hash, "ok", result, None)],
+        )
 
 
 def category_probabilities(images: np.ndarray, texts: np.ndarray, logit_scale: float) -> np.ndarray:

@@ -28,7 +28,8 @@ from services.core.settings import Settings
 from services.core.workspace import Workspace
 from services.io.gemini_client import GeminiAnswer, GeminiCaller, GeminiError, parse_json_object
 from services.jobs.image_stage import ImageStageTask, require_images
-from services.jobs.manager import ItemResult, JobManager, Journal, PendingItem, RunContext, dispatch_chunks
+from services.jobs.manager import ItemResult, JobManager, PendingItem, RunContext, dispatch_chunks
+from services.jobs.stage import ResultLog
 from services.stages.describe.categories import CategoryList, load_list, validate_answer
 from services.stages.describe.prompts import (
     CATEGORIZE_PROMPT_VERSION,
@@ -141,7 +142,8 @@ class DescribeTask(ImageStageTask):
 
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
         """Requests are I/O: threads in this process share one client, one budget and one cache."""
-        worker = DescribeWorker(ws, JobPlan.from_params(ws, params), Journal(ws.job_dir(job_id)), ctx)
+        results = ResultLog(ws, job_id, ctx, unjournaled=self.fatal_classes)  # threads journal, dispatch reports
+        worker = DescribeWorker(ws, JobPlan.from_params(ws, params), results)
         concurrency = max(1, int(params.get("concurrency") or ws.settings.gemini.concurrency))
         try:
             with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gemini") as pool:
@@ -153,7 +155,7 @@ class DescribeTask(ImageStageTask):
                     max_in_flight=concurrency,
                 )
         finally:
-            worker.journal.close()
+            results.close()
             stats = worker.caller.stats if worker.caller else None
             if stats is not None:
                 log.info(
@@ -166,11 +168,10 @@ class DescribeTask(ImageStageTask):
 class DescribeWorker:
     """Does one image: cached answer or request, validation, stage rows. Shared by the run's threads."""
 
-    def __init__(self, ws: Workspace, plan: JobPlan, journal: Journal, ctx: RunContext | None = None) -> None:
+    def __init__(self, ws: Workspace, plan: JobPlan, log: ResultLog | None = None) -> None:
         self.ws = ws
         self.plan = plan
-        self.journal = journal
-        self.ctx = ctx
+        self.log = log
         self._caller: GeminiCaller | None = None
         self._lock = threading.Lock()
 
@@ -186,13 +187,13 @@ class DescribeWorker:
             return self._caller
 
     def run_chunk(self, chunk: list[PendingItem]) -> list[ItemResult]:
+        assert self.log is not None, "a job's worker has its result log"
         results = []
         for item in chunk:
-            if (self.ctx is not None and self.ctx.stop_requested) or self.journal.cancelled:
+            if self.log.stopping:
                 break
             result = self.run_one(item.key, item.locator or "")
-            if result.error_class not in DescribeTask.fatal_classes:
-                self.journal.write(result)
+            self.log.journal([result])
             results.append(result)
         return results
 
@@ -393,11 +394,7 @@ def try_one(
         describe_hash=describe_settings_hash(ws.settings.caption_model, ws.settings.processing.image_max_size),
         categorize_hash=categorize_settings_hash(ws.settings.caption_model, category_list) if category_list else None,
     )
-    journal = Journal(ws.root / "jobs" / "try-one")
-    try:
-        result = DescribeWorker(ws, plan, journal).run_one(image_hash, relpath)
-    finally:
-        journal.close()
+    result = DescribeWorker(ws, plan).run_one(image_hash, relpath)  # no job: nothing to journal
     if result.status != "ok":
         raise GeminiError(result.error_class or "error", result.error_message or "failed")
     with ws.catalog.write() as conn:

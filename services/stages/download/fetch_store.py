@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from services.io.imaging import (
     placeholder_jpeg,
     sha256_hex,
 )
-from services.jobs.manager import DISK_FULL, ImageRecord, ItemResult, Journal
+from services.jobs.manager import DISK_FULL, ImageRecord, ItemResult
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,11 @@ class _Worker:
             self.source = HttpSource(self.cfg)
         self.pool = ThreadPoolExecutor(max_workers=self.cfg.threads_per_worker, thread_name_prefix="fetch")
         self.root = Path(opts.workspace)
-        self.journal = Journal(opts.journal_dir)
         self._placeholder: ImageRecord | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-        self.journal.close()
 
     def placeholder(self) -> ImageRecord:
         with self._lock:
@@ -151,15 +150,21 @@ def _worker_for(opts: StoreOptions) -> _Worker:
         return _WORKERS[key]
 
 
-def process_chunk(items: list[tuple[str, str | None]], opts: StoreOptions) -> list[ItemResult]:
-    """Fetch and store a chunk of (key, locator) items; items skipped because of a cancel are left out."""
+def fetch_batch(
+    items: list[tuple[str, str | None]], opts: StoreOptions, cancelled: Callable[[], bool]
+) -> Iterator[ItemResult]:
+    """Fetch and store a chunk of (key, locator) items on the worker's threads, each result as it finishes;
+    items a cancel stopped before they started are left out (they stay pending)."""
     worker = _worker_for(opts)
-    futures = [worker.pool.submit(_process_item, worker, key, locator or key) for key, locator in items]
-    return [r for r in (f.result() for f in futures) if r is not None]
+    futures = [worker.pool.submit(_process_item, worker, key, locator or key, cancelled) for key, locator in items]
+    for future in as_completed(futures):
+        result = future.result()
+        if result is not None:
+            yield result
 
 
-def _process_item(worker: _Worker, key: str, locator: str) -> ItemResult | None:
-    if worker.journal.cancelled:
+def _process_item(worker: _Worker, key: str, locator: str, cancelled: Callable[[], bool]) -> ItemResult | None:
+    if cancelled():
         return None
     opts = worker.opts
     try:
@@ -180,7 +185,6 @@ def _process_item(worker: _Worker, key: str, locator: str) -> ItemResult | None:
         result = ItemResult(
             key=key, status="failed", error_class=error_class, error_message=f"{exc.__class__.__name__}: {exc}"
         )
-    worker.journal.write(result)
     return result
 
 

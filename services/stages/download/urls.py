@@ -22,8 +22,9 @@ from services.core.datasets import (
 )
 from services.core.names import file_name
 from services.core.workspace import Workspace
-from services.jobs.manager import ChunkedTask, JobManager
-from services.stages.download.fetch_store import StoreOptions, process_chunk, release_workers
+from services.jobs.manager import JobManager
+from services.jobs.stage import ChunkedTask
+from services.stages.download.fetch_store import StoreOptions, fetch_batch, release_workers
 
 KIND_FROM_NAME = re.compile(r"^(REAL|GEN)[_-]", re.IGNORECASE)
 
@@ -113,7 +114,7 @@ def labelled_csv_path(ws: Workspace, job_id: int, params: dict[str, Any]) -> Pat
 
 
 class DownloadTaskBase(ChunkedTask):
-    """What URL, S3 and folder imports share: fetch through `process_chunk`, write the labelled CSV at the end."""
+    """What URL, S3 and folder imports share: fetch through `fetch_batch`, write the labelled CSV at the end."""
 
     source_kind: ClassVar[str] = "url"
 
@@ -121,8 +122,8 @@ class DownloadTaskBase(ChunkedTask):
         """Where this kind's bytes come from, beyond the common options (S3: bucket and endpoint)."""
         return {}
 
-    def chunk_function(self) -> Any:
-        return process_chunk
+    def batch_work(self) -> Any:
+        return fetch_batch
 
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> StoreOptions:
         return StoreOptions(

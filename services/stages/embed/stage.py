@@ -22,7 +22,8 @@ from services.core.workspace import Workspace
 from services.io.clip_models import ClipSpec, LoadedClip, autocast_for, load_clip, resolve_weights
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, embedding_key
 from services.jobs.image_stage import ImageStageTask, require_images
-from services.jobs.manager import ItemResult, JobManager, Journal, PendingItem, RunContext
+from services.jobs.manager import ItemResult, JobManager, PendingItem, RunContext
+from services.jobs.stage import ResultLog
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -109,30 +110,21 @@ class EmbedTask(ImageStageTask):
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
         store = EmbeddingStore(ws, params["key"])
         store.write_spec(params["spec"])
-        if params.get("_executor") is not None:  # a cluster: workers load the model and embed whole chunks
-            embed_on_executor(ws, store, params, items, ctx, Journal(ws.job_dir(job_id)))
-            return
-        loaded = load_clip(ClipSpec(**params["spec"]))
-        journal = Journal(ws.job_dir(job_id))
-        try:
-            while not ctx.stop_requested:
+        with ResultLog(ws, job_id, ctx) as log:
+            if params.get("_executor") is not None:  # a cluster: workers load the model and embed whole chunks
+                embed_on_executor(ws, store, params, items, ctx, log)
+                return
+            loaded = load_clip(ClipSpec(**params["spec"]))
+            while not log.stopping:
                 block = list(itertools.islice(items, 20_000))  # pending items are paged from the catalog
                 if not block:
                     break
-                embed_block(ws, loaded, store, params, block, ctx, lambda results: _commit(results, journal, ctx))
-        finally:
-            journal.close()
+                embed_block(ws, loaded, store, params, block, ctx, log)
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         store = EmbeddingStore(ws, params["key"])
         if len(store.shards()) > 64:
             store.compact()
-
-
-def _commit(results: list[ItemResult], journal: Journal, ctx: RunContext) -> None:
-    for r in results:
-        journal.write(r)
-    ctx.report(results)
 
 
 def embed_block(
@@ -246,7 +238,7 @@ def embed_chunk(
 
 
 def embed_on_executor(
-    ws: Workspace, store: EmbeddingStore, params: dict[str, Any], items: Any, ctx: RunContext, journal: Journal
+    ws: Workspace, store: EmbeddingStore, params: dict[str, Any], items: Any, ctx: RunContext, log: ResultLog
 ) -> None:
     """Chunks of images to the executor's workers; each returned chunk becomes a shard, journaled and reported."""
     from services.jobs.manager import dispatch_chunks
@@ -256,18 +248,15 @@ def embed_on_executor(
 
     def submit(chunk: list[PendingItem]) -> Any:
         future = executor.submit(embed_chunk, [(i.key, i.locator) for i in chunk], opts)
-        return _as_results(future, store, params["key"], journal)
+        return _as_results(future, store, params["key"], log)
 
-    try:
-        dispatch_chunks(
-            items, submit, ctx, chunk_size=int(params.get("chunk_size") or 256),
-            max_in_flight=int(params.get("in_flight") or 8),
-        )  # fmt: skip
-    finally:
-        journal.close()
+    dispatch_chunks(
+        items, submit, ctx, chunk_size=int(params.get("chunk_size") or 256),
+        max_in_flight=int(params.get("in_flight") or 8),
+    )  # fmt: skip
 
 
-def _as_results(future: Any, store: EmbeddingStore, key: str, journal: Journal | None) -> Any:
+def _as_results(future: Any, store: EmbeddingStore, key: str, log: ResultLog | None) -> Any:
     """A future of ItemResults from a future of (hashes, vectors, failures): the shard is written here."""
     from concurrent.futures import Future
 
@@ -290,8 +279,8 @@ def _as_results(future: Any, store: EmbeddingStore, key: str, journal: Journal |
                     ItemResult(key=h, status="ok", image_hash=h, stages=[(EMBED_STAGE, key, "ok", info, None)])
                     for h in hashes
                 ]
-            for r in results if journal is not None else []:
-                journal.write(r)  # type: ignore[union-attr]
+            if log is not None:  # journaled here; dispatch_chunks reports them
+                log.journal(results)
             out.set_result(results)
         except Exception as exc:  # a lost worker: the chunk's items stay pending for the next run
             out.set_exception(exc)

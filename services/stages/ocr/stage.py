@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,7 +31,7 @@ from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.imaging import ImageCheckError
 from services.jobs.image_stage import ImageStageTask, require_images
-from services.jobs.manager import ItemResult, JobManager, Journal
+from services.jobs.manager import ItemResult, JobManager
 from services.stages.ocr.engines import TextLine, build_engine, resolve_engine
 from services.stages.ocr.rules import OcrRules, load_rules, load_rules_arg
 from services.stages.preprocess.ops import OperationError, OutputTooLargeError, apply_recipe, load_image
@@ -313,14 +314,17 @@ class OcrTask(ImageStageTask):
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return [(OCR_STAGE, params["settings_hash"])]
 
-    def chunk_function(self) -> Any:
-        return ocr_chunk
+    def batch_work(self) -> Any:
+        return ocr_batch
 
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> OcrOptions:
         return OcrOptions(str(ws.root), json.dumps(params), str(ws.job_dir(job_id)))
 
 
-def ocr_chunk(items: list[tuple[str, str | None]], opts: OcrOptions) -> list[ItemResult]:
+def ocr_batch(
+    items: list[tuple[str, str | None]], opts: OcrOptions, cancelled: Callable[[], bool]
+) -> Iterator[ItemResult]:
+    """Read each image of the chunk with the job's engine, recipe and rules."""
     from services.core.settings import load_settings
 
     params = json.loads(opts.params_json)
@@ -330,12 +334,10 @@ def ocr_chunk(items: list[tuple[str, str | None]], opts: OcrOptions) -> list[Ite
     )
     recipe = parse_recipe(json.dumps(params["recipe"])) if params.get("recipe") else None
     rules = OcrRules.model_validate(params["rules"])
-    journal = Journal(opts.journal_dir)
-    results = []
     try:
         for image_hash, rel in items:
-            if journal.cancelled:
-                break
+            if cancelled():
+                return
             try:
                 image = decode_bytes((ws.root / (rel or "")).read_bytes(), ws.settings.download.max_pixels)
                 found = read_image(params["engine"], settings, image, recipe, rules)
@@ -355,12 +357,9 @@ def ocr_chunk(items: list[tuple[str, str | None]], opts: OcrOptions) -> list[Ite
                 result = _failed(image_hash, params, exc.error_class, f"{rel}: {exc.message}")
             except (ValueError, OSError) as exc:
                 result = _failed(image_hash, params, "not_image", f"{rel}: {exc}")
-            journal.write(result)
-            results.append(result)
+            yield result
     finally:
-        journal.close()
         ws.close()
-    return results
 
 
 def _failed(image_hash: str, params: dict[str, Any], error_class: str, message: str) -> ItemResult:

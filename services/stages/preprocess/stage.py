@@ -9,6 +9,7 @@ rerun skips what is done and an edited recipe recomputes everything under its ne
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from services.core.names import file_name
 from services.core.workspace import Workspace, derived_relpath, is_disk_full, write_atomic
 from services.io.imaging import ImageCheckError
 from services.jobs.image_stage import ImageStageTask, require_images
-from services.jobs.manager import DISK_FULL, ItemResult, JobManager, Journal
+from services.jobs.manager import DISK_FULL, ItemResult, JobManager
 from services.stages.preprocess.ops import OperationError, OutputTooLargeError, apply_recipe, encode, load_image
 from services.stages.preprocess.quality import MEASURE_SIDE, QUALITY_STAGE, QUALITY_VERSION, measure
 from services.stages.preprocess.recipes import Recipe, load_recipe, parse_recipe
@@ -72,8 +73,8 @@ class PreprocessTask(ImageStageTask):
         recipe = parse_recipe(json.dumps(params["recipe"]))
         return [(stage_name(recipe), recipe.settings_hash)]
 
-    def chunk_function(self) -> Any:
-        return preprocess_chunk
+    def batch_work(self) -> Any:
+        return preprocess_batch
 
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> PreprocessOptions:
         return PreprocessOptions(
@@ -120,26 +121,23 @@ class _PreprocessWorker:
         self.stage = stage_name(self.recipe)
         draft = self.recipe.draft_size()
         self.draft_side = max(draft, MEASURE_SIDE) if draft else None
-        self.journal = Journal(opts.journal_dir)
 
 
 _WORKERS: dict[str, _PreprocessWorker] = {}
 
 
-def preprocess_chunk(items: list[tuple[str, str | None]], opts: PreprocessOptions) -> list[ItemResult]:
+def preprocess_batch(
+    items: list[tuple[str, str | None]], opts: PreprocessOptions, cancelled: Callable[[], bool]
+) -> Iterator[ItemResult]:
     """Run the recipe on a chunk of (image hash, path) items, one after another in this process."""
     key = json.dumps([opts.workspace, opts.recipe_json, opts.journal_dir])
     worker = _WORKERS.get(key)
     if worker is None:
         worker = _WORKERS[key] = _PreprocessWorker(opts)
-    results = []
     for image_hash, locator in items:
-        if worker.journal.cancelled:
-            break
-        result = _preprocess_one(worker, image_hash, locator or "")
-        worker.journal.write(result)
-        results.append(result)
-    return results
+        if cancelled():
+            return
+        yield _preprocess_one(worker, image_hash, locator or "")
 
 
 def _preprocess_one(worker: _PreprocessWorker, image_hash: str, locator: str) -> ItemResult:

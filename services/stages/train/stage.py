@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +30,8 @@ from services.core.datasets import NEGATIVE_TAGS, DatasetError, dataset_tags, ta
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.embedding_store import Embeddings, EmbeddingStore
-from services.jobs.manager import ChunkedTask, ItemResult, JobManager, Journal
+from services.jobs.manager import ItemResult, JobManager
+from services.jobs.stage import ChunkedTask
 from services.stages.train.metrics import SMALL_TEST_POSITIVES, best_f1_threshold, evaluate
 from services.stages.train.models import MODEL_TYPES, generate_model_path, headline_metrics, linear_form, save_model
 
@@ -130,8 +132,8 @@ class TrainTask(ChunkedTask):
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         JobManager(ws).add_items(job_id, [(tag, None) for tag in params["tags"]])
 
-    def chunk_function(self) -> Any:
-        return train_chunk
+    def batch_work(self) -> Any:
+        return train_batch
 
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> TrainOptions:
         return TrainOptions(
@@ -163,26 +165,25 @@ def _data(ws: Workspace, opts: TrainOptions) -> tuple[Embeddings, dict[str, set[
         return _DATA[key]
 
 
-def train_chunk(items: list[tuple[str, str | None]], opts: TrainOptions) -> list[ItemResult]:
+def train_batch(
+    items: list[tuple[str, str | None]], opts: TrainOptions, cancelled: Callable[[], bool]
+) -> Iterator[ItemResult]:
+    """One model per tag of the chunk (items are tags), on the embeddings loaded once per worker."""
     from services.core.settings import load_settings
 
     ws = Workspace(Path(opts.workspace), load_settings(workspace=opts.workspace))
-    journal = Journal(opts.journal_dir)
-    results = []
     try:
         embeddings, tags = _data(ws, opts)
         for tag, _ in items:
+            if cancelled():
+                return
             try:
                 summary = train_tag(ws, opts, tag, embeddings, tags)
-                result = ItemResult(key=tag, status="ok", result=summary)
+                yield ItemResult(key=tag, status="ok", result=summary)
             except TooFewError as exc:
-                result = ItemResult(key=tag, status="failed", error_class="too_few", error_message=str(exc))
-            journal.write(result)
-            results.append(result)
+                yield ItemResult(key=tag, status="failed", error_class="too_few", error_message=str(exc))
     finally:
-        journal.close()
         ws.close()
-    return results
 
 
 class TooFewError(WorkbenchError, ValueError):
