@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol
 from services import APP_ROOT
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace, is_disk_full, pid_alive, remove_stale_temp_files
+from services.jobs.params import JobParams, check_params
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ class RunContext:
 
 class JobTask(Protocol):
     kind: ClassVar[str]
+    params_model: ClassVar[type[JobParams]]  # what the job row's parameters hold (services/jobs/params.py)
     fatal_classes: ClassVar[frozenset[str]]
     sticky_classes: ClassVar[frozenset[str]]  # failures that retry-failed cannot fix (e.g. missing)
 
@@ -237,7 +239,8 @@ class JobManager:
         return self.task(self._row(job_id)["kind"])
 
     def create(self, kind: str, title: str, params: dict[str, Any], dataset_id: int | None = None) -> int:
-        self.task(kind)  # fail now, not in the background, if the kind is unknown
+        task = self.task(kind)  # fail now, not in the background, if the kind is unknown
+        check_params(task.params_model, kind, params, new=True)  # and if a parameter is missing or wrong
         with self.catalog.write() as conn:
             cur = conn.execute(
                 """INSERT INTO jobs (kind, title, dataset_id, params, state, created_at)
@@ -520,6 +523,7 @@ class JobManager:
             handler = self._open_log(job_id, row["kind"])
             task = self.task(row["kind"])
             params = json.loads(row["params"])
+            check_params(task.params_model, row["kind"], params, new=False)  # a row that cannot run says why
             removed = remove_stale_temp_files(self.ws.root, claimed_at, _output_folders(params))
             if removed:
                 log.info("job %s: removed %d temporary files left by killed runs", job_id, len(removed))

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from services.core.workspace import Workspace
 from services.jobs.manager import ItemResult, Journal, PendingItem, RunContext, dispatch_chunks
+from services.jobs.params import JobParams
 
 ChunkItems = list[tuple[str, str | None]]  # (item key, locator) pairs, as a worker receives them
 
@@ -97,6 +98,7 @@ class ChunkedTask(ABC):
     workers. A task whose work lives in the job process overrides `process` and reports through a `ResultLog`."""
 
     kind: ClassVar[str] = ""
+    params_model: ClassVar[type[JobParams]] = JobParams
     fatal_classes: ClassVar[frozenset[str]] = frozenset()
     sticky_classes: ClassVar[frozenset[str]] = frozenset()
 

@@ -181,7 +181,7 @@ def test_the_stop_reason_can_be_written_on_a_full_disk_and_names_the_cause(small
     the cause comes from the stop-reason file reserved when the run began."""
     ws = Workspace(small_disk / "ws", load_settings())
     manager = JobManager(ws)
-    job_id = manager.create("download_urls", "t", {"dataset": "x"})
+    job_id = manager.create("download_urls", "t", {"dataset": "x", "csv_path": "x.csv", "url_column": "image_link"})
     job_dir = ws.job_dir(job_id)
     _reserve_stop_reason(job_dir)
     filler = small_disk / "filler"

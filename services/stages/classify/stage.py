@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from services.core import csv_safety
 from services.core.catalog import SCORE_BINS, score_bin_sql
@@ -39,6 +40,7 @@ from services.io.clip_models import ClipSpec, load_clip, resolve_weights
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore
 from services.jobs.image_stage import ImageStageTask
 from services.jobs.manager import ItemResult, JobManager, RunContext
+from services.jobs.params import JobParams
 from services.jobs.stage import ResultLog
 from services.stages.classify.scoring import StackedModels, bin_edges, bin_index, histogram, score, stack_models
 from services.stages.download.folder_import import start_folder_import
@@ -177,7 +179,23 @@ def _models(params: dict[str, Any]) -> list[TagModel]:
     return [m for path in params["models"] for m in load_models_from(Path(path))]
 
 
+class ClassifyParams(JobParams):
+    """A classify run: the dataset (after its import job, if any), the model files, the CLIP model, outputs."""
+
+    dataset: str
+    import_job: int | None = None
+    models: list[str]
+    spec: dict[str, Any]
+    key: str
+    bins: int
+    out: str | None = None
+    copy_images: bool = Field(default=False, alias="copy")
+    batch_size: int
+    loader_workers: int | None = None
+
+
 class ClassifyTask(ImageStageTask):
+    params_model: ClassVar[type[JobParams]] = ClassifyParams
     kind: ClassVar[str] = "classify"
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:

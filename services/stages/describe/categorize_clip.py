@@ -22,6 +22,7 @@ from services.core.workspace import Workspace
 from services.io.clip_models import ClipSpec, load_clip, resolve_weights
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager
+from services.jobs.params import JobParams
 from services.stages.describe.categories import CategoryList, load_list
 
 CLIP_STAGE = "categorize:clip"
@@ -63,7 +64,17 @@ class ZeroShotOptions:
     batch_size: int
 
 
+class CategorizeClipParams(JobParams):
+    """CLIP zero-shot categories: the dataset, the category list (name, version) and the model."""
+
+    dataset: str
+    list: tuple[str, int]
+    spec: dict[str, Any]
+    settings_hash: str
+
+
 class CategorizeClipTask(ImageStageTask):
+    params_model: ClassVar[type[JobParams]] = CategorizeClipParams
     kind: ClassVar[str] = "categorize_clip"
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:

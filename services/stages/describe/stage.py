@@ -29,6 +29,7 @@ from services.core.workspace import Workspace
 from services.io.gemini_client import GeminiAnswer, GeminiCaller, GeminiError, parse_json_object
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager, PendingItem, RunContext, dispatch_chunks
+from services.jobs.params import JobParams
 from services.jobs.stage import ResultLog
 from services.stages.describe.categories import CategoryList, load_list, validate_answer
 from services.stages.describe.prompts import (
@@ -131,7 +132,19 @@ class JobPlan:
         return stages
 
 
+class DescribeParams(JobParams):
+    """A Gemini run: the mode, the model, image size and category list frozen into the job."""
+
+    dataset: str
+    mode: str
+    model: str
+    image_max_size: int
+    concurrency: int | None = None
+    list: tuple[str, int] | None = None
+
+
 class DescribeTask(ImageStageTask):
+    params_model: ClassVar[type[JobParams]] = DescribeParams
     kind: ClassVar[str] = "describe"
     # Nothing a retry can fix without the user: a bad key, an unknown model, no network at all.
     fatal_classes: ClassVar[frozenset[str]] = frozenset({"config", "auth", "not_found", "connection"})

@@ -1,9 +1,10 @@
 """The worker half of a download job: fetch bytes, prove they are an image, store them by content hash,
-make the resized copy, and journal the result, for a chunk of items at a time.
+make the resized copy, for a chunk of items at a time (`run_chunk` journals each result as it comes).
 
-`process_chunk` is a plain top-level function of picklable arguments, so any `concurrent.futures` executor
-runs it: a local process pool by default, a thread pool for small jobs, a Dask client for a cluster. Each
-worker process keeps one fetcher (connection pool, per-host slots) and one thread pool across chunks.
+`fetch_batch` is a plain top-level generator of picklable arguments, so any `concurrent.futures` executor
+runs it under `run_chunk`: a local process pool by default, a thread pool for small jobs, a Dask client for a
+cluster. Each worker process keeps one fetcher (connection pool, per-host slots) and one thread pool across
+chunks.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from services.core.datasets import DatasetError, ensure_dataset, insert_rows
 from services.core.workspace import Workspace
 from services.io.archives import IMAGE_SUFFIXES, ArchiveError, ArchiveLimits, list_images
 from services.jobs.manager import JobManager
+from services.jobs.params import JobParams
 from services.stages.download.urls import DownloadTaskBase
 
 BATCH = 5000
@@ -78,7 +79,16 @@ def _add_zip(
         refused[prefix + s.locator[cut:]] = s.reason
 
 
+class FolderImportParams(JobParams):
+    """A folder or zip import (or seed 004's JSON entries): what to read into which dataset."""
+
+    dataset: str
+    folder: str
+    entries_file: str | None = None
+
+
 class FolderImportTask(DownloadTaskBase):
+    params_model: ClassVar[type[JobParams]] = FolderImportParams
     kind: ClassVar[str] = "import_folder"
     source_kind: ClassVar[str] = "path"
     sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image", "refused"})

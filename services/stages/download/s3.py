@@ -19,6 +19,7 @@ from services.core.datasets import DatasetError, ensure_dataset, insert_rows
 from services.core.workspace import Workspace
 from services.io.s3_client import S3Object, check_endpoint, list_prefix, make_client
 from services.jobs.manager import ItemResult, JobManager
+from services.jobs.params import JobParams
 from services.stages.download.urls import DownloadTaskBase, guess_kind
 
 NAME_HEADERS = {"filename", "file_name", "file", "name", "image", "image_name", "key", "s3_key", "path", "image_path"}
@@ -226,7 +227,25 @@ def start_s3_download(
     return manager.create("download_s3", title, params, ds.id)
 
 
+class S3DownloadParams(JobParams):
+    """An S3 download: the name list, the bucket and prefix it was matched against, what to store."""
+
+    dataset: str
+    csv_path: str
+    bucket: str
+    prefix: str
+    endpoint_url: str | None = None
+    signed: bool = True
+    has_header: bool | None = None
+    name_column: str | None = None
+    resize: int | None = None
+    keep_originals: bool = True
+    placeholder: bool = False
+    out: str | None = None
+
+
 class S3DownloadTask(DownloadTaskBase):
+    params_model: ClassVar[type[JobParams]] = S3DownloadParams
     kind: ClassVar[str] = "download_s3"
     source_kind: ClassVar[str] = "s3"
     # Every request goes to one endpoint: a refused endpoint would fail every item, so it stops the job.

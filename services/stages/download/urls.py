@@ -23,6 +23,7 @@ from services.core.datasets import (
 from services.core.names import file_name
 from services.core.workspace import Workspace
 from services.jobs.manager import JobManager
+from services.jobs.params import JobParams
 from services.jobs.stage import ChunkedTask
 from services.stages.download.fetch_store import StoreOptions, fetch_batch, release_workers
 
@@ -113,8 +114,22 @@ def labelled_csv_path(ws: Workspace, job_id: int, params: dict[str, Any]) -> Pat
     return ws.root / "exports" / file_name(params["dataset"], f"-job{job_id}.csv")
 
 
+class UrlDownloadParams(JobParams):
+    """A URL CSV download: the CSV, its URL column, what to store, where the labelled CSV goes."""
+
+    dataset: str
+    csv_path: str
+    url_column: str
+    resize: int | None = None
+    keep_originals: bool = True
+    placeholder: bool = False
+    out: str | None = None
+
+
 class DownloadTaskBase(ChunkedTask):
     """What URL, S3 and folder imports share: fetch through `fetch_batch`, write the labelled CSV at the end."""
+
+    params_model: ClassVar[type[JobParams]] = UrlDownloadParams
 
     source_kind: ClassVar[str] = "url"
 

@@ -23,6 +23,7 @@ from services.io.clip_models import ClipSpec, LoadedClip, autocast_for, load_cli
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, embedding_key
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager, PendingItem, RunContext
+from services.jobs.params import JobParams
 from services.jobs.stage import ResultLog
 
 if TYPE_CHECKING:
@@ -101,7 +102,18 @@ def collate(batch: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, l
     return [i for i, _ in ok], tensors, failed
 
 
+class EmbedParams(JobParams):
+    """An embed run: the dataset, the CLIP model (spec and key) and the loader's batch and workers."""
+
+    dataset: str
+    spec: dict[str, Any]
+    key: str
+    batch_size: int
+    loader_workers: int | None = None
+
+
 class EmbedTask(ImageStageTask):
+    params_model: ClassVar[type[JobParams]] = EmbedParams
     kind: ClassVar[str] = "embed"
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:

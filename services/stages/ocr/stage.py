@@ -32,6 +32,7 @@ from services.core.workspace import Workspace
 from services.io.imaging import ImageCheckError
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager
+from services.jobs.params import JobParams
 from services.stages.ocr.engines import TextLine, build_engine, resolve_engine
 from services.stages.ocr.rules import OcrRules, load_rules, load_rules_arg
 from services.stages.preprocess.ops import OperationError, OutputTooLargeError, apply_recipe, load_image
@@ -306,7 +307,19 @@ class OcrOptions:
     journal_dir: str
 
 
+class OcrParams(JobParams):
+    """An OCR run: the engine, TrOCR model, recipe and rules frozen into the job, and their settings hash."""
+
+    dataset: str
+    engine: str
+    model: str
+    recipe: dict[str, Any] | None = None
+    rules: dict[str, Any]
+    settings_hash: str
+
+
 class OcrTask(ImageStageTask):
+    params_model: ClassVar[type[JobParams]] = OcrParams
     kind: ClassVar[str] = "ocr"
     # the recipe is frozen into the job: a retry meets the same crop box (run again with a recipe that fits)
     sticky_classes: ClassVar[frozenset[str]] = ImageStageTask.sticky_classes | {RecipeMisfitError.error_class}

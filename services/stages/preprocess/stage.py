@@ -30,6 +30,7 @@ from services.core.workspace import Workspace, derived_relpath, is_disk_full, wr
 from services.io.imaging import ImageCheckError
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import DISK_FULL, ItemResult, JobManager
+from services.jobs.params import JobParams
 from services.stages.preprocess.ops import OperationError, OutputTooLargeError, apply_recipe, encode, load_image
 from services.stages.preprocess.quality import MEASURE_SIDE, QUALITY_STAGE, QUALITY_VERSION, measure
 from services.stages.preprocess.recipes import Recipe, load_recipe, parse_recipe
@@ -65,7 +66,15 @@ class PreprocessOptions:
     max_pixels: int
 
 
+class PreprocessParams(JobParams):
+    """A preprocess run: the dataset and the recipe frozen into the job."""
+
+    dataset: str
+    recipe: dict[str, Any]
+
+
 class PreprocessTask(ImageStageTask):
+    params_model: ClassVar[type[JobParams]] = PreprocessParams
     kind: ClassVar[str] = "preprocess"
     sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image", "too_large", "truncated", "missing"})
 

@@ -31,6 +31,7 @@ from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.embedding_store import Embeddings, EmbeddingStore
 from services.jobs.manager import ItemResult, JobManager
+from services.jobs.params import JobParams
 from services.jobs.stage import ChunkedTask
 from services.stages.train.metrics import SMALL_TEST_POSITIVES, best_f1_threshold, evaluate
 from services.stages.train.models import MODEL_TYPES, generate_model_path, headline_metrics, linear_form, save_model
@@ -125,7 +126,21 @@ def start_training(
     return manager.create("train_tags", title, params, dataset_id)
 
 
+class TrainParams(JobParams):
+    """A training run: the tagged dataset, its embedding, the tags and model types, split and folds."""
+
+    dataset: str
+    embedding_key: str
+    tags: list[str]
+    types: list[str]
+    test_size: float
+    seed: int
+    cv_folds: int | None = None
+    threshold: float | None = None
+
+
 class TrainTask(ChunkedTask):
+    params_model: ClassVar[type[JobParams]] = TrainParams
     kind: ClassVar[str] = "train_tags"
     sticky_classes: ClassVar[frozenset[str]] = frozenset({"too_few"})
 

@@ -1,0 +1,46 @@
+"""Typed job parameters: what a job row stores, one pydantic model per job kind.
+
+`JobManager.create` validates a new job's parameters against its kind's model (an unknown key is a bug in the
+caller and refused), and `JobManager.run` validates a stored row again before planning, so a row that cannot
+run fails at once with the field and the cause instead of a KeyError deep in a stage. Rows written by older
+releases carry the same keys and keep resuming; keys they hold that a model does not know are kept as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from services.core.errors import WorkbenchError
+
+
+class JobParams(BaseModel):
+    """What any job may hold besides its stage's own: how it runs and where it came from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    workers: int | None = None  # worker processes (0: in the job process)
+    chunk_size: int | None = None  # items per chunk sent to a worker
+    in_flight: int | None = None  # chunks in flight on a given executor
+    executor: str | None = None  # `local` or `dask://HOST:PORT`
+    from_page: bool | None = None  # started from a page: counted against page_jobs.max_running
+    page_queued_at: float | None = None  # waiting for a page-job slot since (epoch seconds)
+    raw_csv: bool | None = None  # this job's CSVs are written without the formula guard
+
+
+class ParamsError(WorkbenchError):
+    error_class = "job_params"
+    http_status = 422
+
+
+def check_params(model: type[JobParams], kind: str, params: dict[str, Any], *, new: bool) -> JobParams:
+    """`params` read through the kind's model; a new job may not carry keys the model does not know."""
+    try:
+        checked = model.model_validate(params)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ParamsError(f"{kind} job parameters: {problems}") from None
+    if new and checked.model_extra:
+        raise ParamsError(f"{kind} job parameters: unknown {', '.join(sorted(checked.model_extra))}")
+    return checked
