@@ -208,6 +208,8 @@ class JobTask(Protocol):
     fatal_classes: ClassVar[frozenset[str]]
     sticky_classes: ClassVar[frozenset[str]]  # failures that retry-failed cannot fix (e.g. missing)
 
+    def prerequisite(self, params: dict[str, Any]) -> int | None: ...
+
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None: ...
 
     def process(
@@ -531,6 +533,7 @@ class JobManager:
             if replayed:
                 log.info("job %s: replayed %d journaled results from an earlier run", job_id, replayed)
             if not row["planned"]:
+                self._complete_prerequisite(job_id, task.prerequisite(params))
                 task.plan(self.ws, job_id, params)
                 self.catalog.conn.execute("UPDATE jobs SET planned = 1 WHERE id = ?", (job_id,))
             self.recount(job_id)
@@ -589,6 +592,16 @@ class JobManager:
         except Exception:  # never the reason a finished job reports a failure
             log.warning("could not start queued page jobs after job %s", job_id, exc_info=True)
         return progress
+
+    def _complete_prerequisite(self, job_id: int, prerequisite: int | None) -> None:
+        """A job this one depends on (a job of its own: its row, items and log) is run here first unless it has
+        completed; a prerequisite that ends otherwise stops this run with its state and error."""
+        if prerequisite is None or self.progress(prerequisite).state == "completed":
+            return
+        log.info("job %s: running job %s first (its output is this job's input)", job_id, prerequisite)
+        done = self.run(prerequisite)
+        if done.state != "completed":
+            raise JobError(f"job {job_id} needs job {prerequisite}, which ended {done.state}: {done.error or ''}")
 
     def _open_log(self, job_id: int, kind: str) -> logging.Handler:
         stamp = time.strftime("%Y%m%d_%H%M%S")

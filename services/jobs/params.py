@@ -27,6 +27,7 @@ class JobParams(BaseModel):
     from_page: bool | None = None  # started from a page: counted against page_jobs.max_running
     page_queued_at: float | None = None  # waiting for a page-job slot since (epoch seconds)
     raw_csv: bool | None = None  # this job's CSVs are written without the formula guard
+    after_job: int | None = None  # a job whose output this one needs (Classify's import): completed first
 
 
 class ParamsError(WorkbenchError):

@@ -102,6 +102,11 @@ class ChunkedTask(ABC):
     fatal_classes: ClassVar[frozenset[str]] = frozenset()
     sticky_classes: ClassVar[frozenset[str]] = frozenset()
 
+    def prerequisite(self, params: dict[str, Any]) -> int | None:
+        """A job that must have completed before this one plans (its `after_job`); the manager runs it."""
+        after = params.get("after_job")
+        return int(after) if after else None
+
     @abstractmethod
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         """Create the job's items (idempotent: a killed planning is simply planned again)."""

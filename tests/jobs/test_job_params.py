@@ -61,3 +61,24 @@ def test_a_row_that_cannot_run_fails_naming_the_field(ws: Workspace, manager: Jo
     assert ended.state == "failed"
     assert ended.error is not None and "import_folder job parameters: folder: Field required" in ended.error
     assert "Traceback" not in ended.error
+
+
+def test_a_job_runs_the_job_it_depends_on_first(ws: Workspace, manager: JobManager, tmp_path: Path):
+    """`after_job` (Classify's import of a folder): the manager completes that job, a job of its own with its row
+    and log, before this one plans; a stage never runs another job inside its plan."""
+    first = _import_job(ws, manager, tmp_path)
+    second = start_folder_import(ws, manager, tagged_tree(tmp_path / "more", per_tag=1), "more", workers=0)
+    _set_params(ws, second, {**manager.params(second), "after_job": first})
+    assert manager.run(second).state == "completed"
+    assert manager.progress(first).state == "completed"
+
+
+def test_a_failed_prerequisite_stops_the_job_that_needs_it(ws: Workspace, manager: JobManager, tmp_path: Path):
+    first = _import_job(ws, manager, tmp_path)
+    _set_params(ws, first, {"dataset": "set"})  # a row that cannot run: it fails naming `folder`
+    second = start_folder_import(ws, manager, tagged_tree(tmp_path / "more", per_tag=1), "more", workers=0)
+    _set_params(ws, second, {**manager.params(second), "after_job": first})
+    ended = manager.run(second)
+    assert manager.progress(first).state == "failed"
+    assert ended.state == "failed" and ended.error is not None
+    assert f"job {second} needs job {first}, which ended failed" in ended.error

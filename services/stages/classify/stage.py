@@ -131,6 +131,7 @@ def _queue(
     params = {
         "dataset": name,
         "import_job": import_job,
+        "after_job": import_job,  # the manager runs the import first (JobParams.after_job)
         "models": [str(m.path) for m in models],
         "spec": dataclasses.asdict(spec),
         "key": stacked.embedding_key,
@@ -201,15 +202,10 @@ class ClassifyTask(ImageStageTask):
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return [(CLASSIFY_STAGE, _models_hash(params))]
 
-    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        import_job = params.get("import_job")
-        if import_job:
-            manager = JobManager(ws)
-            if manager.progress(import_job).state != "completed":
-                done = manager.run(import_job)
-                if done.state != "completed":
-                    raise DatasetError(f"import job {import_job} ended {done.state}: {done.error or ''}")
-        super().plan(ws, job_id, params)
+    def prerequisite(self, params: dict[str, Any]) -> int | None:
+        """The import of a folder or zip this run classifies (`after_job`; older rows name it `import_job`)."""
+        after = params.get("after_job") or params.get("import_job")
+        return int(after) if after else None
 
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
         stacked = stack_models(_models(params))
