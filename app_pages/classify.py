@@ -87,9 +87,9 @@ copy = c2.checkbox("Also copy images into {type}/{tag}/{bin}/ folders", bind=BIN
 if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", disabled=not (folder or picked)):
     try:
         if folder is not None:
-            job_id = start_classify_path(ws, manager, folder, models, bins, None, copy, name)
+            job_id = start_classify_path(ws, manager, folder, models, bins=bins, out=None, copy=copy, dataset=name)
         else:
-            job_id = start_classify_dataset(ws, manager, picked or "", models, bins, None, copy)
+            job_id = start_classify_dataset(ws, manager, picked or "", models, bins=bins, out=None, copy=copy)
     except WorkbenchError as exc:
         show_error(exc)
     else:

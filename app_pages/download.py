@@ -118,12 +118,12 @@ with tab_urls:
                         manager,
                         csv_path,
                         dataset,
-                        url_column,
-                        kind,
-                        int(resize) or None,
-                        not (discard and resize),
-                        placeholder,
-                        int(workers),
+                        url_column=url_column,
+                        kind=kind,
+                        resize=int(resize) or None,
+                        keep_originals=not (discard and resize),
+                        placeholder=placeholder,
+                        workers=int(workers),
                     )
                 except WorkbenchError as exc:
                     show_error(exc)
@@ -232,7 +232,7 @@ with tab_batch:
                 if st.button("Confirm: download all", type="primary", key="batch-confirm", icon=":material/check:"):
                     for e, a in analyses:
                         try:
-                            _start(start_s3_download(ws, manager, a, e.dataset, e.kind))
+                            _start(start_s3_download(ws, manager, a, e.dataset, kind=e.kind))
                         except DatasetError as exc:
                             st.error(f"{md(e.csv_path.name)}: {md(exc)}")
                     st.session_state.pop("batch-analyses", None)

@@ -144,8 +144,13 @@ else:
         "threshold, like the final model.",
     )  # fmt: skip
     if st.button("Train", type="primary", key="et-train", icon=":material/model_training:", disabled=not tags):
-        options = (tags, types, test_size, int(seed), CV_CHOICES[cv_label])
-        start("et-train-job", lambda: start_training(ws, manager, dataset, key, *options))
+        folds = CV_CHOICES[cv_label]
+        start(
+            "et-train-job",
+            lambda: start_training(
+                ws, manager, dataset, key, tags=tags, types=types, test_size=test_size, seed=int(seed), cv_folds=folds
+            ),
+        )
     follow("et-train-job", "train_tags")
 
 # --- results --------------------------------------------------------------------------------------------

@@ -204,7 +204,11 @@ def build_workspace(root: Path, n: int) -> dict[str, float]:
     # two tags trained by the real job, and their scores for every photo (what a classify run leaves)
     t = time.perf_counter()
     manager = JobManager(ws)
-    manager.run(start_training(ws, manager, "tagged", key, ["tag-0000", "tag-0001"], None, 0.1, 0, 0))
+    manager.run(
+        start_training(
+            ws, manager, "tagged", key, tags=["tag-0000", "tag-0001"], types=None, test_size=0.1, seed=0, cv_folds=0
+        )
+    )
     models = list_models(ws, "tagged", key)
     with ws.catalog.write() as conn:
         conn.execute(

@@ -48,7 +48,7 @@ def classify_main(
     """Seed 004's `classify_main`: every model on a folder, zip or dataset; returns the scores as a dict."""
     chosen = resolve_models(ws, models, trained_on)
     manager = JobManager(ws)
-    job_id = start_classify(ws, manager, str(source), chosen, bins, output_dir)
+    job_id = start_classify(ws, manager, str(source), chosen, bins=bins, out=output_dir)
     progress = run(ws, job_id)
     result = classification(ws, progress.params["dataset"], chosen)
     return {

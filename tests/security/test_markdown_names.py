@@ -43,7 +43,7 @@ def plant(root: Path, tmp_path: Path, image: str = IMAGE, link: str = LINK, no_s
     urls = tmp_path / "urls.csv"
     urls.write_text("image_link\nhttp://example.org/a.png\n")
     dataset = f"{no_slash} set"
-    start_url_download(ws, manager, urls, dataset, "image_link")  # a job titled after it (not run)
+    start_url_download(ws, manager, urls, dataset, url_column="image_link")  # a job titled after it (not run)
     save_list(ws, "hostile", [image, link, "cats"], "test")
     categorised = tmp_path / "categorised.csv"
     categorised.write_text(

@@ -35,7 +35,7 @@ def classify(
     ws = cli_workspace()
     manager = JobManager(ws)
     chosen = resolve_models(ws, models, trained_on)
-    job_id = start_classify(ws, manager, source, chosen, bins, out, copy, dataset)
+    job_id = start_classify(ws, manager, source, chosen, bins=bins, out=out, copy=copy, dataset=dataset)
     typer.echo(f"job {job_id} created: {len(chosen)} models")
     finish_job(manager, job_id, background, executor, raw_csv)
     if not background:

@@ -63,6 +63,7 @@ def start_classify(
     manager: JobManager,
     source: str,
     models: list[TagModel],
+    *,
     bins: int = 10,
     out: Path | None = None,
     copy: bool = False,
@@ -74,9 +75,9 @@ def start_classify(
     (`start_classify_path`)."""
     path = Path(source).expanduser()
     if get_dataset(ws.catalog, source) is not None and not path.exists():
-        return start_classify_dataset(ws, manager, source, models, bins, out, copy)
+        return start_classify_dataset(ws, manager, source, models, bins=bins, out=out, copy=copy)
     if path.exists():
-        return start_classify_path(ws, manager, path, models, bins, out, copy, dataset)
+        return start_classify_path(ws, manager, path, models, bins=bins, out=out, copy=copy, dataset=dataset)
     raise DatasetError(f"{source}: neither a folder, a zip, nor a dataset name")
 
 
@@ -85,6 +86,7 @@ def start_classify_dataset(
     manager: JobManager,
     dataset: str,
     models: list[TagModel],
+    *,
     bins: int = 10,
     out: Path | None = None,
     copy: bool = False,
@@ -101,6 +103,7 @@ def start_classify_path(
     manager: JobManager,
     path: Path,
     models: list[TagModel],
+    *,
     bins: int = 10,
     out: Path | None = None,
     copy: bool = False,

@@ -41,7 +41,17 @@ def download_urls(
     ws = cli_workspace()
     manager = JobManager(ws)
     job_id = start_url_download(
-        ws, manager, csv_path, dataset, url_column, kind, resize, not discard_originals, placeholder, workers, out
+        ws,
+        manager,
+        csv_path,
+        dataset,
+        url_column=url_column,
+        kind=kind,
+        resize=resize,
+        keep_originals=not discard_originals,
+        placeholder=placeholder,
+        workers=workers,
+        out=out,
     )
     typer.echo(f"job {job_id} created for dataset {dataset!r}")
     finish_job(manager, job_id, background, executor, raw_csv)
@@ -133,7 +143,18 @@ def _download_s3_one(
         typer.echo("not confirmed; nothing downloaded")
         return False
     job_id = start_s3_download(
-        ws, manager, analysis, dataset, kind, header, name_column, resize, True, False, workers, out
+        ws,
+        manager,
+        analysis,
+        dataset,
+        kind=kind,
+        has_header=header,
+        name_column=name_column,
+        resize=resize,
+        keep_originals=True,
+        placeholder=False,
+        workers=workers,
+        out=out,
     )
     typer.echo(f"job {job_id} created for dataset {dataset!r}")
     finish_job(manager, job_id, background, executor, raw_csv)
@@ -211,6 +232,6 @@ def download_folder(
 
     ws = cli_workspace()
     manager = JobManager(ws)
-    job_id = start_folder_import(ws, manager, folder, dataset, kind, workers)
+    job_id = start_folder_import(ws, manager, folder, dataset, kind=kind, workers=workers)
     typer.echo(f"job {job_id} created for dataset {dataset or folder.resolve().name!r}")
     finish_job(manager, job_id, background, executor, raw_csv)

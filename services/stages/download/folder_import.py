@@ -28,6 +28,7 @@ def start_folder_import(
     manager: JobManager,
     folder: Path,
     dataset: str | None = None,
+    *,
     kind: str = "folder",
     workers: int | None = None,
 ) -> int:

@@ -193,6 +193,7 @@ def start_s3_download(
     manager: JobManager,
     analysis: S3Analysis,
     dataset: str,
+    *,
     kind: str | None = None,
     has_header: bool | None = None,
     name_column: str | None = None,

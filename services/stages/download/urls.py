@@ -72,6 +72,7 @@ def start_url_download(
     manager: JobManager,
     csv_path: Path,
     dataset: str,
+    *,
     url_column: str = "image_link",
     kind: str | None = None,
     resize: int | None = None,

@@ -40,8 +40,9 @@ def train(
     manager = JobManager(ws)
     key = embedding_key(clip_spec(model, pretrained, checkpoint))
     job_id = start_training(
-        ws, manager, dataset, key, [t.strip() for t in tags.split(",")] if tags else None,
-        [t.strip() for t in types.split(",") if t.strip()], test_size, seed, cv, threshold,
+        ws, manager, dataset, key, tags=[t.strip() for t in tags.split(",")] if tags else None,
+        types=[t.strip() for t in types.split(",") if t.strip()], test_size=test_size, seed=seed, cv_folds=cv,
+        threshold=threshold,
     )  # fmt: skip
     typer.echo(f"job {job_id} created: train {dataset!r} on {key}")
     finish_job(manager, job_id, background)

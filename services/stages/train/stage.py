@@ -76,6 +76,7 @@ def start_training(
     manager: JobManager,
     dataset: str,
     embedding_key: str,
+    *,
     tags: list[str] | None = None,
     types: list[str] | None = None,
     test_size: float = 0.1,
