@@ -83,4 +83,5 @@ def without_script_path(data: bytes) -> bytes:
     if not msg.HasField("new_session"):
         return data
     msg.new_session.main_script_path = Path(msg.new_session.main_script_path).name
-    return msg.SerializeToString()
+    result: bytes = msg.SerializeToString()
+    return result

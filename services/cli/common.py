@@ -52,7 +52,8 @@ def cli_workspace() -> Workspace:
     if "ws" not in _state:
         settings = load_settings(workspace=_state.get("workspace"))
         _state["ws"] = Workspace.open(settings.workspace, settings)
-    return _state["ws"]
+    result: Workspace = _state["ws"]
+    return result
 
 
 def say_error(message: str) -> None:

@@ -508,7 +508,8 @@ class LoadedClip:
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    result: np.ndarray = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return result
 
 
 def autocast_for(device: str) -> Any:

@@ -141,7 +141,8 @@ class GeminiCaller:
                 return None
             self.limiter.pause(exc.retry_after)
             return exc.retry_after
-        return backoff
+        result: float | None = backoff
+        return result
 
     def _call_once(self, parts: list[Any], schema: dict[str, Any]) -> tuple[str, tuple[int, int]]:
         from google.genai import errors, types

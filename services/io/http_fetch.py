@@ -174,7 +174,8 @@ class HttpFetcher:
         if isinstance(exc, FetchError) and exc.retry_after is not None:
             return exc.retry_after
         base = self.cfg.backoff_base * 2 ** (state.attempt_number - 1)
-        return min(self.cfg.backoff_max, base + random.uniform(0, self.cfg.backoff_base))
+        result: float = min(self.cfg.backoff_max, base + random.uniform(0, self.cfg.backoff_base))
+        return result
 
     def _fetch_once(self, url: str) -> tuple[bytes, str, str]:
         try:

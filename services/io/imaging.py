@@ -13,7 +13,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.core.errors import WorkbenchError
 
@@ -90,7 +90,7 @@ def decode_image(
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageCheckError("too_large", f"decompression bomb: {exc}") from exc
-    except Image.UnidentifiedImageError as exc:
+    except UnidentifiedImageError as exc:
         raise ImageCheckError("not_image", f"not a decodable image ({_sniff(data)})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)

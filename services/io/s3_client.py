@@ -141,7 +141,8 @@ class PinnedS3Sender:
     def _target(self, url: str) -> CheckedTarget:
         last = getattr(self._last, "checked", None)
         if last is not None and last[0] == url:
-            return last[1]
+            result: CheckedTarget = last[1]
+            return result
         target = self.policy.check(url)
         self._last.checked = (url, target)
         return target

@@ -97,7 +97,8 @@ def bin_index(scores: np.ndarray, bins: int) -> np.ndarray:
     """Bin of each score among `bins` equal bins over [0, 1] (1.0 falls in the last bin)."""
     if bins < 1:
         raise ValueError("bins must be at least 1")
-    return np.minimum((np.clip(scores, 0.0, 1.0) * bins).astype(np.int64), bins - 1)
+    result: np.ndarray = np.minimum((np.clip(scores, 0.0, 1.0) * bins).astype(np.int64), bins - 1)
+    return result
 
 
 def bin_edges(bins: int) -> list[tuple[float, float]]:

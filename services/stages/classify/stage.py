@@ -368,7 +368,8 @@ def score_summary(
                 WHERE t.model_sha = ? AND t.score >= ? {below}""",
             (dataset_id, model_sha, x, *([(edge + 1) / SCORE_BINS] if below else [])),
         )
-        return above + int(inside)
+        result: int = above + int(inside)
+        return result
 
     edges = [at_least(k / bins) for k in range(bins)] + [0]
     return ScoreSummary(

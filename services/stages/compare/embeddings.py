@@ -35,7 +35,8 @@ MIN_CATEGORY_IMAGES = 20  # embedded images of a category in *both* sets before 
 
 
 def _centred(x: np.ndarray) -> np.ndarray:
-    return x - x.mean(axis=0)
+    result: np.ndarray = x - x.mean(axis=0)
+    return result
 
 
 def _trace_sqrt_product(a: np.ndarray, b: np.ndarray) -> float:
@@ -65,7 +66,8 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     n1, n2 = len(x) - 1, len(y) - 1
     mean_term = float(((x.mean(axis=0) - y.mean(axis=0)) ** 2).sum())
     traces = float((a * a).sum()) / n1 + float((b * b).sum()) / n2
-    return max(0.0, mean_term + traces - 2 * _trace_sqrt_product(a, b) / np.sqrt(n1 * n2))
+    result: float = max(0.0, mean_term + traces - 2 * _trace_sqrt_product(a, b) / np.sqrt(n1 * n2))
+    return result
 
 
 def kernel_inception_distance(
@@ -112,7 +114,8 @@ class Kernels:
             return float((c @ k @ c - (c * c) @ np.diag(k)) / (m * m - same))
 
         cross = float(cx @ self.xy @ cy) / (cx.sum() * cy.sum())
-        return within(self.xx, cx) + within(self.yy, cy) - 2 * cross
+        result: float = within(self.xx, cx) + within(self.yy, cy) - 2 * cross
+        return result
 
 
 def polynomial_mmd(x: np.ndarray, y: np.ndarray) -> float:

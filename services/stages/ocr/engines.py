@@ -199,7 +199,8 @@ def build_engine(name: str, settings: Settings) -> Engine:
                 _CACHE[key] = TrOcrEngine(ocr.trocr_model, ocr.max_new_tokens, ocr.batch_size, ocr.device)
             else:
                 raise EngineUnavailableError(f"unknown OCR engine {name!r}; engines: {', '.join(ENGINES)}")
-        return _CACHE[key]
+        result: Engine = _CACHE[key]
+        return result
 
 
 def engine_status(settings: Settings) -> dict[str, str | None]:

@@ -68,7 +68,8 @@ def to_array(img: Image.Image) -> np.ndarray:
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         span = (arr.max() - arr.min()) or 1.0
-        return ((arr - arr.min()) * 255.0 / span).astype(np.uint8)
+        result: np.ndarray = ((arr - arr.min()) * 255.0 / span).astype(np.uint8)
+        return result
     if img.mode in ("1", "L"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
     if img.mode == "P" and "transparency" in img.info:
@@ -113,7 +114,8 @@ def contrast(arr: np.ndarray, op: Contrast) -> np.ndarray:
     if op.method == "factor":  # PIL ImageEnhance.Contrast: blend with the mean grey level
         mean = float(_gray(arr).mean())
         out = mean + op.factor * (arr.astype(np.float32) - mean)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        result: np.ndarray = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return result
     clahe = cv2.createCLAHE(clipLimit=op.clip_limit, tileGridSize=(op.tile, op.tile))
     if arr.ndim == 2:
         return clahe.apply(arr)
@@ -274,7 +276,8 @@ APPLY = {
 
 
 def apply_op(arr: np.ndarray, op: Operation) -> np.ndarray:
-    return APPLY[op.op](arr, op)  # type: ignore[operator]
+    result: np.ndarray = APPLY[op.op](arr, op)  # type: ignore[operator]
+    return result
 
 
 def output_size(op: Operation, width: int, height: int) -> tuple[int, int]:

@@ -82,7 +82,8 @@ def weighted_f1(y_true: np.ndarray, predicted: np.ndarray, weights: np.ndarray) 
     tp = w @ (y & p).astype(np.float64)
     wrong = w @ (y ^ p).astype(np.float64)  # false positives + false negatives
     denominator = 2 * tp + wrong
-    return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    result: np.ndarray = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return result
 
 
 def bootstrap_intervals(
