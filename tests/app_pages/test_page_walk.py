@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import FAST_ENV, ROOT, free_port
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until_served
 from tests.support.fake_gemini import API_KEY, FakeGemini
 from tests.support.image_server import ImageServer, make_jpeg
 from tests.support.page_walker import PagePlan, WalkReport, open_page, walk
@@ -146,16 +145,7 @@ def _streamlit(script: str, env: dict[str, str], log_path: Path) -> Iterator[str
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                try:
-                    with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.3)
-            else:
-                pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
+            wait_until_served(base, log_path)
             yield base
         finally:
             proc.terminate()

@@ -31,6 +31,19 @@ CHROMIUM_ARGS = [
 ]
 
 
+def wait_until_served(base: str, log_path: Path, seconds: float = 60.0) -> None:
+    """Until Streamlit at `base` answers its health check; the test fails with the server's log if it never does."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
+
+
 @contextlib.contextmanager
 def dashboard_at(tmp_path: Path, ws_root: Path) -> Iterator[str]:
     """`streamlit run app.py` on a free port over `ws_root`, with this process's environment."""
@@ -45,18 +58,8 @@ def dashboard_at(tmp_path: Path, ws_root: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.terminate()
-        pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
     try:
+        wait_until_served(base, tmp_path / "streamlit.log")
         yield base
     finally:
         proc.terminate()
