@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from services.core.datasets import DatasetError, dataset_id_of, dataset_images, image_count
 from services.core.workspace import Workspace
 from services.jobs.manager import JobManager
+from services.jobs.params import DatasetParams
 from services.jobs.stage import ChunkedTask
 
 PLAN_BATCH = 5000
@@ -24,7 +25,7 @@ class ImageStageTask(ChunkedTask):
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         manager = JobManager(ws)
         stages = self.done_stages(ws, params)
-        images = dataset_images(ws, params["dataset"])
+        images = dataset_images(ws, DatasetParams.model_validate(params).dataset)
         for start in range(0, len(images), PLAN_BATCH):
             part = images[start : start + PLAN_BATCH]
             manager.add_items(job_id, part)

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Protocol
 from services import APP_ROOT
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace, is_disk_full, pid_alive, remove_stale_temp_files
-from services.jobs.params import JobParams, check_params
+from services.jobs.params import EXECUTOR_KEY, JobParams, check_params
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +544,7 @@ class JobManager:
 
                 executor, release_executor = executor_from_url(params["executor"])
             if executor is not None:
-                params = {**params, "_executor": executor}
+                params = {**params, EXECUTOR_KEY: executor}
             task.process(self.ws, job_id, params, self.pending_items(job_id), ctx)
             self.recount(job_id)
             left = self.progress(job_id).pending

@@ -8,6 +8,7 @@ releases carry the same keys and keep resuming; keys they hold that a model does
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -30,9 +31,43 @@ class JobParams(BaseModel):
     after_job: int | None = None  # a job whose output this one needs (Classify's import): completed first
 
 
+class DatasetParams(JobParams):
+    """What a job over one dataset holds: every per-image stage (one item per stored image)."""
+
+    dataset: str
+
+
+class StoreParams(JobParams):
+    """What a job that stores images holds (URL, S3 and folder imports): the dataset and what to keep."""
+
+    dataset: str
+    resize: int | None = None
+    keep_originals: bool = True
+    placeholder: bool = False
+    out: str | None = None
+
+
+class ClipJobParams(JobParams):
+    """What a job that embeds with CLIP holds (embed, classify): the model, its embedding key, the loader."""
+
+    spec: dict[str, Any]
+    key: str
+    batch_size: int
+    loader_workers: int | None = None
+
+
 class ParamsError(WorkbenchError):
     error_class = "job_params"
     http_status = 422
+
+
+EXECUTOR_KEY = "_executor"  # the executor the manager hands a run, beside the stored parameters (never stored)
+
+
+def executor_of(params: dict[str, Any]) -> Executor | None:
+    """The executor the manager handed this run (`--executor dask://...`); not a stored parameter."""
+    executor = params.get(EXECUTOR_KEY)
+    return executor if isinstance(executor, Executor) else None
 
 
 def check_params(model: type[JobParams], kind: str, params: dict[str, Any], *, new: bool) -> JobParams:

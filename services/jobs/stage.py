@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from services.core.workspace import Workspace
 from services.jobs.manager import ItemResult, Journal, PendingItem, RunContext, dispatch_chunks
-from services.jobs.params import JobParams
+from services.jobs.params import JobParams, executor_of
 
 ChunkItems = list[tuple[str, str | None]]  # (item key, locator) pairs, as a worker receives them
 
@@ -104,8 +103,7 @@ class ChunkedTask(ABC):
 
     def prerequisite(self, params: dict[str, Any]) -> int | None:
         """A job that must have completed before this one plans (its `after_job`); the manager runs it."""
-        after = params.get("after_job")
-        return int(after) if after else None
+        return JobParams.model_validate(params).after_job
 
     @abstractmethod
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
@@ -131,16 +129,17 @@ class ChunkedTask(ABC):
 
         options = self.chunk_options(ws, job_id, params)
         work = self.batch_work()
-        workers = int(params.get("workers") or 0)
-        given: Executor | None = params.get("_executor")
+        p = JobParams.model_validate(params)
+        workers = p.workers or 0
+        given = executor_of(params)
         executor = given or make_executor(workers)
         try:
             dispatch_chunks(
                 items,
                 lambda chunk: executor.submit(run_chunk, work, [(i.key, i.locator) for i in chunk], options),
                 ctx,
-                chunk_size=int(params.get("chunk_size") or ws.settings.download.chunk_size),
-                max_in_flight=max(2, 2 * workers) if given is None else int(params.get("in_flight") or 32),
+                chunk_size=p.chunk_size or ws.settings.download.chunk_size,
+                max_in_flight=max(2, 2 * workers) if given is None else p.in_flight or 32,
             )
         finally:
             if given is None:

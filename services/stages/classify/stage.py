@@ -40,7 +40,7 @@ from services.io.clip_models import ClipSpec, load_clip, resolve_weights
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore
 from services.jobs.image_stage import ImageStageTask
 from services.jobs.manager import ItemResult, JobManager, RunContext
-from services.jobs.params import JobParams
+from services.jobs.params import ClipJobParams, JobParams, executor_of
 from services.jobs.stage import ResultLog
 from services.stages.classify.scoring import StackedModels, bin_edges, bin_index, histogram, score, stack_models
 from services.stages.download.folder_import import start_folder_import
@@ -179,23 +179,19 @@ def _unembedded_count(ws: Workspace, dataset: str, key: str) -> int:
     return image_count(ws, dataset) - stage_count(ws, dataset, EMBED_STAGE, key)
 
 
-def _models(params: dict[str, Any]) -> list[TagModel]:
-    return [m for path in params["models"] for m in load_models_from(Path(path))]
+def _models(paths: list[str]) -> list[TagModel]:
+    return [m for path in paths for m in load_models_from(Path(path))]
 
 
-class ClassifyParams(JobParams):
+class ClassifyParams(ClipJobParams):
     """A classify run: the dataset (after its import job, if any), the model files, the CLIP model, outputs."""
 
     dataset: str
     import_job: int | None = None
     models: list[str]
-    spec: dict[str, Any]
-    key: str
     bins: int
     out: str | None = None
     copy_images: bool = Field(default=False, alias="copy")
-    batch_size: int
-    loader_workers: int | None = None
 
 
 class ClassifyTask(ImageStageTask):
@@ -203,16 +199,19 @@ class ClassifyTask(ImageStageTask):
     kind: ClassVar[str] = "classify"
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
-        return [(CLASSIFY_STAGE, _models_hash(params))]
+        return [(CLASSIFY_STAGE, _models_hash(ClassifyParams.model_validate(params).models))]
 
     def prerequisite(self, params: dict[str, Any]) -> int | None:
         """The import of a folder or zip this run classifies (`after_job`; older rows name it `import_job`)."""
-        after = params.get("after_job") or params.get("import_job")
-        return int(after) if after else None
+        p = ClassifyParams.model_validate(params)
+        return p.after_job or p.import_job
 
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
-        stacked = stack_models(_models(params))
-        store = EmbeddingStore(ws, params["key"])
+        p = ClassifyParams.model_validate(params)
+        stacked = stack_models(_models(p.models))
+        models_hash = _models_hash(p.models)
+        store = EmbeddingStore(ws, p.key)
+        executor = executor_of(params)
         loaded = None
         with ResultLog(ws, job_id, ctx) as log:
             while not log.stopping:
@@ -223,18 +222,18 @@ class ClassifyTask(ImageStageTask):
                 missing = [i for i in block if i.key not in have]
                 failed: list[ItemResult] = []
                 record = partial(_record_embeddings, ws, failed=failed)
-                if missing and params.get("_executor") is not None:  # embed on the cluster's workers
-                    embed_missing_on_executor(store, params, missing, str(ws.root), record)
+                if missing and executor is not None:  # embed on the cluster's workers
+                    embed_missing_on_executor(store, p, executor, missing, str(ws.root), record)
                 elif missing:
-                    loaded = loaded or load_clip(ClipSpec(**params["spec"]))
-                    embed_block(ws, loaded, store, params, missing, ctx, record)
+                    loaded = loaded or load_clip(ClipSpec(**p.spec))
+                    embed_block(ws, loaded, store, p, missing, ctx, record)
                 if log.stopping:
                     break
                 vectors = store.load([i.key for i in block])
-                log(failed + _score_and_store(ws, stacked, vectors.hashes, vectors.vectors, params))
+                log(failed + _score_and_store(ws, stacked, vectors.hashes, vectors.vectors, models_hash))
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        write_outputs(ws, params, export_dir(ws, params["dataset"], job_id))
+        write_outputs(ws, params, export_dir(ws, ClassifyParams.model_validate(params).dataset, job_id))
 
 
 def export_dir(ws: Workspace, dataset: str, job_id: int | None = None) -> Path:
@@ -244,10 +243,10 @@ def export_dir(ws: Workspace, dataset: str, job_id: int | None = None) -> Path:
     return ws.root / "exports" / file_name(base, "" if job_id is None else f"-job{job_id}")
 
 
-def _models_hash(params: dict[str, Any]) -> str:
+def _models_hash(paths: list[str]) -> str:
     import hashlib
 
-    shas = sorted(str(m.manifest["sha256"]) for m in _models(params))
+    shas = sorted(str(m.manifest["sha256"]) for m in _models(paths))
     return hashlib.sha256(json.dumps(shas).encode()).hexdigest()[:12]
 
 
@@ -262,13 +261,12 @@ def _record_embeddings(ws: Workspace, results: list[ItemResult], *, failed: list
 
 
 def _score_and_store(
-    ws: Workspace, stacked: StackedModels, hashes: list[str], vectors: np.ndarray, params: dict[str, Any]
+    ws: Workspace, stacked: StackedModels, hashes: list[str], vectors: np.ndarray, models_hash: str
 ) -> list[ItemResult]:
     if not hashes:
         return []
     probabilities = score(vectors, stacked)
     now = time.time()
-    models_hash = _models_hash(params)
     with ws.catalog.write() as conn:
         conn.executemany(
             """INSERT INTO tag_scores (image_hash, model_sha, model, tag, score, updated_at) VALUES (?, ?, ?, ?, ?, ?)
@@ -425,7 +423,7 @@ def write_outputs(ws: Workspace, params: dict[str, Any], default_out: Path) -> P
     """bins.json (per model histogram), scores.csv, output.json, and optional `{type}/{tag}/{bin}/` copies."""
     out = Path(params["out"]) if params.get("out") else default_out
     out.mkdir(parents=True, exist_ok=True)
-    result = classification(ws, params["dataset"], _models(params))
+    result = classification(ws, params["dataset"], _models(params["models"]))
     bins = int(params["bins"])
     scored = ~np.isnan(result.scores).any(axis=1)
     scores = result.scores[scored]

@@ -78,21 +78,22 @@ class CategorizeClipTask(ImageStageTask):
     kind: ClassVar[str] = "categorize_clip"
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
-        return [(CLIP_STAGE, params["settings_hash"])]
+        return [(CLIP_STAGE, CategorizeClipParams.model_validate(params).settings_hash)]
 
     def batch_work(self) -> Any:
         return zero_shot_batch
 
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> ZeroShotOptions:
-        category_list = load_list(ws, params["list"][0], params["list"][1])
+        p = CategorizeClipParams.model_validate(params)
+        category_list = load_list(ws, p.list[0], p.list[1])
         return ZeroShotOptions(
             workspace=str(ws.root),
-            spec=ClipSpec(**params["spec"]),
+            spec=ClipSpec(**p.spec),
             categories=category_list.categories,
             list_label=category_list.label,
-            settings_hash=params["settings_hash"],
+            settings_hash=p.settings_hash,
             journal_dir=str(ws.job_dir(job_id)),
-            batch_size=int(params.get("chunk_size") or ws.settings.clip.batch_size),
+            batch_size=p.chunk_size or ws.settings.clip.batch_size,
         )
 
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.core.datasets import DatasetError, dataset_id_of, image_count, stage_count
 from services.core.settings import Settings
@@ -98,6 +98,16 @@ def start_describe(
     return manager.create("describe", title, params, dataset_id)
 
 
+class DescribeSettings(BaseModel):
+    """What a Gemini run freezes (the mode, the model, image size and category list): a job's plan, and what an
+    estimate is made for before any job exists."""
+
+    mode: str
+    model: str
+    image_max_size: int
+    list: tuple[str, int] | None = None
+
+
 @dataclass(frozen=True)
 class JobPlan:
     """What a job's params mean, resolved once per run."""
@@ -111,15 +121,15 @@ class JobPlan:
 
     @classmethod
     def from_params(cls, ws: Workspace, params: dict[str, Any]) -> JobPlan:
-        category_list = load_list(ws, params["list"][0], params["list"][1]) if params.get("list") else None
-        model = params["model"]
+        p = DescribeSettings.model_validate(params)
+        category_list = load_list(ws, p.list[0], p.list[1]) if p.list else None
         return cls(
-            mode=params["mode"],
-            model=model,
-            image_max_size=int(params["image_max_size"]),
+            mode=p.mode,
+            model=p.model,
+            image_max_size=p.image_max_size,
             category_list=category_list,
-            describe_hash=describe_settings_hash(model, int(params["image_max_size"])),
-            categorize_hash=categorize_settings_hash(model, category_list) if category_list else None,
+            describe_hash=describe_settings_hash(p.model, p.image_max_size),
+            categorize_hash=categorize_settings_hash(p.model, category_list) if category_list else None,
         )
 
     def done_stages(self) -> list[tuple[str, str]]:
@@ -132,15 +142,11 @@ class JobPlan:
         return stages
 
 
-class DescribeParams(JobParams):
-    """A Gemini run: the mode, the model, image size and category list frozen into the job."""
+class DescribeParams(JobParams, DescribeSettings):
+    """A Gemini run: the dataset and its threads, with the settings frozen into the job."""
 
     dataset: str
-    mode: str
-    model: str
-    image_max_size: int
     concurrency: int | None = None
-    list: tuple[str, int] | None = None
 
 
 class DescribeTask(ImageStageTask):
@@ -157,7 +163,7 @@ class DescribeTask(ImageStageTask):
         """Requests are I/O: threads in this process share one client, one budget and one cache."""
         results = ResultLog(ws, job_id, ctx, unjournaled=self.fatal_classes)  # threads journal, dispatch reports
         worker = DescribeWorker(ws, JobPlan.from_params(ws, params), results)
-        concurrency = max(1, int(params.get("concurrency") or ws.settings.gemini.concurrency))
+        concurrency = max(1, DescribeParams.model_validate(params).concurrency or ws.settings.gemini.concurrency)
         try:
             with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gemini") as pool:
                 dispatch_chunks(

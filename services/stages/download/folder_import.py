@@ -17,7 +17,7 @@ from services.core.datasets import DatasetError, ensure_dataset, insert_rows
 from services.core.workspace import Workspace
 from services.io.archives import IMAGE_SUFFIXES, ArchiveError, ArchiveLimits, list_images
 from services.jobs.manager import JobManager
-from services.jobs.params import JobParams
+from services.jobs.params import JobParams, StoreParams
 from services.stages.download.urls import DownloadTaskBase
 
 BATCH = 5000
@@ -80,10 +80,9 @@ def _add_zip(
         refused[prefix + s.locator[cut:]] = s.reason
 
 
-class FolderImportParams(JobParams):
+class FolderImportParams(StoreParams):
     """A folder or zip import (or seed 004's JSON entries): what to read into which dataset."""
 
-    dataset: str
     folder: str
     entries_file: str | None = None
 
@@ -96,10 +95,11 @@ class FolderImportTask(DownloadTaskBase):
 
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         manager = JobManager(ws)
-        root = Path(params["folder"])
+        p = FolderImportParams.model_validate(params)
+        root = Path(p.folder)
         dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
-        if params.get("entries_file"):  # a seed metadata import: the files it names, with their tags
-            entries = [tuple(e) for e in json.loads(Path(params["entries_file"]).read_text(encoding="utf-8"))]
+        if p.entries_file:  # a seed metadata import: the files it names, with their tags
+            entries = [tuple(e) for e in json.loads(Path(p.entries_file).read_text(encoding="utf-8"))]
             refused: dict[str, str] = {}
         else:
             entries, refused = tagged_entries(root, ArchiveLimits())

@@ -19,7 +19,7 @@ from services.core.datasets import DatasetError, ensure_dataset, insert_rows
 from services.core.workspace import Workspace
 from services.io.s3_client import S3Object, check_endpoint, list_prefix, make_client
 from services.jobs.manager import ItemResult, JobManager
-from services.jobs.params import JobParams
+from services.jobs.params import JobParams, StoreParams
 from services.stages.download.urls import DownloadTaskBase, guess_kind
 
 NAME_HEADERS = {"filename", "file_name", "file", "name", "image", "image_name", "key", "s3_key", "path", "image_path"}
@@ -228,10 +228,9 @@ def start_s3_download(
     return manager.create("download_s3", title, params, ds.id)
 
 
-class S3DownloadParams(JobParams):
+class S3DownloadParams(StoreParams):
     """An S3 download: the name list, the bucket and prefix it was matched against, what to store."""
 
-    dataset: str
     csv_path: str
     bucket: str
     prefix: str
@@ -239,10 +238,6 @@ class S3DownloadParams(JobParams):
     signed: bool = True
     has_header: bool | None = None
     name_column: str | None = None
-    resize: int | None = None
-    keep_originals: bool = True
-    placeholder: bool = False
-    out: str | None = None
 
 
 class S3DownloadTask(DownloadTaskBase):
@@ -255,18 +250,12 @@ class S3DownloadTask(DownloadTaskBase):
 
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         manager = JobManager(ws)
+        p = S3DownloadParams.model_validate(params)
         analysis = analyze_s3(
-            ws,
-            Path(params["csv_path"]),
-            params["bucket"],
-            params["prefix"],
-            params.get("endpoint_url"),
-            params.get("has_header"),
-            params.get("name_column"),
-            refresh=False,
-            signed=params.get("signed", True),
-        )
-        names = read_name_list(Path(params["csv_path"]), params.get("has_header"), params.get("name_column"))
+            ws, Path(p.csv_path), p.bucket, p.prefix, p.endpoint_url, p.has_header, p.name_column, refresh=False,
+            signed=p.signed,
+        )  # fmt: skip
+        names = read_name_list(Path(p.csv_path), p.has_header, p.name_column)
         dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
         keys = names.names()
         for start in range(0, len(keys), 5000):
@@ -291,11 +280,8 @@ class S3DownloadTask(DownloadTaskBase):
             manager.apply_results(job_id, failures[start : start + 1000])
 
     def source_options(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "s3_bucket": params["bucket"],
-            "s3_endpoint_url": params.get("endpoint_url"),
-            "s3_signed": params.get("signed", True),
-        }
+        p = S3DownloadParams.model_validate(params)
+        return {"s3_bucket": p.bucket, "s3_endpoint_url": p.endpoint_url, "s3_signed": p.signed}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from services.core.datasets import (
 from services.core.names import file_name
 from services.core.workspace import Workspace
 from services.jobs.manager import JobManager
-from services.jobs.params import JobParams
+from services.jobs.params import JobParams, StoreParams
 from services.jobs.stage import ChunkedTask
 from services.stages.download.fetch_store import StoreOptions, fetch_batch, release_workers
 
@@ -110,21 +110,17 @@ def start_url_download(
 
 
 def labelled_csv_path(ws: Workspace, job_id: int, params: dict[str, Any]) -> Path:
-    if params.get("out"):
-        return Path(params["out"])
-    return ws.root / "exports" / file_name(params["dataset"], f"-job{job_id}.csv")
+    p = StoreParams.model_validate(params)
+    if p.out:
+        return Path(p.out)
+    return ws.root / "exports" / file_name(p.dataset, f"-job{job_id}.csv")
 
 
-class UrlDownloadParams(JobParams):
+class UrlDownloadParams(StoreParams):
     """A URL CSV download: the CSV, its URL column, what to store, where the labelled CSV goes."""
 
-    dataset: str
     csv_path: str
     url_column: str
-    resize: int | None = None
-    keep_originals: bool = True
-    placeholder: bool = False
-    out: str | None = None
 
 
 class DownloadTaskBase(ChunkedTask):
@@ -142,14 +138,15 @@ class DownloadTaskBase(ChunkedTask):
         return fetch_batch
 
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> StoreOptions:
+        p = StoreParams.model_validate(params)
         return StoreOptions(
             workspace=str(ws.root),
             source_kind=self.source_kind,
             download=ws.settings.download.model_dump(),
             journal_dir=str(ws.job_dir(job_id)),
-            resize=params.get("resize"),
-            keep_originals=bool(params.get("keep_originals", True)),
-            placeholder=bool(params.get("placeholder")),
+            resize=p.resize,
+            keep_originals=p.keep_originals,
+            placeholder=p.placeholder,
             **self.source_options(params),
         )
 
@@ -157,7 +154,8 @@ class DownloadTaskBase(ChunkedTask):
         release_workers()
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        variant = f"border-{params['resize']}" if params.get("resize") else None
+        resize = StoreParams.model_validate(params).resize
+        variant = f"border-{resize}" if resize else None
         dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
         out = labelled_csv_path(ws, job_id, params)
         guard = csv_safety.guard_enabled(ws.settings, params)
@@ -172,9 +170,10 @@ class UrlDownloadTask(DownloadTaskBase):
 
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         manager = JobManager(ws)
-        csv_path = Path(params["csv_path"])
+        p = UrlDownloadParams.model_validate(params)
+        csv_path = Path(p.csv_path)
         header = read_csv_header(csv_path)
-        col = header.index(params["url_column"])
+        col = header.index(p.url_column)
         dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
         index = 0
         for batch in iter_csv_batches(csv_path):

@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -23,7 +24,7 @@ from services.io.clip_models import ClipSpec, LoadedClip, autocast_for, load_cli
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, embedding_key
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager, PendingItem, RunContext
-from services.jobs.params import JobParams
+from services.jobs.params import ClipJobParams, JobParams, executor_of
 from services.jobs.stage import ResultLog
 
 if TYPE_CHECKING:
@@ -102,14 +103,10 @@ def collate(batch: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, l
     return [i for i, _ in ok], tensors, failed
 
 
-class EmbedParams(JobParams):
+class EmbedParams(ClipJobParams):
     """An embed run: the dataset, the CLIP model (spec and key) and the loader's batch and workers."""
 
     dataset: str
-    spec: dict[str, Any]
-    key: str
-    batch_size: int
-    loader_workers: int | None = None
 
 
 class EmbedTask(ImageStageTask):
@@ -117,24 +114,26 @@ class EmbedTask(ImageStageTask):
     kind: ClassVar[str] = "embed"
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
-        return [(EMBED_STAGE, params["key"])]
+        return [(EMBED_STAGE, EmbedParams.model_validate(params).key)]
 
     def process(self, ws: Workspace, job_id: int, params: dict[str, Any], items: Any, ctx: RunContext) -> None:
-        store = EmbeddingStore(ws, params["key"])
-        store.write_spec(params["spec"])
+        p = EmbedParams.model_validate(params)
+        store = EmbeddingStore(ws, p.key)
+        store.write_spec(p.spec)
+        executor = executor_of(params)
         with ResultLog(ws, job_id, ctx) as log:
-            if params.get("_executor") is not None:  # a cluster: workers load the model and embed whole chunks
-                embed_on_executor(ws, store, params, items, ctx, log)
+            if executor is not None:  # a cluster: workers load the model and embed whole chunks
+                embed_on_executor(ws, store, p, executor, items, ctx, log)
                 return
-            loaded = load_clip(ClipSpec(**params["spec"]))
+            loaded = load_clip(ClipSpec(**p.spec))
             while not log.stopping:
                 block = list(itertools.islice(items, 20_000))  # pending items are paged from the catalog
                 if not block:
                     break
-                embed_block(ws, loaded, store, params, block, ctx, log)
+                embed_block(ws, loaded, store, p, block, ctx, log)
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        store = EmbeddingStore(ws, params["key"])
+        store = EmbeddingStore(ws, EmbedParams.model_validate(params).key)
         if len(store.shards()) > 64:
             store.compact()
 
@@ -143,7 +142,7 @@ def embed_block(
     ws: Workspace,
     loaded: LoadedClip,
     store: EmbeddingStore,
-    params: dict[str, Any],
+    params: ClipJobParams,
     block: list[PendingItem],
     ctx: RunContext,
     on_results: Callable[[list[ItemResult]], None],
@@ -153,8 +152,8 @@ def embed_block(
     from torch.utils.data import DataLoader
 
     pairs = [(item.key, item.locator or "") for item in block]
-    configured = params.get("loader_workers")
-    workers = auto_loader_workers(loaded.device) if configured is None else int(configured)
+    configured = params.loader_workers
+    workers = auto_loader_workers(loaded.device) if configured is None else configured
     if workers and not loaded.device.startswith("cuda"):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))  # leave the decoders their cores
     files = cast(
@@ -162,7 +161,7 @@ def embed_block(
     )
     loader: DataLoader[tuple[int, Any, str | None]] = DataLoader(
         files,
-        batch_size=int(params["batch_size"]),
+        batch_size=params.batch_size,
         num_workers=workers,
         collate_fn=collate,
         multiprocessing_context="forkserver" if workers else None,  # the job process has threads
@@ -180,7 +179,7 @@ def embed_block(
             shard = store.write_shard(pending_hashes, vectors)
             info = {"shard": shard, "dim": int(vectors.shape[1])}
             results += [
-                ItemResult(key=h, status="ok", image_hash=h, stages=[(EMBED_STAGE, params["key"], "ok", info, None)])
+                ItemResult(key=h, status="ok", image_hash=h, stages=[(EMBED_STAGE, params.key, "ok", info, None)])
                 for h in pending_hashes
             ]
         on_results(results)
@@ -201,7 +200,7 @@ def embed_block(
                     error_class=error_class,
                     error_message=message,
                     image_hash=image_hash,
-                    stages=[(EMBED_STAGE, params["key"], "failed", None, error)],
+                    stages=[(EMBED_STAGE, params.key, "failed", None, error)],
                 )  # fmt: skip
             )
         if tensors is not None:
@@ -250,22 +249,24 @@ def embed_chunk(
 
 
 def embed_on_executor(
-    ws: Workspace, store: EmbeddingStore, params: dict[str, Any], items: Any, ctx: RunContext, log: ResultLog
+    ws: Workspace,
+    store: EmbeddingStore,
+    params: ClipJobParams,
+    executor: Executor,
+    items: Any,
+    ctx: RunContext,
+    log: ResultLog,
 ) -> None:
     """Chunks of images to the executor's workers; each returned chunk becomes a shard, journaled and reported."""
     from services.jobs.manager import dispatch_chunks
 
-    executor = params["_executor"]
-    opts = EmbedChunkOptions(str(ws.root), ClipSpec(**params["spec"]), int(params["batch_size"]))
+    opts = EmbedChunkOptions(str(ws.root), ClipSpec(**params.spec), params.batch_size)
 
     def submit(chunk: list[PendingItem]) -> Any:
         future = executor.submit(embed_chunk, [(i.key, i.locator) for i in chunk], opts)
-        return _as_results(future, store, params["key"], log)
+        return _as_results(future, store, params.key, log)
 
-    dispatch_chunks(
-        items, submit, ctx, chunk_size=int(params.get("chunk_size") or 256),
-        max_in_flight=int(params.get("in_flight") or 8),
-    )  # fmt: skip
+    dispatch_chunks(items, submit, ctx, chunk_size=params.chunk_size or 256, max_in_flight=params.in_flight or 8)
 
 
 def _as_results(future: Any, store: EmbeddingStore, key: str, log: ResultLog | None) -> Any:
@@ -302,18 +303,17 @@ def _as_results(future: Any, store: EmbeddingStore, key: str, log: ResultLog | N
 
 
 def embed_missing_on_executor(
-    store: EmbeddingStore, params: dict[str, Any], items: list[PendingItem], workspace: str,
+    store: EmbeddingStore, params: ClipJobParams, executor: Executor, items: list[PendingItem], workspace: str,
     on_results: Callable[[list[ItemResult]], None],
 ) -> None:  # fmt: skip
     """Classify's path on a cluster: embed these items there, chunk by chunk, handing each chunk's results on."""
     from concurrent.futures import as_completed
 
-    executor = params["_executor"]
-    opts = EmbedChunkOptions(workspace, ClipSpec(**params["spec"]), int(params["batch_size"]))
-    size = int(params.get("chunk_size") or 256)
+    opts = EmbedChunkOptions(workspace, ClipSpec(**params.spec), params.batch_size)
+    size = params.chunk_size or 256
     futures = [
         _as_results(executor.submit(embed_chunk, [(i.key, i.locator) for i in items[s : s + size]], opts), store,
-                    params["key"], None)
+                    params.key, None)
         for s in range(0, len(items), size)
     ]  # fmt: skip
     for future in as_completed(futures):

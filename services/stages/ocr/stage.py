@@ -32,7 +32,7 @@ from services.core.workspace import Workspace
 from services.io.imaging import ImageCheckError
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager
-from services.jobs.params import JobParams
+from services.jobs.params import EXECUTOR_KEY, JobParams
 from services.stages.ocr.engines import TextLine, build_engine, resolve_engine
 from services.stages.ocr.rules import OcrRules, load_rules, load_rules_arg
 from services.stages.preprocess.ops import OperationError, OutputTooLargeError, apply_recipe, load_image
@@ -325,13 +325,14 @@ class OcrTask(ImageStageTask):
     sticky_classes: ClassVar[frozenset[str]] = ImageStageTask.sticky_classes | {RecipeMisfitError.error_class}
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
-        return [(OCR_STAGE, params["settings_hash"])]
+        return [(OCR_STAGE, OcrParams.model_validate(params).settings_hash)]
 
     def batch_work(self) -> Any:
         return ocr_batch
 
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> OcrOptions:
-        return OcrOptions(str(ws.root), json.dumps(params), str(ws.job_dir(job_id)))
+        stored = OcrParams.model_validate(params).model_dump_json(by_alias=True, exclude={EXECUTOR_KEY})
+        return OcrOptions(str(ws.root), stored, str(ws.job_dir(job_id)))  # the executor is no parameter to send
 
 
 def ocr_batch(
@@ -340,26 +341,24 @@ def ocr_batch(
     """Read each image of the chunk with the job's engine, recipe and rules."""
     from services.core.settings import load_settings
 
-    params = json.loads(opts.params_json)
+    params = OcrParams.model_validate_json(opts.params_json)
     ws = Workspace(Path(opts.workspace), load_settings(workspace=opts.workspace))
-    settings = ws.settings.model_copy(
-        update={"ocr": ws.settings.ocr.model_copy(update={"trocr_model": params["model"]})}
-    )
-    recipe = parse_recipe(json.dumps(params["recipe"])) if params.get("recipe") else None
-    rules = OcrRules.model_validate(params["rules"])
+    settings = ws.settings.model_copy(update={"ocr": ws.settings.ocr.model_copy(update={"trocr_model": params.model})})
+    recipe = parse_recipe(json.dumps(params.recipe)) if params.recipe else None
+    rules = OcrRules.model_validate(params.rules)
     try:
         for image_hash, rel in items:
             if cancelled():
                 return
             try:
                 image = decode_bytes((ws.root / (rel or "")).read_bytes(), ws.settings.download.max_pixels)
-                found = read_image(params["engine"], settings, image, recipe, rules)
+                found = read_image(params.engine, settings, image, recipe, rules)
                 data = found.to_dict()
                 data["cord_space"] = "original" if recipe_keeps_geometry(recipe) else "preprocessed"
                 summary = {"code": found.code, "valid": found.valid}
                 result = ItemResult(
                     key=image_hash, status="ok", image_hash=image_hash, result=summary,
-                    stages=[(OCR_STAGE, params["settings_hash"], "ok", data, None)],
+                    stages=[(OCR_STAGE, params.settings_hash, "ok", data, None)],
                 )  # fmt: skip
                 log_result(ws, found)
             except FileNotFoundError:
@@ -375,10 +374,10 @@ def ocr_batch(
         ws.close()
 
 
-def _failed(image_hash: str, params: dict[str, Any], error_class: str, message: str) -> ItemResult:
+def _failed(image_hash: str, params: OcrParams, error_class: str, message: str) -> ItemResult:
     return ItemResult(
         key=image_hash, status="failed", error_class=error_class, error_message=message, image_hash=image_hash,
-        stages=[(OCR_STAGE, params["settings_hash"], "failed", None, f"{error_class}: {message}")],
+        stages=[(OCR_STAGE, params.settings_hash, "failed", None, f"{error_class}: {message}")],
     )  # fmt: skip
 
 

@@ -79,7 +79,7 @@ class PreprocessTask(ImageStageTask):
     sticky_classes: ClassVar[frozenset[str]] = frozenset({"not_image", "too_large", "truncated", "missing"})
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
-        recipe = parse_recipe(json.dumps(params["recipe"]))
+        recipe = parse_recipe(json.dumps(PreprocessParams.model_validate(params).recipe))
         return [(stage_name(recipe), recipe.settings_hash)]
 
     def batch_work(self) -> Any:
@@ -88,7 +88,7 @@ class PreprocessTask(ImageStageTask):
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> PreprocessOptions:
         return PreprocessOptions(
             workspace=str(ws.root),
-            recipe_json=json.dumps(params["recipe"]),
+            recipe_json=json.dumps(PreprocessParams.model_validate(params).recipe),
             journal_dir=str(ws.job_dir(job_id)),
             max_pixels=ws.settings.download.max_pixels,
         )
@@ -98,8 +98,9 @@ class PreprocessTask(ImageStageTask):
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
         """A manifest CSV: source, output, size and quality flags of every image of the run."""
-        recipe = parse_recipe(json.dumps(params["recipe"]))
-        out = ws.root / "exports" / file_name(f"preprocess-{params['dataset']}-{recipe.name}", f"-job{job_id}.csv")
+        p = PreprocessParams.model_validate(params)
+        recipe = parse_recipe(json.dumps(p.recipe))
+        out = ws.root / "exports" / file_name(f"preprocess-{p.dataset}-{recipe.name}", f"-job{job_id}.csv")
         rows = ws.catalog.conn.execute(
             """SELECT j.item_key, j.locator, j.status, j.error_class, j.error_message, s.result, q.result AS quality
                FROM job_items j

@@ -146,21 +146,22 @@ class TrainTask(ChunkedTask):
     sticky_classes: ClassVar[frozenset[str]] = frozenset({"too_few"})
 
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        JobManager(ws).add_items(job_id, [(tag, None) for tag in params["tags"]])
+        JobManager(ws).add_items(job_id, [(tag, None) for tag in TrainParams.model_validate(params).tags])
 
     def batch_work(self) -> Any:
         return train_batch
 
     def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> TrainOptions:
+        p = TrainParams.model_validate(params)
         return TrainOptions(
             workspace=str(ws.root),
-            dataset=params["dataset"],
-            embedding_key=params["embedding_key"],
-            types=tuple(params["types"]),
-            test_size=float(params["test_size"]),
-            seed=int(params["seed"]),
-            cv_folds=None if params.get("cv_folds") is None else int(params["cv_folds"]),
-            threshold=None if params.get("threshold") is None else float(params["threshold"]),
+            dataset=p.dataset,
+            embedding_key=p.embedding_key,
+            types=tuple(p.types),
+            test_size=p.test_size,
+            seed=p.seed,
+            cv_folds=p.cv_folds,
+            threshold=p.threshold,
             journal_dir=str(ws.job_dir(job_id)),
         )
 

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -229,6 +230,22 @@ def test_ocr_job_over_a_dataset_resumes_logs_and_scores_against_ground_truth(ws:
     assert score.exact == 1.0 and score.cer == 0.0
     with pytest.raises(ValueError, match="image_name and text"):
         read_ground_truth(b"a,b\n1,2\n")
+
+
+def test_ocr_job_runs_on_a_given_executor(ws: Workspace, tmp_path: Path):
+    """The executor a run is handed (a Dask cluster from the page's "Run jobs on") is no parameter the OCR
+    workers are sent: the job's options are its stored parameters only (they were sent with the executor in,
+    which cannot be serialised)."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(render_png("25012345678", mono=True))
+    manager = JobManager(ws)
+    manager.run(start_folder_import(ws, manager, folder, "parts"))
+    job = start_ocr(ws, manager, "parts", engine="tesseract", rules="seed-003")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        p = manager.run(job, executor=pool)
+    assert p.state == "completed" and (p.done, p.failed) == (1, 0), p.error
+    assert ocr_results(ws, "parts", p.params["settings_hash"])[0]["code"] == "25012345678"
 
 
 def test_accuracy_measures():
