@@ -863,8 +863,19 @@ class Walker:
         uses = self.touched.get(ident, 0)
         return uses == 0 or (uses == 1 and ident in self.gone_since_touch)  # back in a new context: once more
 
+    def _wait_for_a_steady_url(self, seconds: float = 10.0) -> None:
+        """Until the address bar has not changed for 1.5 s: the browser writes bound inputs into it after a
+        rerun, and on a busy machine a reload could otherwise read the URL of the step before."""
+        deadline = time.time() + seconds
+        last, steady_since = self.page.url, time.time()
+        while time.time() < deadline and time.time() - steady_since < 1.5:
+            time.sleep(0.25)
+            if self.page.url != last:
+                last, steady_since = self.page.url, time.time()
+
     def check_reload(self, step: int) -> None:
         """Reload the browser tab (a new session) and record which job panels and input values it lost."""
+        self._wait_for_a_steady_url()
         before = {w["ident"]: w for w in self.discover(hidden_too=True)}
         jobs_before = self._panel_ids()
         self.report.reload_notes.append(f"reloaded {self.page.url}")  # the page's state as its URL keeps it
