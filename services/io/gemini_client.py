@@ -72,10 +72,32 @@ class CallStats:
                 setattr(self, name, getattr(self, name) + value)
 
 
+_models_built = threading.Lock()
+
+
+def build_sdk_models() -> None:
+    """Build every request and response model of the SDK now, in one thread.
+
+    `google.genai.types` defers building its pydantic models to first use; two threads that first use the same
+    model at once can see it half built (`type object 'Part' has no attribute '__pydantic_core_schema__'`),
+    which failed whole Describe runs under load. A run calls this before it starts its threads (about 0.5 s,
+    once per process)."""
+    import pydantic
+    from google.genai import types
+
+    with _models_built:
+        for model in vars(types).values():
+            if isinstance(model, type) and issubclass(model, pydantic.BaseModel) and model is not pydantic.BaseModel:
+                if not model.__pydantic_complete__:
+                    model.model_rebuild(raise_errors=False)
+
+
 def make_client(settings: Settings) -> Any:
     """A `google.genai.Client` for the configured key and endpoint; raises `GeminiError('config')` with no key."""
     from google import genai
     from google.genai import types
+
+    build_sdk_models()
 
     if settings.gemini_api_key is None or not settings.gemini_api_key.get_secret_value().strip():
         raise GeminiError("config", MISSING_KEY_HELP)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from services.core.datasets import DatasetError, dataset_id_of, image_count, stage_count
 from services.core.settings import Settings
 from services.core.workspace import Workspace
-from services.io.gemini_client import GeminiAnswer, GeminiCaller, GeminiError, parse_json_object
+from services.io.gemini_client import GeminiAnswer, GeminiCaller, GeminiError, build_sdk_models, parse_json_object
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager, PendingItem, RunContext, dispatch_chunks
 from services.jobs.params import JobParams
@@ -164,6 +164,7 @@ class DescribeTask(ImageStageTask):
         results = ResultLog(ws, job_id, ctx, unjournaled=self.fatal_classes)  # threads journal, dispatch reports
         worker = DescribeWorker(ws, JobPlan.from_params(ws, params), results)
         concurrency = max(1, DescribeParams.model_validate(params).concurrency or ws.settings.gemini.concurrency)
+        build_sdk_models()  # before the threads: the SDK builds its models lazily and not thread-safely
         try:
             with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gemini") as pool:
                 dispatch_chunks(

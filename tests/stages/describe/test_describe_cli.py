@@ -70,7 +70,10 @@ def test_cli_describe_categorize_export_and_lists(tmp_path: Path, gemini: FakeGe
     assert imported.returncode == 0 and "colours v1: 3 categories" in imported.stdout
     cat = cli(ws_root, "categorize", "--dataset", "pics", "--list", "colours", "--yes")
     assert cat.returncode == 0, cat.stderr[-2000:]
-    assert gemini.requests == 8 and Counter(e.kind for e in gemini.log) == {"image": 4, "text": 4}
+    assert gemini.requests == 8 and Counter(e.kind for e in gemini.log) == {"image": 4, "text": 4}, (
+        cat.stdout,
+        [(e.kind, e.colour, e.digest[:8]) for e in gemini.log],
+    )
     out = tmp_path / "categorized.csv"
     exported = cli(ws_root, "describe-export", "--dataset", "pics", "--format", "categories-csv", "--list", "colours",
                    "--out", str(out))  # fmt: skip
