@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Protocol
 from services import APP_ROOT
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace, is_disk_full, pid_alive, remove_stale_temp_files
-from services.jobs.params import EXECUTOR_KEY, JobParams, check_params
+from services.jobs.params import EXECUTOR_KEY, JobParams, check_params, stored_row
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +240,15 @@ class JobManager:
     def task_for_job(self, job_id: int) -> JobTask:
         return self.task(self._row(job_id)["kind"])
 
-    def create(self, kind: str, title: str, params: dict[str, Any], dataset_id: int | None = None) -> int:
-        task = self.task(kind)  # fail now, not in the background, if the kind is unknown
-        check_params(task.params_model, kind, params, new=True)  # and if a parameter is missing or wrong
+    def create(self, kind: str, title: str, params: JobParams | dict[str, Any], dataset_id: int | None = None) -> int:
+        """A new job row from the kind's params model (a `start_*` builds it); refused now, not in the
+        background, if the kind is unknown or a parameter is missing or wrong."""
+        row = stored_row(self.task(kind).params_model, kind, params)
         with self.catalog.write() as conn:
             cur = conn.execute(
                 """INSERT INTO jobs (kind, title, dataset_id, params, state, created_at)
                    VALUES (?, ?, ?, ?, 'created', ?)""",
-                (kind, title, dataset_id, json.dumps(params), time.time()),
+                (kind, title, dataset_id, json.dumps(row), time.time()),
             )
             return int(cur.lastrowid or 0)
 

@@ -8,10 +8,12 @@ releases carry the same keys and keep resuming; keys they hold that a model does
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.core.errors import WorkbenchError
 
@@ -21,9 +23,9 @@ class JobParams(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    workers: int | None = None  # worker processes (0: in the job process)
-    chunk_size: int | None = None  # items per chunk sent to a worker
-    in_flight: int | None = None  # chunks in flight on a given executor
+    workers: int | None = Field(default=None, ge=0)  # worker processes (0: in the job process)
+    chunk_size: int | None = Field(default=None, ge=1)  # items per chunk sent to a worker
+    in_flight: int | None = Field(default=None, ge=1)  # chunks in flight on a given executor
     executor: str | None = None  # `local` or `dask://HOST:PORT`
     from_page: bool | None = None  # started from a page: counted against page_jobs.max_running
     page_queued_at: float | None = None  # waiting for a page-job slot since (epoch seconds)
@@ -41,7 +43,7 @@ class StoreParams(JobParams):
     """What a job that stores images holds (URL, S3 and folder imports): the dataset and what to keep."""
 
     dataset: str
-    resize: int | None = None
+    resize: int | None = Field(default=None, ge=8, le=4096)  # longest side in pixels
     keep_originals: bool = True
     placeholder: bool = False
     out: str | None = None
@@ -52,8 +54,8 @@ class ClipJobParams(JobParams):
 
     spec: dict[str, Any]
     key: str
-    batch_size: int
-    loader_workers: int | None = None
+    batch_size: int = Field(ge=1)
+    loader_workers: int | None = Field(default=None, ge=0)
 
 
 class ParamsError(WorkbenchError):
@@ -70,13 +72,39 @@ def executor_of(params: dict[str, Any]) -> Executor | None:
     return executor if isinstance(executor, Executor) else None
 
 
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+
+
+@contextmanager
+def job_params(kind: str) -> Iterator[None]:
+    """Around building a kind's params model in a `start_*`: a value the model refuses is a `ParamsError` that
+    names the field (one clear line at every front door), not a pydantic traceback."""
+    try:
+        yield
+    except ValidationError as exc:
+        raise ParamsError(f"{kind} job parameters: {_problems(exc)}") from None
+
+
+def stored_row(model: type[JobParams], kind: str, params: JobParams | dict[str, Any]) -> dict[str, Any]:
+    """What the job row stores: a params model as JSON (the keys its caller set, aliases as written), checked
+    again like a row from elsewhere (a dict from a test or an older caller)."""
+    if isinstance(params, JobParams):
+        if not isinstance(params, model):
+            raise ParamsError(f"{kind} jobs take {model.__name__}, not {type(params).__name__}")
+        row = params.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    else:
+        row = dict(params)
+    check_params(model, kind, row, new=True)
+    return row
+
+
 def check_params(model: type[JobParams], kind: str, params: dict[str, Any], *, new: bool) -> JobParams:
     """`params` read through the kind's model; a new job may not carry keys the model does not know."""
     try:
         checked = model.model_validate(params)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ParamsError(f"{kind} job parameters: {problems}") from None
+        raise ParamsError(f"{kind} job parameters: {_problems(exc)}") from None
     if new and checked.model_extra:
         raise ParamsError(f"{kind} job parameters: unknown {', '.join(sorted(checked.model_extra))}")
     return checked

@@ -12,7 +12,8 @@ import pytest
 from services.core.workspace import Workspace
 from services.jobs.manager import TASKS, JobManager
 from services.jobs.params import JobParams, ParamsError
-from services.stages.download.folder_import import start_folder_import
+from services.stages.download.folder_import import FolderImportParams, start_folder_import
+from services.stages.preprocess.stage import PreprocessParams, start_preprocess
 from tests.support.tagged_images import tagged_tree
 
 
@@ -34,6 +35,37 @@ def test_a_missing_or_mistyped_parameter_is_refused_at_create(manager: JobManage
     with pytest.raises(ParamsError, match="unknown recipe_nmae"):
         manager.create("preprocess", "t", {"dataset": "x", "recipe": {}, "recipe_nmae": "typo"})
     assert not manager.list()  # nothing was created
+
+
+def test_a_start_function_stores_exactly_the_model_it_built(ws: Workspace, manager: JobManager, tmp_path: Path):
+    """`start_*` builds its kind's params model; the row holds the keys it set (rows look as they always did:
+    no defaults added), and reading the row back gives the same model."""
+    job_id = _import_job(ws, manager, tmp_path)
+    row = manager.params(job_id)
+    assert set(row) == {"folder", "dataset", "workers"} and row["workers"] == 0
+    assert FolderImportParams.model_validate(row) == FolderImportParams(folder=row["folder"], dataset="set", workers=0)
+
+
+def test_a_model_of_another_kind_is_refused(manager: JobManager):
+    with pytest.raises(ParamsError, match="preprocess jobs take PreprocessParams, not FolderImportParams"):
+        manager.create("preprocess", "t", FolderImportParams(folder="/x", dataset="x"))
+    assert not manager.list()
+
+
+def test_a_value_out_of_range_names_the_field_at_every_front_door(ws: Workspace, manager: JobManager, tmp_path: Path):
+    """The models hold the ranges (workers >= 0, resize 8..4096, a test size in (0, 1) ...): a start function that
+    builds one with a bad value raises `ParamsError` naming the field, the error every front door shows in one
+    line, never a pydantic traceback."""
+    _import_job(ws, manager, tmp_path)
+    manager.run(manager.list()[0].id)
+    with pytest.raises(ParamsError) as bad:
+        start_preprocess(ws, manager, "set", "ocr-128", workers=-1)
+    assert str(bad.value) == "preprocess job parameters: workers: Input should be greater than or equal to 0"
+    assert len(manager.list()) == 1  # nothing was created
+    with pytest.raises(ParamsError, match="resize: Input should be less than or equal to 4096"):
+        manager.create("import_folder", "t", {"folder": "/x", "dataset": "x", "resize": 5000})
+    with pytest.raises(ValueError):  # the model itself, for callers outside a start function
+        PreprocessParams(dataset="x", recipe={}, chunk_size=0)
 
 
 def _import_job(ws: Workspace, manager: JobManager, tmp_path: Path) -> int:

@@ -131,19 +131,19 @@ def _queue(
     missing = _unembedded_count(ws, name, stacked.embedding_key) if import_job is None else 1
     if missing:
         resolve_weights(spec)  # images to embed: the weights must be here
-    params = {
-        "dataset": name,
-        "import_job": import_job,
-        "after_job": import_job,  # the manager runs the import first (JobParams.after_job)
-        "models": [str(m.path) for m in models],
-        "spec": dataclasses.asdict(spec),
-        "key": stacked.embedding_key,
-        "bins": bins,
-        "out": str(out) if out else None,
-        "copy": copy,
-        "batch_size": ws.settings.clip.batch_size,
-        "loader_workers": ws.settings.clip.loader_workers,
-    }
+    params = ClassifyParams(
+        dataset=name,
+        import_job=import_job,
+        after_job=import_job,  # the manager runs the import first (JobParams.after_job)
+        models=[str(m.path) for m in models],
+        spec=dataclasses.asdict(spec),
+        key=stacked.embedding_key,
+        bins=bins,
+        out=str(out) if out else None,
+        copy=copy,
+        batch_size=ws.settings.clip.batch_size,
+        loader_workers=ws.settings.clip.loader_workers,
+    )
     dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (name,))
     title = f"Classify: {name} with {len(models)} models ({stacked.embedding_key})"
     return manager.create("classify", title, params, dataset_id)

@@ -41,14 +41,14 @@ def start_zero_shot(
     """Checks the weights are here first (an error in seconds, not a failed job later)."""
     resolve_weights(spec)
     dataset_id = require_images(ws, dataset)
-    params = {
-        "dataset": dataset,
-        "list": [category_list.name, category_list.version],
-        "spec": dataclasses.asdict(spec),
-        "settings_hash": zero_shot_settings_hash(spec, category_list),
-        "workers": 0,  # one process: the model is loaded once and the batch uses every core
-        "chunk_size": ws.settings.clip.batch_size,
-    }
+    params = CategorizeClipParams(
+        dataset=dataset,
+        list=(category_list.name, category_list.version),
+        spec=dataclasses.asdict(spec),
+        settings_hash=zero_shot_settings_hash(spec, category_list),
+        workers=0,  # one process: the model is loaded once and the batch uses every core
+        chunk_size=ws.settings.clip.batch_size,
+    )
     title = f"Categorize (CLIP zero-shot): {dataset} with {spec.label} ({category_list.label})"
     return manager.create("categorize_clip", title, params, dataset_id)
 

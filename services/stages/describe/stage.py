@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from services.core.datasets import DatasetError, dataset_id_of, image_count, stage_count
 from services.core.settings import Settings
@@ -29,7 +29,7 @@ from services.core.workspace import Workspace
 from services.io.gemini_client import GeminiAnswer, GeminiCaller, GeminiError, build_sdk_models, parse_json_object
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager, PendingItem, RunContext, dispatch_chunks
-from services.jobs.params import JobParams
+from services.jobs.params import JobParams, job_params
 from services.jobs.stage import ResultLog
 from services.stages.describe.categories import CategoryList, load_list, validate_answer
 from services.stages.describe.prompts import (
@@ -83,14 +83,15 @@ def start_describe(
         raise DatasetError(f"mode {mode!r} needs a category list")
     dataset_id = require_images(ws, dataset)
     settings = ws.settings
-    params: dict[str, Any] = {
-        "dataset": dataset,
-        "mode": mode,
-        "model": settings.caption_model,
-        "image_max_size": settings.processing.image_max_size,
-        "concurrency": concurrency or settings.gemini.concurrency,
-        "list": None if category_list is None else [category_list.name, category_list.version],
-    }
+    with job_params("describe"):
+        params = DescribeParams(
+            dataset=dataset,
+            mode=mode,
+            model=settings.caption_model,
+            image_max_size=settings.processing.image_max_size,
+            concurrency=concurrency or settings.gemini.concurrency,
+            list=None if category_list is None else (category_list.name, category_list.version),
+        )
     what = {"describe": "Describe", "categorize": "Categorize", "both": "Describe + categorize"}[mode]
     title = f"{what}: {dataset} with {settings.caption_model}"
     if category_list is not None:
@@ -146,7 +147,7 @@ class DescribeParams(JobParams, DescribeSettings):
     """A Gemini run: the dataset and its threads, with the settings frozen into the job."""
 
     dataset: str
-    concurrency: int | None = None
+    concurrency: int | None = Field(default=None, ge=1)
 
 
 class DescribeTask(ImageStageTask):

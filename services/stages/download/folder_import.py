@@ -17,7 +17,7 @@ from services.core.datasets import DatasetError, ensure_dataset, insert_rows
 from services.core.workspace import Workspace
 from services.io.archives import IMAGE_SUFFIXES, ArchiveError, ArchiveLimits, list_images
 from services.jobs.manager import JobManager
-from services.jobs.params import JobParams, StoreParams
+from services.jobs.params import JobParams, StoreParams, job_params
 from services.stages.download.urls import DownloadTaskBase
 
 BATCH = 5000
@@ -39,7 +39,8 @@ def start_folder_import(
         raise DatasetError(f"{folder}: not a folder or a .zip file")
     name = dataset or (folder.stem if is_zip else folder.name)
     ds = ensure_dataset(ws.catalog, name, kind, str(folder), ["path", "tag"])
-    params = {"folder": str(folder), "dataset": name, "workers": workers if workers is not None else 0}
+    with job_params("import_folder"):
+        params = FolderImportParams(folder=str(folder), dataset=name, workers=workers if workers is not None else 0)
     title = f"Import {'zip' if is_zip else 'folder'}: {name} ({folder.name})"  # titles show no server paths
     return manager.create("import_folder", title, params, ds.id)
 

@@ -19,7 +19,7 @@ from services.core.datasets import DatasetError, ensure_dataset, insert_rows
 from services.core.workspace import Workspace
 from services.io.s3_client import S3Object, check_endpoint, list_prefix, make_client
 from services.jobs.manager import ItemResult, JobManager
-from services.jobs.params import JobParams, StoreParams
+from services.jobs.params import JobParams, StoreParams, job_params
 from services.stages.download.urls import DownloadTaskBase, guess_kind
 
 NAME_HEADERS = {"filename", "file_name", "file", "name", "image", "image_name", "key", "s3_key", "path", "image_path"}
@@ -209,21 +209,22 @@ def start_s3_download(
     if resize is not None and not 8 <= resize <= 4096:
         raise DatasetError(f"--resize {resize}: must be between 8 and 4096 pixels")
     ds = ensure_dataset(ws.catalog, dataset, kind or guess_kind(csv_path), str(csv_path), names.columns)
-    params = {
-        "csv_path": str(csv_path),
-        "bucket": analysis.bucket,
-        "prefix": analysis.prefix,
-        "endpoint_url": analysis.endpoint_url,
-        "signed": analysis.signed,
-        "has_header": names.has_header,
-        "name_column": names.columns[names.name_column],
-        "resize": resize,
-        "keep_originals": keep_originals,
-        "placeholder": placeholder,
-        "workers": workers if workers is not None else ws.settings.download.workers,
-        "out": str(Path(out).expanduser().resolve()) if out else None,
-        "dataset": dataset,
-    }
+    with job_params("download_s3"):
+        params = S3DownloadParams(
+            csv_path=str(csv_path),
+            bucket=analysis.bucket,
+            prefix=analysis.prefix,
+            endpoint_url=analysis.endpoint_url,
+            signed=analysis.signed,
+            has_header=names.has_header,
+            name_column=names.columns[names.name_column],
+            resize=resize,
+            keep_originals=keep_originals,
+            placeholder=placeholder,
+            workers=workers if workers is not None else ws.settings.download.workers,
+            out=str(Path(out).expanduser().resolve()) if out else None,
+            dataset=dataset,
+        )
     title = f"Download S3: {dataset} (s3://{analysis.bucket}/{analysis.prefix})"
     return manager.create("download_s3", title, params, ds.id)
 

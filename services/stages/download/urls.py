@@ -23,7 +23,7 @@ from services.core.datasets import (
 from services.core.names import file_name
 from services.core.workspace import Workspace
 from services.jobs.manager import JobManager
-from services.jobs.params import JobParams, StoreParams
+from services.jobs.params import JobParams, StoreParams, job_params
 from services.jobs.stage import ChunkedTask
 from services.stages.download.fetch_store import StoreOptions, fetch_batch, release_workers
 
@@ -96,16 +96,17 @@ def start_url_download(
     if resize is not None and not 8 <= resize <= 4096:
         raise DatasetError(f"--resize {resize}: must be between 8 and 4096 pixels")
     ds = ensure_dataset(ws.catalog, dataset, kind or guess_kind(csv_path), str(csv_path), header)
-    params = {
-        "csv_path": str(csv_path),
-        "url_column": url_column,
-        "resize": resize,
-        "keep_originals": keep_originals,
-        "placeholder": placeholder,
-        "workers": workers if workers is not None else ws.settings.download.workers,
-        "out": str(Path(out).expanduser().resolve()) if out else None,
-        "dataset": dataset,
-    }
+    with job_params("download_urls"):
+        params = UrlDownloadParams(
+            csv_path=str(csv_path),
+            url_column=url_column,
+            resize=resize,
+            keep_originals=keep_originals,
+            placeholder=placeholder,
+            workers=workers if workers is not None else ws.settings.download.workers,
+            out=str(Path(out).expanduser().resolve()) if out else None,
+            dataset=dataset,
+        )
     return manager.create("download_urls", f"Download URLs: {dataset} ({ws.shown_name(csv_path)})", params, ds.id)
 
 

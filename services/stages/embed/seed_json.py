@@ -22,6 +22,7 @@ from services.core.workspace import Workspace, write_atomic
 from services.io.clip_models import ClipSpec
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, embedding_key
 from services.jobs.manager import JobManager
+from services.stages.download.folder_import import FolderImportParams
 
 METADATA_NAME = "input-metadata.json"
 TAGS_NAME = "input-tag-to-image-hash-list.json"
@@ -117,7 +118,7 @@ def start_seed_import(
     ds = ensure_dataset(ws.catalog, dataset, "folder", source, ["path", "tag"])
     entries_file = ws.root / "uploads" / f"seed-import-{ds.id}.json"
     write_atomic(entries_file, json.dumps(rows).encode("utf-8"))
-    params = {"folder": source, "dataset": dataset, "workers": 0, "entries_file": str(entries_file)}
+    params = FolderImportParams(folder=source, dataset=dataset, workers=0, entries_file=str(entries_file))
     return manager.create("import_folder", f"Import seed JSON: {dataset} ({metadata_path.name})", params, ds.id)
 
 

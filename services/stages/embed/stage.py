@@ -24,7 +24,7 @@ from services.io.clip_models import ClipSpec, LoadedClip, autocast_for, load_cli
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, embedding_key
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager, PendingItem, RunContext
-from services.jobs.params import ClipJobParams, JobParams, executor_of
+from services.jobs.params import ClipJobParams, JobParams, executor_of, job_params
 from services.jobs.stage import ResultLog
 
 if TYPE_CHECKING:
@@ -55,13 +55,14 @@ def start_embed(
     """Checks the weights are on this machine first (an error in seconds, never a failed job later)."""
     resolve_weights(spec)
     dataset_id = require_images(ws, dataset)
-    params = {
-        "dataset": dataset,
-        "spec": dataclasses.asdict(spec),
-        "key": embedding_key(spec),
-        "batch_size": batch_size or ws.settings.clip.batch_size,
-        "loader_workers": loader_workers if loader_workers is not None else ws.settings.clip.loader_workers,
-    }
+    with job_params("embed"):
+        params = EmbedParams(
+            dataset=dataset,
+            spec=dataclasses.asdict(spec),
+            key=embedding_key(spec),
+            batch_size=batch_size or ws.settings.clip.batch_size,
+            loader_workers=loader_workers if loader_workers is not None else ws.settings.clip.loader_workers,
+        )
     return manager.create("embed", f"Embed: {dataset} with {spec.label}", params, dataset_id)
 
 

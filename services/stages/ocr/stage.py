@@ -282,16 +282,16 @@ def start_ocr(
     recipe_obj = load_recipe(ws.root, recipe) if isinstance(recipe, str) and recipe else recipe or None
     rules_obj = rules if isinstance(rules, OcrRules) else load_rules(ws.root, rules)
     dataset_id = require_images(ws, dataset)
-    params = {
-        "dataset": dataset,
-        "engine": engine,
-        "model": ws.settings.ocr.trocr_model,
-        "recipe": json.loads(recipe_obj.model_dump_json()) if recipe_obj else None,
-        "rules": json.loads(rules_obj.model_dump_json()),
-        "settings_hash": ocr_settings_hash(engine, ws.settings.ocr.trocr_model, recipe_obj, rules_obj),
-        "workers": 0,  # engines hold models: one process, built once
-        "chunk_size": 8,
-    }
+    params = OcrParams(
+        dataset=dataset,
+        engine=engine,
+        model=ws.settings.ocr.trocr_model,
+        recipe=json.loads(recipe_obj.model_dump_json()) if recipe_obj else None,
+        rules=json.loads(rules_obj.model_dump_json()),
+        settings_hash=ocr_settings_hash(engine, ws.settings.ocr.trocr_model, recipe_obj, rules_obj),
+        workers=0,  # engines hold models: one process, built once
+        chunk_size=8,
+    )
     title = (
         f"OCR: {dataset} with {engine}"
         + (f", recipe {recipe_obj.name}" if recipe_obj else "")

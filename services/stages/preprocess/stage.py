@@ -30,7 +30,7 @@ from services.core.workspace import Workspace, derived_relpath, is_disk_full, wr
 from services.io.imaging import ImageCheckError
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import DISK_FULL, ItemResult, JobManager
-from services.jobs.params import JobParams
+from services.jobs.params import JobParams, job_params
 from services.stages.preprocess.ops import OperationError, OutputTooLargeError, apply_recipe, encode, load_image
 from services.stages.preprocess.quality import MEASURE_SIDE, QUALITY_STAGE, QUALITY_VERSION, measure
 from services.stages.preprocess.recipes import Recipe, load_recipe, parse_recipe
@@ -48,12 +48,13 @@ def start_preprocess(
     """Create the job; the recipe is frozen into it, so editing the recipe later never changes a running job."""
     recipe = load_recipe(ws.root, recipe) if isinstance(recipe, str) else recipe
     dataset_id = require_images(ws, dataset)
-    params = {
-        "dataset": dataset,
-        "recipe": json.loads(recipe.model_dump_json()),
-        "workers": workers if workers is not None else ws.settings.download.workers,
-        "chunk_size": 16,
-    }
+    with job_params("preprocess"):
+        params = PreprocessParams(
+            dataset=dataset,
+            recipe=json.loads(recipe.model_dump_json()),
+            workers=workers if workers is not None else ws.settings.download.workers,
+            chunk_size=16,
+        )
     title = f"Preprocess: {dataset} with {recipe.name} v{recipe.version}"
     return manager.create("preprocess", title, params, dataset_id)
 

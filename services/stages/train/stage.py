@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from services.core.datasets import NEGATIVE_TAGS, DatasetError, dataset_tags, tag_counts
 from services.core.errors import WorkbenchError
@@ -110,18 +111,18 @@ def start_training(
             f"{len(hashes) - have} of {len(hashes)} images of {dataset!r} have no {embedding_key} embedding; "
             "run `embed` first with the same model"
         )
-    params = {
-        "dataset": dataset,
-        "embedding_key": embedding_key,
-        "tags": chosen,
-        "types": types,
-        "test_size": test_size,
-        "seed": seed,
-        "cv_folds": cv_folds,
-        "threshold": threshold,
-        "workers": 0,
-        "chunk_size": 1,
-    }
+    params = TrainParams(
+        dataset=dataset,
+        embedding_key=embedding_key,
+        tags=chosen,
+        types=types,
+        test_size=test_size,
+        seed=seed,
+        cv_folds=cv_folds,
+        threshold=threshold,
+        workers=0,
+        chunk_size=1,
+    )
     dataset_id = ws.catalog.scalar("SELECT id FROM datasets WHERE name = ?", (dataset,))
     title = f"Train: {dataset} ({len(chosen)} tags x {'+'.join(types)}) on {embedding_key}"
     return manager.create("train_tags", title, params, dataset_id)
@@ -134,10 +135,10 @@ class TrainParams(JobParams):
     embedding_key: str
     tags: list[str]
     types: list[str]
-    test_size: float
+    test_size: float = Field(gt=0.0, lt=1.0)
     seed: int
-    cv_folds: int | None = None
-    threshold: float | None = None
+    cv_folds: int | None = Field(default=None, ge=0)
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
 
 
 class TrainTask(ChunkedTask):
