@@ -47,11 +47,20 @@ def click(page, name: str) -> None:  # type: ignore[no-untyped-def]
 
 def upload(page, path: Path) -> None:  # type: ignore[no-untyped-def]
     """Give the page's first file uploader a file, once the page is idle, and wait until it shows it."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import expect
 
-    settle(page)
-    page.locator("input[type=file]").first.set_input_files(str(path))
-    expect(page.get_by_text(path.name).filter(visible=True).first).to_be_visible(timeout=60_000)
+    shown = page.get_by_text(path.name).filter(visible=True).first
+    for attempt in range(3):
+        settle(page)
+        page.locator("input[type=file]").first.set_input_files(str(path))
+        try:
+            expect(shown).to_be_visible(timeout=20_000)
+            break
+        except (AssertionError, PlaywrightError):
+            # A rerun that re-mounted the uploader between the settle and the upload drops the file; give it again.
+            if attempt == 2:
+                raise
     settle(page)
 
 
