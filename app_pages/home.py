@@ -5,6 +5,7 @@ import streamlit as st
 
 from services.core.datasets import list_datasets
 from services.demo.builder import build_demo
+from services.jobs.worker import worker_queue, worker_summary
 from services.stages.compare.label_sets import LABEL_SET_KIND
 from ui.components import job_panel, jobs_table
 from ui.server_path import display_path
@@ -62,6 +63,15 @@ else:
 
 st.subheader("Jobs")
 manager.start_queued_page_jobs()  # queued page jobs start when a slot opens (a killed job frees one too)
+st.caption(worker_summary(ws))
+queue = worker_queue(manager)
+if queue:
+    st.markdown(f"**Queue**: the worker runs these {len(queue)} jobs next, in this order")
+    st.dataframe(
+        pd.DataFrame([{"order": i, "job": p.id, "what": p.title} for i, p in enumerate(queue, 1)]),
+        hide_index=True,
+        key="home-queue",
+    )
 running = manager.list(limit=20, active_only=True)
 for job in running:
     with st.container(border=True):

@@ -121,8 +121,16 @@ def finish_job(
     if executor:
         manager.set_executor(job_id, executor)
     if background:
+        from services.jobs.worker import live_worker
+
         pid = manager.start_background(job_id)
-        typer.echo(f"job {job_id} started in the background (pid {pid}); follow it with `jobs show {job_id}`")
+        worker = live_worker(manager.ws)
+        how = (
+            "handed to the workspace's worker"
+            if worker is not None and worker.pid == pid
+            else "started in the background"
+        )
+        typer.echo(f"job {job_id} {how} (pid {pid}); follow it with `jobs show {job_id}`")
         return
     p = run_foreground(manager, job_id)
     typer.echo(format_progress(p))

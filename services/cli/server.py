@@ -1,9 +1,11 @@
-"""CLI for running a shared server: `dashboard` (the dashboard behind its upload gate), `hash-password` (a line
-for the sign-in users in secrets), `demo`."""
+"""CLI for running a shared server: `dashboard` (the dashboard behind its upload gate, with the workspace's
+worker), `worker` (the long-lived process that runs handed jobs with its models kept loaded), `hash-password` (a
+line for the sign-in users in secrets), `demo`."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from typing import Annotated
 
@@ -11,6 +13,8 @@ import typer
 
 from services import APP_ROOT
 from services.cli.common import cli_workspace, fail
+from services.core.workspace import Workspace
+from services.jobs.manager import JobManager
 
 commands = typer.Typer()
 
@@ -55,12 +59,17 @@ def demo(small: Annotated[bool, typer.Option(help="Fewer images (a quicker build
 def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = 8501,
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")] = "localhost",
+    worker: Annotated[
+        bool, typer.Option(help="Start the workspace's worker too (unless one runs): page jobs reuse its models.")
+    ] = True,
 ) -> None:
     """Start the dashboard on this workspace, behind the upload gate, with Streamlit's upload limit
     (server.maxUploadSize) set from max_upload_mb. Replaces this process with `streamlit run dashboard.py`."""
     from services.cli.common import cli_workspace
 
     ws = cli_workspace()
+    if worker:
+        typer.echo(start_worker_process(ws))
     argv = [
         sys.executable, "-m", "streamlit", "run", str(APP_ROOT / "dashboard.py"),
         "--server.port", str(port), "--server.address", host,
@@ -71,6 +80,59 @@ def dashboard(
     typer.echo(f"dashboard on http://{host}:{port} over {ws.root} (uploads up to {ws.settings.max_upload_mb} MB)")
     sys.stdout.flush()
     os.execve(sys.executable, argv, {**os.environ, "WORKBENCH_WORKSPACE": str(ws.root)})
+
+
+def start_worker_process(ws: Workspace) -> str:
+    """The workspace's worker as a detached process, unless one serves it already. It watches this process (the
+    dashboard, once `execve` has made it Streamlit): when that ends, the worker finishes its job and stops."""
+    from services.jobs.worker import live_worker
+
+    running = live_worker(ws)
+    if running is not None:
+        return f"worker already running (pid {running.pid})"
+    out = ws.root / "logs" / "worker.out"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services", "--workspace", str(ws.root), "worker", "--parent", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(APP_ROOT),
+        )  # fmt: skip
+    return f"worker started (pid {proc.pid}; its log: {ws.shown_name(out)})"
+
+
+@commands.command("worker")
+def worker(
+    status: Annotated[bool, typer.Option("--status", help="Say whether a worker serves the workspace, and exit.")] = (
+        False
+    ),
+    max_jobs: Annotated[int | None, typer.Option(help="Exit after this many jobs (default: run until stopped).")] = (
+        None
+    ),
+    parent: Annotated[
+        int | None, typer.Option(help="Stop, once idle, when this process ends (the dashboard that started it).")
+    ] = None,
+) -> None:
+    """Serve the workspace: run the jobs handed to it (from pages, and `--background` at the CLI) one after
+    another in this process, so the models they load stay loaded. A job a killed worker left resumes first.
+    Ctrl+C or SIGTERM stops it (a job running then is cancelled; resume it from Home or `jobs resume`)."""
+    from services.jobs.worker import Worker, live_worker, worker_queue, worker_summary
+
+    ws = cli_workspace()
+    if status:
+        typer.echo(worker_summary(ws))
+        queued = worker_queue(JobManager(ws))
+        typer.echo(f"queue: {', '.join(f'job {p.id}' for p in queued) or 'empty'}")
+        return
+    running = live_worker(ws)
+    if running is not None:
+        fail(f"a worker already serves this workspace (pid {running.pid} on {running.host})")
+    serving = Worker(ws, parent=parent)
+    typer.echo(f"worker pid {os.getpid()} serving {ws.root} (Ctrl+C stops it)")
+    try:
+        ran = serving.serve(max_jobs=max_jobs, on_job=lambda p: typer.echo(f"job {p.id} [{p.state}] {p.title}"))
+    except KeyboardInterrupt:
+        ran = serving.status.jobs_run
+    typer.echo(f"worker stopped after {ran} jobs")
 
 
 @commands.command("api")

@@ -135,6 +135,7 @@ class ClipSettings(BaseModel):
         None  # None: chosen for the device (see services.stages.embed.stage.auto_loader_workers)
     )
     pull_timeout_seconds: float = 900.0
+    resident_models: int = 2  # CLIP models the worker keeps loaded (least recently used unloaded first)
 
 
 class OcrSettings(BaseModel):

@@ -664,11 +664,19 @@ class JobManager:
                 log.warning("heartbeat for job %s failed", job_id, exc_info=True)
         self.catalog.close()
 
-    def start_background(self, job_id: int) -> int:
-        """Run the job in a detached process that outlives the browser tab and the dashboard."""
+    def start_background(self, job_id: int, *, via_worker: bool = True) -> int:
+        """Run the job away from the caller, surviving the browser tab and the dashboard: handed to the
+        workspace's worker when one serves it (its models stay loaded between jobs), else (or with
+        `via_worker=False`) in a detached process of its own. Returns the pid of the process that will run it."""
         progress = self.progress(job_id)
         if progress.state == "running":
             raise JobBusyError(f"job {job_id} is already running")
+        from services.jobs.worker import hand_to_worker, live_worker
+
+        worker = live_worker(self.ws) if via_worker else None
+        if worker is not None:
+            hand_to_worker(self, job_id)
+            return worker.pid
         out = self.ws.root / "logs" / f"runner-{job_id}.out"
         with open(out, "ab") as fh:
             proc = subprocess.Popen(
@@ -857,6 +865,9 @@ def _install_sigterm(ctx: RunContext) -> Any:
         if ctx.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         ctx.request_stop()
+        outer = previous[0] if signum == signal.SIGTERM else previous[1]
+        if callable(outer) and getattr(outer, "also_on_job_stop", False):  # the worker's: it stops after this job
+            outer(signum, frame)
 
     signal.signal(signal.SIGTERM, on_interrupt)
     signal.signal(signal.SIGINT, on_interrupt)

@@ -28,6 +28,18 @@ ENGINES = ("rapidocr", "tesseract", "trocr")
 RAPIDOCR_LOGGER = "RapidOCR"  # rapidocr's own logger (propagate off, its own INFO handler)
 _CACHE: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
+_LOADS = [0]  # engines built in this process (a cache hit is not a build)
+
+
+def engine_load_count() -> int:
+    """OCR engines built in this process so far."""
+    return _LOADS[0]
+
+
+def resident_engines() -> list[str]:
+    """The OCR engines this process holds now."""
+    with _LOCK:
+        return [f"ocr {name}" + (f" {model}" if model else "") for name, model in _CACHE]
 
 
 class EngineUnavailableError(WorkbenchError, RuntimeError):
@@ -199,6 +211,7 @@ def build_engine(name: str, settings: Settings) -> Engine:
                 _CACHE[key] = TrOcrEngine(ocr.trocr_model, ocr.max_new_tokens, ocr.batch_size, ocr.device)
             else:
                 raise EngineUnavailableError(f"unknown OCR engine {name!r}; engines: {', '.join(ENGINES)}")
+            _LOADS[0] += 1
         result: Engine = _CACHE[key]
         return result
 

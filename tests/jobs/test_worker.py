@@ -1,0 +1,208 @@
+"""The workspace's worker (issue 18): a long-lived process that runs handed jobs one after another with the
+models they load kept loaded, resumes what a killed worker left, and is the only one serving its workspace.
+Real subprocesses (`workbench worker`), real jobs, the tiny CLIP saved and loaded through the product's loader."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.core.workspace import Workspace
+from services.io.clip_models import ClipSpec, clip_load_count, load_clip, resident_clips, set_resident_limit
+from services.jobs.manager import JobManager
+from services.jobs.worker import WORKER_QUEUED, live_worker, read_status, worker_queue
+from services.stages.download.folder_import import start_folder_import
+from services.stages.download.urls import start_url_download
+from services.stages.embed.stage import start_embed
+from tests.conftest import ROOT, write_csv
+from tests.support.image_server import ImageServer, make_jpeg
+from tests.support.tagged_images import tagged_tree
+from tests.support.tiny_models import TINY_CLIP_NAME, save_tiny_clip
+
+
+def _cli(ws: Workspace, *args: str) -> list[str]:
+    return [sys.executable, "-m", "services", "--workspace", str(ws.root), *args]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def _wait(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def worker_process(ws: Workspace, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*extra: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{len(started)}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(_cli(ws, "worker", *extra), cwd=ROOT, env=_env(), stdout=log, stderr=log)
+        started.append(proc)
+        _wait(lambda: (s := live_worker(ws)) is not None and s.pid == proc.pid, 60, "the worker to serve")
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def tiny_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ClipSpec:
+    checkpoint = save_tiny_clip(tmp_path / "clip")
+    monkeypatch.setenv("WORKBENCH_CLIP__MODEL", TINY_CLIP_NAME)
+    monkeypatch.setenv("WORKBENCH_CLIP__CHECKPOINT", str(checkpoint))
+    monkeypatch.setenv("WORKBENCH_CLIP__PRETRAINED", "")
+    monkeypatch.setenv("WORKBENCH_CLIP__DEVICE", "cpu")
+    return ClipSpec(model=TINY_CLIP_NAME, pretrained=None, checkpoint=str(checkpoint), device="cpu")
+
+
+def test_handed_jobs_run_in_order_in_one_process_that_loads_the_model_once(
+    ws: Workspace, manager: JobManager, tmp_path: Path, tiny_clip: ClipSpec, worker_process: Callable[..., object]
+):
+    datasets = ["a", "b", "c"]
+    for name in datasets:  # three datasets, so each embed job has images to embed (none is skipped as done)
+        manager.run(start_folder_import(ws, manager, tagged_tree(tmp_path / name, per_tag=3), name, workers=0))
+    worker = worker_process()
+    assert isinstance(worker, subprocess.Popen)
+    jobs = [start_embed(ws, manager, name, tiny_clip, batch_size=4, loader_workers=0) for name in datasets]
+    assert manager.start_background(jobs[0]) == worker.pid  # the CLI's --background and the pages' Resume
+    assert manager.start_from_page(jobs[1])  # a page's Start
+    cli = subprocess.run(_cli(ws, "jobs", "resume", str(jobs[2]), "--background"), cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert f"job {jobs[2]} handed to the workspace's worker (pid {worker.pid})" in cli.stdout
+    _wait(lambda: all(manager.progress(j).state == "completed" for j in jobs), 240, "the three embed jobs")
+    runs = [manager.progress(j) for j in jobs]
+    assert all(p.done == p.total > 0 and p.failed == 0 for p in runs), runs
+    assert [p.params[WORKER_QUEUED] for p in runs] == sorted(p.params[WORKER_QUEUED] for p in runs)
+    finished = [manager.catalog.scalar("SELECT finished_at FROM jobs WHERE id = ?", (j,)) for j in jobs]
+    assert finished == sorted(finished)  # run in the order they were handed over
+    _wait(lambda: (s := read_status(ws)) is not None and s.jobs_run == 3, 10, "the worker's status")
+    status = read_status(ws)
+    assert status is not None and status.pid == worker.pid
+    assert status.model_loads == 1  # three jobs, one load
+    assert status.resident == [f"clip {tiny_clip.label} on cpu"]
+    assert not worker_queue(manager)
+
+    said = subprocess.run(_cli(ws, "worker", "--status"), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert f"Worker pid {worker.pid}" in said.stdout and "3 jobs run, 1 model loads" in said.stdout
+    assert "queue: empty" in said.stdout
+
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=30)
+    assert live_worker(ws) is None
+
+
+def test_a_second_worker_for_the_workspace_is_refused(ws: Workspace, worker_process: Callable[..., object]):
+    first = worker_process()
+    assert isinstance(first, subprocess.Popen)
+    second = subprocess.run(_cli(ws, "worker"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    assert f"a worker already serves this workspace (pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert live_worker(ws) is not None and first.poll() is None  # the first one serves on
+
+
+def test_a_killed_workers_job_resumes_in_the_next_worker(
+    ws: Workspace, manager: JobManager, image_server: ImageServer, tmp_path: Path,
+    worker_process: Callable[..., object], monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    monkeypatch.setenv("WORKBENCH_DOWNLOAD__THREADS_PER_WORKER", "2")  # 20 images, 0.8 s each, two at a time: 8 s
+    n = 20
+    urls = [image_server.url(f"/slow/0.8/p{i}.jpg") for i in range(n)]
+    for i in range(n):
+        image_server.add(f"p{i}.jpg", make_jpeg(32, 24, seed=i))
+    csv = write_csv(tmp_path / "urls.csv", ["image_link"], [[u] for u in urls])
+    job_id = start_url_download(ws, manager, csv, "slow", workers=0)
+    worker = worker_process()
+    assert isinstance(worker, subprocess.Popen)
+    manager.start_background(job_id)
+    _wait(lambda: manager.progress(job_id).state == "running", 60, "the worker to start the job")
+    time.sleep(2.0)
+    worker.kill()  # no clean stop: as a crash or an OOM kill would
+    worker.wait(timeout=30)
+    stopped = manager.progress(job_id)
+    assert stopped.state == "interrupted" and stopped.done < n
+
+    again = subprocess.run(_cli(ws, "worker", "--max-jobs", "1"), cwd=ROOT, env=_env(), capture_output=True,
+                           text=True, timeout=240)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"job {job_id} [completed]" in again.stdout
+    ended = manager.progress(job_id)
+    assert ended.state == "completed" and ended.done == n and ended.failed == 0
+
+
+def test_the_least_recently_used_clip_is_unloaded_beyond_the_limit(tmp_path: Path):
+    specs = [
+        ClipSpec(model=TINY_CLIP_NAME, pretrained=None, checkpoint=str(save_tiny_clip(tmp_path / f"c{i}", seed=i)),
+                 device="cpu")
+        for i in range(3)
+    ]  # fmt: skip
+    set_resident_limit(2)
+    try:
+        before = clip_load_count()
+        first = load_clip(specs[0])
+        load_clip(specs[1])
+        assert load_clip(specs[0]) is first and clip_load_count() - before == 2  # a hit is not a load
+        load_clip(specs[2])  # over the limit: specs[1], used least recently, goes
+        assert clip_load_count() - before == 3
+        labels = resident_clips()
+        assert len(labels) == 2
+        load_clip(specs[0])
+        assert clip_load_count() - before == 3  # still loaded
+        load_clip(specs[1])
+        assert clip_load_count() - before == 4  # it was unloaded: loaded again
+    finally:
+        set_resident_limit(2)
+
+
+def test_a_worker_told_to_stop_puts_its_job_back_at_the_front_of_the_queue(
+    ws: Workspace, manager: JobManager, image_server: ImageServer, tmp_path: Path,
+    worker_process: Callable[..., object], monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    """SIGTERM (a service manager stopping it) or Ctrl+C: the job running stops after its items in flight and is
+    queued again, not cancelled (nobody cancelled it); the next worker resumes it first."""
+    monkeypatch.setenv("WORKBENCH_DOWNLOAD__THREADS_PER_WORKER", "2")
+    n = 20
+    for i in range(n):
+        image_server.add(f"q{i}.jpg", make_jpeg(32, 24, seed=i))
+    csv = write_csv(
+        tmp_path / "urls.csv", ["image_link"], [[image_server.url(f"/slow/0.8/q{i}.jpg")] for i in range(n)]
+    )
+    job_id = start_url_download(ws, manager, csv, "slow", workers=0)
+    later = start_folder_import(ws, manager, tagged_tree(tmp_path / "later", per_tag=1), "later", workers=0)
+    worker = worker_process()
+    assert isinstance(worker, subprocess.Popen)
+    manager.start_background(job_id)
+    _wait(lambda: manager.progress(job_id).state == "running", 60, "the worker to start the job")
+    manager.start_background(later)
+    time.sleep(1.5)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    stopped = manager.progress(job_id)
+    assert stopped.state == "created" and stopped.done < n, stopped
+    assert [p.id for p in worker_queue(manager)] == [job_id, later]  # back at the front
+
+    again = subprocess.run(_cli(ws, "worker", "--max-jobs", "2"), cwd=ROOT, env=_env(), capture_output=True,
+                           text=True, timeout=240)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    ended = manager.progress(job_id)
+    assert ended.state == "completed" and ended.done == n and ended.failed == 0
+    assert manager.progress(later).state == "completed"
