@@ -112,9 +112,10 @@ def worker(
         int | None, typer.Option(help="Stop, once idle, when this process ends (the dashboard that started it).")
     ] = None,
 ) -> None:
-    """Serve the workspace: run the jobs handed to it (from pages, and `--background` at the CLI) one after
-    another in this process, so the models they load stay loaded. A job a killed worker left resumes first.
-    Ctrl+C or SIGTERM stops it (a job running then is cancelled; resume it from Home or `jobs resume`)."""
+    """Serve the workspace: run the jobs handed to it (from pages, and `--background` at the CLI) in this
+    process, in order, several at once and those that load a model one at a time, so the models stay loaded. A
+    job a killed worker left resumes first. Ctrl+C or SIGTERM stops it: running jobs stop after their items in
+    flight and go back to the front of the queue."""
     from services.jobs.worker import Worker, live_worker, worker_queue, worker_summary
 
     ws = cli_workspace()

@@ -138,6 +138,13 @@ class ClipSettings(BaseModel):
     resident_models: int = 2  # CLIP models the worker keeps loaded (least recently used unloaded first)
 
 
+class WorkerSettings(BaseModel):
+    """The workspace's worker (`workbench worker`, started by `make run`): how many handed jobs it runs at once."""
+
+    jobs_at_once: int = 4  # like page_jobs.max_running: a long download never holds a small job back
+    model_jobs_at_once: int = 1  # of those, jobs that load a model (embed, classify, CLIP categories, OCR)
+
+
 class OcrSettings(BaseModel):
     """OCR engines, the default rules, and the device interfaces (socket server, result push)."""
 
@@ -289,7 +296,8 @@ class Settings(BaseSettings):
     # Whether the CLIP picker's Pull button may download weights (up to GBs) into the server's Hugging Face
     # cache. Unset: yes on a laptop (no sign-in), no once sign-in is configured (`models pull` on the shell).
     allow_page_pulls: bool | None = None
-    page_jobs: PageJobSettings = PageJobSettings()  # how many page jobs run at once, and their worker processes
+    page_jobs: PageJobSettings = PageJobSettings()
+    worker: WorkerSettings = WorkerSettings()  # how many page jobs run at once, and their worker processes
 
     @classmethod
     def settings_customise_sources(

@@ -207,6 +207,7 @@ class JobTask(Protocol):
     params_model: ClassVar[type[JobParams]]  # what the job row's parameters hold (services/jobs/params.py)
     fatal_classes: ClassVar[frozenset[str]]
     sticky_classes: ClassVar[frozenset[str]]  # failures that retry-failed cannot fix (e.g. missing)
+    holds_model: ClassVar[bool]  # loads a model (CLIP, OCR engines): the worker runs such jobs one at a time
 
     def prerequisite(self, params: dict[str, Any]) -> int | None: ...
 
@@ -865,9 +866,6 @@ def _install_sigterm(ctx: RunContext) -> Any:
         if ctx.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         ctx.request_stop()
-        outer = previous[0] if signum == signal.SIGTERM else previous[1]
-        if callable(outer) and getattr(outer, "also_on_job_stop", False):  # the worker's: it stops after this job
-            outer(signum, frame)
 
     signal.signal(signal.SIGTERM, on_interrupt)
     signal.signal(signal.SIGINT, on_interrupt)

@@ -100,6 +100,7 @@ class ChunkedTask(ABC):
     params_model: ClassVar[type[JobParams]] = JobParams
     fatal_classes: ClassVar[frozenset[str]] = frozenset()
     sticky_classes: ClassVar[frozenset[str]] = frozenset()
+    holds_model: ClassVar[bool] = False  # loads a model (CLIP, OCR): the worker runs such jobs one at a time
 
     def prerequisite(self, params: dict[str, Any]) -> int | None:
         """A job that must have completed before this one plans (its `after_job`); the manager runs it."""

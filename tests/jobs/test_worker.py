@@ -91,8 +91,9 @@ def test_handed_jobs_run_in_order_in_one_process_that_loads_the_model_once(
     runs = [manager.progress(j) for j in jobs]
     assert all(p.done == p.total > 0 and p.failed == 0 for p in runs), runs
     assert [p.params[WORKER_QUEUED] for p in runs] == sorted(p.params[WORKER_QUEUED] for p in runs)
-    finished = [manager.catalog.scalar("SELECT finished_at FROM jobs WHERE id = ?", (j,)) for j in jobs]
-    assert finished == sorted(finished)  # run in the order they were handed over
+    times = [manager.catalog.query("SELECT run_started_at, finished_at FROM jobs WHERE id = ?", (j,))[0] for j in jobs]
+    for earlier, later in zip(times, times[1:], strict=False):  # jobs that load a model: in order, one at a time
+        assert later["run_started_at"] >= earlier["finished_at"]
     _wait(lambda: (s := read_status(ws)) is not None and s.jobs_run == 3, 10, "the worker's status")
     status = read_status(ws)
     assert status is not None and status.pid == worker.pid
@@ -149,6 +150,27 @@ def test_a_killed_workers_job_resumes_in_the_next_worker(
     assert ended.state == "completed" and ended.done == n and ended.failed == 0
 
 
+def test_a_long_job_does_not_hold_a_small_one_back(
+    ws: Workspace, manager: JobManager, image_server: ImageServer, tmp_path: Path,
+    worker_process: Callable[..., object], monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    """Jobs that load no model run side by side (up to worker.jobs_at_once): a folder import handed after a slow
+    download completes while the download still runs, as it did when each page job had a process of its own."""
+    monkeypatch.setenv("WORKBENCH_DOWNLOAD__THREADS_PER_WORKER", "2")
+    for i in range(20):
+        image_server.add(f"s{i}.jpg", make_jpeg(32, 24, seed=i))
+    rows = [[image_server.url(f"/slow/0.8/s{i}.jpg")] for i in range(20)]
+    slow = start_url_download(ws, manager, write_csv(tmp_path / "urls.csv", ["image_link"], rows), "slow", workers=0)
+    small = start_folder_import(ws, manager, tagged_tree(tmp_path / "small", per_tag=1), "small", workers=0)
+    worker_process()
+    manager.start_background(slow)
+    _wait(lambda: manager.progress(slow).state == "running", 60, "the download to start")
+    manager.start_background(small)
+    _wait(lambda: manager.progress(small).state == "completed", 60, "the small import")
+    assert manager.progress(slow).state == "running"
+    _wait(lambda: manager.progress(slow).state == "completed", 120, "the download")
+
+
 def test_the_least_recently_used_clip_is_unloaded_beyond_the_limit(tmp_path: Path):
     specs = [
         ClipSpec(model=TINY_CLIP_NAME, pretrained=None, checkpoint=str(save_tiny_clip(tmp_path / f"c{i}", seed=i)),
@@ -180,6 +202,7 @@ def test_a_worker_told_to_stop_puts_its_job_back_at_the_front_of_the_queue(
     """SIGTERM (a service manager stopping it) or Ctrl+C: the job running stops after its items in flight and is
     queued again, not cancelled (nobody cancelled it); the next worker resumes it first."""
     monkeypatch.setenv("WORKBENCH_DOWNLOAD__THREADS_PER_WORKER", "2")
+    monkeypatch.setenv("WORKBENCH_WORKER__JOBS_AT_ONCE", "1")  # so that the second job is still waiting
     n = 20
     for i in range(n):
         image_server.add(f"q{i}.jpg", make_jpeg(32, 24, seed=i))

@@ -197,6 +197,7 @@ class ClassifyParams(ClipJobParams):
 class ClassifyTask(ImageStageTask):
     params_model: ClassVar[type[JobParams]] = ClassifyParams
     kind: ClassVar[str] = "classify"
+    holds_model: ClassVar[bool] = True
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return [(CLASSIFY_STAGE, _models_hash(ClassifyParams.model_validate(params).models))]

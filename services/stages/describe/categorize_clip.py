@@ -76,6 +76,7 @@ class CategorizeClipParams(JobParams):
 class CategorizeClipTask(ImageStageTask):
     params_model: ClassVar[type[JobParams]] = CategorizeClipParams
     kind: ClassVar[str] = "categorize_clip"
+    holds_model: ClassVar[bool] = True
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return [(CLIP_STAGE, CategorizeClipParams.model_validate(params).settings_hash)]

@@ -113,6 +113,7 @@ class EmbedParams(ClipJobParams):
 class EmbedTask(ImageStageTask):
     params_model: ClassVar[type[JobParams]] = EmbedParams
     kind: ClassVar[str] = "embed"
+    holds_model: ClassVar[bool] = True
 
     def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
         return [(EMBED_STAGE, EmbedParams.model_validate(params).key)]

@@ -321,6 +321,7 @@ class OcrParams(JobParams):
 class OcrTask(ImageStageTask):
     params_model: ClassVar[type[JobParams]] = OcrParams
     kind: ClassVar[str] = "ocr"
+    holds_model: ClassVar[bool] = True
     # the recipe is frozen into the job: a retry meets the same crop box (run again with a recipe that fits)
     sticky_classes: ClassVar[frozenset[str]] = ImageStageTask.sticky_classes | {RecipeMisfitError.error_class}
 
