@@ -81,8 +81,15 @@ def live_worker(ws: Workspace) -> WorkerStatus | None:
 
 
 def hand_to_worker(manager: JobManager, job_id: int) -> None:
-    """Queue a job for the workspace's worker (it runs jobs in the order they were handed over)."""
+    """Queue a job for the workspace's worker (it runs jobs in the order they were handed over). A job that
+    ended (Resume or Retry of a cancelled, failed or completed one) is `created` again: queued, not yet run."""
     manager.update_params(job_id, {WORKER_QUEUED: time.time()})
+    with manager.catalog.write() as conn:
+        conn.execute(
+            "UPDATE jobs SET state = 'created', pid = NULL WHERE id = ? AND state IN ('cancelled', 'failed', "
+            "'interrupted', 'completed')",
+            (job_id,),
+        )
 
 
 def worker_queue(manager: JobManager) -> list[JobProgress]:

@@ -171,6 +171,20 @@ def test_a_long_job_does_not_hold_a_small_one_back(
     _wait(lambda: manager.progress(slow).state == "completed", 120, "the download")
 
 
+def test_resume_and_retry_of_an_ended_job_go_to_the_worker(
+    ws: Workspace, manager: JobManager, tmp_path: Path, worker_process: Callable[..., object]
+):
+    """A page's Resume of a cancelled job (and Retry of one that failed) hands it over again: it is queued as
+    `created` and the worker runs it (a job that ended is not left waiting under its old state)."""
+    job_id = start_folder_import(ws, manager, tagged_tree(tmp_path / "set", per_tag=2), "set", workers=0)
+    assert manager.cancel(job_id).state == "cancelled"
+    worker_process()
+    assert manager.start_from_page(job_id)
+    _wait(lambda: manager.progress(job_id).state == "completed", 60, "the resumed job")
+    ended = manager.progress(job_id)
+    assert ended.done > 0 and ended.done + ended.failed == ended.total
+
+
 def test_the_least_recently_used_clip_is_unloaded_beyond_the_limit(tmp_path: Path):
     specs = [
         ClipSpec(model=TINY_CLIP_NAME, pretrained=None, checkpoint=str(save_tiny_clip(tmp_path / f"c{i}", seed=i)),
