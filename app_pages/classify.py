@@ -11,8 +11,10 @@ from services.core.datasets import list_datasets
 from services.core.errors import WorkbenchError
 from services.core.server_paths import FOLDER_OR_ZIP
 from services.io.clip_models import ClipSpec, ModelUnavailableError, resolve_weights
+from services.jobs.params import int_range
 from services.stages.classify.scoring import bin_edges, stack_models
 from services.stages.classify.stage import (
+    ClassifyParams,
     ScoreSummary,
     export_dir,
     image_scores,
@@ -82,7 +84,7 @@ elif how == "Folder or zip on the server":
 else:
     picked = st.selectbox("Dataset", [d.name for d in list_datasets(ws.catalog)], bind=BIND, key="cl-dataset")
 c1, c2 = st.columns(2)
-bins = int(c1.number_input("Score bins over [0, 1]", 1, 100, 10, bind=BIND, key="cl-bins"))
+bins = int(c1.number_input("Score bins over [0, 1]", *int_range(ClassifyParams, "bins"), 10, bind=BIND, key="cl-bins"))
 copy = c2.checkbox("Also copy images into {type}/{tag}/{bin}/ folders", bind=BIND, key="cl-copy")
 if st.button("Classify", type="primary", key="cl-run", icon=":material/label:", disabled=not (folder or picked)):
     try:

@@ -10,6 +10,7 @@ from services.core.errors import WorkbenchError
 from services.core.names import to_name
 from services.core.server_paths import CSV_FILE, FOLDER
 from services.io.s3_client import S3AccessError
+from services.jobs.params import StoreParams, int_range
 from services.stages.download.s3 import analyze_s3, plan_batch, start_s3_download
 from services.stages.download.urls import guess_kind, start_url_download, url_columns
 from ui.components import job_panel, jobs_table, launch, s3_endpoint_input, save_upload, workers_input
@@ -103,8 +104,9 @@ with tab_urls:
                     "Kind", KINDS, index=KINDS.index(guessed) if guessed in KINDS else 0, bind=BIND, key="urls-kind"
                 )
                 resize = right.number_input(
-                    "Resize to N x N (0 = keep originals only)", 0, 4096, 0, step=32, bind=BIND, key="urls-resize"
-                )
+                    "Resize to N x N (0 = keep originals only)", 0, int_range(StoreParams, "resize")[1], 0, step=32,
+                    bind=BIND, key="urls-resize",
+                )  # fmt: skip
                 workers = workers_input(ws, "Worker processes", ws.settings.download.workers, "urls-workers", left)
                 placeholder = right.checkbox(
                     "Placeholder image for failed rows (seed 000 behaviour)", bind=BIND, key="urls-placeholder"

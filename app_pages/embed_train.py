@@ -12,11 +12,12 @@ from services.core.errors import WorkbenchError
 from services.core.server_paths import FOLDER_OR_ZIP
 from services.io.embedding_store import EmbeddingStore, embedding_key
 from services.jobs.manager import page_worker_limit
+from services.jobs.params import ClipJobParams, int_range
 from services.stages.download.folder_import import start_folder_import
 from services.stages.embed.stage import start_embed
 from services.stages.train.metrics import SMALL_TEST_POSITIVES
 from services.stages.train.models import MODEL_TYPES, headline_metrics, list_models
-from services.stages.train.stage import AUTO_CV_FOLDS, has_trainable_tags, start_training, trainable_tags
+from services.stages.train.stage import AUTO_CV_FOLDS, TrainParams, has_trainable_tags, start_training, trainable_tags
 from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch, save_upload
 from ui.errors import show_error
@@ -98,7 +99,9 @@ picked = clip_model_picker(ws, "et")
 spec, weights_ok = picked.spec, picked.ok
 key = embedding_key(spec)
 b1, b2 = st.columns(2)
-batch_size = b1.number_input("Batch size", 1, 1024, settings.clip.batch_size, bind=BIND, key="et-batch")
+batch_size = b1.number_input(
+    "Batch size", *int_range(ClipJobParams, "batch_size"), settings.clip.batch_size, bind=BIND, key="et-batch"
+)
 limit = page_worker_limit(settings)
 loader_workers = b2.number_input(
     "Decoding processes (empty: chosen for the device)", 0, limit,
@@ -136,7 +139,7 @@ else:
     types = t1.multiselect("Models", list(MODEL_TYPES), default=list(MODEL_TYPES), bind=BIND, key="et-types",
                            format_func=lambda t: MODEL_TYPES[t])  # fmt: skip
     test_size = t2.slider("Test share", 0.05, 0.5, 0.1, 0.05, bind=BIND, key="et-test")
-    seed = t3.number_input("Seed", 0, 2**31 - 1, 0, bind=BIND, key="et-seed")
+    seed = t3.number_input("Seed", *int_range(TrainParams, "seed"), 0, bind=BIND, key="et-seed")
     cv_label = st.selectbox(
         "Cross-validation", list(CV_CHOICES), bind=BIND, key="et-cv",
         help=f"auto: {AUTO_CV_FOLDS} folds for a tag with under {SMALL_TEST_POSITIVES} tagged test images, whose "

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import BaseModel
 from tqdm import tqdm
 
 from services.core.settings import load_settings
 from services.core.workspace import Workspace
 from services.io.clip_models import ClipSpec
 from services.jobs.manager import JobManager, JobProgress
+from services.jobs.params import field_bounds, field_help
 
 _state: dict[str, Any] = {}
 
@@ -163,3 +165,10 @@ def clip_spec(
     """The CLIP model the options name, checked (names are safe names), defaults from the settings."""
     settings = cli_workspace().settings
     return ClipSpec.from_settings(settings, model, pretrained, str(checkpoint) if checkpoint else None, device)
+
+
+def param_option(model: type[BaseModel], name: str, more: str = "") -> Any:
+    """A typer option for a field of a job's params model: its help and its range are the model's, so the
+    CLI refuses what the job would (`--workers -1: not in the range x>=0`) and says what the model says."""
+    low, high = field_bounds(model, name)
+    return typer.Option(help=f"{field_help(model, name)} {more}".strip(), min=low, max=high)

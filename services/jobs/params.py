@@ -23,7 +23,7 @@ class JobParams(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    workers: int | None = Field(default=None, ge=0)  # worker processes (0: in the job process)
+    workers: int | None = Field(default=None, ge=0, description="Worker processes (0: in the job process).")
     chunk_size: int | None = Field(default=None, ge=1)  # items per chunk sent to a worker
     in_flight: int | None = Field(default=None, ge=1)  # chunks in flight on a given executor
     executor: str | None = None  # `local` or `dask://HOST:PORT`
@@ -43,7 +43,9 @@ class StoreParams(JobParams):
     """What a job that stores images holds (URL, S3 and folder imports): the dataset and what to keep."""
 
     dataset: str
-    resize: int | None = Field(default=None, ge=8, le=4096)  # longest side in pixels
+    resize: int | None = Field(
+        default=None, ge=8, le=4096, description="Also store an N x N copy (aspect kept, padded)."
+    )
     keep_originals: bool = True
     placeholder: bool = False
     out: str | None = None
@@ -54,8 +56,8 @@ class ClipJobParams(JobParams):
 
     spec: dict[str, Any]
     key: str
-    batch_size: int = Field(ge=1)
-    loader_workers: int | None = Field(default=None, ge=0)
+    batch_size: int = Field(ge=1, le=1024, description="Images per forward pass.")
+    loader_workers: int | None = Field(default=None, ge=0, description="Processes decoding images for the model.")
 
 
 class ParamsError(WorkbenchError):
@@ -97,6 +99,27 @@ def stored_row(model: type[JobParams], kind: str, params: JobParams | dict[str, 
         row = dict(params)
     check_params(model, kind, row, new=True)
     return row
+
+
+def field_help(model: type[BaseModel], name: str) -> str:
+    """A field's description: the help a CLI option or a page widget shows for it."""
+    return model.model_fields[name].description or ""
+
+
+def field_bounds(model: type[BaseModel], name: str) -> tuple[float | None, float | None]:
+    """The closed range a field's model allows (`ge`, `le`), for a CLI option's `min`/`max` and a page widget's
+    bounds; open bounds (`gt`, `lt`) are left to the model, which refuses such values with the field named."""
+    low = high = None
+    for rule in model.model_fields[name].metadata:
+        low = getattr(rule, "ge", low)
+        high = getattr(rule, "le", high)
+    return low, high
+
+
+def int_range(model: type[BaseModel], name: str) -> tuple[int, int]:
+    """An integer field's closed range for a page's number input (0 and 2**31 - 1 where the model sets none)."""
+    low, high = field_bounds(model, name)
+    return int(low if low is not None else 0), int(high if high is not None else 2**31 - 1)
 
 
 def check_params(model: type[JobParams], kind: str, params: dict[str, Any], *, new: bool) -> JobParams:

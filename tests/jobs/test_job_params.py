@@ -114,3 +114,28 @@ def test_a_failed_prerequisite_stops_the_job_that_needs_it(ws: Workspace, manage
     assert manager.progress(first).state == "failed"
     assert ended.state == "failed" and ended.error is not None
     assert f"job {second} needs job {first}, which ended failed" in ended.error
+
+
+def test_the_front_doors_take_their_ranges_and_help_from_the_models(ws: Workspace, tmp_path: Path):
+    """The CLI options and the pages' number inputs for workers, resize, bins, batch size and seed read their
+    range and help from the params models: the CLI refuses `--resize 5000` before any work, as the model would."""
+    from typer.testing import CliRunner
+
+    from services.cli.app import app
+    from services.jobs.params import ClipJobParams, StoreParams, field_bounds, field_help, int_range
+    from services.stages.classify.stage import ClassifyParams
+    from services.stages.train.stage import TrainParams
+
+    assert field_bounds(StoreParams, "resize") == (8, 4096) and int_range(ClassifyParams, "bins") == (1, 100)
+    assert int_range(ClipJobParams, "batch_size") == (1, 1024) and int_range(TrainParams, "seed") == (0, 2**31 - 1)
+    assert field_bounds(TrainParams, "test_size") == (None, None)  # open bounds: the model itself refuses 0 and 1
+    runner = CliRunner()
+    csv = tmp_path / "u.csv"
+    csv.write_text("image_link\nhttp://127.0.0.1/a.png\n")
+    refused = runner.invoke(app, ["--workspace", str(ws.root), "download", "urls", str(csv), "--dataset", "d",
+                                  "--resize", "5000"])  # fmt: skip
+    assert refused.exit_code == 2 and "--resize" in refused.output and "4096" in refused.output
+    assert not JobManager(ws).list()  # nothing was made
+    shown = runner.invoke(app, ["download", "urls", "--help"], env={"COLUMNS": "200"})
+    assert field_help(StoreParams, "resize") in shown.output and "8<=x<=4096" in shown.output
+    assert field_help(JobParams, "workers") in shown.output and "x>=0" in shown.output

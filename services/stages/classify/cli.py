@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import ExecutorOpt, RawCsvOpt, cli_workspace, finish_job
+from services.cli.common import ExecutorOpt, RawCsvOpt, cli_workspace, finish_job, param_option
 from services.jobs.manager import JobManager
+from services.stages.classify.stage import ClassifyParams
 
 commands = typer.Typer()
 
@@ -21,7 +22,7 @@ def classify(
     source: Annotated[str, typer.Argument(help="A folder, a zip (nested zips read too), or a dataset name.")],
     models: Annotated[Path | None, typer.Option(help="Folder of models (or one .skops); default: all trained.")] = None,
     trained_on: Annotated[str | None, typer.Option(help="Only models trained on this dataset.")] = None,
-    bins: Annotated[int, typer.Option(help="Equal score bins over [0, 1] (seed 004's output_bins).")] = 10,
+    bins: Annotated[int, param_option(ClassifyParams, "bins", "Seed 004's output_bins.")] = 10,
     out: Annotated[Path | None, typer.Option(help="Where bins.json, scores.csv and output.json go.")] = None,
     copy: Annotated[bool, typer.Option(help="Copy images into OUT/{type}/{tag}/{bin}/ folders.")] = False,
     dataset: Annotated[str | None, typer.Option(help="Name for the imported images (default classify-NAME).")] = None,

@@ -189,7 +189,7 @@ class ClassifyParams(ClipJobParams):
     dataset: str
     import_job: int | None = None
     models: list[str]
-    bins: int
+    bins: int = Field(ge=1, le=100, description="Equal score bins over [0, 1].")
     out: str | None = None
     copy_images: bool = Field(default=False, alias="copy")
 

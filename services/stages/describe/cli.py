@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import RawCsvOpt, cli_workspace, csv_guard, fail, finish_job
+from services.cli.common import RawCsvOpt, cli_workspace, csv_guard, fail, finish_job, param_option
 from services.core.datasets import DatasetError
 from services.core.workspace import Workspace
 from services.io.gemini_client import GeminiError, make_client
@@ -25,6 +25,7 @@ from services.stages.describe.categories import (
 )
 from services.stages.describe.categories import list_lists as _list_lists
 from services.stages.describe.categories import save_list as _save_list
+from services.stages.describe.stage import DescribeParams
 
 commands = typer.Typer()
 
@@ -69,7 +70,7 @@ def describe(
         Path | None, typer.Option(help="CSV with a `Category` column: describe and categorise in one call.")
     ] = None,
     list_name: Annotated[str | None, typer.Option("--list", help="Or a stored list: NAME or NAME@vN.")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Requests in flight (default from settings).")] = None,
+    concurrency: Annotated[int | None, param_option(DescribeParams, "concurrency", "Default from settings.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the cost confirmation.")] = False,
     estimate_only: Annotated[bool, typer.Option(help="Print the cost estimate and stop.")] = False,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
@@ -101,7 +102,7 @@ def categorize(
     pretrained: Annotated[str | None, typer.Option(help="clip: pretrained tag, e.g. openai.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="clip: a local checkpoint file instead of a tag.")] = None,
     device: Annotated[str | None, typer.Option(help="clip: auto, cpu, cuda, cuda:1 ...")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="gemini: requests in flight.")] = None,
+    concurrency: Annotated[int | None, param_option(DescribeParams, "concurrency", "Gemini only.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the cost confirmation.")] = False,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
 ) -> None:

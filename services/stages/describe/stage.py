@@ -147,7 +147,7 @@ class DescribeParams(JobParams, DescribeSettings):
     """A Gemini run: the dataset and its threads, with the settings frozen into the job."""
 
     dataset: str
-    concurrency: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1, description="Requests in flight.")
 
 
 class DescribeTask(ImageStageTask):

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from services.cli.common import ExecutorOpt, RawCsvOpt, cli_workspace, fail, finish_job, say_error
+from services.cli.common import ExecutorOpt, RawCsvOpt, cli_workspace, fail, finish_job, param_option, say_error
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.jobs.manager import JobManager
+from services.jobs.params import JobParams, StoreParams
 
 commands = typer.Typer()
 download_app = typer.Typer(help="Fetch images from URL CSVs or S3 into the workspace.", no_args_is_help=True)
@@ -26,8 +27,8 @@ def download_urls(
     kind: Annotated[
         str | None, typer.Option(help="Dataset kind (REAL, GEN, train, test...); guessed from the file name.")
     ] = None,
-    resize: Annotated[int | None, typer.Option(help="Also store an N x N copy (aspect kept, padded).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (0 = in this process).")] = None,
+    resize: Annotated[int | None, param_option(StoreParams, "resize")] = None,
+    workers: Annotated[int | None, param_option(JobParams, "workers")] = None,
     out: Annotated[Path | None, typer.Option(help="Labelled CSV to write when done.")] = None,
     placeholder: Annotated[bool, typer.Option(help="Store a black placeholder for failed rows (seed 000).")] = False,
     discard_originals: Annotated[bool, typer.Option(help="With --resize, keep only the resized copy.")] = False,
@@ -81,8 +82,8 @@ def download_s3(
     name_column: Annotated[
         str | None, typer.Option(help="Column with the file names (when there is a header).")
     ] = None,
-    resize: Annotated[int | None, typer.Option(help="Also store an N x N copy.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (0 = in this process).")] = None,
+    resize: Annotated[int | None, param_option(StoreParams, "resize")] = None,
+    workers: Annotated[int | None, param_option(JobParams, "workers")] = None,
     out: Annotated[Path | None, typer.Option(help="Labelled CSV to write when done.")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
     executor: ExecutorOpt = None,
@@ -170,8 +171,8 @@ def download_batch(
     ] = None,
     auto_confirm: Annotated[bool, typer.Option("--auto-confirm", help="Skip the prompt for each file.")] = False,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint.")] = None,
-    resize: Annotated[int | None, typer.Option(help="Also store an N x N copy.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    resize: Annotated[int | None, param_option(StoreParams, "resize")] = None,
+    workers: Annotated[int | None, param_option(JobParams, "workers")] = None,
 ) -> None:
     """Every CSV in a drop folder becomes its own dataset, kind and prefix taken from its name."""
     from services.stages.download.s3 import plan_batch
@@ -222,7 +223,7 @@ def download_folder(
     folder: Annotated[Path, typer.Argument(help="Folder of images; sub-folder names become tags.")],
     dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the folder's name).")] = None,
     kind: Annotated[str, typer.Option(help="Dataset kind.")] = "folder",
-    workers: Annotated[int | None, typer.Option(help="Worker processes (0 = in this process).")] = None,
+    workers: Annotated[int | None, param_option(JobParams, "workers")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
     executor: ExecutorOpt = None,
     raw_csv: RawCsvOpt = False,

@@ -19,10 +19,12 @@ from services.cli.common import (
     clip_spec,
     fail,
     finish_job,
+    param_option,
     run_foreground,
 )
 from services.io.clip_models import activation_note
 from services.jobs.manager import JobManager
+from services.jobs.params import ClipJobParams
 
 commands = typer.Typer()
 
@@ -63,9 +65,9 @@ def embed(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
+    batch_size: Annotated[int | None, param_option(ClipJobParams, "batch_size")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
-    loader_workers: Annotated[int | None, typer.Option(help="Processes decoding images for the model.")] = None,
+    loader_workers: Annotated[int | None, param_option(ClipJobParams, "loader_workers")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
     executor: ExecutorOpt = None,
 ) -> None:

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import ExecutorOpt, RawCsvOpt, cli_workspace, fail, finish_job, run_foreground
+from services.cli.common import ExecutorOpt, RawCsvOpt, cli_workspace, fail, finish_job, param_option, run_foreground
 from services.jobs.manager import JobManager
+from services.jobs.params import JobParams
 
 commands = typer.Typer()
 recipes_app = typer.Typer(help="Preprocessing recipes (presets and the workspace's own).", no_args_is_help=True)
@@ -22,7 +23,7 @@ def preprocess(
     ],
     dataset: Annotated[str | None, typer.Option(help="Dataset to preprocess.")] = None,
     folder: Annotated[Path | None, typer.Option(help="Or a folder: imported as a dataset first.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    workers: Annotated[int | None, param_option(JobParams, "workers", "Default: all cores.")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
     executor: ExecutorOpt = None,
     raw_csv: RawCsvOpt = False,

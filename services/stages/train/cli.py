@@ -6,8 +6,17 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import CheckpointOpt, ModelOpt, PretrainedOpt, cli_workspace, clip_spec, finish_job
+from services.cli.common import (
+    CheckpointOpt,
+    ModelOpt,
+    PretrainedOpt,
+    cli_workspace,
+    clip_spec,
+    finish_job,
+    param_option,
+)
 from services.jobs.manager import JobManager
+from services.stages.train.stage import TrainParams
 
 commands = typer.Typer()
 
@@ -17,14 +26,13 @@ def train(
     dataset: Annotated[str, typer.Option(help="Tagged dataset (embedded with the same model).")],
     tags: Annotated[str | None, typer.Option(help="Comma-separated tags (default: all but negatives).")] = None,
     types: Annotated[str, typer.Option(help="Model types: lr, svm or lr,svm.")] = "lr,svm",
-    test_size: Annotated[float, typer.Option(help="Fraction held out for testing.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Split and model seed.")] = 0,
+    test_size: Annotated[float, param_option(TrainParams, "test_size")] = 0.1,
+    seed: Annotated[int, param_option(TrainParams, "seed")] = 0,
     cv: Annotated[
-        int | None,
-        typer.Option(help="Cross-validation folds; default: 5 when a tag has under 30 tagged test images; 0: none."),
+        int | None, param_option(TrainParams, "cv_folds", "Default: 5 when a tag has under 30 tagged test images.")
     ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Fixed decision threshold (default: the F1-best one on validation folds).")
+        float | None, param_option(TrainParams, "threshold", "Default: the F1-best one on validation folds.")
     ] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,

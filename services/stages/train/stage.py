@@ -135,10 +135,14 @@ class TrainParams(JobParams):
     embedding_key: str
     tags: list[str]
     types: list[str]
-    test_size: float = Field(gt=0.0, lt=1.0)
-    seed: int
-    cv_folds: int | None = Field(default=None, ge=0)
-    threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
+    test_size: float = Field(gt=0.0, lt=1.0, description="Fraction held out for testing, between 0 and 1.")
+    seed: int = Field(ge=0, le=2**31 - 1, description="Split and model seed.")
+    cv_folds: int | None = Field(
+        default=None, ge=0, description="Cross-validation folds (0: none; default: chosen for the tag's size)."
+    )
+    threshold: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="Fixed decision threshold between 0 and 1 (default: chosen)."
+    )
 
 
 class TrainTask(ChunkedTask):
