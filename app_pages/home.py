@@ -5,7 +5,7 @@ import streamlit as st
 
 from services.core.datasets import list_datasets
 from services.demo.builder import build_demo
-from services.jobs.worker import worker_queue, worker_summary
+from services.jobs.worker_status import worker_summary
 from services.stages.compare.label_sets import LABEL_SET_KIND
 from ui.components import job_panel, jobs_table
 from ui.server_path import display_path
@@ -64,7 +64,7 @@ else:
 st.subheader("Jobs")
 manager.start_queued_page_jobs()  # queued page jobs start when a slot opens (a killed job frees one too)
 st.caption(worker_summary(ws))
-queue = worker_queue(manager)
+queue = manager.worker_queue()
 if queue:
     st.markdown(f"**Queue**: the worker runs these {len(queue)} jobs next, in this order")
     st.dataframe(

@@ -42,7 +42,7 @@ from services.demo.builder import build_demo  # noqa: E402
 from services.io.clip_models import ClipSpec  # noqa: E402
 from services.io.embedding_store import embedding_key  # noqa: E402
 from services.jobs.manager import JobManager  # noqa: E402
-from services.jobs.worker import live_worker, read_status  # noqa: E402
+from services.jobs.worker_status import live_worker, read_status  # noqa: E402
 from services.stages.classify.stage import start_classify_path  # noqa: E402
 from services.stages.embed.stage import start_embed  # noqa: E402
 from services.stages.train.models import TagModel, list_models  # noqa: E402

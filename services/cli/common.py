@@ -123,7 +123,7 @@ def finish_job(
     if executor:
         manager.set_executor(job_id, executor)
     if background:
-        from services.jobs.worker import live_worker
+        from services.jobs.worker_status import live_worker
 
         pid = manager.start_background(job_id)
         worker = live_worker(manager.ws)

@@ -85,7 +85,7 @@ def dashboard(
 def start_worker_process(ws: Workspace) -> str:
     """The workspace's worker as a detached process, unless one serves it already. It watches this process (the
     dashboard, once `execve` has made it Streamlit): when that ends, the worker finishes its job and stops."""
-    from services.jobs.worker import live_worker
+    from services.jobs.worker_status import live_worker
 
     running = live_worker(ws)
     if running is not None:
@@ -98,6 +98,15 @@ def start_worker_process(ws: Workspace) -> str:
             stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(APP_ROOT),
         )  # fmt: skip
     return f"worker started (pid {proc.pid}; its log: {ws.shown_name(out)})"
+
+
+def _model_counts() -> tuple[int, list[str]]:
+    """Model loads in the worker so far, and the models it holds now: CLIP and the OCR engines."""
+    from services.jobs.worker import clip_model_counts
+    from services.stages.ocr.engines import engine_load_count, resident_engines
+
+    loads, held = clip_model_counts()
+    return loads + engine_load_count(), held + resident_engines()
 
 
 @commands.command("worker")
@@ -116,18 +125,19 @@ def worker(
     process, in order, several at once and those that load a model one at a time, so the models stay loaded. A
     job a killed worker left resumes first. Ctrl+C or SIGTERM stops it: running jobs stop after their items in
     flight and go back to the front of the queue."""
-    from services.jobs.worker import Worker, live_worker, worker_queue, worker_summary
+    from services.jobs.worker import Worker
+    from services.jobs.worker_status import live_worker, worker_summary
 
     ws = cli_workspace()
     if status:
         typer.echo(worker_summary(ws))
-        queued = worker_queue(JobManager(ws))
+        queued = JobManager(ws).worker_queue()
         typer.echo(f"queue: {', '.join(f'job {p.id}' for p in queued) or 'empty'}")
         return
     running = live_worker(ws)
     if running is not None:
         fail(f"a worker already serves this workspace (pid {running.pid} on {running.host})")
-    serving = Worker(ws, parent=parent)
+    serving = Worker(ws, parent=parent, model_counts=_model_counts)
     typer.echo(f"worker pid {os.getpid()} serving {ws.root} (Ctrl+C stops it)")
     try:
         ran = serving.serve(max_jobs=max_jobs, on_job=lambda p: typer.echo(f"job {p.id} [{p.state}] {p.title}"))

@@ -33,6 +33,7 @@ from services import APP_ROOT
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace, is_disk_full, pid_alive, remove_stale_temp_files
 from services.jobs.params import EXECUTOR_KEY, JobParams, check_params, stored_row
+from services.jobs.worker_status import WORKER_QUEUED, live_worker
 
 log = logging.getLogger(__name__)
 
@@ -672,11 +673,9 @@ class JobManager:
         progress = self.progress(job_id)
         if progress.state == "running":
             raise JobBusyError(f"job {job_id} is already running")
-        from services.jobs.worker import hand_to_worker, live_worker
-
         worker = live_worker(self.ws) if via_worker else None
         if worker is not None:
-            hand_to_worker(self, job_id)
+            self.hand_to_worker(job_id)
             return worker.pid
         out = self.ws.root / "logs" / f"runner-{job_id}.out"
         with open(out, "ab") as fh:
@@ -689,6 +688,25 @@ class JobManager:
                 cwd=str(APP_ROOT),
             )
         return proc.pid
+
+    def hand_to_worker(self, job_id: int) -> None:
+        """Queue a job for the workspace's worker (it runs jobs in the order they were handed over). A job that
+        ended (Resume or Retry of a cancelled, failed or completed one) is `created` again: queued, not yet run."""
+        self.update_params(job_id, {WORKER_QUEUED: time.time()})
+        with self.catalog.write() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = 'created', pid = NULL WHERE id = ? AND state IN ('cancelled', 'failed', "
+                "'interrupted', 'completed')",
+                (job_id,),
+            )
+
+    def worker_queue(self) -> builtins.list[JobProgress]:
+        """Jobs handed to the worker and not started yet, in the order it will run them."""
+        rows = self.catalog.query(
+            f"""SELECT id FROM jobs WHERE state = 'created' AND json_extract(params, '$.{WORKER_QUEUED}') IS NOT NULL
+                ORDER BY json_extract(params, '$.{WORKER_QUEUED}'), id"""
+        )
+        return [self.progress(r["id"]) for r in rows]
 
     # --- jobs started from pages: a server-wide limit (the CLI is never held back) ----------------------
 

@@ -21,18 +21,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace, pid_alive, write_atomic
 from services.jobs.manager import JobManager, JobProgress
+from services.jobs.worker_status import WORKER_QUEUED, WorkerStatus, read_status, worker_folder
 
 log = logging.getLogger(__name__)
 
-WORKER_QUEUED = "worker_queued_at"  # a job parameter: handed to the workspace's worker at (epoch seconds)
 BEAT_SECONDS = 1.0
-STALE_SECONDS = 10.0  # a status not written for this long is a worker that is gone
 
 
 class WorkerBusyError(WorkbenchError):
@@ -40,97 +39,12 @@ class WorkerBusyError(WorkbenchError):
     http_status = 409
 
 
-@dataclass
-class WorkerStatus:
-    """What a worker says about itself, rewritten every second."""
-
-    pid: int
-    host: str
-    started_at: float
-    beat_at: float
-    jobs_run: int = 0
-    model_loads: int = 0
-    current_jobs: list[int] = field(default_factory=list)
-    resident: list[str] = field(default_factory=list)
-
-    def is_alive(self, now: float | None = None) -> bool:
-        if (now or time.time()) - self.beat_at > STALE_SECONDS:
-            return False
-        return self.host != socket.gethostname() or pid_alive(self.pid)
-
-
-def _folder(ws: Workspace) -> Any:
-    folder = ws.root / "worker"
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-def read_status(ws: Workspace) -> WorkerStatus | None:
-    """The worker's last status, alive or not; None when no worker ever served this workspace."""
-    try:
-        data = json.loads((ws.root / "worker" / "status.json").read_text())
-        return WorkerStatus(**data)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def live_worker(ws: Workspace) -> WorkerStatus | None:
-    """The worker serving this workspace now, if any."""
-    status = read_status(ws)
-    return status if status is not None and status.is_alive() else None
-
-
-def hand_to_worker(manager: JobManager, job_id: int) -> None:
-    """Queue a job for the workspace's worker (it runs jobs in the order they were handed over). A job that
-    ended (Resume or Retry of a cancelled, failed or completed one) is `created` again: queued, not yet run."""
-    manager.update_params(job_id, {WORKER_QUEUED: time.time()})
-    with manager.catalog.write() as conn:
-        conn.execute(
-            "UPDATE jobs SET state = 'created', pid = NULL WHERE id = ? AND state IN ('cancelled', 'failed', "
-            "'interrupted', 'completed')",
-            (job_id,),
-        )
-
-
-def worker_queue(manager: JobManager) -> list[JobProgress]:
-    """Jobs handed to the worker and not started yet, in the order it will run them."""
-    rows = manager.catalog.query(
-        f"""SELECT id FROM jobs WHERE state = 'created' AND json_extract(params, '$.{WORKER_QUEUED}') IS NOT NULL
-            ORDER BY json_extract(params, '$.{WORKER_QUEUED}'), id"""
-    )
-    return [manager.progress(r["id"]) for r in rows]
-
-
-def worker_summary(ws: Workspace) -> str:
-    """One line on who runs handed jobs: the live worker (what it has run and holds), or that none does."""
-    now = live_worker(ws)
-    if now is None:
-        last = read_status(ws)
-        gone = f" (the last one, pid {last.pid}, stopped)" if last else ""
-        return (
-            f"No worker serves this workspace{gone}: each job runs in a process of its own and loads its models "
-            "again. Start one with `workbench worker` (`make run` does)."
-        )
-    jobs = ", ".join(str(j) for j in now.current_jobs)
-    job = f", running job{'s' if len(now.current_jobs) > 1 else ''} {jobs}" if now.current_jobs else ""
-    return (
-        f"Worker pid {now.pid} on {now.host}, up {_duration(time.time() - now.started_at)}: {now.jobs_run} jobs run, "
-        f"{now.model_loads} model loads{job}; loaded: {', '.join(now.resident) or 'none'}"
-    )
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _model_counts() -> tuple[int, list[str]]:
-    """Model loads in this process so far, and the models loaded now (CLIP, OCR engines)."""
+def clip_model_counts() -> tuple[int, list[str]]:
+    """CLIP models loaded in this process so far, and those held now (the default for a worker's status; the
+    CLI's worker adds the OCR engines)."""
     from services.io.clip_models import clip_load_count, resident_clips
-    from services.stages.ocr.engines import engine_load_count, resident_engines
 
-    return clip_load_count() + engine_load_count(), resident_clips() + resident_engines()
+    return clip_load_count(), resident_clips()
 
 
 class Worker:
@@ -139,8 +53,15 @@ class Worker:
     `worker.model_jobs_at_once` of those that load a model (CLIP, OCR engines; one by default, as a GPU wants):
     a long download never holds a small classify back, and two jobs never load the same model side by side."""
 
-    def __init__(self, ws: Workspace, poll_seconds: float = 0.3, parent: int | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        poll_seconds: float = 0.3,
+        parent: int | None = None,
+        model_counts: Callable[[], tuple[int, list[str]]] = clip_model_counts,
+    ) -> None:
         self.ws = ws
+        self.model_counts = model_counts  # model loads so far and models held now, for the status
         self.parent = parent  # the dashboard that started this worker: it leaves, idle, when that process ends
         self.manager = JobManager(ws)
         self.poll_seconds = poll_seconds
@@ -162,7 +83,7 @@ class Worker:
 
     @contextlib.contextmanager
     def _only_worker(self) -> Iterator[None]:
-        lock = open(_folder(self.ws) / "worker.lock", "a+")  # noqa: SIM115 (held for the worker's life)
+        lock = open(worker_folder(self.ws) / "worker.lock", "a+")  # noqa: SIM115 (held for the worker's life)
         try:
             try:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,8 +99,8 @@ class Worker:
         self.status.beat_at = time.time()
         with self._running_lock:
             self.status.current_jobs = sorted(self._running)
-        self.status.model_loads, self.status.resident = _model_counts()
-        write_atomic(_folder(self.ws) / "status.json", json.dumps(asdict(self.status)).encode())
+        self.status.model_loads, self.status.resident = self.model_counts()
+        write_atomic(worker_folder(self.ws) / "status.json", json.dumps(asdict(self.status)).encode())
 
     def _beat(self) -> None:
         while not self._gone.wait(BEAT_SECONDS):
@@ -307,7 +228,7 @@ class Worker:
                 with self._running_lock:
                     self._running.clear()
                 with contextlib.suppress(OSError):
-                    write_atomic(_folder(self.ws) / "status.json", json.dumps(asdict(self.status)).encode())
+                    write_atomic(worker_folder(self.ws) / "status.json", json.dumps(asdict(self.status)).encode())
                 if previous is not None:
                     signal.signal(signal.SIGTERM, previous[0])
                     signal.signal(signal.SIGINT, previous[1])

@@ -168,7 +168,6 @@ def test_running_job_shows_on_home(ws_root: Path, image_server: ImageServer, tmp
 def test_home_shows_the_worker_and_its_queue_in_order(ws_root: Path, tmp_path: Path) -> None:
     """Handed jobs wait for the workspace's worker; Home lists them in the order it will run them and says
     whether a worker serves the workspace (none here: the fix is named)."""
-    from services.jobs.worker import hand_to_worker
     from services.stages.download.folder_import import start_folder_import
     from tests.support.tagged_images import tagged_tree
 
@@ -176,8 +175,8 @@ def test_home_shows_the_worker_and_its_queue_in_order(ws_root: Path, tmp_path: P
     manager = JobManager(ws)
     first = start_folder_import(ws, manager, tagged_tree(tmp_path / "one", per_tag=1), "one", workers=0)
     second = start_folder_import(ws, manager, tagged_tree(tmp_path / "two", per_tag=1), "two", workers=0)
-    hand_to_worker(manager, second)
-    hand_to_worker(manager, first)
+    manager.hand_to_worker(second)
+    manager.hand_to_worker(first)
     at = app_test().run()
     assert not at.exception
     assert any("No worker serves this workspace" in c.value and "workbench worker" in c.value for c in at.caption)

@@ -17,7 +17,7 @@ import pytest
 from services.core.workspace import Workspace
 from services.io.clip_models import ClipSpec, clip_load_count, load_clip, resident_clips, set_resident_limit
 from services.jobs.manager import JobManager
-from services.jobs.worker import WORKER_QUEUED, live_worker, read_status, worker_queue
+from services.jobs.worker_status import WORKER_QUEUED, live_worker, read_status
 from services.stages.download.folder_import import start_folder_import
 from services.stages.download.urls import start_url_download
 from services.stages.embed.stage import start_embed
@@ -99,7 +99,7 @@ def test_handed_jobs_run_in_order_in_one_process_that_loads_the_model_once(
     assert status is not None and status.pid == worker.pid
     assert status.model_loads == 1  # three jobs, one load
     assert status.resident == [f"clip {tiny_clip.label} on cpu"]
-    assert not worker_queue(manager)
+    assert not manager.worker_queue()
 
     said = subprocess.run(_cli(ws, "worker", "--status"), cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=120)  # fmt: skip
@@ -235,7 +235,7 @@ def test_a_worker_told_to_stop_puts_its_job_back_at_the_front_of_the_queue(
     assert worker.wait(timeout=60) == 0
     stopped = manager.progress(job_id)
     assert stopped.state == "created" and stopped.done < n, stopped
-    assert [p.id for p in worker_queue(manager)] == [job_id, later]  # back at the front
+    assert [p.id for p in manager.worker_queue()] == [job_id, later]  # back at the front
 
     again = subprocess.run(_cli(ws, "worker", "--max-jobs", "2"), cwd=ROOT, env=_env(), capture_output=True,
                            text=True, timeout=240)  # fmt: skip
