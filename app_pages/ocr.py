@@ -13,7 +13,8 @@ from services.core.errors import WorkbenchError
 from services.io.imaging import ImageCheckError
 from services.stages.download.folder_import import start_folder_import
 from services.stages.ocr.accuracy import NAME_MATCHING, read_ground_truth, score_against_truth, truth_report_csv
-from services.stages.ocr.engines import EngineUnavailableError, engine_status, resolve_engine
+from services.stages.ocr.engines import engine_status, resolve_engine
+from services.stages.ocr.preview import preview
 from services.stages.ocr.rules import OcrRules, RulesError, list_rules, load_rules, save_rules
 from services.stages.ocr.stage import (
     OcrResult,
@@ -24,7 +25,6 @@ from services.stages.ocr.stage import (
     ocr_settings_hash,
     oriented_size,
     prepare,
-    read_image,
     start_ocr,
 )
 from services.stages.preprocess.recipes import list_recipes, load_recipe, parse_recipe
@@ -143,16 +143,16 @@ def warn_misfit(sized: list[tuple[str, int, int]], what: str, short: bool = Fals
 def read_preview(
     data: bytes, engine: str, model: str, recipe_json: str | None, rules_json: str
 ) -> tuple[Image.Image | None, OcrResult | None, str | None]:
-    """(image with boxes drawn, result, None) or (None, None, why not); cached so reruns do not read again."""
+    """(image with boxes drawn, result, None) or (None, None, why not); cached so reruns do not read again.
+    The reading happens in the workspace's worker when one runs (its engines stay loaded), else here."""
     recipe = parse_recipe(recipe_json) if recipe_json else None
-    rules = OcrRules.model_validate_json(rules_json)
     try:
         original = decode_bytes(data, settings.download.max_pixels)
         prepared = prepare(original, recipe, settings.download.max_pixels)  # a recipe's output is bounded too
-        found = read_image(engine, settings, original, recipe, rules, settings.download.max_pixels)
+        found, _ = preview(ws, data, engine, recipe_json, rules_json)
     except ImageCheckError as exc:
         return None, None, f"{exc.error_class}: {exc.message}"
-    except (EngineUnavailableError, ValueError) as exc:  # RecipeMisfitError is a ValueError
+    except (WorkbenchError, ValueError) as exc:  # RecipeMisfitError is a ValueError; the worker's refusals
         return None, None, str(exc)
     drawn = Image.fromarray(prepared).convert("RGB")
     draw = ImageDraw.Draw(drawn)

@@ -137,7 +137,11 @@ def worker(
     running = live_worker(ws)
     if running is not None:
         fail(f"a worker already serves this workspace (pid {running.pid} on {running.host})")
-    serving = Worker(ws, parent=parent, model_counts=_model_counts)
+    from services.stages.ocr.preview import PREVIEW_OP, preview_handler
+
+    serving = Worker(
+        ws, parent=parent, model_counts=_model_counts, request_handlers={PREVIEW_OP: preview_handler(ws.settings)}
+    )
     typer.echo(f"worker pid {os.getpid()} serving {ws.root} (Ctrl+C stops it)")
     try:
         ran = serving.serve(max_jobs=max_jobs, on_job=lambda p: typer.echo(f"job {p.id} [{p.state}] {p.title}"))

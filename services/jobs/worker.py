@@ -27,6 +27,7 @@ from typing import Any
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace, pid_alive, write_atomic
 from services.jobs.manager import JobManager, JobProgress
+from services.jobs.worker_requests import RequestHandler, RequestServer
 from services.jobs.worker_status import WORKER_QUEUED, WorkerStatus, read_status, worker_folder
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,10 @@ class Worker:
         poll_seconds: float = 0.3,
         parent: int | None = None,
         model_counts: Callable[[], tuple[int, list[str]]] = clip_model_counts,
+        request_handlers: dict[str, RequestHandler] | None = None,
     ) -> None:
         self.ws = ws
+        self.request_handlers = request_handlers or {}  # what pages may ask of its models (worker_requests.py)
         self.model_counts = model_counts  # model loads so far and models held now, for the status
         self.parent = parent  # the dashboard that started this worker: it leaves, idle, when that process ends
         self.manager = JobManager(ws)
@@ -189,6 +192,10 @@ class Worker:
         started = 0
         cancelled_ours = False
         with self._only_worker():
+            requests = None
+            if self.request_handlers:
+                max_body = self.ws.settings.max_upload_mb * 2**20
+                requests = RequestServer(self.ws, self.request_handlers, max_body).start()
             self._write_status()
             beat = threading.Thread(target=self._beat, daemon=True, name="worker-beat")
             beat.start()
@@ -222,6 +229,8 @@ class Worker:
                     threading.Thread(target=self._run_job, args=(job_id,), name=f"job-{job_id}", daemon=True).start()
                     self._write_status()
             finally:
+                if requests is not None:
+                    requests.stop()
                 self._gone.set()
                 beat.join(timeout=5)
                 self.status.beat_at = 0.0  # read as gone at once

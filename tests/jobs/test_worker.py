@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.clip_models import ClipSpec, clip_load_count, load_clip, resident_clips, set_resident_limit
 from services.jobs.manager import JobManager
@@ -243,3 +244,51 @@ def test_a_worker_told_to_stop_puts_its_job_back_at_the_front_of_the_queue(
     ended = manager.progress(job_id)
     assert ended.state == "completed" and ended.done == n and ended.failed == 0
     assert manager.progress(later).state == "completed"
+
+
+def test_the_ocr_preview_is_read_by_the_worker_on_its_loaded_engine(
+    ws: Workspace, worker_process: Callable[..., object]
+):
+    """The OCR page's preview goes to the worker when one serves the workspace (its engines stay loaded there,
+    not a second copy in the dashboard's process), and reads the same as in the page's own process."""
+    from services.stages.ocr.preview import preview
+    from services.stages.ocr.rules import load_rules
+    from tests.support.text_images import render_png
+
+    data = render_png("Z5O1234S678", mono=True)
+    rules = load_rules(ws.root, "none").model_dump_json()
+    here, where = preview(ws, data, "tesseract", None, rules)
+    assert where == "here" and here.raw  # no worker: read in this process
+    worker_process()
+    there, where = preview(ws, data, "tesseract", None, rules)
+    assert where == "worker" and there == here
+    _wait(lambda: "ocr tesseract" in ((s := read_status(ws)) and s.resident or []), 10, "the engine in the status")
+    with pytest.raises(WorkbenchError) as refused:  # the worker's refusal comes back with its class and message
+        preview(ws, b"not an image", "tesseract", None, rules)
+    assert refused.value.error_class == "not_image" and "not_image" in str(refused.value)
+
+
+def test_the_worker_checks_who_asks_before_reading_a_request(ws: Workspace, worker_process: Callable[..., object]):
+    """Wrong token: 401 before the body is read (the request declares 10 MB and sends none of it); the right
+    token and a body over the bound: 413, also unread; an operation the worker was not given: 404."""
+    import http.client
+    import json as json_
+
+    worker_process()
+    _wait(lambda: (ws.root / "worker" / "requests.json").exists(), 10, "the request endpoint")
+    where = json_.loads((ws.root / "worker" / "requests.json").read_text())
+    assert oct((ws.root / "worker" / "requests.json").stat().st_mode & 0o777) == "0o600"
+
+    def ask(token: str, op: str, length: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", where["port"], timeout=10)
+        conn.putrequest("POST", f"/{op}")
+        conn.putheader("X-Worker-Token", token)
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()  # headers only: an answer now means the body was never waited for
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    assert ask("wrong", "ocr-preview", 10 * 2**20) == 401
+    assert ask(where["token"], "ocr-preview", 10 * 2**30) == 413
+    assert ask(where["token"], "shell", 10) == 404
