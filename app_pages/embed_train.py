@@ -7,11 +7,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from services.core.datasets import DatasetError, list_datasets
+from services.core.datasets import DatasetError, get_dataset, list_datasets
 from services.core.errors import WorkbenchError
 from services.core.server_paths import FOLDER_OR_ZIP
 from services.io.embedding_store import EmbeddingStore, embedding_key
-from services.jobs.manager import page_worker_limit
+from services.jobs.manager import JobProgress, page_worker_limit
 from services.jobs.params import ClipJobParams, int_range
 from services.stages.download.folder_import import start_folder_import
 from services.stages.embed.stage import start_embed
@@ -47,11 +47,17 @@ def start(key: str, create: Callable[[], int]) -> None:
     follow_job(key, job_id)
 
 
-def follow(key: str, kind: str) -> None:
+def follow(key: str, kind: str, accept: Callable[[JobProgress], bool] | None = None) -> None:
     """The panel of the section's job: started here, named in the URL, or the latest of its kind."""
-    if (job_id := followed_job(manager, key, (kind,))) is not None:
+    if (job_id := followed_job(manager, key, (kind,), accept)) is not None:
         with st.container(border=True):
             job_panel(manager, job_id)
+
+
+def not_a_classify_import(job: JobProgress) -> bool:
+    """The Classify page imports what it classifies (datasets of kind `classify`): not this page's imports."""
+    found = get_dataset(ws.catalog, str(job.params.get("dataset", "")))
+    return found is None or found.kind != "classify"
 
 
 # --- import ---------------------------------------------------------------------------------------------
@@ -80,7 +86,7 @@ name = st.text_input(
 if st.button("Import", key="et-import", icon=":material/drive_folder_upload:", disabled=source is None):
     chosen_name = name or (default_name if how == "Upload a zip" else None)
     start("et-import-job", lambda: start_folder_import(ws, manager, source, chosen_name))  # type: ignore[arg-type]
-follow("et-import-job", "import_folder")
+follow("et-import-job", "import_folder", not_a_classify_import)
 
 names = [d.name for d in list_datasets(ws.catalog)]
 if not names:

@@ -9,11 +9,12 @@ its kinds, so a reload never loses the job panel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, Literal
 
 import streamlit as st
 
-from services.jobs.manager import JobError, JobManager
+from services.jobs.manager import JobError, JobManager, JobProgress
 
 BIND: Final[Literal["query-params"]] = "query-params"
 RECENT_JOBS = 200  # how far back a page looks for its latest job
@@ -37,14 +38,20 @@ def _existing_job(manager: JobManager, text: str) -> int | None:
     return int(text)
 
 
-def followed_job(manager: JobManager, key: str, kinds: tuple[str, ...]) -> int | None:
+def followed_job(
+    manager: JobManager, key: str, kinds: tuple[str, ...], accept: Callable[[JobProgress], bool] | None = None
+) -> int | None:
     """The job the page's panel shows: the one started in this session, else the one the URL names (after a
-    reload), else the page's latest job of these kinds; None when the page has never run one."""
+    reload), else the page's latest job of these kinds (that `accept` takes); None when the page never ran one."""
     if (current := st.session_state.get(key)) is not None:
         return int(current)
     named = _existing_job(manager, st.query_params.get(key, ""))
     shown = (
-        named if named is not None else next((j.id for j in manager.list(limit=RECENT_JOBS) if j.kind in kinds), None)
+        named
+        if named is not None
+        else next(
+            (j.id for j in manager.list(limit=RECENT_JOBS) if j.kind in kinds and (accept is None or accept(j))), None
+        )
     )
     if shown is not None:
         follow_job(key, shown)

@@ -113,3 +113,22 @@ def test_the_picker_offers_local_models_and_refuses_misfits_and_offline_pulls_at
     ws = Workspace(root)
     assert ws.catalog.scalar("SELECT COUNT(*) FROM jobs") == jobs  # nothing was queued on the way
     ws.close()
+
+
+def test_the_import_panel_does_not_show_the_classify_pages_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Classify imports what it classifies as a job of its own (kind `classify`); opening Embed & Train shows the
+    latest tagged import, not that one."""
+    root = tmp_path / "page-ws"
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(root))
+    ws = Workspace(root, load_settings())
+    manager = JobManager(ws)
+    tagged = manager.run(start_folder_import(ws, manager, tagged_tree(tmp_path / "colours", per_tag=2), "colours"))
+    later = start_folder_import(ws, manager, tagged_tree(tmp_path / "new", per_tag=1), "classify-new", kind="classify")
+    manager.run(later)
+    ws.close()
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("app_pages/embed_train.py").run()
+    assert not at.exception, at.exception
+    assert at.session_state["et-import-job"] == tagged.id
+    assert any("Import folder: colours" in m.value for m in at.markdown)
+    assert not any("classify-new" in m.value for m in at.markdown)
