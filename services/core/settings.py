@@ -143,6 +143,7 @@ class WorkerSettings(BaseModel):
 
     jobs_at_once: int = 4  # like page_jobs.max_running: a long download never holds a small job back
     model_jobs_at_once: int = 1  # of those, jobs that load a model (embed, classify, CLIP categories, OCR)
+    model_memory_mb: int = Field(0, ge=0)  # weights the worker keeps loaded, CLIP and TrOCR together (0: no bound)
 
 
 class OcrSettings(BaseModel):

@@ -21,10 +21,8 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,47 +33,28 @@ import numpy as np
 from services.core.errors import WorkbenchError
 from services.core.names import MAX_NAME_CHARS, InvalidNameError, is_name, name_problem, resolve_in
 from services.core.settings import Settings
+from services.io.resident_models import RESIDENT, weight_bytes
 
 log = logging.getLogger(__name__)
 
 HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_CACHE: OrderedDict[tuple[Any, ...], LoadedClip] = OrderedDict()  # least recently used first
-_CACHE_LOCK = threading.Lock()
-_RESIDENT: dict[str, int] = {"limit": 2, "loads": 0}
+CLIP_FAMILY = "clip"
 
 
 def set_resident_limit(models: int) -> None:
     """How many CLIP models (per model and device) this process keeps loaded; the least recently used goes
-    first. The workspace's worker sets it from `clip.resident_models`."""
-    with _CACHE_LOCK:
-        _RESIDENT["limit"] = max(1, models)
-        _evict_beyond_limit()
+    first. The workspace's worker sets it from `clip.resident_models` (services.io.resident_models)."""
+    RESIDENT.set_limits({CLIP_FAMILY: models}, None)
 
 
 def clip_load_count() -> int:
     """CLIP models loaded from disk in this process so far (a cache hit is not a load)."""
-    return _RESIDENT["loads"]
+    return RESIDENT.load_count(CLIP_FAMILY)
 
 
 def resident_clips() -> list[str]:
     """The CLIP models this process holds now, least recently used first."""
-    with _CACHE_LOCK:
-        return [f"clip {loaded.spec.label} on {loaded.device}" for loaded in _CACHE.values()]
-
-
-def _evict_beyond_limit() -> None:
-    evicted = False
-    while len(_CACHE) > _RESIDENT["limit"]:
-        _, loaded = _CACHE.popitem(last=False)
-        log.info("unloaded %s from %s (least recently used)", loaded.spec.label, loaded.device)
-        evicted = True
-    if evicted:
-        import gc
-
-        gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()  # give the freed GPU memory back, not only to this process's allocator
+    return RESIDENT.held(CLIP_FAMILY)
 
 
 class ModelUnavailableError(WorkbenchError, RuntimeError):
@@ -560,13 +539,10 @@ def autocast_for(device: str) -> Any:
 
 
 def load_clip(spec: ClipSpec) -> LoadedClip:
-    """Load once per process (and per device); later calls return the same model."""
+    """Load once per process (and per device); later calls return the same model while it stays resident."""
     device = pick_device(spec.device)
-    key = (spec.identity(), device)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
+
+    def load() -> LoadedClip:
         weights, cfg = resolve_weights(spec)
         import open_clip
 
@@ -582,12 +558,12 @@ def load_clip(spec: ClipSpec) -> LoadedClip:
             image_resize_mode=cfg.get("resize_mode"),
         )
         model.eval()
-        loaded = LoadedClip(spec, model, preprocess, open_clip.get_tokenizer(spec.model), device)
-        _CACHE[key] = loaded
-        _RESIDENT["loads"] += 1
-        _evict_beyond_limit()
-        log.info("loaded %s on %s (%s)", spec.label, device, loaded.activation)
-        return loaded
+        return LoadedClip(spec, model, preprocess, open_clip.get_tokenizer(spec.model), device)
+
+    return RESIDENT.get(
+        CLIP_FAMILY, (spec.identity(), device), load, lambda _: f"clip {spec.label} on {device}",
+        lambda loaded: weight_bytes(loaded.model),
+    )  # fmt: skip
 
 
 def pull_weights(spec: ClipSpec, timeout: float) -> str:

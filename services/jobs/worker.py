@@ -182,10 +182,11 @@ class Worker:
     def serve(self, max_jobs: int | None = None, on_job: Callable[[JobProgress], None] | None = None) -> int:
         """Run handed jobs until stopped (or once `max_jobs` have been started and have ended); returns how many
         ran."""
-        from services.io.clip_models import set_resident_limit
+        from services.io.clip_models import CLIP_FAMILY
+        from services.io.resident_models import MB, RESIDENT
 
         settings = self.ws.settings.worker
-        set_resident_limit(self.ws.settings.clip.resident_models)
+        RESIDENT.set_limits({CLIP_FAMILY: self.ws.settings.clip.resident_models}, settings.model_memory_mb * MB)
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = (signal.signal(signal.SIGTERM, self._on_signal), signal.signal(signal.SIGINT, self._on_signal))

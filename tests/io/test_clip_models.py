@@ -19,7 +19,6 @@ import pytest
 from services.core.settings import load_settings
 from services.core.workspace import Workspace
 from services.demo.tiny_clip import TINY_CLIP_CONFIG, save_demo_clip
-from services.io import clip_models
 from services.io.clip_models import (
     CheckpointMismatchError,
     ClipSpec,
@@ -31,6 +30,7 @@ from services.io.clip_models import (
     resolve_weights,
 )
 from services.io.embedding_store import EmbeddingStore, embedding_key
+from services.io.resident_models import RESIDENT
 from services.jobs.manager import JobManager
 from services.stages.describe.categorize_clip import start_zero_shot
 from services.stages.embed.stage import start_embed
@@ -83,7 +83,7 @@ def _encode(spec: ClipSpec, image: object) -> tuple[str, str, np.ndarray]:
             features = loaded.model.encode_image(image).numpy()
         return visual, text, features
     finally:
-        clip_models._CACHE.clear()
+        RESIDENT.clear("clip")
         del loaded
         gc.collect()
 
@@ -119,7 +119,7 @@ def test_quick_gelu_in_a_checkpoints_config_is_honoured(tmp_path: Path):
         other = ClipSpec("tiny-gelu-test", None, str(plain), "cpu")
         assert type(load_clip(other).model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
     finally:
-        clip_models._CACHE.clear()
+        RESIDENT.clear("clip")
 
 
 def test_a_checkpoint_that_does_not_fit_is_refused_before_any_job(ws: Workspace, tmp_path: Path):

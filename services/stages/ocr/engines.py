@@ -22,24 +22,22 @@ import numpy as np
 
 from services.core.errors import WorkbenchError
 from services.core.settings import Settings
+from services.io.resident_models import RESIDENT, weight_bytes
 
 log = logging.getLogger(__name__)
 ENGINES = ("rapidocr", "tesseract", "trocr")
 RAPIDOCR_LOGGER = "RapidOCR"  # rapidocr's own logger (propagate off, its own INFO handler)
-_CACHE: dict[tuple[str, str], Any] = {}
-_LOCK = threading.Lock()
-_LOADS = [0]  # engines built in this process (a cache hit is not a build)
+OCR_FAMILY = "ocr"  # in services.io.resident_models' registry, beside CLIP
 
 
 def engine_load_count() -> int:
     """OCR engines built in this process so far."""
-    return _LOADS[0]
+    return RESIDENT.load_count(OCR_FAMILY)
 
 
 def resident_engines() -> list[str]:
-    """The OCR engines this process holds now."""
-    with _LOCK:
-        return [f"ocr {name}" + (f" {model}" if model else "") for name, model in _CACHE]
+    """The OCR engines this process holds now (TrOCR with the size of its weights)."""
+    return RESIDENT.held(OCR_FAMILY)
 
 
 class EngineUnavailableError(WorkbenchError, RuntimeError):
@@ -198,22 +196,29 @@ def load_trocr(model_id: str) -> tuple[Any, Any]:
 
 
 def build_engine(name: str, settings: Settings) -> Engine:
-    """The engine, built once per process (and per TrOCR model)."""
+    """The engine, built once per process (and per TrOCR model) while it stays resident."""
     ocr = settings.ocr
-    key = (name, ocr.trocr_model if name == "trocr" else "")
-    with _LOCK:
-        if key not in _CACHE:
-            if name == "rapidocr":
-                _CACHE[key] = RapidOcrEngine()
-            elif name == "tesseract":
-                _CACHE[key] = TesseractEngine()
-            elif name == "trocr":
-                _CACHE[key] = TrOcrEngine(ocr.trocr_model, ocr.max_new_tokens, ocr.batch_size, ocr.device)
-            else:
-                raise EngineUnavailableError(f"unknown OCR engine {name!r}; engines: {', '.join(ENGINES)}")
-            _LOADS[0] += 1
-        result: Engine = _CACHE[key]
-        return result
+    model = ocr.trocr_model if name == "trocr" else ""
+
+    def build() -> Engine:
+        if name == "rapidocr":
+            return RapidOcrEngine()
+        if name == "tesseract":
+            return TesseractEngine()
+        if name == "trocr":
+            return TrOcrEngine(ocr.trocr_model, ocr.max_new_tokens, ocr.batch_size, ocr.device)
+        raise EngineUnavailableError(f"unknown OCR engine {name!r}; engines: {', '.join(ENGINES)}")
+
+    def size(engine: Engine) -> int:
+        return weight_bytes(engine.model) if isinstance(engine, TrOcrEngine) else 0
+
+    label = f"ocr {name}" + (f" {model}" if model else "")
+    return RESIDENT.get(OCR_FAMILY, (name, model), build, lambda engine: label + _on_device(engine), size)
+
+
+def _on_device(engine: Engine) -> str:
+    device = getattr(engine, "device", None)
+    return f" on {device}" if device else ""
 
 
 def engine_status(settings: Settings) -> dict[str, str | None]:
