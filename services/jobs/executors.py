@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 from services.core.errors import WorkbenchError
 from services.core.network_policy import ParsedUrl, UrlRefused, parse_url
+from services.jobs.job_context import ContextThreadPoolExecutor
 
 LOCAL = ("", "local")
 FORM = "use local or dask://HOST:PORT (a Dask scheduler)"
@@ -23,7 +24,7 @@ FORM = "use local or dask://HOST:PORT (a Dask scheduler)"
 def make_executor(workers: int) -> Executor:
     """`workers` processes; 0 means run chunks in this process (one chunk at a time, threads inside)."""
     if workers <= 0:
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk")
+        return ContextThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk")
     # forkserver: the job process has threads (heartbeat, sqlite), and forking those is unsafe.
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
 

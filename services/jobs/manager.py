@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol
 from services import APP_ROOT
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace, is_disk_full, pid_alive, remove_stale_temp_files
+from services.jobs.job_context import RUNNING_JOB, JobLogFilter, in_job_context
 from services.jobs.params import EXECUTOR_KEY, JobParams, check_params, stored_row
 from services.jobs.worker_status import WORKER_QUEUED, live_worker
 
@@ -513,9 +514,10 @@ class JobManager:
         self._claim(job_id)
         claimed_at = time.time()
         job_dir = self.ws.job_dir(job_id)
+        running_job = RUNNING_JOB.set(job_id)  # this run's log lines, in this thread and those it starts
         ctx = RunContext(self, job_id, on_progress)
         stop_heartbeat = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(job_id, ctx, stop_heartbeat), daemon=True)
+        beat = threading.Thread(target=in_job_context(self._heartbeat), args=(job_id, ctx, stop_heartbeat), daemon=True)
         beat.start()
         previous_sigterm = _install_sigterm(ctx)
         handler: logging.Handler | None = None
@@ -587,6 +589,10 @@ class JobManager:
             if handler is not None:
                 logging.getLogger("services").removeHandler(handler)
                 handler.close()
+                for job_filter in handler.filters:
+                    if isinstance(job_filter, JobLogFilter):
+                        job_filter.close()
+            RUNNING_JOB.reset(running_job)
         progress = self.progress(job_id)
         if unrecorded is not None:  # the row still says running (this process is alive); say what happened
             progress = dataclasses.replace(progress, state="interrupted", error=unrecorded)
@@ -611,6 +617,7 @@ class JobManager:
         log_path = self.ws.root / "logs" / f"{kind.split('_')[0]}_{stamp}_job{job_id}.log"
         handler = logging.FileHandler(log_path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(JobLogFilter(job_id))  # jobs run side by side in the worker: each log its own lines
         logging.getLogger("services").addHandler(handler)
         logging.getLogger("services").setLevel(logging.INFO)
         self.catalog.conn.execute("UPDATE jobs SET log_path = ? WHERE id = ?", (str(log_path), job_id))

@@ -17,7 +17,6 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ from services.core.settings import Settings
 from services.core.workspace import Workspace
 from services.io.gemini_client import GeminiAnswer, GeminiCaller, GeminiError, build_sdk_models, parse_json_object
 from services.jobs.image_stage import ImageStageTask, require_images
+from services.jobs.job_context import ContextThreadPoolExecutor
 from services.jobs.manager import ItemResult, JobManager, PendingItem, RunContext, dispatch_chunks
 from services.jobs.params import JobParams, job_params
 from services.jobs.stage import ResultLog
@@ -167,7 +167,7 @@ class DescribeTask(ImageStageTask):
         concurrency = max(1, DescribeParams.model_validate(params).concurrency or ws.settings.gemini.concurrency)
         build_sdk_models()  # before the threads: the SDK builds its models lazily and not thread-safely
         try:
-            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gemini") as pool:
+            with ContextThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gemini") as pool:
                 dispatch_chunks(
                     items,
                     lambda chunk: pool.submit(worker.run_chunk, chunk),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from services.io.imaging import (
     placeholder_jpeg,
     sha256_hex,
 )
+from services.jobs.job_context import ContextThreadPoolExecutor
 from services.jobs.manager import DISK_FULL, ImageRecord, ItemResult
 
 
@@ -110,7 +111,7 @@ class _Worker:
             self.source = PathSource(self.cfg)
         else:
             self.source = HttpSource(self.cfg)
-        self.pool = ThreadPoolExecutor(max_workers=self.cfg.threads_per_worker, thread_name_prefix="fetch")
+        self.pool = ContextThreadPoolExecutor(max_workers=self.cfg.threads_per_worker, thread_name_prefix="fetch")
         self.root = Path(opts.workspace)
         self._placeholder: ImageRecord | None = None
         self._lock = threading.Lock()
