@@ -33,6 +33,7 @@ from services.stages.describe.results import (
     results_view,
 )
 from services.stages.describe.stage import estimate_cost, start_describe, try_one
+from services.stages.describe.zero_shot_try import try_zero_shot
 from ui.clip_picker import clip_model_picker
 from ui.components import job_panel, launch
 from ui.errors import show_error
@@ -151,11 +152,25 @@ with st.expander("Try one image"):
     left, right = st.columns([1, 2])
     left.image(str(ws.abspath(rel)), caption=image_hash[:12])
     try_mode = "both" if category_list is not None else "describe"
-    if right.button("Ask Gemini about this image", key="dc-try", disabled=key_state == "missing"):
+    ask_gemini, ask_clip = right.columns(2)
+    if ask_gemini.button("Ask Gemini about this image", key="dc-try", disabled=key_state == "missing"):
         try:
             right.json(try_one(ws, image_hash, rel, try_mode, category_list))
         except GeminiError as exc:
             right.error(f"{exc.error_class}: {md(exc.message)}")
+    clip_help = "Choose a category list and a usable CLIP model above first." if not clip_key else None
+    if ask_clip.button("Score with CLIP zero-shot", key="dc-try-clip", disabled=not clip_key, help=clip_help):
+        try:
+            tried, where = try_zero_shot(ws, ws.abspath(rel).read_bytes(), spec, category_list)  # type: ignore[arg-type]
+        except (WorkbenchError, OSError, ValueError) as exc:
+            right.error(f"Could not score image {image_hash[:12]} with CLIP: {md(exc)}", icon=":material/error:")
+        else:
+            ranked = pd.DataFrame(tried.scores.items(), columns=["category", "probability"])
+            ranked = ranked.sort_values("probability", ascending=False)
+            right.markdown(f"**CLIP zero-shot:** {md(', '.join(tried.categories))}")
+            right.plotly_chart(px.bar(ranked.head(20), x="category", y="probability"), key="dc-try-scores")
+            place = "the workspace's worker, on its loaded model" if where == "worker" else "this dashboard's process"
+            right.caption(f"{md(tried.model)} · scored in {tried.seconds:.2f} s by {place}")
 
 # --- run -----------------------------------------------------------------------------------------------
 

@@ -111,8 +111,10 @@ class RequestServer:
         body = h.rfile.read(length)
         try:
             return self._send(h, 200, {"result": handler(body, args)})
-        except WorkbenchError as exc:
-            return self._send(h, 422, {"error": exc.user_message(), "error_class": exc.error_class})
+        except WorkbenchError as exc:  # the caller raises it again as it was (class, text, whether the class shows)
+            text = " ".join(str(exc).split())
+            refused = {"error": text, "error_class": exc.error_class, "shows_class": exc.shows_class}
+            return self._send(h, 422, refused)
         except ValueError as exc:  # a library's refusal of what was sent (a recipe that does not fit, ...)
             return self._send(h, 422, {"error": str(exc), "error_class": "bad_request"})
         except Exception:
@@ -150,5 +152,7 @@ def ask_worker(ws: Workspace, op: str, body: bytes, args: dict[str, Any], timeou
         return answer.get("result")
     if response.status in (401, 404):
         return None  # an older worker, or a stale file: do it here
-    raise WorkerRequestError(str(answer.get("error") or f"the worker answered {response.status}"),
-                             error_class=str(answer.get("error_class") or "error"))  # fmt: skip
+    refused = WorkerRequestError(str(answer.get("error") or f"the worker answered {response.status}"),
+                                 error_class=str(answer.get("error_class") or "error"))  # fmt: skip
+    refused.shows_class = answer.get("shows_class") is True
+    raise refused

@@ -59,6 +59,7 @@ def test_page_without_key_warns_and_blocks_gemini_but_lists_work(page_ws: Path, 
     assert at.selectbox(key="dc-list").value == "colours v1"
     at.radio(key="dc-mode").set_value("Categorize offline (CLIP zero-shot)").run()
     assert any("models pull ViT-B-32/openai" in e.value for e in at.error)  # no weights here: said at once
+    assert at.button(key="dc-try-clip").disabled  # nor can one image be scored with it
 
 
 def test_page_estimate_try_one_run_results_and_export(page_ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -114,6 +115,10 @@ def test_clip_zero_shot_with_the_workspaces_own_model_is_counted(page_ws: Path, 
     at.radio(key="dc-mode").set_value("Categorize offline (CLIP zero-shot)").run()
     assert at.selectbox(key="dc-clip-pick").value.startswith("demo-clip (open_clip_model.safetensors)")
     assert not at.error and not at.button(key="dc-run").disabled
+    at.button(key="dc-try-clip").click().run()  # one image first (no worker here: scored in this process)
+    assert not at.exception and not at.error
+    tried = next(m.value for m in at.markdown if m.value.startswith("**CLIP zero-shot:**"))
+    assert any("by this dashboard's process" in c.value for c in at.caption)
     at.button(key="dc-run").click().run()
     assert not at.exception, at.exception
     assert JobManager(ws).wait(at.session_state["dc-job"], timeout=120).state == "completed"
@@ -121,4 +126,6 @@ def test_clip_zero_shot_with_the_workspaces_own_model_is_counted(page_ws: Path, 
     counts = {m.label: m.value for m in at.metric}
     assert counts["Categorised (CLIP)"] == "3" and counts["Categorised (Gemini)"] == "0"  # was "Categorised": 0
     assert list(results_table(at)["clip"].str.len() > 0) == [True, True, True]
+    first = results_table(at)["clip"].iloc[0]  # the job's categories for image 1, as the try gave them
+    assert tried == f"**CLIP zero-shot:** {first}", (tried, first)
     ws.close()

@@ -5,6 +5,7 @@ Real subprocesses (`workbench worker`), real jobs, the tiny CLIP saved and loade
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def test_handed_jobs_run_in_order_in_one_process_that_loads_the_model_once(
     status = read_status(ws)
     assert status is not None and status.pid == worker.pid
     assert status.model_loads == 1  # three jobs, one load
-    assert status.resident == [f"clip {tiny_clip.label} on cpu"]
+    assert len(status.resident) == 1 and re.fullmatch(rf"clip {re.escape(tiny_clip.label)} on cpu \(\d+\.\d MB\)",
+                                                       status.resident[0]), status.resident  # fmt: skip
     assert not manager.worker_queue()
 
     said = subprocess.run(_cli(ws, "worker", "--status"), cwd=ROOT, env=_env(), capture_output=True, text=True,
@@ -265,7 +267,7 @@ def test_the_ocr_preview_is_read_by_the_worker_on_its_loaded_engine(
     _wait(lambda: "ocr tesseract" in ((s := read_status(ws)) and s.resident or []), 10, "the engine in the status")
     with pytest.raises(WorkbenchError) as refused:  # the worker's refusal comes back with its class and message
         preview(ws, b"not an image", "tesseract", None, rules)
-    assert refused.value.error_class == "not_image" and "not_image" in str(refused.value)
+    assert refused.value.error_class == "not_image" and refused.value.user_message().startswith("not_image: ")
 
 
 def test_the_worker_checks_who_asks_before_reading_a_request(ws: Workspace, worker_process: Callable[..., object]):
@@ -292,3 +294,59 @@ def test_the_worker_checks_who_asks_before_reading_a_request(ws: Workspace, work
     assert ask("wrong", "ocr-preview", 10 * 2**20) == 401
     assert ask(where["token"], "ocr-preview", 10 * 2**30) == 413
     assert ask(where["token"], "shell", 10) == 404
+
+
+def test_clip_zero_shot_on_one_image_is_scored_by_the_worker_on_its_loaded_model(
+    ws: Workspace, tiny_clip: ClipSpec, worker_process: Callable[..., object]
+):
+    """The Describe page's "try one image" with CLIP goes to the worker (one load there for every try), and
+    scores as the page's own process does; a bad image comes back as the worker's refusal."""
+    from services.stages.describe.categories import save_list
+    from services.stages.describe.zero_shot_try import try_zero_shot
+
+    categories = save_list(ws, "kinds", ["cat", "truck", "tree"], "typed")
+    data = make_jpeg(64, 48, seed=3)
+    here, where = try_zero_shot(ws, data, tiny_clip, categories)
+    assert where == "here" and set(here.scores) == {"cat", "truck", "tree"}
+    assert abs(sum(here.scores.values()) - 1) < 1e-3 and here.categories[0] == max(here.scores, key=here.scores.get)
+    worker_process()
+    there, where = try_zero_shot(ws, data, tiny_clip, categories)
+    assert where == "worker" and there.categories == here.categories
+    assert all(abs(there.scores[c] - here.scores[c]) < 1e-4 for c in here.scores)
+    again, _ = try_zero_shot(ws, make_jpeg(64, 48, seed=4), tiny_clip, categories)
+    assert set(again.scores) == set(here.scores)
+    _wait(lambda: (s := read_status(ws)) is not None and any("clip" in r for r in s.resident), 10, "CLIP resident")
+    status = read_status(ws)
+    assert status is not None and status.model_loads == 1  # two tries, one load
+    with pytest.raises(WorkbenchError) as refused:
+        try_zero_shot(ws, b"not an image", tiny_clip, categories)
+    assert refused.value.error_class == "not_image"
+
+
+def test_api_ocr_is_read_by_the_worker_when_one_serves(
+    ws: Workspace, worker_process: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+):
+    """POST /ocr in the API's process goes to the workspace's worker (one copy of the engine per workspace),
+    answers as before, and still logs each result to the CSV in order."""
+    from fastapi.testclient import TestClient
+
+    from services.api.app import create_app
+    from services.core.settings import load_settings
+    from tests.support.text_images import render_png
+
+    monkeypatch.setenv("WORKBENCH_OCR__ENGINE", "tesseract")
+    local = Workspace(ws.root, load_settings())
+    client = TestClient(create_app(local, "tok"))
+    auth = {"Authorization": "Bearer tok"}
+    image = {"file": ("x.png", render_png("Z5O1234S678", mono=True), "image/png")}
+    alone = client.post("/ocr?rules=seed-003", headers=auth, files=image)
+    assert alone.status_code == 200 and alone.json()["code"] == "25012345678"
+    worker_process()
+    served = client.post("/ocr?rules=seed-003", headers=auth, files=image)
+    assert served.status_code == 200
+    assert {**served.json(), "serial": 0} == {**alone.json(), "serial": 0}
+    assert served.json()["serial"] == alone.json()["serial"] + 1
+    _wait(lambda: "ocr tesseract" in ((s := read_status(ws)) and s.resident or []), 10, "the engine in the worker")
+    bad = client.post("/ocr", headers=auth, files={"file": ("n.png", b"text", "image/png")})
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("not_image: ")
+    local.close()

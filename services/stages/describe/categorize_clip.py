@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from services.core.workspace import Workspace
-from services.io.clip_models import ClipSpec, load_clip, resolve_weights
+from services.io.clip_models import ClipSpec, LoadedClip, load_clip, resolve_weights
 from services.jobs.image_stage import ImageStageTask, require_images
 from services.jobs.manager import ItemResult, JobManager
 from services.jobs.params import JobParams
@@ -108,10 +108,7 @@ def zero_shot_batch(
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     loaded = load_clip(opts.spec)
-    key = (opts.spec.identity(), opts.categories)
-    if key not in _TEXT_FEATURES:
-        _TEXT_FEATURES[key] = loaded.embed_texts([PROMPT_TEMPLATE.format(c) for c in opts.categories])
-    text = _TEXT_FEATURES[key]
+    text = category_text_features(loaded, opts.categories)
     images, keys = [], []
     for image_hash, rel in items:
         path = Path(opts.workspace) / (rel or "")
@@ -140,6 +137,14 @@ def zero_shot_batch(
             result={"categories": result["categories"]},
             stages=[(CLIP_STAGE, opts.settings_hash, "ok", result, None)],
         )
+
+
+def category_text_features(loaded: LoadedClip, categories: tuple[str, ...]) -> np.ndarray:
+    """The prompts' text embeddings, computed once per model and list in this process."""
+    key = (loaded.spec.identity(), categories)
+    if key not in _TEXT_FEATURES:
+        _TEXT_FEATURES[key] = loaded.embed_texts([PROMPT_TEMPLATE.format(c) for c in categories])
+    return _TEXT_FEATURES[key]
 
 
 def category_probabilities(images: np.ndarray, texts: np.ndarray, logit_scale: float) -> np.ndarray:

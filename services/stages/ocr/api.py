@@ -15,7 +15,8 @@ from services.api.deps import authorised, worker_slots, workspace
 from services.core.names import SafeName, check_name
 from services.core.workspace import Workspace
 from services.stages.ocr.engines import EngineUnavailableError
-from services.stages.ocr.stage import OcrSetup, ocr_bytes
+from services.stages.ocr.preview import read_one
+from services.stages.ocr.stage import OcrSetup
 
 router = APIRouter(dependencies=[Depends(authorised)])
 
@@ -50,7 +51,7 @@ def _ocr_one(ws: Workspace, data: bytes, chosen: dict[str, str | None]) -> dict[
         setup = OcrSetup.resolve(ws, chosen["engine"], chosen["recipe"], chosen["rules"])
     except EngineUnavailableError as exc:  # a named engine that cannot run here: the request's fault
         raise HTTPException(422, str(exc)) from None
-    return ocr_bytes(ws, data, setup, max_pixels=ws.settings.api.max_image_pixels)
+    return read_one(ws, data, setup, max_pixels=ws.settings.api.max_image_pixels)  # in the worker when one serves
 
 
 async def _ocr_input(request: Request) -> tuple[bytes, dict[str, str]]:

@@ -23,7 +23,9 @@ from typing import Any
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.imaging import ImageCheckError
-from services.stages.ocr.stage import OcrSetup, RecipeMisfitError, ocr_bytes
+from services.jobs.worker_requests import WorkerRequestError
+from services.stages.ocr.preview import read_one
+from services.stages.ocr.stage import OcrSetup, RecipeMisfitError
 
 log = logging.getLogger(__name__)
 HEADER = struct.Struct(">I")
@@ -84,10 +86,10 @@ class _Handler(socketserver.BaseRequestHandler):
             except (_Closed, ConnectionError, OSError):
                 return
             try:
-                result = ocr_bytes(self.server.ws, data, self.server.setup)
+                result = read_one(self.server.ws, data, self.server.setup)  # in the worker when one serves
             except ImageCheckError as exc:
                 result = {"error": f"{exc.error_class}: {exc.message}"}
-            except RecipeMisfitError as exc:  # this image, not the server: the next message may fit
+            except (RecipeMisfitError, WorkerRequestError) as exc:  # this image, not the server: the next may do
                 result = {"error": f"{exc.error_class}: {exc}"}
             except Exception as exc:  # one bad image must not take the server down
                 log.exception("OCR failed for a socket message")
