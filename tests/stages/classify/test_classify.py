@@ -318,3 +318,56 @@ def test_api_command_refuses_to_serve_without_a_token_and_serves_with_one(tws: W
     finally:
         server.terminate()
         server.wait(15)
+
+
+def test_api_classify_is_scored_by_the_worker_on_its_loaded_model(tws: Workspace, tmp_path: Path):
+    """With the workspace's worker running, POST /classify is scored there (one CLIP load in the worker for every
+    request, none in the API's process), with the same scores and the same refusals as without it."""
+    import time
+
+    from services.io.resident_models import RESIDENT
+    from services.jobs.worker_status import live_worker, read_status
+
+    client = TestClient(create_app(tws, TOKEN))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a/red.png", png("red", 411))
+        zf.writestr("a/blue.png", png("blue", 412))
+        zf.writestr("a/../evil.png", png("red", 413))
+    upload = {"file": ("set.zip", archive.getvalue(), "application/zip")}
+    alone = client.post("/classify?bins=4", headers=AUTH, files=upload)
+    assert alone.status_code == 200, alone.text
+    RESIDENT.clear("clip")  # the API's process holds no CLIP now; with a worker serving, it loads none
+    loads_here = RESIDENT.load_count("clip")
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 (closed with the process)
+    worker = subprocess.Popen([sys.executable, "-m", "services", "--workspace", str(tws.root), "worker"], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=log)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while (s := live_worker(tws)) is None or s.pid != worker.pid:
+            assert time.monotonic() < deadline and worker.poll() is None, (tmp_path / "worker.log").read_text()
+            time.sleep(0.2)
+        served = client.post("/classify?bins=4", headers=AUTH, files=upload)
+        assert served.status_code == 200, served.text
+        assert [r["name"] for r in served.json()["results"]] == [r["name"] for r in alone.json()["results"]]
+        assert served.json()["skipped"] == alone.json()["skipped"]
+        for there, here in zip(served.json()["results"], alone.json()["results"], strict=True):
+            assert [s["bin"] for s in there["scores"]] == [s["bin"] for s in here["scores"]]
+            pairs = zip(there["scores"], here["scores"], strict=True)
+            assert max(abs(a["score"] - b["score"]) for a, b in pairs) < 1e-5
+        one = client.post("/classify", headers=AUTH, files={"file": ("g.png", png("green", 414), "image/png")})
+        assert one.status_code == 200 and len(one.json()["results"]) == 1
+        text = client.post("/classify", headers=AUTH, files={"file": ("notes.txt", b"hello", "text/plain")})
+        assert text.status_code == 422 and "notes.txt" in text.json()["detail"]  # the worker's refusal, as before
+        nothing = client.post("/classify?dataset=nobody", headers=AUTH, files=upload)
+        assert nothing.status_code == 404 and "nobody" in nothing.json()["detail"]
+        assert RESIDENT.load_count("clip") == loads_here  # the API's process loaded nothing more
+        assert not [label for label in RESIDENT.held() if label.startswith("clip")]
+        deadline = time.monotonic() + 10
+        while (status := read_status(tws)) is None or status.model_loads != 1:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        log.close()
