@@ -1,6 +1,6 @@
 """Issue 18: does a small job answer in about a second once the workspace's worker holds the model?
 
-    python benchmarks/resident_models.py [--rounds 3] [--jobs 20] [--rss-jobs 100] [--no-vit]
+    python benchmarks/resident_models.py [--rounds 3] [--jobs 20] [--rss-jobs 100] [--no-vit] [--device cuda]
 
 On the demo workspace (its tiny CLIP and tag models) and on a randomly initialised ViT-B-32 checkpoint (tag
 models trained on its embeddings), the same action as the Classify page's button: a zip of 10 new images is
@@ -12,6 +12,10 @@ did (`start_background(via_worker=False)`). After: it is handed to a running wor
 Then a fresh worker runs `--jobs` consecutive small classify jobs (goal: 1 model load), and goes on to
 `--rss-jobs` jobs while its resident memory is sampled (goal: flat). Goals: under 1.5 s on CPU for the demo
 model after warm-up; at least 5x faster than before for ViT-B-32.
+
+Also timed: the Describe page's "Score with CLIP zero-shot" on one image through the warm worker. With
+`--device cuda` the models run on the GPU and the worker's GPU memory (nvidia-smi, per process) is read after
+the first job and after the last: the weights held once, flat over the jobs.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from services.io.embedding_store import embedding_key  # noqa: E402
 from services.jobs.manager import JobManager  # noqa: E402
 from services.jobs.worker_status import live_worker, read_status  # noqa: E402
 from services.stages.classify.stage import start_classify_path  # noqa: E402
+from services.stages.describe.categories import save_list  # noqa: E402
+from services.stages.describe.zero_shot_try import try_zero_shot  # noqa: E402
 from services.stages.embed.stage import start_embed  # noqa: E402
 from services.stages.train.models import TagModel, list_models  # noqa: E402
 from services.stages.train.stage import start_training  # noqa: E402
@@ -113,15 +119,42 @@ def vit_models(ws: Workspace, manager: JobManager, folder: Path) -> list[TagMode
     return [m for m in list_models(ws, "demo-tagged") if m.manifest["embedding_key"] == key]
 
 
+def zero_shot_tries(ws: Workspace, models: list[TagModel], n: int) -> tuple[list[float], str]:
+    """Seconds for `n` one-image zero-shot tries (the page's call), and where they ran."""
+    spec = ClipSpec(**models[0].manifest["embedding_spec"])
+    categories = save_list(ws, "bench-kinds", ["cat", "dog", "truck", "tree", "house", "text"], "benchmark")
+    data = (ws.root / "bench-try.png").read_bytes()
+    times, where = [], ""
+    for _ in range(n):
+        started = time.perf_counter()
+        _, where = try_zero_shot(ws, data, spec, categories)
+        times.append(time.perf_counter() - started)
+    return times, where
+
+
+def gpu_mib(pid: int) -> float | None:
+    """The GPU memory a process holds (nvidia-smi), or None without a GPU."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    used = [float(line.split(",")[1]) for line in out.splitlines() if line.split(",")[0].strip() == str(pid)]
+    return sum(used) if used else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=20, help="consecutive small jobs for the model-load count")
     parser.add_argument("--rss-jobs", type=int, default=100, help="jobs the worker runs while its memory is sampled")
     parser.add_argument("--no-vit", action="store_true", help="only the demo model")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the worker runs the models")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "resident_models.json")
     args = parser.parse_args()
-    os.environ["WORKBENCH_CLIP__DEVICE"] = "cpu"
+    os.environ["WORKBENCH_CLIP__DEVICE"] = args.device
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         ws = Workspace(folder / "ws", load_settings())
@@ -139,6 +172,10 @@ def main() -> None:
         worker = start_worker(ws)
         for models in model_sets.values():  # warm-up: the worker loads each model once
             classify_click(ws, manager, folder, models, via_worker=True)
+        Image.fromarray(np.random.default_rng(7).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(
+            ws.root / "bench-try.png"
+        )
+        tries = {name: zero_shot_tries(ws, models, 1 + args.rounds * 3) for name, models in model_sets.items()}
         timings: dict[str, dict[str, list[float]]] = {name: {"before": [], "after": []} for name in model_sets}
         for _ in range(args.rounds):
             for name, models in model_sets.items():
@@ -150,6 +187,7 @@ def main() -> None:
         process = psutil.Process(worker.pid)
         demo_models = model_sets["demo tiny CLIP"]
         rss: dict[int, float] = {}
+        gpu: dict[int, float | None] = {}
         loads_after_jobs = None
         for job in range(1, max(args.jobs, args.rss_jobs) + 1):
             classify_click(ws, manager, folder, demo_models, via_worker=True)
@@ -158,6 +196,8 @@ def main() -> None:
                 loads_after_jobs = status.model_loads if status else None
             if job in (1, 10, 25, 50, 75, 100) or job == args.rss_jobs:
                 rss[job] = process.memory_info().rss / 2**20
+                if args.device == "cuda":
+                    gpu[job] = gpu_mib(worker.pid)
         stop_worker(worker)
         ws.close()
 
@@ -174,7 +214,14 @@ def main() -> None:
             "speedup": round(before / after, 1),
         }
         print(f"{name:>20} | {before:>22.2f} | {after:>20.2f} | {before / after:>7.1f}x")
+    print("\nCLIP zero-shot on one image (the Describe page's try), warm worker: median of the tries after the first")
+    try_rows = {}
+    for name, (times, where) in tries.items():
+        try_rows[name] = {"first_s": round(times[0], 3), "warm_s": [round(t, 3) for t in times[1:]], "where": where}
+        print(f"{name:>20} | first {times[0]:.3f} s | warm {statistics.median(times[1:]):.3f} s | in the {where}")
     print(f"\nmodel loads over {args.jobs} consecutive classify jobs in one worker: {loads_after_jobs}")
+    if gpu:
+        print("worker GPU memory (MiB, nvidia-smi) after job: " + ", ".join(f"{j}: {m}" for j, m in gpu.items()))
     print("worker RSS (MiB) after job: " + ", ".join(f"{job}: {mib:.0f}" for job, mib in rss.items()))
     demo_after = rows["demo tiny CLIP"]["after_median_s"]
     goals = {
@@ -182,6 +229,9 @@ def main() -> None:
         "one model load over the consecutive jobs": loads_after_jobs == 1,
         "RSS flat (last within 10% of job 10)": rss[max(rss)] <= 1.1 * rss.get(10, rss[min(rss)]),
     }
+    if gpu and all(v is not None for v in gpu.values()):
+        held = [v for v in gpu.values() if v is not None]
+        goals["GPU memory flat (weights held once)"] = max(held) <= 1.1 * min(held)
     if "ViT-B-32 (random)" in rows:
         goals["ViT-B-32 at least 5x faster"] = rows["ViT-B-32 (random)"]["speedup"] >= 5
     for goal, met in goals.items():
@@ -194,6 +244,8 @@ def main() -> None:
         "classify_zip_of_10": rows,
         "model_loads_over_jobs": {"jobs": args.jobs, "loads": loads_after_jobs},
         "worker_rss_mib": {str(k): round(v, 1) for k, v in rss.items()},
+        "worker_gpu_mib": {str(k): v for k, v in gpu.items()},
+        "zero_shot_try_one": try_rows,
         "goals": goals,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
