@@ -167,8 +167,10 @@ def clip_spec(
     return ClipSpec.from_settings(settings, model, pretrained, str(checkpoint) if checkpoint else None, device)
 
 
-def param_option(model: type[BaseModel], name: str, more: str = "") -> Any:
+def param_option(model: type[BaseModel], name: str, more: str = "", seed_flags: tuple[str, ...] = ()) -> Any:
     """A typer option for a field of a job's params model: its help and its range are the model's, so the
-    CLI refuses what the job would (`--workers -1: not in the range x>=0`) and says what the model says."""
+    CLI refuses what the job would (`--workers -1: not in the range x>=0`) and says what the model says.
+    `seed_flags`: the seed scripts' names for the same option (`--output_bins`), accepted too."""
     low, high = field_bounds(model, name)
-    return typer.Option(help=f"{field_help(model, name)} {more}".strip(), min=low, max=high)
+    flags = (f"--{name.replace('_', '-')}", *seed_flags) if seed_flags else ()
+    return typer.Option(*flags, help=f"{field_help(model, name)} {more}".strip(), min=low, max=high)

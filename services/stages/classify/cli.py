@@ -19,11 +19,15 @@ commands = typer.Typer()
 
 @commands.command("classify")
 def classify(
-    source: Annotated[str, typer.Argument(help="A folder, a zip (nested zips read too), or a dataset name.")],
-    models: Annotated[Path | None, typer.Option(help="Folder of models (or one .skops); default: all trained.")] = None,
+    source: Annotated[str, typer.Argument(help="An image, a folder, a zip (nested zips read too), or a dataset name.")],
+    models: Annotated[
+        Path | None, typer.Option("--models", "--model", help="Folder of models (or one .skops); default: all trained.")
+    ] = None,
     trained_on: Annotated[str | None, typer.Option(help="Only models trained on this dataset.")] = None,
-    bins: Annotated[int, param_option(ClassifyParams, "bins", "Seed 004's output_bins.")] = 10,
-    out: Annotated[Path | None, typer.Option(help="Where bins.json, scores.csv and output.json go.")] = None,
+    bins: Annotated[int, param_option(ClassifyParams, "bins", "Seed 004's output_bins.", ("--output_bins",))] = 10,
+    out: Annotated[
+        Path | None, typer.Option("--out", "--output", help="Where bins.json, scores.csv and output.json go.")
+    ] = None,
     copy: Annotated[bool, typer.Option(help="Copy images into OUT/{type}/{tag}/{bin}/ folders.")] = False,
     dataset: Annotated[str | None, typer.Option(help="Name for the imported images (default classify-NAME).")] = None,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,

@@ -78,7 +78,7 @@ def start_classify(
         return start_classify_dataset(ws, manager, source, models, bins=bins, out=out, copy=copy)
     if path.exists():
         return start_classify_path(ws, manager, path, models, bins=bins, out=out, copy=copy, dataset=dataset)
-    raise DatasetError(f"{source}: neither a folder, a zip, nor a dataset name")
+    raise DatasetError(f"{source}: neither an image, a folder, a zip, nor a dataset name")
 
 
 def start_classify_dataset(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from services.core.datasets import DatasetError, ensure_dataset, insert_rows
-from services.core.workspace import Workspace
+from services.core.workspace import Workspace, write_atomic
 from services.io.archives import IMAGE_SUFFIXES, ArchiveError, ArchiveLimits, list_images
 from services.jobs.manager import JobManager
 from services.jobs.params import JobParams, StoreParams, job_params
@@ -32,16 +32,27 @@ def start_folder_import(
     kind: str = "folder",
     workers: int | None = None,
 ) -> int:
-    """A job that stores every image under `folder` (or in the zip `folder`) in the workspace."""
+    """A job that stores every image under `folder` (or in the zip `folder`, or the one image file `folder`) in
+    the workspace."""
     folder = Path(folder).expanduser().resolve()
     is_zip = folder.is_file() and folder.suffix.lower() == ".zip"
-    if not folder.is_dir() and not is_zip:
-        raise DatasetError(f"{folder}: not a folder or a .zip file")
-    name = dataset or (folder.stem if is_zip else folder.name)
+    is_image = folder.is_file() and folder.suffix.lower() in IMAGE_SUFFIXES
+    if not folder.is_dir() and not is_zip and not is_image:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DatasetError(f"{folder}: not a folder, a .zip file or an image file ({kinds})")
+    name = dataset or (folder.name if folder.is_dir() else folder.stem)
     ds = ensure_dataset(ws.catalog, name, kind, str(folder), ["path", "tag"])
+    entries_file = None
+    if is_image:  # one image (seed 004 classified a single file too): one entry, no tag
+        entries_path = ws.root / "uploads" / f"single-import-{ds.id}.json"
+        write_atomic(entries_path, json.dumps([[folder.name, str(folder), ""]]).encode("utf-8"))
+        entries_file = str(entries_path)
     with job_params("import_folder"):
-        params = FolderImportParams(folder=str(folder), dataset=name, workers=workers if workers is not None else 0)
-    title = f"Import {'zip' if is_zip else 'folder'}: {name} ({folder.name})"  # titles show no server paths
+        params = FolderImportParams(
+            folder=str(folder), dataset=name, workers=workers if workers is not None else 0, entries_file=entries_file
+        )
+    what = "zip" if is_zip else "image" if is_image else "folder"
+    title = f"Import {what}: {name} ({folder.name})"  # titles show no server paths
     return manager.create("import_folder", title, params, ds.id)
 
 

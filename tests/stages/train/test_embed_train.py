@@ -103,7 +103,7 @@ def test_a_zip_dataset_and_a_zip_too_deep(ws: Workspace, tmp_path: Path):
     assert tags == {"cats/c.png": {"cats"}, "top.png": {"set"}}  # a member at the zip's root: the zip's name
     [(key, (cls, reason))] = [(f["item_key"], (f["error_class"], f["error_message"])) for f in manager.failures(job)]
     assert key == "l1.zip!l2.zip!l3.zip" and "nested deeper than 2 levels" in reason
-    with pytest.raises(DatasetError, match="not a folder or a .zip"):
+    with pytest.raises(DatasetError, match="not a folder, a .zip file or an image file"):
         start_folder_import(ws, manager, tmp_path / "nothing-here")
 
 
