@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 from fastapi import HTTPException, Request
 
+from services.compat.seed_hash_ids import SEED_HASH_ID, recorded_image
 from services.core.workspace import Workspace
 
 HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -53,8 +54,17 @@ def worker_slots(request: Request) -> anyio.CapacityLimiter:
 
 
 def image_row(ws: Workspace, image_hash: str) -> Any:
-    if not HASH.match(image_hash):
-        raise HTTPException(422, "an image hash is 64 lowercase hex digits (sha256 of the file)")
+    """The image's catalog row, by its sha256 or by seed 004's `hash_id` when the workspace has it recorded (an
+    imported seed metadata file, or a lookup from Python: a request never decodes the catalog to find one)."""
+    if SEED_HASH_ID.fullmatch(image_hash):
+        found = recorded_image(ws, image_hash)
+        if found is None:
+            raise HTTPException(404, f"no image with seed hash_id {image_hash[:16]}... recorded in this workspace")
+        image_hash = found
+    elif not HASH.match(image_hash):
+        raise HTTPException(
+            422, "an image hash is 64 lowercase hex digits (sha256 of the file), or seed 004's 128-digit hash_id"
+        )
     row = ws.catalog.conn.execute("SELECT * FROM images WHERE hash = ?", (image_hash,)).fetchone()
     if row is None:
         raise HTTPException(404, f"no image {image_hash} in this workspace")

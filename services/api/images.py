@@ -34,6 +34,7 @@ def random_image(ws: Annotated[Workspace, Depends(workspace)]) -> dict[str, Any]
 @router.get("/images/{image_hash}")
 def image_metadata(image_hash: str, ws: Annotated[Workspace, Depends(workspace)]) -> dict[str, Any]:
     row = image_row(ws, image_hash)
+    image_hash = row["hash"]  # named by a seed hash_id: the sha256 from here on
     sources = ws.catalog.query("SELECT kind, locator FROM image_sources WHERE image_hash = ?", (image_hash,))
     roots = import_roots(ws.catalog) if any(s["kind"] in ("path", "zip") for s in sources) else []
     stages = ws.catalog.query(
@@ -57,7 +58,7 @@ def embedding(
     ws: Annotated[Workspace, Depends(workspace)],
     model: Annotated[SafeName | None, Query(description="embedding key")] = None,
 ) -> dict[str, Any]:
-    image_row(ws, image_hash)
+    image_hash = image_row(ws, image_hash)["hash"]
     keys = [
         r["settings_hash"]
         for r in ws.catalog.query(
@@ -79,7 +80,7 @@ def embedding(
 
 @router.get("/images/{image_hash}/tags")
 def tags(image_hash: str, ws: Annotated[Workspace, Depends(workspace)]) -> dict[str, Any]:
-    image_row(ws, image_hash)
+    image_hash = image_row(ws, image_hash)["hash"]
     rows = ws.catalog.query(
         """SELECT DISTINCT d.name AS dataset, json_extract(r.data, '$[1]') AS tag
            FROM job_items j JOIN jobs jb ON jb.id = j.job_id AND jb.kind = 'import_folder'

@@ -399,6 +399,16 @@ MIGRATIONS: list[str] = [
     .replace("{item_stored}", ITEM_STORED_SQL)
     .replace("{stage_result_added}", STAGE_RESULT_ADDED_SQL)
     .replace("{item_file_name}", file_name_sql("j.item_key")),
+    # 6: other names of an image: seed 004's `hash_id` (blake2b of the decoded pixels), found by that name too.
+    """
+    CREATE TABLE image_aliases (
+        alias TEXT NOT NULL,
+        kind TEXT NOT NULL,                 -- 'seed-blake2b'
+        image_hash TEXT NOT NULL REFERENCES images(hash),
+        PRIMARY KEY (image_hash, kind)
+    ) WITHOUT ROWID;
+    CREATE INDEX image_aliases_alias ON image_aliases(kind, alias);  -- pixel-equal files share one
+    """,
 ]
 
 

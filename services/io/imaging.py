@@ -59,11 +59,12 @@ def sha256_hex(data: bytes) -> str:
 
 
 def decode_image(
-    data: bytes, max_pixels: int, draft_side: int | None = None, verify_only: bool = False
+    data: bytes, max_pixels: int, draft_side: int | None = None, verify_only: bool = False, orient: bool = True
 ) -> tuple[Image.Image, str, int, int]:
     """Open, refuse oversized images before decoding, decode (first frame; JPEG at reduced DCT scale when
     only `draft_side` pixels are needed on the longest side, or 1/8 scale to `verify_only`), apply EXIF
-    orientation. Returns (image, format, original width, original height); raises ImageCheckError."""
+    orientation (unless not `orient`: the pixels as stored). Returns (image, format, original width, original
+    height); raises ImageCheckError."""
     if not data:
         raise ImageCheckError("not_image", "empty body (0 bytes)")
     fmt = "image"
@@ -85,7 +86,8 @@ def decode_image(
                 scale = min(1.0, side / max(width, height))
                 img.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if orient:
+                img = ImageOps.exif_transpose(img)
     except ImageCheckError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from services.compat.seed_hash_ids import remember_seed_hash_ids
 from services.core.datasets import DatasetError, dataset_entries, dataset_tags, ensure_dataset
 from services.core.workspace import Workspace, write_atomic
 from services.io.clip_models import ClipSpec
@@ -69,6 +70,7 @@ class SeedEntry:
     vector: list[float] | None
     model: str | None
     pretrained: str | None
+    embedding_key: str | None = None  # in files the workbench exported: the exact embedding model
 
 
 def read_seed_json(metadata_path: Path, tags_path: Path | None = None) -> list[SeedEntry]:
@@ -103,6 +105,7 @@ def read_seed_json(metadata_path: Path, tags_path: Path | None = None) -> list[S
                 vector=[float(v) for v in vector] if vector else None,
                 model=rec.get("model") or rec.get("clip_model"),
                 pretrained=rec.get("pretrained"),
+                embedding_key=rec.get("embedding_key"),
             )
         )
     return out
@@ -123,7 +126,8 @@ def start_seed_import(
 
 
 def store_seed_vectors(ws: Workspace, job_id: int, metadata_path: Path) -> dict[str, int]:
-    """After the import: the file's vectors into the embedding store, per model; returns counts per key."""
+    """After the import: the file's vectors into the embedding store, per model; returns counts per key. The
+    file's `hash_id`s (seed 004's blake2b) are kept as the images' other names, so they find them."""
     entries = [e for e in read_seed_json(metadata_path) if e.vector is not None]
     hash_of = {
         r["item_key"]: r["image_hash"]
@@ -131,6 +135,7 @@ def store_seed_vectors(ws: Workspace, job_id: int, metadata_path: Path) -> dict[
             "SELECT item_key, image_hash FROM job_items WHERE job_id = ? AND status = 'ok'", (job_id,)
         )
     }
+    remember_seed_hash_ids(ws, [(image_hash, seed_id) for seed_id, image_hash in hash_of.items()])
     groups: dict[str, tuple[list[str], list[list[float]]]] = {}
     for e in entries:
         if e.hash_id not in hash_of or not e.model:
