@@ -65,12 +65,22 @@ def _check_key(ws: Workspace) -> None:
 
 @commands.command("describe")
 def describe(
-    dataset: Annotated[str, typer.Option(help="Dataset whose images to describe.")],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            "--images-dir",
+            help="Dataset whose images to describe (seed 001's --images-dir: the folder it downloaded into, REAL or "
+            "GEN, is that dataset here).",
+        ),
+    ],
     categories: Annotated[
         Path | None, typer.Option(help="CSV with a `Category` column: describe and categorise in one call.")
     ] = None,
     list_name: Annotated[str | None, typer.Option("--list", help="Or a stored list: NAME or NAME@vN.")] = None,
-    concurrency: Annotated[int | None, param_option(DescribeParams, "concurrency", "Default from settings.")] = None,
+    concurrency: Annotated[
+        int | None, param_option(DescribeParams, "concurrency", "Default from settings.", ("--num-workers",))
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Skip the cost confirmation.")] = False,
     estimate_only: Annotated[bool, typer.Option(help="Print the cost estimate and stop.")] = False,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,

@@ -69,10 +69,23 @@ def _print_analysis(summary: dict[str, Any]) -> None:
 
 @download_app.command("s3")
 def download_s3(
-    csv_path: Annotated[Path, typer.Argument(help="CSV of file names, with or without a header.")],
+    csv_path: Annotated[
+        Path | None, typer.Argument(help="CSV of file names, with or without a header (or --csv-file).")
+    ] = None,
+    csv_file: Annotated[Path | None, typer.Option("--csv-file", help="Seeds 001/002's name for CSV_PATH.")] = None,
     bucket: Annotated[str | None, typer.Option(help="S3 bucket (default: download.s3_bucket setting).")] = None,
-    prefix: Annotated[str, typer.Option(help="Key prefix to list, e.g. datalake_training/GEN/.")] = "",
-    dataset: Annotated[str | None, typer.Option(help="Dataset name (default: the CSV's file name).")] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", "--s3-prefix", help="Key prefix to list, e.g. datalake_training/GEN/.")
+    ] = "",
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            "--output-dir",
+            help="Dataset name (default: the CSV's file name). The seeds' --output-dir: the folder they downloaded "
+            "into is the dataset here (REAL, GEN), which describe and compare then name.",
+        ),
+    ] = None,
     kind: Annotated[str | None, typer.Option(help="Dataset kind; guessed from the file name (GEN_*, REAL_*).")] = None,
     auto_confirm: Annotated[
         bool, typer.Option("--auto-confirm", help="Skip the y/n prompt after the analysis.")
@@ -90,6 +103,16 @@ def download_s3(
     raw_csv: RawCsvOpt = False,
 ) -> None:
     """Analyse a file list against an S3 prefix, confirm, then download the matches."""
+    if csv_path is not None and csv_file is not None:
+        fail("name the CSV of file names once: as CSV_PATH or with --csv-file")
+    csv_path = csv_path if csv_path is not None else csv_file
+    if csv_path is None:
+        fail("no CSV of file names: pass CSV_PATH (or --csv-file)")
+    if dataset is not None and ("/" in dataset.rstrip("/") or "\\" in dataset):
+        fail(f"--dataset/--output-dir {dataset!r}: a dataset name, not a path (the images go into the workspace)")
+    dataset = dataset.rstrip("/") if dataset else None
+    if kind is None and dataset and dataset.upper() in ("REAL", "GEN"):  # the seeds' REAL/ and GEN/ folders
+        kind = dataset.upper()
     ws = cli_workspace()
     bucket = bucket or ws.settings.download.s3_bucket
     if not bucket:

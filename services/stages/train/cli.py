@@ -26,7 +26,9 @@ def train(
     dataset: Annotated[str, typer.Option(help="Tagged dataset (embedded with the same model).")],
     tags: Annotated[str | None, typer.Option(help="Comma-separated tags (default: all but negatives).")] = None,
     types: Annotated[str, typer.Option(help="Model types: lr, svm or lr,svm.")] = "lr,svm",
-    test_size: Annotated[float, param_option(TrainParams, "test_size")] = 0.1,
+    test_size: Annotated[
+        float, param_option(TrainParams, "test_size", "Seed 004's --test_per.", ("--test_per",))
+    ] = 0.1,
     seed: Annotated[int, param_option(TrainParams, "seed")] = 0,
     cv: Annotated[
         int | None, param_option(TrainParams, "cv_folds", "Default: 5 when a tag has under 30 tagged test images.")

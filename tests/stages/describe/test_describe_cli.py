@@ -61,7 +61,7 @@ def test_cli_describe_categorize_export_and_lists(tmp_path: Path, gemini: FakeGe
     est = cli(ws_root, "describe", "--dataset", "pics", "--estimate-only")
     assert est.returncode == 0 and "4 of 4 images need a request" in est.stdout and "$" in est.stdout
     assert gemini.requests == 0
-    run = cli(ws_root, "describe", "--dataset", "pics", "--yes")
+    run = cli(ws_root, "describe", "--images-dir", "pics", "--num-workers", "2", "--yes")  # seed 001's flags
     assert run.returncode == 0, run.stderr[-2000:]
     assert "4 ok, 0 failed" in run.stdout and gemini.requests == 4
 
@@ -170,6 +170,6 @@ def test_api_key_never_reaches_the_output(tmp_path: Path, gemini: FakeGemini):
     ws_root = tmp_path / "ws"
     folder = image_folder(tmp_path, 1)
     cli(ws_root, "download", "folder", str(folder), "--dataset", "pics")
-    run = cli(ws_root, "describe", "--dataset", "pics", "--yes")
+    run = cli(ws_root, "describe", "--images-dir", "pics", "--num-workers", "2", "--yes")  # seed 001's flags
     logs = "".join(p.read_text() for p in (ws_root / "logs").glob("*.log"))
     assert API_KEY not in run.stdout + run.stderr + logs

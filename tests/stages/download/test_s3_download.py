@@ -187,6 +187,22 @@ def test_cli_s3_prompt_and_batch(real_bucket: str, tmp_path: Path) -> None:
     assert "GEN_batch1\tkind=GEN\trows=2\timages=2" in listing.output
 
 
+def test_cli_s3_takes_the_seeds_flags(real_bucket: str, tmp_path: Path) -> None:
+    """Seed 001's command line, flag for flag: the folder it downloaded into is the dataset here."""
+    csv_path = write_csv(tmp_path / "real.csv", ["filename"], [["a.jpg"], ["c"]])
+    ws = ["--workspace", str(tmp_path / "ws"), "download", "s3", "--bucket", BUCKET, "--endpoint-url", real_bucket]
+    seed = ["--csv-file", str(csv_path), "--output-dir", "REAL", "--s3-prefix", "datalake_training/REAL/"]
+    result = CliRunner().invoke(app, [*ws, *seed, "--auto-confirm"])
+    assert result.exit_code == 0, result.output
+    assert "2 ok, 0 failed" in result.output
+    listing = CliRunner().invoke(app, ["--workspace", str(tmp_path / "ws"), "datasets", "list"])
+    assert "REAL\tkind=REAL\trows=2\timages=2" in listing.output
+    as_path = CliRunner().invoke(app, [*ws, "--csv-file", str(csv_path), "--output-dir", "data/REAL", "--auto-confirm"])
+    assert as_path.exit_code == 2 and "a dataset name, not a path" in as_path.output
+    twice = CliRunner().invoke(app, [*ws, str(csv_path), "--csv-file", str(csv_path)])
+    assert twice.exit_code == 2 and "once" in twice.output
+
+
 def test_cli_batch_carries_on_past_a_bad_file(real_bucket: str, tmp_path: Path) -> None:
     drop = tmp_path / "drop"
     drop.mkdir()

@@ -248,9 +248,11 @@ def test_cli_import_embed_train_list_export(tmp_path: Path, tiny_clip: ClipSpec)
     model = ["--model", TINY_CLIP_NAME, "--checkpoint", tiny_clip.checkpoint]
     embedded = cli("embed", "--dataset", "set", *model, "--batch-size", "16", "--loader-workers", "1")
     assert embedded.returncode == 0, embedded.stderr[-2000:]
-    trained = cli("train", "--dataset", "set", "--tags", "red,blue", "--types", "lr", *model)
+    trained = cli("train", "--dataset", "set", "--tags", "red,blue", "--types", "lr", "--test_per", "0.3", *model)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "model-ovr-logistic-regression-tag-red\tAP" in trained.stdout
+    manifests = [json.loads(f.read_text()) for f in (ws_root / "models").rglob("model-*.json")]
+    assert len(manifests) == 2 and all(m["test_size"] == 0.3 for m in manifests)  # seed 004's --test_per
     listed = cli("tag-models", "--dataset", "set")
     assert sum(line.startswith("model-ovr-logistic-regression-tag-") for line in listed.stdout.splitlines()) == 2
     exported = cli("export-tagged", "--dataset", "set", "--out", str(tmp_path / "seed"), *model)
