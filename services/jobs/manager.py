@@ -44,6 +44,7 @@ TASKS: dict[str, str] = {
     "import_folder": "services.stages.download.folder_import:FolderImportTask",
     "preprocess": "services.stages.preprocess.stage:PreprocessTask",
     "describe": "services.stages.describe.stage:DescribeTask",
+    "categorize_csv": "services.stages.describe.csv_categorize:CsvCategorizeTask",
     "categorize_clip": "services.stages.describe.categorize_clip:CategorizeClipTask",
     "embed": "services.stages.embed.stage:EmbedTask",
     "train_tags": "services.stages.train.stage:TrainTask",

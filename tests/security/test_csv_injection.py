@@ -30,7 +30,7 @@ from services.stages.compare.label_sets import import_categorized_csv, label_cou
 from services.stages.compare.report import write_tables
 from services.stages.ocr.stage import append_log
 from tests.conftest import ROOT, write_csv
-from tests.support.describe_data import gemini_env
+from tests.support.describe_data import serve_fake_gemini
 from tests.support.fake_gemini import FakeGemini, make_colour_png
 from tests.support.image_server import ImageServer, make_jpeg
 from tests.support.tagged_images import png
@@ -149,10 +149,7 @@ def test_the_setting_turns_the_guard_off(image_server: ImageServer, tmp_path: Pa
 
 @pytest.fixture
 def gemini(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGemini]:
-    server = FakeGemini(retry_delay=0.1).start()
-    gemini_env(monkeypatch, server)
-    yield server
-    server.stop()
+    yield from serve_fake_gemini(monkeypatch)
 
 
 def test_describe_exports_of_hostile_answers_round_trip(tmp_path: Path, gemini: FakeGemini):

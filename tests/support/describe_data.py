@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,13 @@ def colour_dataset(ws: Workspace, tmp_path: Path, colours: list[str], name: str 
     job = start_folder_import(ws, manager, folder, name)
     assert manager.run(job).state == "completed"
     return name
+
+
+def serve_fake_gemini(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGemini]:
+    """A started fake the environment points at, stopped after (`yield from` it in a fixture)."""
+    server = FakeGemini(retry_delay=0.1).start()
+    gemini_env(monkeypatch, server)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -102,8 +102,22 @@ def describe(
 
 @commands.command("categorize")
 def categorize(
-    dataset: Annotated[str, typer.Option(help="Dataset whose images to categorise.")],
-    categories: Annotated[Path | None, typer.Option(help="CSV with a `Category` column.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset whose images to categorise.")] = None,
+    input_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--input-csv",
+            help="Or a descriptions CSV (image_name,description: the seeds' or describe-export's), categorised "
+            "from the text, without the images (Gemini).",
+        ),
+    ] = None,
+    output_csv: Annotated[
+        Path | None,
+        typer.Option("--output-csv", help="With --input-csv: the categorised CSV (default: INPUT_categorized.csv)."),
+    ] = None,
+    categories: Annotated[
+        Path | None, typer.Option("--categories", "--categories-csv", help="CSV with a `Category` column.")
+    ] = None,
     list_name: Annotated[str | None, typer.Option("--list", help="Or a stored list: NAME or NAME@vN.")] = None,
     engine: Annotated[str, typer.Option(help="gemini (uses stored descriptions) or clip (zero-shot, offline).")] = (
         "gemini"
@@ -117,11 +131,28 @@ def categorize(
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
 ) -> None:
     """One or two categories per image from the list (`unknown` when none fits), validated against it."""
+    if (dataset is None) == (input_csv is None):
+        fail("give --dataset NAME, or --input-csv FILE (a descriptions CSV)")
+    if input_csv is not None and engine != "gemini":
+        fail("--input-csv is categorised from the descriptions' text: only --engine gemini reads text")
     ws = cli_workspace()
     category_list = _resolve_list(ws, categories, list_name)
     if category_list is None:
         fail("give --categories FILE or --list NAME")
     manager = JobManager(ws)
+    if input_csv is not None:
+        from services.stages.describe.csv_categorize import start_csv_categorize
+
+        _check_key(ws)
+        out = output_csv or input_csv.with_name(f"{input_csv.stem}_categorized.csv")
+        job_id = start_csv_categorize(ws, manager, input_csv, out, category_list, concurrency)
+        typer.echo(f"job {job_id} created: categorize {input_csv.name} with gemini ({category_list.label})")
+        finish_job(manager, job_id, background)
+        if not background and manager.progress(job_id).state == "completed":
+            typer.echo(f"written: {out}")
+        return
+    if dataset is None:  # (checked above: one of the two is given)
+        fail("give --dataset NAME")
     if engine == "gemini":
         from services.stages.describe.stage import start_describe
 

@@ -227,7 +227,7 @@ class DescribeWorker:
             else:
                 description = None if plan.mode == "both" else self._stored_description(image_hash)
                 if description is not None:
-                    stages.append(self._categorize_text(image_hash, description))
+                    stages.append(self.categorize_text(image_hash, description))
                 else:
                     stages.extend(self._describe_and_categorize(image_hash, relpath))
         except GeminiError as exc:
@@ -262,7 +262,7 @@ class DescribeWorker:
         result = {"description": description, **_provenance(plan.model, answer, "image")}
         return (DESCRIBE_STAGE, plan.describe_hash, "ok", result, None)
 
-    def _categorize_text(
+    def categorize_text(
         self, image_hash: str, description: dict[str, Any]
     ) -> tuple[str, str, str, dict[str, Any], None]:
         plan = self.plan
