@@ -163,7 +163,8 @@ def jobs_export(
     if p.dataset_id is None:
         fail(f"job {job_id} has no dataset to export")
     variant = f"border-{p.params['resize']}" if p.params.get("resize") else None
-    n = export_labelled_csv(ws.catalog, ws.root, p.dataset_id, job_id, out, variant, guard=csv_guard(raw_csv))
+    n = export_labelled_csv(ws.catalog, ws.root, p.dataset_id, job_id, out, variant, guard=csv_guard(raw_csv),
+                            unit_map=ws.settings.labels.entity_unit_map)  # fmt: skip
     typer.echo(f"{n} rows written to {out}")
 
 

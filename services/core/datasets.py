@@ -12,13 +12,14 @@ import io
 import json
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.core import csv_safety
 from services.core.catalog import Catalog
+from services.core.entity_units import ENTITY_VALUE_COLUMNS, parse_entity_value
 from services.core.errors import WorkbenchError
 from services.core.names import dataset_name_problem
 from services.core.workspace import UPLOAD_PREFIX
@@ -162,14 +163,23 @@ def export_labelled_csv(
     out: Path | io.TextIOBase,
     variant: str | None = None,
     guard: bool = True,
+    unit_map: Mapping[str, Sequence[str]] | None = None,
 ) -> int:
-    """Every input column, in order, plus image_path, image_hash, status, error; returns the row count.
-    Cells are formula-guarded unless `guard` is False (services/core/csv_safety.py); a file is written atomically."""
+    """Every input column, in order, plus image_path, image_hash, status, error; returns the row count. With
+    `unit_map` and the seed's `entity_name` and `entity_value` columns, also value, unit, value_valid and
+    value_problem (services/core/entity_units.py). Cells are formula-guarded unless `guard` is False
+    (services/core/csv_safety.py); a file is written atomically."""
     row = catalog.conn.execute("SELECT columns FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
     if row is None:
         raise DatasetError(f"no dataset with id {dataset_id}")
     columns: list[str] = json.loads(row["columns"])
-    header = columns + [c for c in ADDED_COLUMNS if c not in columns]
+    entity_at = (
+        (columns.index("entity_name"), columns.index("entity_value"))
+        if unit_map is not None and "entity_name" in columns and "entity_value" in columns
+        else None
+    )
+    value_columns = [c for c in ENTITY_VALUE_COLUMNS if c not in columns] if entity_at else []
+    header = columns + value_columns + [c for c in ADDED_COLUMNS if c not in columns]
     count = 0
     with contextlib.ExitStack() as stack:
         if isinstance(out, Path):
@@ -198,7 +208,11 @@ def export_labelled_csv(
             image_path = str(workspace_root / rel) if rel else ""
             image_hash = r["image_hash"] if status == "ok" else ""
             extra = {"image_path": image_path, "image_hash": image_hash, "status": status, "error": error}
-            writer.writerow(values[: len(columns)] + [extra[c] for c in ADDED_COLUMNS if c not in columns])
+            if entity_at is not None and unit_map is not None:
+                checked = parse_entity_value(values[entity_at[0]], values[entity_at[1]], unit_map)
+                extra.update(zip(ENTITY_VALUE_COLUMNS, checked.cells(), strict=True))
+            added = [extra[c] for c in value_columns] + [extra[c] for c in ADDED_COLUMNS if c not in columns]
+            writer.writerow(values[: len(columns)] + added)
             count += 1
     return count
 

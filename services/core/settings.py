@@ -8,6 +8,7 @@ Secrets are `SecretStr`: they never appear in a repr, a log line or a page.
 
 from __future__ import annotations
 
+import copy
 import os
 import tomllib
 from pathlib import Path
@@ -20,6 +21,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from services.core.entity_units import DEFAULT_ENTITY_UNIT_MAP
 
 ENV_PREFIX = "WORKBENCH_"
 
@@ -136,6 +139,13 @@ class ClipSettings(BaseModel):
     )
     pull_timeout_seconds: float = 900.0
     resident_models: int = 2  # CLIP models the worker keeps loaded (least recently used unloaded first)
+
+
+class LabelSettings(BaseModel):
+    """How labelled CSVs read their labels."""
+
+    # seed 000's constants.py: the units each entity_name may have; entity_value is checked against it
+    entity_unit_map: dict[str, list[str]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_ENTITY_UNIT_MAP))
 
 
 class WorkerSettings(BaseModel):
@@ -298,7 +308,8 @@ class Settings(BaseSettings):
     # cache. Unset: yes on a laptop (no sign-in), no once sign-in is configured (`models pull` on the shell).
     allow_page_pulls: bool | None = None
     page_jobs: PageJobSettings = PageJobSettings()
-    worker: WorkerSettings = WorkerSettings()  # how many page jobs run at once, and their worker processes
+    worker: WorkerSettings = WorkerSettings()
+    labels: LabelSettings = LabelSettings()  # how many page jobs run at once, and their worker processes
 
     @classmethod
     def settings_customise_sources(

@@ -160,7 +160,8 @@ class DownloadTaskBase(ChunkedTask):
         dataset_id = ws.catalog.scalar("SELECT dataset_id FROM jobs WHERE id = ?", (job_id,))
         out = labelled_csv_path(ws, job_id, params)
         guard = csv_safety.guard_enabled(ws.settings, params)
-        export_labelled_csv(ws.catalog, ws.root, dataset_id, job_id, out, variant, guard=guard)
+        units = ws.settings.labels.entity_unit_map
+        export_labelled_csv(ws.catalog, ws.root, dataset_id, job_id, out, variant, guard=guard, unit_map=units)
 
 
 class UrlDownloadTask(DownloadTaskBase):

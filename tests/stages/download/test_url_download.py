@@ -47,8 +47,15 @@ def test_seed_train_csv_keeps_every_column_and_fetches_each_url_once(
     completed = image_server.completed()
     assert completed["/img/a.jpg"] == 1  # two rows, one fetch
     out = read_csv(labelled_csv_path(ws, job_id, p.params))
-    assert list(out[0]) == TRAIN_HEADER + ["image_path", "image_hash", "status", "error"]
+    assert list(out[0]) == TRAIN_HEADER + ["value", "unit", "value_valid", "value_problem", "image_path",
+                                          "image_hash", "status", "error"]  # fmt: skip
     assert [r["entity_value"] for r in out] == ["10.0 gram", "2.0 cup", "11.0 gram", "3 cm", "1 cm"]
+    # entity_value read against seed 000's entity_unit_map: "cm" is not one of the challenge's units
+    assert [(r["value"], r["unit"], r["value_valid"]) for r in out] == [
+        ("10.0", "gram", "true"), ("2.0", "cup", "true"), ("11.0", "gram", "true"), ("3.0", "cm", "false"),
+        ("1.0", "cm", "false"),
+    ]  # fmt: skip
+    assert out[3]["value_problem"].startswith("'cm' is not a unit of width (centimetre, foot, inch")
     assert [r["status"] for r in out] == ["ok", "ok", "ok", "ok", "failed"]
     assert out[4]["error"].startswith("http_4xx: HTTP 404")
     assert out[0]["image_hash"] == out[2]["image_hash"] == out[3]["image_hash"]
