@@ -863,12 +863,14 @@ class Walker:
         uses = self.touched.get(ident, 0)
         return uses == 0 or (uses == 1 and ident in self.gone_since_touch)  # back in a new context: once more
 
-    def _wait_for_a_steady_url(self, seconds: float = 10.0) -> None:
-        """Until the address bar has not changed for 1.5 s: the browser writes bound inputs into it after a
-        rerun, and on a busy machine a reload could otherwise read the URL of the step before."""
+    def _wait_for_a_steady_url(self, seconds: float = 20.0) -> None:
+        """Until no rerun is running and the address bar has not changed for 2.5 s: the browser writes bound
+        inputs into it after a rerun, and on a busy machine a reload could otherwise read the URL of the step
+        before (seen once in CI while other test runs shared the machine: a rules choice lost on reload)."""
+        settle(self.page, seconds)
         deadline = time.time() + seconds
         last, steady_since = self.page.url, time.time()
-        while time.time() < deadline and time.time() - steady_since < 1.5:
+        while time.time() < deadline and time.time() - steady_since < 2.5:
             time.sleep(0.25)
             if self.page.url != last:
                 last, steady_since = self.page.url, time.time()
