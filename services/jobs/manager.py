@@ -50,6 +50,7 @@ TASKS: dict[str, str] = {
     "train_tags": "services.stages.train.stage:TrainTask",
     "classify": "services.stages.classify.stage:ClassifyTask",
     "ocr": "services.stages.ocr.stage:OcrTask",
+    "export": "services.stages.export.stage:ExportTask",
 }
 FINAL_STATES = ("completed", "cancelled", "failed")
 PAGE_JOB = "from_page"  # a job parameter: started from a page, counted against page_jobs.max_running

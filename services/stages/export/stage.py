@@ -1,0 +1,330 @@
+"""A dataset written in the format the next tool reads: an ImageFolder tree (one folder per label), Hugging
+Face `datasets` Parquet shards (an `image` column and every label and score), or WebDataset tar shards.
+
+An `export` job; its items are shards of `shard_size` images in the dataset's input order, each written whole
+(to a temporary name, then renamed) or, for folders, file by file, so a killed export resumes at the shard it
+was writing and a finished one can be run again over the same folder without duplicates. Files are the stored
+originals, byte for byte. Names come from what the input called each image (the file name in a folder or zip,
+the last part of a URL), with the image's hash added where two images of the dataset share a name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from services.core.datasets import DatasetError, dataset_id_of, entries_page, image_count
+from services.core.names import file_name
+from services.core.workspace import Workspace, write_atomic
+from services.jobs.manager import ItemResult, JobManager
+from services.jobs.params import DatasetParams, JobParams, job_params
+from services.jobs.stage import ChunkedTask
+
+log = logging.getLogger(__name__)
+
+KIND = "export"
+FORMATS = ("imagefolder", "hf", "webdataset")
+UNLABELLED = "_unlabelled"
+MANIFEST = "export.json"
+
+
+class ExportParams(DatasetParams):
+    """What an export writes: the format, the folder, how images are labelled, how many images per shard."""
+
+    format: str = Field(description="imagefolder, hf or webdataset")
+    out: str
+    by: str = Field("tag", description="the label: tag (the folder an image was imported from), column:NAME, none")
+    shard_size: int = Field(1000, ge=1, le=100_000, description="images per shard (a job item)")
+    images: int = Field(0, ge=0)  # stored images when the job was made (the shard count follows)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    workspace: str
+    journal_dir: str
+    dataset: str
+    format: str
+    out: str
+    by: str
+    shard_size: int
+    shards: int
+
+
+@dataclass
+class ExportRecord:
+    """One image as every format writes it."""
+
+    image_hash: str
+    path: Path  # the stored original
+    file_name: str  # the name it leaves with (original stem, stored format's suffix, hash if shared)
+    source: str  # what the input called it
+    labels: list[str]  # by the export's `by` (several tags: several labels)
+    tags: list[str]
+    columns: dict[str, str]  # the first input row that asked for it
+    scores: list[dict[str, Any]]  # every classifier's score: {model, tag, score}
+
+
+def start_export(
+    ws: Workspace,
+    manager: JobManager,
+    dataset: str,
+    fmt: str,
+    out: Path,
+    *,
+    by: str = "tag",
+    shard_size: int = 1000,
+) -> int:
+    """Check the request now (the format, the label source, the dataset's images), then create the job."""
+    if fmt not in FORMATS:
+        raise DatasetError(f"export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    dataset_id = dataset_id_of(ws.catalog, dataset)
+    columns = json.loads(ws.catalog.scalar("SELECT columns FROM datasets WHERE id = ?", (dataset_id,)))
+    if by.startswith("column:") and by.removeprefix("column:") not in columns:
+        raise DatasetError(f"--by {by}: dataset {dataset!r} has no such column (columns: {', '.join(columns)})")
+    if by not in ("tag", "none") and not by.startswith("column:"):
+        raise DatasetError(f"--by {by!r}: use tag, none or column:NAME")
+    images = image_count(ws, dataset)
+    if not images:
+        raise DatasetError(f"dataset {dataset!r} has no stored images to export")
+    with job_params(KIND):
+        params = ExportParams(
+            dataset=dataset, format=fmt, out=str(out.expanduser().resolve()), by=by, shard_size=shard_size,
+            images=images,
+        )  # fmt: skip
+    return manager.create(KIND, f"Export {fmt}: {dataset} ({images} images)", params, dataset_id)
+
+
+class ExportTask(ChunkedTask):
+    params_model: ClassVar[type[JobParams]] = ExportParams
+    kind: ClassVar[str] = KIND
+    sticky_classes: ClassVar[frozenset[str]] = frozenset({"missing"})
+
+    def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        p = ExportParams.model_validate(params)
+        shards = max(1, math.ceil(p.images / p.shard_size))
+        JobManager(ws).add_items(job_id, [(f"shard-{i:05d}", str(i)) for i in range(shards)])
+
+    def batch_work(self) -> Any:
+        return export_shards
+
+    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> ExportOptions:
+        p = ExportParams.model_validate(params)
+        return ExportOptions(
+            workspace=str(ws.root), journal_dir=str(ws.job_dir(job_id)), dataset=p.dataset, format=p.format,
+            out=p.out, by=p.by, shard_size=p.shard_size, shards=max(1, math.ceil(p.images / p.shard_size)),
+        )  # fmt: skip
+
+    def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
+        """`export.json` beside the files: what was exported, how, and how many images each shard holds."""
+        p = ExportParams.model_validate(params)
+        rows = ws.catalog.query(
+            "SELECT item_key, status, result FROM job_items WHERE job_id = ? ORDER BY seq", (job_id,)
+        )
+        shards = [{"shard": r["item_key"], "status": r["status"], **json.loads(r["result"] or "{}")} for r in rows]
+        manifest = {
+            "dataset": p.dataset, "format": p.format, "by": p.by, "shard_size": p.shard_size, "job": job_id,
+            "images": sum(s.get("images", 0) for s in shards), "shards": shards,
+        }  # fmt: skip
+        out = Path(p.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
+
+
+def export_shards(
+    items: list[tuple[str, str | None]], opts: ExportOptions, cancelled: Callable[[], bool]
+) -> Iterator[ItemResult]:
+    """Write each shard of the chunk (items are shard numbers)."""
+    from services.core.settings import load_settings
+
+    ws = Workspace(Path(opts.workspace), load_settings(workspace=opts.workspace))
+    try:
+        writer = WRITERS[opts.format]
+        for key, locator in items:
+            if cancelled():
+                return
+            shard = int(locator or 0)
+            records = shard_records(ws, opts.dataset, opts.by, shard * opts.shard_size, opts.shard_size)
+            try:
+                written = writer(Path(opts.out), opts.dataset, shard, opts.shards, records)
+            except FileNotFoundError as exc:
+                yield ItemResult(key=key, status="failed", error_class="missing", error_message=str(exc))
+                continue
+            yield ItemResult(key=key, status="ok", result={"images": len(records), "files": written})
+    finally:
+        ws.close()
+
+
+# --- what each image carries ----------------------------------------------------------------------------------
+
+
+def shard_records(ws: Workspace, dataset: str, by: str, offset: int, limit: int) -> list[ExportRecord]:
+    """The shard's images in input order, with their names, labels, tags, input columns and scores."""
+    dataset_id = dataset_id_of(ws.catalog, dataset)
+    entries = entries_page(ws, dataset, offset, limit)
+    if not entries:
+        return []
+    hashes = [h for h, _, _ in entries]
+    marks = ",".join("?" * len(hashes))
+    tags: dict[str, list[str]] = {}
+    for r in ws.catalog.query(
+        f"SELECT image_hash, tag FROM dataset_member_tags WHERE dataset_id = ? AND image_hash IN ({marks})",
+        (dataset_id, *hashes),
+    ):
+        tags.setdefault(r["image_hash"], []).append(r["tag"])
+    scores: dict[str, list[dict[str, Any]]] = {}
+    for r in ws.catalog.query(
+        f"SELECT image_hash, model, tag, score FROM tag_scores WHERE image_hash IN ({marks}) ORDER BY model",
+        tuple(hashes),
+    ):
+        scores.setdefault(r["image_hash"], []).append({"model": r["model"], "tag": r["tag"], "score": r["score"]})
+    columns: list[str] = json.loads(ws.catalog.scalar("SELECT columns FROM datasets WHERE id = ?", (dataset_id,)))
+    shared = _shared_names(ws, dataset_id, [n for _, _, n in entries])
+    records = []
+    for image_hash, rel, name in entries:
+        row = ws.catalog.scalar(
+            "SELECT data FROM dataset_rows WHERE dataset_id = ? AND source_key = ? ORDER BY row_index LIMIT 1",
+            (dataset_id, name),
+        )
+        values = json.loads(row) if row else []
+        row_columns = {c: str(values[i]) if i < len(values) else "" for i, c in enumerate(columns)}
+        image_tags = sorted(tags.get(image_hash, []))
+        if by == "tag":
+            labels = image_tags or [UNLABELLED]
+        elif by.startswith("column:"):
+            labels = [row_columns.get(by.removeprefix("column:")) or UNLABELLED]
+        else:
+            labels = []
+        path = ws.abspath(rel)
+        records.append(
+            ExportRecord(
+                image_hash=image_hash,
+                path=path,
+                file_name=_leaving_name(name, image_hash, path.suffix, shared),
+                source=name,
+                labels=labels,
+                tags=image_tags,
+                columns=row_columns,
+                scores=scores.get(image_hash, []),
+            )  # fmt: skip
+        )
+    return records
+
+
+def _base_name(source: str) -> str:
+    """The last part of what the input called an image: a path in a folder or zip, or a URL's path."""
+    last = source.split("!")[-1].split("?")[0].split("#")[0].rstrip("/")
+    return last.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _shared_names(ws: Workspace, dataset_id: int, names: list[str]) -> set[str]:
+    """Which of these base names more than one image of the dataset has (the index of file names)."""
+    shared = set()
+    for base in {_base_name(n) for n in names}:
+        count = ws.catalog.scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM dataset_members WHERE dataset_id = ? AND file_name = ? LIMIT 2)",
+            (dataset_id, base),
+        )
+        if count > 1:
+            shared.add(base)
+    return shared
+
+
+def _leaving_name(source: str, image_hash: str, suffix: str, shared: set[str]) -> str:
+    base = _base_name(source)
+    stem = Path(base).stem if base else ""
+    if not stem or stem.startswith("."):
+        return f"{image_hash[:16]}{suffix}"
+    tail = f"-{image_hash[:8]}{suffix}" if base in shared else suffix
+    return file_name(stem, tail)
+
+
+# --- writers ----------------------------------------------------------------------------------------------
+
+
+def _write_folders(out: Path, dataset: str, shard: int, shards: int, records: list[ExportRecord]) -> int:
+    """`out/<label>/<name>`, a copy of the stored file per label (an image with two tags is in both folders)."""
+    written = 0
+    for record in records:
+        for label in record.labels or [""]:
+            folder = out / file_name(label) if label else out
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / record.file_name
+            if target.is_file() and target.stat().st_size == record.path.stat().st_size:
+                continue  # written by an earlier run of this export
+            partial = target.with_name(f".{target.name}.part")
+            shutil.copyfile(record.path, partial)
+            os.replace(partial, target)
+            written += 1
+    return written
+
+
+def _metadata(record: ExportRecord) -> dict[str, Any]:
+    return {
+        "image_hash": record.image_hash, "file_name": record.file_name, "source": record.source,
+        "label": record.labels[0] if record.labels else None, "labels": record.labels, "tags": record.tags,
+        "columns": record.columns, "scores": record.scores,
+    }  # fmt: skip
+
+
+def _write_parquet(out: Path, dataset: str, shard: int, shards: int, records: list[ExportRecord]) -> int:
+    """`out/data/train-NNNNN-of-NNNNN.parquet`: what `datasets.load_dataset(out)` reads as its train split."""
+    import datasets
+
+    datasets.disable_progress_bars()  # the job reports progress per shard; its log takes no bars
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "image_hash": datasets.Value("string"),
+        "file_name": datasets.Value("string"),
+        "source": datasets.Value("string"),
+        "label": datasets.Value("string"),
+        "labels": [datasets.Value("string")],
+        "tags": [datasets.Value("string")],
+        "columns": datasets.Value("string"),  # the input row as JSON (columns differ between datasets)
+        "scores": [{"model": datasets.Value("string"), "tag": datasets.Value("string"),
+                    "score": datasets.Value("float64")}],
+    })  # fmt: skip
+    rows: dict[str, list[Any]] = {name: [] for name in features}
+    for record in records:
+        meta = _metadata(record)
+        rows["image"].append({"bytes": record.path.read_bytes(), "path": record.file_name})
+        for name in ("image_hash", "file_name", "source", "label", "labels", "tags", "scores"):
+            rows[name].append(meta[name])
+        rows["columns"].append(json.dumps(record.columns, ensure_ascii=False))
+    target = out / "data" / f"train-{shard:05d}-of-{shards:05d}.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part")
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(partial))
+    os.replace(partial, target)
+    return 1
+
+
+def _write_tar(out: Path, dataset: str, shard: int, shards: int, records: list[ExportRecord]) -> int:
+    """`out/<dataset>-NNNNNN.tar`: per image, its bytes under its format's extension and a `.json` of labels."""
+    import webdataset
+
+    target = out / file_name(dataset, f"-{shard:06d}.tar")
+    out.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part")
+    with open(partial, "wb") as fh, webdataset.TarWriter(fh) as sink:
+        for record in records:
+            extension = record.path.suffix.lstrip(".").lower() or "bin"
+            sink.write({"__key__": record.image_hash, extension: record.path.read_bytes(),
+                        "json": json.dumps(_metadata(record), ensure_ascii=False).encode("utf-8")})  # fmt: skip
+    os.replace(partial, target)
+    return 1
+
+
+WRITERS: dict[str, Callable[[Path, str, int, int, list[ExportRecord]], int]] = {
+    "imagefolder": _write_folders,
+    "hf": _write_parquet,
+    "webdataset": _write_tar,
+}

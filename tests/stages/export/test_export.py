@@ -1,0 +1,139 @@
+"""Exports (issue 19): each format read back by the library the next tool uses (`datasets.load_dataset`,
+`webdataset.WebDataset`, the file system for ImageFolder), every image and label equal to the catalog's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from services.core.datasets import DatasetError, dataset_tags
+from services.core.workspace import Workspace
+from services.jobs.manager import JobManager
+from services.stages.download.folder_import import start_folder_import
+from services.stages.download.urls import start_url_download
+from services.stages.export.stage import UNLABELLED, start_export
+from tests.conftest import ROOT, write_csv
+from tests.support.image_server import ImageServer, make_jpeg, make_png
+from tests.support.tagged_images import png, tagged_tree
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def tagged(ws: Workspace, manager: JobManager, tmp_path: Path) -> dict[str, set[str]]:
+    """A tagged tree (tags, negatives, a nested zip), two different images both called `same.png`, and one
+    image at the top (no tag). Returns the catalog's tags per image."""
+    root = tagged_tree(tmp_path / "tree", per_tag=4)
+    (root / "red" / "same.png").write_bytes(png("red", 300))
+    (root / "green" / "same.png").write_bytes(png("green", 301))
+    (root / "top.png").write_bytes(png("gray", 302))
+    assert manager.run(start_folder_import(ws, manager, root, "set")).state == "completed"
+    return dataset_tags(ws, "set")
+
+
+def _export(ws: Workspace, manager: JobManager, fmt: str, out: Path, **kw: object) -> None:
+    progress = manager.run(start_export(ws, manager, "set", fmt, out, **kw))  # type: ignore[arg-type]
+    assert progress.state == "completed" and progress.failed == 0, progress.error
+
+
+def test_imagefolder_holds_every_image_under_each_of_its_labels(
+    ws: Workspace, manager: JobManager, tagged: dict[str, set[str]], tmp_path: Path
+):
+    out = tmp_path / "folders"
+    _export(ws, manager, "imagefolder", out, shard_size=7)  # several shards, the last one short
+    found = Counter()
+    names = {}
+    for path in out.rglob("*"):
+        if path.is_file() and path.name != "export.json":
+            label = path.parent.name
+            found[(label, sha(path.read_bytes()))] += 1
+            names[(label, sha(path.read_bytes()))] = path.name
+    expected = Counter({(tag, h): 1 for h, tags in tagged.items() for tag in tags or {UNLABELLED}})
+    assert found == expected  # every image, under every tag it has, once; the bytes as stored
+    red_same, green_same = sha(png("red", 300)), sha(png("green", 301))
+    assert names[("red", red_same)] == f"same-{red_same[:8]}.png"  # two images share a name: the hash tells them
+    assert names[("green", green_same)] == f"same-{green_same[:8]}.png"
+    assert names[(UNLABELLED, sha(png("gray", 302)))] == "top.png"
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["images"] == len(tagged) and len(manifest["shards"]) == -(-len(tagged) // 7)
+
+    _export(ws, manager, "imagefolder", out, shard_size=7)  # again over the same folder: nothing doubles
+    again = Counter(sha(p.read_bytes()) for p in out.rglob("*") if p.is_file() and p.name != "export.json")
+    assert sum(again.values()) == sum(expected.values())
+
+
+def test_hugging_face_parquet_loads_with_datasets(
+    ws: Workspace, manager: JobManager, tagged: dict[str, set[str]], tmp_path: Path
+):
+    import datasets
+
+    out = tmp_path / "hf"
+    _export(ws, manager, "hf", out, shard_size=10)
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]
+    assert len(loaded) == len(tagged)
+    raw = loaded.cast_column("image", datasets.Image(decode=False))
+    for row in raw:
+        assert sha(row["image"]["bytes"]) == row["image_hash"]
+        assert set(row["tags"]) == tagged[row["image_hash"]]
+        assert row["labels"] == (sorted(tagged[row["image_hash"]]) or [UNLABELLED])
+        assert json.loads(row["columns"])["path"] == row["source"]
+    assert loaded[0]["image"].size == (48, 40)  # decoded as a PIL image by the datasets library
+
+
+def test_webdataset_shards_read_back(ws: Workspace, manager: JobManager, tagged: dict[str, set[str]], tmp_path: Path):
+    import webdataset
+
+    out = tmp_path / "wds"
+    _export(ws, manager, "webdataset", out, shard_size=8)
+    shards = sorted(str(p) for p in out.glob("*.tar"))
+    assert len(shards) == -(-len(tagged) // 8)
+    seen = {}
+    for sample in webdataset.WebDataset(shards, shardshuffle=False):
+        meta = json.loads(sample["json"])
+        assert sha(sample["png"]) == sample["__key__"] == meta["image_hash"]
+        seen[sample["__key__"]] = set(meta["tags"])
+    assert seen == tagged
+
+
+def test_labels_from_a_column_and_hostile_values_stay_inside(
+    ws: Workspace, manager: JobManager, image_server: ImageServer, tmp_path: Path
+):
+    a = image_server.add("a.jpg", make_jpeg(40, 30, seed=1))
+    b = image_server.add("b.png", make_png(40, 30, seed=2), "image/png")
+    rows = [[a, "1", "item_weight", "10 gram"], [b, "2", "../../escape", "3 cm"]]
+    csv_path = write_csv(tmp_path / "train.csv", ["image_link", "group_id", "entity_name", "entity_value"], rows)
+    manager.run(start_url_download(ws, manager, csv_path, "urls"))
+    out = tmp_path / "by-entity"
+    progress = manager.run(start_export(ws, manager, "urls", "imagefolder", out, by="column:entity_name"))
+    assert progress.state == "completed"
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "export.json")
+    assert files == ["_.._escape/b.png", "item_weight/a.jpg"]
+    assert all(out.resolve() in p.resolve().parents for p in out.rglob("*"))
+    with pytest.raises(DatasetError, match=r"no such column \(columns: image_link, group_id, entity_name"):
+        start_export(ws, manager, "urls", "imagefolder", out, by="column:colour")
+    with pytest.raises(DatasetError, match="export format 'zip': use one of imagefolder, hf, webdataset"):
+        start_export(ws, manager, "urls", "zip", out)
+
+
+def test_the_cli_exports_and_refuses_with_the_cause(ws: Workspace, tagged: dict[str, set[str]], tmp_path: Path):
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services", "--workspace", str(ws.root), *args], cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    ws.close()
+    done = cli("export", "--dataset", "set", "--format", "webdataset", "--out", str(tmp_path / "cli"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[completed]" in done.stdout and len(list((tmp_path / "cli").glob("*.tar"))) == 1
+    unknown = cli("export", "--dataset", "nope", "--format", "hf", "--out", str(tmp_path / "x"))
+    assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
