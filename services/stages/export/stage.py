@@ -1,5 +1,7 @@
 """A dataset written in the format the next tool reads: an ImageFolder tree (one folder per label), Hugging
-Face `datasets` Parquet shards (an `image` column and every label and score), or WebDataset tar shards.
+Face `datasets` Parquet shards (an `image` column and every label and score), WebDataset tar shards, or seed
+000's layout (`processed_data/{split}_images/{index}_{entity_name}.{ext}` and `{split}_labeled.csv`, one file
+per input row, as its scripts read them).
 
 An `export` job; its items are shards of `shard_size` images in the dataset's input order, each written whole
 (to a temporary name, then renamed) or, for folders, file by file, so a killed export resumes at the shard it
@@ -22,7 +24,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from services.core.datasets import DatasetError, dataset_id_of, entries_page, image_count
+from services.core.datasets import STORED_PATH, DatasetError, dataset_id_of, entries_page, image_count
 from services.core.names import file_name
 from services.core.workspace import Workspace, write_atomic
 from services.jobs.manager import ItemResult, JobManager
@@ -32,7 +34,7 @@ from services.jobs.stage import ChunkedTask
 log = logging.getLogger(__name__)
 
 KIND = "export"
-FORMATS = ("imagefolder", "hf", "webdataset")
+FORMATS = ("imagefolder", "hf", "webdataset", "seed000")
 UNLABELLED = "_unlabelled"
 MANIFEST = "export.json"
 
@@ -40,11 +42,12 @@ MANIFEST = "export.json"
 class ExportParams(DatasetParams):
     """What an export writes: the format, the folder, how images are labelled, how many images per shard."""
 
-    format: str = Field(description="imagefolder, hf or webdataset")
+    format: str = Field(description="imagefolder, hf, webdataset or seed000")
     out: str
     by: str = Field("tag", description="the label: tag (the folder an image was imported from), column:NAME, none")
     shard_size: int = Field(1000, ge=1, le=100_000, description="images per shard (a job item)")
     images: int = Field(0, ge=0)  # stored images when the job was made (the shard count follows)
+    rows: int = Field(0, ge=0)  # input rows (seed000 shards rows: one file per row)
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,11 @@ def start_export(
     images = image_count(ws, dataset)
     if not images:
         raise DatasetError(f"dataset {dataset!r} has no stored images to export")
+    rows = int(ws.catalog.scalar("SELECT COUNT(*) FROM dataset_rows WHERE dataset_id = ?", (dataset_id,)))
     with job_params(KIND):
         params = ExportParams(
             dataset=dataset, format=fmt, out=str(out.expanduser().resolve()), by=by, shard_size=shard_size,
-            images=images,
+            images=images, rows=rows,
         )  # fmt: skip
     return manager.create(KIND, f"Export {fmt}: {dataset} ({images} images)", params, dataset_id)
 
@@ -109,8 +113,7 @@ class ExportTask(ChunkedTask):
     sticky_classes: ClassVar[frozenset[str]] = frozenset({"missing"})
 
     def plan(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        p = ExportParams.model_validate(params)
-        shards = max(1, math.ceil(p.images / p.shard_size))
+        shards = shard_count(ExportParams.model_validate(params))
         JobManager(ws).add_items(job_id, [(f"shard-{i:05d}", str(i)) for i in range(shards)])
 
     def batch_work(self) -> Any:
@@ -120,7 +123,7 @@ class ExportTask(ChunkedTask):
         p = ExportParams.model_validate(params)
         return ExportOptions(
             workspace=str(ws.root), journal_dir=str(ws.job_dir(job_id)), dataset=p.dataset, format=p.format,
-            out=p.out, by=p.by, shard_size=p.shard_size, shards=max(1, math.ceil(p.images / p.shard_size)),
+            out=p.out, by=p.by, shard_size=p.shard_size, shards=shard_count(p),
         )  # fmt: skip
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
@@ -136,7 +139,13 @@ class ExportTask(ChunkedTask):
         }  # fmt: skip
         out = Path(p.out)
         out.mkdir(parents=True, exist_ok=True)
+        if p.format == "seed000":
+            manifest["labeled_csv"] = str(write_seed000_csv(ws, p.dataset, out).relative_to(out))
         write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
+
+
+def shard_count(p: ExportParams) -> int:
+    return max(1, math.ceil((p.rows if p.format == "seed000" else p.images) / p.shard_size))
 
 
 def export_shards(
@@ -147,18 +156,23 @@ def export_shards(
 
     ws = Workspace(Path(opts.workspace), load_settings(workspace=opts.workspace))
     try:
-        writer = WRITERS[opts.format]
+        writer = WRITERS.get(opts.format)
         for key, locator in items:
             if cancelled():
                 return
             shard = int(locator or 0)
-            records = shard_records(ws, opts.dataset, opts.by, shard * opts.shard_size, opts.shard_size)
             try:
-                written = writer(Path(opts.out), opts.dataset, shard, opts.shards, records)
+                if opts.format == "seed000":
+                    images, written = write_seed000_shard(ws, opts.dataset, Path(opts.out), shard, opts.shard_size)
+                else:
+                    records = shard_records(ws, opts.dataset, opts.by, shard * opts.shard_size, opts.shard_size)
+                    if writer is None:
+                        raise ValueError(f"export format {opts.format!r}")
+                    images, written = len(records), writer(Path(opts.out), opts.dataset, shard, opts.shards, records)
             except FileNotFoundError as exc:
                 yield ItemResult(key=key, status="failed", error_class="missing", error_message=str(exc))
                 continue
-            yield ItemResult(key=key, status="ok", result={"images": len(records), "files": written})
+            yield ItemResult(key=key, status="ok", result={"images": images, "files": written})
     finally:
         ws.close()
 
@@ -328,3 +342,91 @@ WRITERS: dict[str, Callable[[Path, str, int, int, list[ExportRecord]], int]] = {
     "hf": _write_parquet,
     "webdataset": _write_tar,
 }
+
+
+# --- seed 000's layout: one file per input row ----------------------------------------------------------------
+
+
+SeedRow = tuple[int, list[str], str | None]
+
+
+def _seed000_rows(ws: Workspace, dataset: str, start: int, limit: int | None) -> Iterator[SeedRow]:
+    """(row number, the row's values, its stored file relative to the workspace or None) for rows [start,
+    start + limit)."""
+    dataset_id = dataset_id_of(ws.catalog, dataset)
+    end = start + limit if limit is not None else 2**62
+    cursor = ws.catalog.conn.execute(
+        f"""SELECT r.row_index, r.data,
+                   (SELECT {STORED_PATH} FROM job_items j JOIN images i ON i.hash = j.image_hash
+                    WHERE j.job_id IN (SELECT id FROM jobs WHERE dataset_id = ?) AND j.item_key = r.source_key
+                      AND j.status = 'ok' LIMIT 1) AS path
+            FROM dataset_rows r WHERE r.dataset_id = ? AND r.row_index >= ? AND r.row_index < ?
+            ORDER BY r.row_index""",
+        (dataset_id, dataset_id, start, end),
+    )
+    for row in cursor:
+        yield int(row["row_index"]), json.loads(row["data"]), row["path"]
+
+
+def _seed000_split(ws: Workspace, dataset: str) -> tuple[str, list[str]]:
+    """The split the seed's folders are named after (the dataset's kind: train or test, else its name), and
+    the dataset's columns."""
+    row = ws.catalog.conn.execute("SELECT kind, columns FROM datasets WHERE name = ?", (dataset,)).fetchone()
+    kind = str(row["kind"])
+    return (kind if kind in ("train", "test") else file_name(dataset)), json.loads(row["columns"])
+
+
+def _seed000_name(values: list[str], columns: list[str], row_number: int, suffix: str) -> str:
+    """`{index}_{entity_name}{suffix}`: the row's `index` column (test.csv) or its number in the file."""
+    index = values[columns.index("index")] if "index" in columns else str(row_number)
+    entity = values[columns.index("entity_name")] if "entity_name" in columns else ""
+    return file_name(f"{index}_{entity}" if entity else index, suffix)
+
+
+def write_seed000_shard(ws: Workspace, dataset: str, out: Path, shard: int, shard_size: int) -> tuple[int, int]:
+    """The shard's rows as `processed_data/{split}_images/{index}_{entity_name}.{ext}` (rows without an image
+    get no file, as in the labelled CSV); returns (rows with an image, files written)."""
+    split, columns = _seed000_split(ws, dataset)
+    folder = out / "processed_data" / f"{split}_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = written = 0
+    for number, values, rel in _seed000_rows(ws, dataset, shard * shard_size, shard_size):
+        if rel is None:
+            continue
+        source = ws.abspath(rel)
+        target = folder / _seed000_name(values, columns, number, source.suffix)
+        images += 1
+        if target.is_file() and target.stat().st_size == source.stat().st_size:
+            continue
+        partial = target.with_name(f".{target.name}.part")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+        written += 1
+    return images, written
+
+
+def write_seed000_csv(ws: Workspace, dataset: str, out: Path) -> Path:
+    """`processed_data/{split}_labeled.csv`: every input column, seed 000's value checks, and `image_path`
+    (relative to the export folder; empty for a row without an image)."""
+    from services.core import csv_safety
+    from services.core.entity_units import ENTITY_VALUE_COLUMNS, parse_entity_value
+
+    split, columns = _seed000_split(ws, dataset)
+    units = ws.settings.labels.entity_unit_map
+    checks = "entity_name" in columns and "entity_value" in columns
+    target = out / "processed_data" / f"{split}_labeled.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with csv_safety.open_for_write(target, csv_safety.guard_enabled(ws.settings)) as writer:
+        writer.writerow(columns + (ENTITY_VALUE_COLUMNS if checks else []) + ["image_path"])
+        for number, values, rel in _seed000_rows(ws, dataset, 0, None):
+            values = values + [""] * (len(columns) - len(values))
+            extra = []
+            if checks:
+                name, value = values[columns.index("entity_name")], values[columns.index("entity_value")]
+                extra = parse_entity_value(name, value, units).cells()
+            path = ""
+            if rel is not None:
+                suffix = Path(rel).suffix
+                path = f"processed_data/{split}_images/{_seed000_name(values, columns, number, suffix)}"
+            writer.writerow(values[: len(columns)] + extra + [path])
+    return target

@@ -137,3 +137,37 @@ def test_the_cli_exports_and_refuses_with_the_cause(ws: Workspace, tagged: dict[
     assert "[completed]" in done.stdout and len(list((tmp_path / "cli").glob("*.tar"))) == 1
     unknown = cli("export", "--dataset", "nope", "--format", "hf", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_seed000_layout_has_a_file_per_row_and_the_labeled_csv(
+    ws: Workspace, manager: JobManager, image_server: ImageServer, tmp_path: Path
+):
+    """Seed 000's scripts read processed_data/{split}_images/{index}_{entity_name}.{ext} and {split}_labeled.csv."""
+    from tests.conftest import read_csv
+
+    a = image_server.add("a.jpg", make_jpeg(40, 30, seed=1))
+    b = image_server.add("b.png", make_png(40, 30, seed=2), "image/png")
+    rows = [[a, "1", "item_weight", "10 gram"], [b, "2", "width", "3 cm"], [a, "3", "height", "2 foot"],
+            [image_server.url("/status/404"), "4", "depth", "1 inch"]]  # fmt: skip
+    header = ["image_link", "group_id", "entity_name", "entity_value"]
+    manager.run(start_url_download(ws, manager, write_csv(tmp_path / "train.csv", header, rows), "train"))
+    out = tmp_path / "seed"
+    progress = manager.run(start_export(ws, manager, "train", "seed000", out, shard_size=3))
+    assert progress.state == "completed", progress.error
+    images = out / "processed_data" / "train_images"
+    assert sorted(p.name for p in images.iterdir()) == ["0_item_weight.jpg", "1_width.png", "2_height.jpg"]
+    assert (images / "0_item_weight.jpg").read_bytes() == (images / "2_height.jpg").read_bytes()  # one image, 2 rows
+    assert sha((images / "1_width.png").read_bytes()) == sha(image_server.images["b.png"][0])
+    labeled = read_csv(out / "processed_data" / "train_labeled.csv")
+    assert [r["image_path"] for r in labeled] == ["processed_data/train_images/0_item_weight.jpg",
+                                                 "processed_data/train_images/1_width.png",
+                                                 "processed_data/train_images/2_height.jpg", ""]  # fmt: skip
+    assert [r["value_valid"] for r in labeled] == ["true", "false", "true", "true"]
+    assert all((out / r["image_path"]).is_file() for r in labeled if r["image_path"])
+
+    test_rows = [["17", b, "9", "width"]]  # test.csv names its rows by an index column
+    test_csv = write_csv(tmp_path / "test.csv", ["index", "image_link", "group_id", "entity_name"], test_rows)
+    manager.run(start_url_download(ws, manager, test_csv, "test"))
+    assert manager.run(start_export(ws, manager, "test", "seed000", out)).state == "completed"
+    assert (out / "processed_data" / "test_images" / "17_width.png").is_file()
+    assert read_csv(out / "processed_data" / "test_labeled.csv")[0]["image_path"].endswith("17_width.png")
