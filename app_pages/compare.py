@@ -14,6 +14,7 @@ from services.core.errors import WorkbenchError
 from services.core.names import file_name, to_name
 from services.io.embedding_store import EmbeddingStore
 from services.stages.clusters.clustering import cluster_sets
+from services.stages.compare.chart_files import CHART_FORMATS, ChartRenderError, chart_zip
 from services.stages.compare.embeddings import (
     MIN_CATEGORY_IMAGES,
     RESAMPLES,
@@ -580,3 +581,16 @@ if written and tuple(written[1:]) == (set_a.name, set_b.name, test) and Path(wri
 else:
     st.caption("The report holds what this page shows: charts, tables, and the embedding figures and image "
                "properties once computed above.")  # fmt: skip
+chart_format = st.radio("Charts as", CHART_FORMATS, horizontal=True, bind=BIND, key="cmp-chart-format")
+if st.button(f"Draw the charts as {chart_format.upper()} files", key="cmp-charts"):
+    try:
+        with st.spinner("Drawing the charts (kaleido, with the server's Chromium)..."):
+            st.session_state["cmp-charts-zip"] = (chart_zip(result, chart_format), set_a.name, set_b.name, chart_format)
+    except ChartRenderError as exc:
+        show_error(exc)
+drawn = st.session_state.get("cmp-charts-zip")
+if drawn and tuple(drawn[1:]) == (set_a.name, set_b.name, chart_format):
+    stem = file_name(f"charts-{to_name(set_a.name)}-vs-{to_name(set_b.name)}")
+    st.download_button(f"Charts ({chart_format.upper()}, zip)", drawn[0], file_name=f"{stem}.zip",
+                       key="cmp-charts-download")  # fmt: skip
+    st.caption("The seeds' reports/*.png: each set's categories, both side by side, as shares, and the differences")

@@ -31,6 +31,11 @@ def compare(
     resamples: Annotated[
         int, typer.Option(min=0, help="Bootstrap resamples for the FD and KID intervals (0: no intervals).")
     ] = RESAMPLES,
+    charts: Annotated[
+        Path | None,
+        typer.Option(help="Also write the charts as image files here (the seeds' reports/*.png), drawn by kaleido."),
+    ] = None,
+    chart_format: Annotated[str, typer.Option(help="png or svg.")] = "png",
 ) -> None:
     """Category distributions of two sets: charts, per-category tests, divergence, optional embedding metrics."""
     from services.stages.compare.embeddings import compare_embeddings, confounds
@@ -78,6 +83,11 @@ def compare(
     for warning in result.warnings + (embedded.warnings if embedded else []) + found.warnings:
         typer.echo(f"warning: {warning}")
     typer.echo(f"report: {report}; tables: {', '.join(str(t) for t in tables)}")
+    if charts is not None:
+        from services.stages.compare.chart_files import write_chart_files
+
+        files = write_chart_files(result, charts, chart_format)
+        typer.echo(f"charts: {', '.join(f.name for f in files)} in {charts}")
 
 
 @commands.command("compare-import")

@@ -454,18 +454,56 @@ def test_report_tables_and_cli(ws: Workspace, tmp_path: Path):
     assert [r["label"] for r in read_csv(special)] == ["unknown", FAILED]
     run = subprocess.run(
         [sys.executable, "-m", "services", "--workspace", str(tmp_path / "cli-ws"), "compare", "--a", str(real),
-         "--b", str(gen), "--out", str(tmp_path / "cli" / "report.html")],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120,
+         "--b", str(gen), "--out", str(tmp_path / "cli" / "report.html"), "--charts", str(tmp_path / "reports")],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert "people:" in run.stdout and (tmp_path / "cli" / "report.html").is_file()
     assert (tmp_path / "cli" / "category_stats.csv").is_file()
+    # the seeds' reports/*.png, drawn by kaleido with the machine's Chromium from the report's figures
+    from PIL import Image
+
+    pngs = sorted(p.name for p in (tmp_path / "reports").glob("*.png"))
+    assert pngs == ["GEN_x_category_distribution.png", "REAL_x_category_distribution.png", "category_differences.png",
+                    "combined_category_distribution.png", "normalized_category_distribution.png"]  # fmt: skip
+    for name in pngs:
+        with Image.open(tmp_path / "reports" / name) as image:
+            assert image.format == "PNG" and image.size == (1200, 600)
+            assert len(image.convert("RGB").getcolors(maxcolors=100_000) or []) > 10  # drawn, not blank
     missing = subprocess.run(
         [sys.executable, "-m", "services", "--workspace", str(tmp_path / "cli-ws"), "compare", "--a", "nope",
          "--b", "GEN_x", "--out", str(tmp_path / "x.html")],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert missing.returncode == 2 and "no label set 'nope'" in missing.stderr
+
+
+def test_chart_files_hold_the_comparisons_counts_and_svg_too(ws: Workspace, tmp_path: Path):
+    import xml.etree.ElementTree as ET
+
+    from services.stages.compare.chart_files import ChartRenderError, chart_figures, chart_zip, write_chart_files
+
+    real = synthetic(tmp_path / "REAL_y.csv", 120, {"people": 0.2, "city": 0.3}, 5)
+    gen = synthetic(tmp_path / "GEN_y.csv", 120, {"people": 0.5, "robots": 0.1}, 6)
+    result = compare_sets(ws, import_categorized_csv(ws, real), import_categorized_csv(ws, gen))
+    figures = chart_figures(result)
+    by = {s.category: s for s in result.categories}
+    bars = figures["REAL_y_category_distribution"].data[0]
+    assert dict(zip(bars.customdata, bars.y, strict=True)) == {c: s.count_a for c, s in by.items() if s.count_a}
+    assert "robots" not in bars.customdata  # a category only the other set has is not in this set's chart
+    shares = figures["normalized_category_distribution"].data[1]
+    assert dict(zip(shares.customdata, shares.y, strict=True)) == pytest.approx(
+        {c: s.share_b * 100 for c, s in by.items()}
+    )
+    svgs = write_chart_files(result, tmp_path / "svg", "svg")
+    assert len(svgs) == 5 and all(ET.parse(f).getroot().tag.endswith("svg") for f in svgs)
+    with pytest.raises(ChartRenderError, match="chart format 'gif'"):
+        write_chart_files(result, tmp_path / "gif", "gif")
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(chart_zip(result, "svg"))) as zf:  # what the page offers
+        assert sorted(zf.namelist()) == sorted(f.name for f in svgs)
 
 
 def test_cli_embeddings_with_intervals_per_category_and_a_report(tmp_path: Path):
