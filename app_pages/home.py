@@ -4,10 +4,14 @@ import pandas as pd
 import streamlit as st
 
 from services.core.datasets import list_datasets
+from services.core.errors import WorkbenchError
 from services.demo.builder import build_demo
 from services.jobs.worker_status import worker_summary
 from services.stages.compare.label_sets import LABEL_SET_KIND
-from ui.components import job_panel, jobs_table
+from services.stages.export.stage import FORMAT_LABELS, label_choices, page_export_folder, start_export
+from ui.components import job_panel, jobs_table, launch
+from ui.errors import show_error
+from ui.page_state import BIND, follow_job, followed_job
 from ui.server_path import display_path
 from ui.state import get_job_manager, get_workspace
 from ui.text import code
@@ -33,6 +37,7 @@ cols[3].metric("Jobs", f"{overview['jobs']:,}")
 
 st.subheader("Datasets")
 datasets = list_datasets(ws.catalog)
+export_job: int | None = None  # shown in the export panel, not twice among the running jobs
 if datasets:
     st.dataframe(
         pd.DataFrame(
@@ -47,6 +52,30 @@ if datasets:
     )  # fmt: skip
     if any(d.kind == LABEL_SET_KIND for d in datasets):
         st.caption(f"`{LABEL_SET_KIND}`: a categorised CSV imported for Compare; it holds labels, not images.")
+    exportable = [d.name for d in datasets if d.kind != LABEL_SET_KIND and d.images]
+    with st.expander("Export a dataset"):
+        if not exportable:
+            st.caption("No dataset with stored images yet.")
+        else:
+            ex_dataset = st.selectbox("Dataset", exportable, bind=BIND, key="home-export-dataset")
+            ex_format = st.radio("Format", list(FORMAT_LABELS), format_func=FORMAT_LABELS.__getitem__,
+                                 horizontal=True, bind=BIND, key="home-export-format")  # fmt: skip
+            ex_by = st.selectbox("Labels from", label_choices(ws, ex_dataset), bind=BIND, key="home-export-by",
+                                 help="tag: the folder each image was imported from; column:NAME: a column of "
+                                 "the input CSV", disabled=ex_format == "seed000")  # fmt: skip
+            target = page_export_folder(ws, ex_dataset, ex_format)
+            st.caption(f"Into {code(display_path(ws, target))}; exporting again there writes only what is missing.")
+            if st.button("Export", key="home-export-start", icon=":material/file_export:"):
+                try:
+                    started = start_export(ws, manager, ex_dataset, ex_format, target, by=ex_by)
+                except WorkbenchError as exc:
+                    show_error(exc)
+                else:
+                    launch(manager, started)
+                    follow_job("home-export-job", started)
+            if (export_job := followed_job(manager, "home-export-job", ("export",))) is not None:
+                with st.container(border=True):
+                    job_panel(manager, export_job)
 else:
     st.info(
         "No datasets yet. Start on the Download page, or run `python -m services download urls CSV --dataset NAME`, "
@@ -72,7 +101,7 @@ if queue:
         hide_index=True,
         key="home-queue",
     )
-running = manager.list(limit=20, active_only=True)
+running = [j for j in manager.list(limit=20, active_only=True) if j.id != export_job]
 for job in running:
     with st.container(border=True):
         job_panel(manager, job.id)

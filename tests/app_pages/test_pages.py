@@ -183,3 +183,26 @@ def test_home_shows_the_worker_and_its_queue_in_order(ws_root: Path, tmp_path: P
     queue = next(d.value for d in at.dataframe if "order" in d.value.columns)
     assert list(queue["job"]) == [second, first] and list(queue["order"]) == [1, 2]
     ws.close()
+
+
+def test_home_exports_a_dataset_into_the_workspace(ws_root: Path, tmp_path: Path) -> None:
+    """Home's "Export a dataset": a format and a label source picked, the job started into exports/ (never a path
+    typed on the page), and the files there once it ends."""
+    from services.stages.download.folder_import import start_folder_import
+    from tests.support.tagged_images import tagged_tree
+
+    ws = Workspace(ws_root)
+    manager = JobManager(ws)
+    manager.run(start_folder_import(ws, manager, tagged_tree(tmp_path / "tree", per_tag=2), "shapes"))
+    at = app_test().run()
+    assert not at.exception, at.exception
+    at.radio(key="home-export-format").set_value("webdataset").run()
+    assert at.selectbox(key="home-export-by").options == ["tag", "none", "column:path", "column:tag"]
+    at.button(key="home-export-start").click().run()
+    assert not at.exception, at.exception
+    [job] = [j for j in manager.list(limit=5) if j.kind == "export"]
+    assert job.params["format"] == "webdataset" and job.params["out"] == str(ws_root.resolve() / "exports" /
+                                                                            "shapes-webdataset")  # fmt: skip
+    assert wait_done(ws_root, job.id) == "completed"
+    assert list((ws_root / "exports" / "shapes-webdataset").glob("shapes-*.tar"))
+    ws.close()

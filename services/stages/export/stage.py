@@ -107,6 +107,28 @@ def start_export(
     return manager.create(KIND, f"Export {fmt}: {dataset} ({images} images)", params, dataset_id)
 
 
+FORMAT_LABELS = {
+    "imagefolder": "ImageFolder (a folder per label)",
+    "hf": "Hugging Face datasets (Parquet)",
+    "webdataset": "WebDataset (tar shards)",
+    "seed000": "Seed 000's processed_data/ layout",
+}
+
+
+def label_choices(ws: Workspace, dataset: str) -> list[str]:
+    """What `by` may be for this dataset: its tags, nothing, or one of its input columns."""
+    from services.core.datasets import get_dataset
+
+    found = get_dataset(ws.catalog, dataset)
+    return ["tag", "none", *(f"column:{c}" for c in (found.columns if found else []))]
+
+
+def page_export_folder(ws: Workspace, dataset: str, fmt: str) -> Path:
+    """Where an export started from a page goes: the workspace's `exports/`, named after the dataset (a page
+    never names a server path)."""
+    return ws.root / "exports" / file_name(dataset, f"-{fmt}")
+
+
 class ExportTask(ChunkedTask):
     params_model: ClassVar[type[JobParams]] = ExportParams
     kind: ClassVar[str] = KIND
