@@ -102,7 +102,7 @@ def start_export(
     with job_params(KIND):
         params = ExportParams(
             dataset=dataset, format=fmt, out=str(out.expanduser().resolve()), by=by, shard_size=shard_size,
-            images=images, rows=rows,
+            images=images, rows=rows, chunk_size=1,  # a shard is a chunk: progress after every shard
         )  # fmt: skip
     return manager.create(KIND, f"Export {fmt}: {dataset} ({images} images)", params, dataset_id)
 
@@ -227,7 +227,8 @@ def shard_records(ws: Workspace, dataset: str, by: str, offset: int, limit: int)
     records = []
     for image_hash, rel, name in entries:
         row = ws.catalog.scalar(
-            "SELECT data FROM dataset_rows WHERE dataset_id = ? AND source_key = ? ORDER BY row_index LIMIT 1",
+            """SELECT data FROM dataset_rows INDEXED BY dataset_rows_key WHERE dataset_id = ? AND source_key = ?
+               ORDER BY row_index LIMIT 1""",  # (the primary key would satisfy the ORDER BY by a scan)
             (dataset_id, name),
         )
         values = json.loads(row) if row else []
