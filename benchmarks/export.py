@@ -1,6 +1,6 @@
 """Export benchmark (issue 19): images per second for each format, on one dataset of N small images.
 
-    python benchmarks/export.py [--n 100000] [--tags 10] [--shard-size 1000] [--formats imagefolder,hf,webdataset,seed000]
+    python benchmarks/export.py [--n 100000] [--tags 10] [--shard-size 1000] [--formats imagefolder,hf,...]
 
 N distinct 32x32 PNGs in `--tags` tag folders are imported into a fresh workspace (not timed), then exported
 to each format by the `export` job, in this process. Side by side in the same run, the floor every format
