@@ -74,6 +74,9 @@ class PreprocessParams(JobParams):
     recipe: dict[str, Any]
 
 
+MANIFEST_COLUMNS = ("image_hash", "source_path", "output_path", "status", "error", "quality_flags")
+
+
 class PreprocessTask(ImageStageTask):
     params_model: ClassVar[type[JobParams]] = PreprocessParams
     kind: ClassVar[str] = "preprocess"
@@ -98,27 +101,38 @@ class PreprocessTask(ImageStageTask):
         _WORKERS.clear()
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
-        """A manifest CSV: source, output, size and quality flags of every image of the run."""
+        """A manifest CSV: every image of the run with the dataset's input columns (its first row: seed 000's
+        group_id, entity_name, ...), its source, output, status and quality flags."""
         p = PreprocessParams.model_validate(params)
         recipe = parse_recipe(json.dumps(p.recipe))
         out = ws.root / "exports" / file_name(f"preprocess-{p.dataset}-{recipe.name}", f"-job{job_id}.csv")
+        dataset_id = dataset_id_of(ws.catalog, p.dataset)
+        columns: list[str] = json.loads(ws.catalog.scalar("SELECT columns FROM datasets WHERE id = ?", (dataset_id,)))
+        shown = [c for c in columns if c not in MANIFEST_COLUMNS]
         rows = ws.catalog.conn.execute(
-            """SELECT j.item_key, j.locator, j.status, j.error_class, j.error_message, s.result, q.result AS quality
+            """SELECT j.item_key, j.locator, j.status, j.error_class, j.error_message, s.result, q.result AS quality,
+                      (SELECT r.data FROM dataset_members m JOIN dataset_rows r INDEXED BY dataset_rows_key
+                         ON r.dataset_id = m.dataset_id AND r.source_key = m.name
+                       WHERE m.dataset_id = ? AND m.image_hash = j.item_key ORDER BY r.row_index LIMIT 1) AS row_data
                FROM job_items j
                LEFT JOIN stage_results s ON s.image_hash = j.item_key AND s.stage = ? AND s.settings_hash = ?
                LEFT JOIN stage_results q ON q.image_hash = j.item_key AND q.stage = ? AND q.settings_hash = ?
                WHERE j.job_id = ? ORDER BY j.seq""",
-            (stage_name(recipe), recipe.settings_hash, QUALITY_STAGE, QUALITY_VERSION, job_id),
+            (dataset_id, stage_name(recipe), recipe.settings_hash, QUALITY_STAGE, QUALITY_VERSION, job_id),
         )
         with csv_safety.open_for_write(out, csv_safety.guard_enabled(ws.settings, params)) as writer:
-            writer.writerow(["image_hash", "source_path", "output_path", "status", "error", "quality_flags"])
+            writer.writerow(["image_hash", *shown, "source_path", "output_path", "status", "error", "quality_flags"])
             for r in rows:
                 result = json.loads(r["result"]) if r["result"] else {}
                 quality = json.loads(r["quality"]) if r["quality"] else {}
                 output = str(ws.root / result["output"]) if result.get("output") else ""
                 error = f"{r['error_class']}: {r['error_message']}" if r["error_class"] else ""
                 flags = " ".join(quality.get("flags", []))
-                writer.writerow([r["item_key"], str(ws.abspath(r["locator"])), output, r["status"], error, flags])
+                values = json.loads(r["row_data"]) if r["row_data"] else []
+                row = dict(zip(columns, values, strict=False))
+                metadata = [row.get(c, "") for c in shown]
+                writer.writerow([r["item_key"], *metadata, str(ws.abspath(r["locator"])), output, r["status"], error,
+                                 flags])  # fmt: skip
 
 
 class _PreprocessWorker:

@@ -26,7 +26,7 @@ from services.stages.download.folder_import import start_folder_import
 from services.stages.preprocess.recipes import PRESETS, Crop, Recipe, RecipeError, ResizePad, load_recipe, save_recipe
 from services.stages.preprocess.stage import quality_counts, results_page, start_preprocess
 from tests.conftest import ROOT, read_csv
-from tests.support.image_server import make_jpeg, make_png_bomb
+from tests.support.image_server import ImageServer, make_jpeg, make_png_bomb
 
 
 def photo(width: int, height: int, seed: int) -> Image.Image:
@@ -70,6 +70,8 @@ def test_ocr_128_end_to_end_then_skip_then_recompute_on_edit(ws: Workspace, mana
     assert ws.catalog.scalar("SELECT COUNT(*) FROM derived_images WHERE variant = ?", (recipe.variant,)) == 5
     manifest = read_csv(ws.root / "exports" / f"preprocess-photos-ocr-128-job{job_id}.csv")
     assert [r["status"] for r in manifest] == ["ok"] * 5 and all(Path(r["output_path"]).is_file() for r in manifest)
+    assert list(manifest[0])[:3] == ["image_hash", "path", "tag"]  # the dataset's input columns, joined
+    assert {r["tag"] for r in manifest} == {"parts"} and all(r["path"].startswith("parts/") for r in manifest)
     tags = {r["tag"] for r in read_csv(ws.root / "exports" / "photos-job1.csv")}
     assert tags == {"parts"}
 
@@ -269,3 +271,22 @@ def test_preprocess_page_preview_run_gallery(photos: Path, tmp_path: Path, monke
     at.button(key="pp-save").click().run()
     assert load_recipe(root, "mine").ops[-1].op == "grayscale"
     ws.close()
+
+
+def test_the_manifest_keeps_the_seed_csvs_columns(
+    ws: Workspace, manager: JobManager, image_server: ImageServer, tmp_path: Path
+) -> None:
+    """Seed 000's preprocessed outputs carry group_id and entity_name: the manifest joins each image's first row."""
+    from services.stages.download.urls import start_url_download
+    from tests.conftest import write_csv
+
+    a = image_server.add("a.jpg", make_jpeg(60, 40, seed=1))
+    b = image_server.add("b.jpg", make_jpeg(50, 70, seed=2))
+    rows = [[a, "101", "item_weight", "10 gram"], [b, "102", "width", "3 centimetre"], [a, "103", "height", "1 foot"]]
+    csv_path = write_csv(tmp_path / "train.csv", ["image_link", "group_id", "entity_name", "entity_value"], rows)
+    manager.run(start_url_download(ws, manager, csv_path, "train"))
+    job_id = start_preprocess(ws, manager, "train", "ocr-128", workers=0)
+    assert manager.run(job_id).state == "completed"
+    manifest = read_csv(ws.root / "exports" / f"preprocess-train-ocr-128-job{job_id}.csv")
+    assert list(manifest[0])[:5] == ["image_hash", "image_link", "group_id", "entity_name", "entity_value"]
+    assert [(r["group_id"], r["entity_name"]) for r in manifest] == [("101", "item_weight"), ("102", "width")]
