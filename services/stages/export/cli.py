@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import cli_workspace, finish_job, param_option
+from services.cli.common import cli_workspace, fail, finish_job, param_option
 from services.jobs.manager import JobManager
 from services.stages.export.stage import FORMATS, ExportParams
 
@@ -24,13 +24,24 @@ def export(
     ] = "tag",
     shard_size: Annotated[int, param_option(ExportParams, "shard_size")] = 1000,
     background: Annotated[bool, typer.Option(help="Run detached.")] = False,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(help="With --format hf: then publish it as this Hub dataset (OWNER/NAME; token: HF_TOKEN)."),
+    ] = None,
+    public: Annotated[bool, typer.Option(help="With --push-to-hub: a public repository (default private).")] = False,
 ) -> None:
     """Write a dataset for the next tool: ImageFolder folders, Hugging Face Parquet (`datasets.load_dataset(OUT)`)
     or WebDataset tar shards. The stored files leave byte for byte, with their labels, input columns and scores."""
     from services.stages.export.stage import start_export
 
+    if push_to_hub is not None and (fmt != "hf" or background):
+        fail("--push-to-hub publishes a Hugging Face export: use it with --format hf, in the foreground")
     ws = cli_workspace()
     manager = JobManager(ws)
     job_id = start_export(ws, manager, dataset, fmt, out, by=by, shard_size=shard_size)
     typer.echo(f"job {job_id} created: export {dataset!r} as {fmt} into {out}")
     finish_job(manager, job_id, background)
+    if push_to_hub is not None and manager.progress(job_id).state == "completed":
+        from services.stages.export.hub import push_to_hub as publish
+
+        typer.echo(f"published: {publish(out, push_to_hub, private=not public)}")

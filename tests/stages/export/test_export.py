@@ -137,6 +137,33 @@ def test_the_cli_exports_and_refuses_with_the_cause(ws: Workspace, tagged: dict[
     assert "[completed]" in done.stdout and len(list((tmp_path / "cli").glob("*.tar"))) == 1
     unknown = cli("export", "--dataset", "nope", "--format", "hf", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
+    wrong = cli("export", "--dataset", "set", "--format", "webdataset", "--out", str(tmp_path / "w"),
+                "--push-to-hub", "me/set")  # fmt: skip
+    assert wrong.returncode == 2 and "use it with --format hf" in wrong.stderr
+
+
+def test_publishing_is_explicit_and_says_at_once_when_the_hub_is_out_of_reach(
+    ws: Workspace, manager: JobManager, tagged: dict[str, set[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import socket
+    import time
+
+    from services.stages.export.hub import HubPushError, push_to_hub
+
+    out = tmp_path / "hf"
+    _export(ws, manager, "hf", out)
+    with socket.socket() as closed:  # a port nothing listens on: the Hub is "offline"
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(HubPushError, match=rf"cannot reach 127.0.0.1:{port}.*the export itself is complete"):
+        push_to_hub(out, "me/pets")
+    assert time.monotonic() - started < 10
+    with pytest.raises(HubPushError, match="a Hub repository is OWNER/NAME"):
+        push_to_hub(out, "../../etc")
+    with pytest.raises(HubPushError, match="no Hugging Face export here"):
+        push_to_hub(tmp_path, "me/pets")
 
 
 def test_seed000_layout_has_a_file_per_row_and_the_labeled_csv(
