@@ -6,6 +6,7 @@ seeds' `image_name,description,categories` CSV, which `compare-import` and the C
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -80,7 +81,7 @@ def read_descriptions(data: bytes, filename: str) -> list[tuple[str, dict[str, A
             if not cell:
                 raise DescriptionsCsvError(f"{filename}, row {rows.line_num} ({name}): empty description")
             out.append((name, _description(cell)))
-    except ValueError as exc:  # csv.Error, a field over the csv module's limit
+    except (csv.Error, ValueError) as exc:  # broken quoting, a field over the csv module's limit
         raise DescriptionsCsvError(f"{filename}, row {rows.line_num}: {exc}") from None
     if not out:
         raise DescriptionsCsvError(f"{filename}: no rows")

@@ -81,9 +81,13 @@ def test_bad_descriptions_csvs_and_flags_are_refused_with_the_cause(tmp_path: Pa
     empty_cell = write_descriptions(tmp_path / "gap.csv", [["a.jpg", "red"], ["b.jpg", ""]])
     gap = cli(ws_root, "categorize", "--input-csv", str(empty_cell), "--categories", str(tmp_path / "cats.csv"))
     assert gap.returncode == 2 and "gap.csv, row 3 (b.jpg): empty description" in gap.stderr
+    huge = tmp_path / "huge.csv"
+    huge.write_text("image_name,description\na.jpg," + "x" * 200_000 + "\n")
+    too_long = cli(ws_root, "categorize", "--input-csv", str(huge), "--categories", str(tmp_path / "cats.csv"))
+    assert too_long.returncode == 2 and "huge.csv, row 2: field larger than field limit" in too_long.stderr
     both = cli(ws_root, "categorize", "--input-csv", str(empty_cell), "--dataset", "x", "--list", "cats")
     assert both.returncode == 2 and "--dataset NAME, or --input-csv FILE" in both.stderr
     clip = cli(ws_root, "categorize", "--input-csv", str(empty_cell), "--engine", "clip", "--list", "cats")
     assert clip.returncode == 2 and "only --engine gemini" in clip.stderr
-    assert all("Traceback" not in r.stderr for r in (bad, gap, both, clip))
+    assert all("Traceback" not in r.stderr for r in (bad, gap, too_long, both, clip))
     assert not gemini.log
