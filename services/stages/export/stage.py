@@ -295,13 +295,29 @@ def _write_folders(out: Path, dataset: str, shard: int, shards: int, records: li
             folder = out / file_name(label) if label else out
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / record.file_name
-            if target.is_file() and target.stat().st_size == record.path.stat().st_size:
-                continue  # written by an earlier run of this export
+            if target.is_file():
+                if _holds(target, record.image_hash):
+                    continue  # written by an earlier run of this export
+                stem, suffix = Path(record.file_name).stem, Path(record.file_name).suffix
+                target = folder / file_name(stem, f"-{record.image_hash[:8]}{suffix}")  # two names cleaned alike
+                if target.is_file() and _holds(target, record.image_hash):
+                    continue
             partial = target.with_name(f".{target.name}.part")
             shutil.copyfile(record.path, partial)
             os.replace(partial, target)
             written += 1
     return written
+
+
+def _holds(path: Path, image_hash: str) -> bool:
+    """Whether the file is this image (its bytes' sha256 is the image's name in the catalog)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == image_hash
 
 
 def _metadata(record: ExportRecord) -> dict[str, Any]:

@@ -36,6 +36,8 @@ def tagged(ws: Workspace, manager: JobManager, tmp_path: Path) -> dict[str, set[
     (root / "red" / "same.png").write_bytes(png("red", 300))
     (root / "green" / "same.png").write_bytes(png("green", 301))
     (root / "top.png").write_bytes(png("gray", 302))
+    (root / "blue" / "odd\x01.png").write_bytes(png("blue", 303))  # two names that clean to one: odd_.png
+    (root / "blue" / "odd\x02.png").write_bytes(png("blue", 304))
     assert manager.run(start_folder_import(ws, manager, root, "set")).state == "completed"
     return dataset_tags(ws, "set")
 
@@ -63,6 +65,8 @@ def test_imagefolder_holds_every_image_under_each_of_its_labels(
     assert names[("red", red_same)] == f"same-{red_same[:8]}.png"  # two images share a name: the hash tells them
     assert names[("green", green_same)] == f"same-{green_same[:8]}.png"
     assert names[(UNLABELLED, sha(png("gray", 302)))] == "top.png"
+    odd = sorted(names[("blue", sha(png("blue", n)))] for n in (303, 304))
+    assert "odd_.png" in odd and len(set(odd)) == 2  # the second one cleaned alike gets its hash
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["images"] == len(tagged) and len(manifest["shards"]) == -(-len(tagged) // 7)
 
