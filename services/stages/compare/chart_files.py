@@ -43,18 +43,18 @@ def write_chart_files(c: Comparison, folder: Path, fmt: str = "png") -> list[Pat
     if fmt not in CHART_FORMATS:
         raise ChartRenderError(f"chart format {fmt!r}: use one of {', '.join(CHART_FORMATS)}")
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for stem, figure in chart_figures(c).items():
-        target = folder / f"{stem}.{fmt}"
-        try:
-            figure.write_image(str(target), format=fmt, width=1200, height=600, scale=1)
-        except Exception as exc:  # kaleido's errors are its own classes and RuntimeErrors from choreographer
-            log.debug("kaleido failed on %s", target, exc_info=True)
-            raise ChartRenderError(
-                f"could not draw {target.name}: {type(exc).__name__}: {str(exc)[:200]}. kaleido draws with Chromium: "
-                "install it (`apt-get install chromium`) or point BROWSER_PATH at a Chrome or Chromium"
-            ) from None
-        written.append(target)
+    figures = chart_figures(c)
+    written = [folder / f"{stem}.{fmt}" for stem in figures]
+    import plotly.io as pio
+
+    try:  # one kaleido session for every chart (a browser started once, not once per chart)
+        pio.write_images(list(figures.values()), [str(p) for p in written], format=fmt, width=1200, height=600)
+    except Exception as exc:  # kaleido's errors are its own classes and RuntimeErrors from choreographer
+        log.debug("kaleido failed in %s", folder, exc_info=True)
+        raise ChartRenderError(
+            f"could not draw the charts: {type(exc).__name__}: {str(exc)[:200]}. kaleido draws with "
+            "Chromium: install it (`apt-get install chromium`) or point BROWSER_PATH at a Chrome or Chromium"
+        ) from None
     return written
 
 

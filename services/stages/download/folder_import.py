@@ -47,10 +47,12 @@ def start_folder_import(
         entries_path = ws.root / "uploads" / f"single-import-{ds.id}.json"
         write_atomic(entries_path, json.dumps([[folder.name, str(folder), ""]]).encode("utf-8"))
         entries_file = str(entries_path)
-    with job_params("import_folder"):
-        params = FolderImportParams(
-            folder=str(folder), dataset=name, workers=workers if workers is not None else 0, entries_file=entries_file
-        )
+    processes = workers if workers is not None else 0
+    with job_params("import_folder"):  # entries_file only for one image: a folder's row holds what it always held
+        if entries_file:
+            params = FolderImportParams(folder=str(folder), dataset=name, workers=processes, entries_file=entries_file)
+        else:
+            params = FolderImportParams(folder=str(folder), dataset=name, workers=processes)
     what = "zip" if is_zip else "image" if is_image else "folder"
     title = f"Import {what}: {name} ({folder.name})"  # titles show no server paths
     return manager.create("import_folder", title, params, ds.id)
