@@ -273,12 +273,13 @@ def test_preprocess_manifest_goes_through_the_guard(tmp_path: Path):
     assert run.returncode == 0, run.stderr[-2000:]
     manifest = next((ws_root / "exports").glob("preprocess-*.csv"))
     text = manifest.read_text(encoding="utf-8")
-    assert text.splitlines()[0].startswith('"image_hash","source_path"')  # every cell quoted: the guarded writer
+    assert text.splitlines()[0].startswith('"image_hash","path","tag","source_path"')  # every cell quoted: guarded
+    assert "@SUM(1+1).png" in text and '"\'@SUM(1+1).png"' in text  # the input's own column, neutralised too
     assert_no_formula(rows_of(manifest))
     raw = cli(ws_root, "preprocess", "--dataset", "photos", "--recipe", "ocr-line", "--workers", "0", "--raw-csv")
     assert raw.returncode == 0, raw.stderr[-2000:]
     raw_manifest = next((ws_root / "exports").glob("preprocess-photos-ocr-line-*.csv"))
-    assert raw_manifest.read_text(encoding="utf-8").startswith("image_hash,source_path")
+    assert raw_manifest.read_text(encoding="utf-8").startswith("image_hash,path,tag,source_path")
 
 
 @pytest.fixture

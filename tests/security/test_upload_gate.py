@@ -69,6 +69,7 @@ def _uploaded_bytes(page, base: str) -> int:
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_no_upload_before_sign_in_and_none_over_the_limit(tmp_path: Path, launcher: str):
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import expect, sync_playwright
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
@@ -103,7 +104,12 @@ def test_no_upload_before_sign_in_and_none_over_the_limit(tmp_path: Path, launch
         def put(size: int, name: str = "f.bin") -> int:
             url = f"{base}/_stcore/upload_file/{session}/{name}-{time.monotonic_ns()}"
             file = {"name": name, "mimeType": "application/octet-stream", "buffer": b"\1" * size}
-            return page.request.put(url, multipart={"file": file}, headers={"X-Xsrftoken": xsrf}).status
+            try:
+                return page.request.put(url, multipart={"file": file}, headers={"X-Xsrftoken": xsrf}).status
+            except PlaywrightError as exc:  # the gate answers before reading the body and closes: on a busy machine
+                if "← 403 Forbidden" in str(exc):  # the client is still writing and sees "aborted" after the 403
+                    return 403
+                raise
 
         # before sign-in: three files under the size limit, and one over it, are all refused...
         assert [put(900 * 1024) for _ in range(3)] == [403, 403, 403]
