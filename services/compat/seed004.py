@@ -28,7 +28,7 @@ from services.core.errors import WorkbenchError
 from services.core.settings import load_settings
 from services.core.workspace import Workspace
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, list_embedding_keys
-from services.stages.embed.seed_json import SeedEntry, read_seed_json
+from services.stages.embed.seed_json import METADATA_ONLY_PREFIX, SeedEntry, read_seed_json
 from services.stages.train.models import MODEL_TYPES, TagModel, load_models_from
 
 __all__ = [
@@ -310,6 +310,7 @@ class FileCache(_CatalogCache):
             (image_hash,),
         ).fetchone()
         locator = str(source["locator"]) if source is not None else str(image["path"] or "")
+        locator = locator.removeprefix(METADATA_ONLY_PREFIX)  # imported without its file: where the seed had it
         archive, _, member = locator.rpartition("!") if source is not None and source["kind"] == "zip" else ("", "", "")
         name = (member or locator).rstrip("/").rsplit("/", 1)[-1]
         return {

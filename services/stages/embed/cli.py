@@ -39,22 +39,30 @@ def import_tagged(
 ) -> None:
     """Store every image by content hash with its tags; zips (nested too) are read in place, never extracted."""
     from services.stages.download.folder_import import start_folder_import
-    from services.stages.embed.seed_json import start_seed_import, store_seed_vectors
+    from services.stages.embed.seed_json import metadata_only_count, start_seed_import, store_seed_vectors
 
     ws = cli_workspace()
     manager = JobManager(ws)
     if (path is None) == (metadata is None):
         fail("give a PATH (folder or zip) or --metadata FILE")
+    if metadata is not None and background:
+        fail("--metadata runs in the foreground: its vectors are stored when the import ends")
     if metadata is not None:
         job_id = start_seed_import(ws, manager, metadata, tag_to_hash, dataset or metadata.stem)
     else:
         job_id = start_folder_import(ws, manager, path, dataset)  # type: ignore[arg-type]
     typer.echo(f"job {job_id} created")
-    if metadata is not None and not background:
+    if metadata is not None:
         progress = run_foreground(manager, job_id)
         typer.echo(f"job {job_id} [{progress.state}] {progress.done} ok, {progress.failed} failed")
         for key, n in store_seed_vectors(ws, job_id, metadata).items():
             typer.echo(f"{n} vectors stored for {key}")
+        absent = metadata_only_count(ws, job_id)
+        if absent:
+            typer.echo(
+                f"{absent} entries without their image file here: kept as metadata-only images (their tags and "
+                "vectors train tag models; stages that read image files skip them)"
+            )
         return
     finish_job(manager, job_id, background)
 

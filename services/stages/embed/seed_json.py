@@ -6,18 +6,24 @@ Export keys images by our content hash (sha256 of the file). Import reads the se
 image is imported from its `file_path` (hashed again by content), tagged from the tag file (or its own
 `image_tags`), and its vector, when present, goes into the embedding store under its model and pretrained
 tag, so `train` can run without embedding again.
+
+An entry whose image file is not there (the metadata copied without the images) is kept as a metadata-only
+image: a catalog row with the file's recorded format, size and resolution but no stored file, named by a hash
+derived from its seed `hash_id`, carrying its tags and vector. Training reads it (tags and stored vectors);
+stages that read image files skip it (it has no stored path).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from services.compat.seed_hash_ids import remember_seed_hash_ids
+from services.compat.seed_hash_ids import SEED_HASH_ID, remember_seed_hash_ids
 from services.core.datasets import DatasetError, dataset_entries, dataset_tags, ensure_dataset
 from services.core.workspace import Workspace, write_atomic
 from services.io.clip_models import ClipSpec
@@ -71,6 +77,7 @@ class SeedEntry:
     model: str | None
     pretrained: str | None
     embedding_key: str | None = None  # in files the workbench exported: the exact embedding model
+    recorded: dict[str, Any] = field(default_factory=dict)  # format, bytes, width, height as the file recorded
 
 
 def read_seed_json(metadata_path: Path, tags_path: Path | None = None) -> list[SeedEntry]:
@@ -106,17 +113,73 @@ def read_seed_json(metadata_path: Path, tags_path: Path | None = None) -> list[S
                 model=rec.get("model") or rec.get("clip_model"),
                 pretrained=rec.get("pretrained"),
                 embedding_key=rec.get("embedding_key"),
+                recorded=_recorded_file(rec),
             )
         )
     return out
 
 
+def _recorded_file(rec: dict[str, Any]) -> dict[str, Any]:
+    """What a metadata entry says about its file (seed 004's keys), with safe defaults for what it lacks."""
+    size = rec.get("image_resolution") or rec.get("image_size") or [0, 0]
+    try:
+        width, height = (int(size[0]), int(size[1])) if isinstance(size, list | tuple) and len(size) == 2 else (0, 0)
+        nbytes = int(rec.get("image_size_bytes") or 0)
+    except (TypeError, ValueError):
+        width = height = nbytes = 0
+    fmt = str(rec.get("image_format") or str(rec.get("file_type") or "").lstrip(".").upper() or "UNKNOWN")
+    return {"format": fmt[:16], "bytes": max(0, nbytes), "width": max(0, width), "height": max(0, height)}
+
+
+METADATA_ONLY_PREFIX = "seed-metadata:"  # the source locator of an entry imported without its file: + its path
+
+
+def metadata_only_hash(metadata_path: Path, hash_id: str) -> str:
+    """The catalog name of an entry without its file: from the seed's `hash_id` (a blake2b of the pixels names
+    the image wherever the file was), else from the metadata file and the entry's key."""
+    if SEED_HASH_ID.fullmatch(hash_id):
+        basis = f"seed-blake2b:{hash_id}"
+    else:
+        basis = f"seed-entry:{metadata_path.resolve()}#{hash_id}"
+    return hashlib.sha256(basis.encode("utf-8")).hexdigest()
+
+
+def _record_metadata_only(ws: Workspace, metadata_path: Path, entries: list[SeedEntry]) -> dict[str, str]:
+    """Catalog rows for entries without their file; returns {hash_id: locator} for the import job, whose plan
+    finds each as an already stored source (so nothing is fetched for it)."""
+    locators: dict[str, str] = {}
+    with ws.catalog.write() as conn:
+        for e in entries:
+            image_hash = metadata_only_hash(metadata_path, e.hash_id)
+            locator = f"{METADATA_ONLY_PREFIX}{e.path}"  # where the file was, as the metadata says
+            rec = e.recorded or _recorded_file({})
+            ws.catalog.record_image(
+                conn,
+                image_hash=image_hash,
+                fmt=rec["format"],
+                nbytes=rec["bytes"],
+                width=rec["width"],
+                height=rec["height"],
+                path=None,
+            )
+            ws.catalog.record_source(conn, "path", locator, image_hash)
+            locators[e.hash_id] = locator
+    return locators
+
+
 def start_seed_import(
     ws: Workspace, manager: JobManager, metadata_path: Path, tags_path: Path | None, dataset: str
 ) -> int:
-    """A folder-import job over the files the metadata names (one dataset row per image and tag)."""
+    """A folder-import job over the files the metadata names (one dataset row per image and tag); entries whose
+    file is not there are kept as metadata-only images (see the module's docstring)."""
     entries = read_seed_json(metadata_path, tags_path)
-    rows = [(e.hash_id, str(Path(e.path).expanduser()), tag) for e in entries for tag in (e.tags or [""])]
+    absent = [e for e in entries if not Path(e.path).expanduser().is_file()]
+    only_metadata = _record_metadata_only(ws, metadata_path, absent) if absent else {}
+    rows = [
+        (e.hash_id, only_metadata.get(e.hash_id) or str(Path(e.path).expanduser()), tag)
+        for e in entries
+        for tag in (e.tags or [""])
+    ]
     source = str(metadata_path.resolve())
     ds = ensure_dataset(ws.catalog, dataset, "folder", source, ["path", "tag"])
     entries_file = ws.root / "uploads" / f"seed-import-{ds.id}.json"
@@ -136,24 +199,35 @@ def store_seed_vectors(ws: Workspace, job_id: int, metadata_path: Path) -> dict[
         )
     }
     remember_seed_hash_ids(ws, [(image_hash, seed_id) for seed_id, image_hash in hash_of.items()])
-    groups: dict[str, tuple[list[str], list[list[float]]]] = {}
+    groups: dict[str, tuple[ClipSpec, list[str], list[list[float]]]] = {}
     for e in entries:
         if e.hash_id not in hash_of or not e.model:
             continue
-        key = embedding_key(ClipSpec(model=e.model, pretrained=e.pretrained or "openai"))
-        hashes, vectors = groups.setdefault(key, ([], []))
+        spec = ClipSpec(model=e.model, pretrained=e.pretrained or "openai")
+        _, hashes, vectors = groups.setdefault(embedding_key(spec), (spec, [], []))
         hashes.append(hash_of[e.hash_id])
         vectors.append(e.vector or [])
     counts = {}
-    for key, (hashes, vectors) in groups.items():
-        matrix = np.asarray(vectors, dtype=np.float32)
+    for key, (spec, hashes, vectors) in groups.items():
+        try:
+            matrix = np.asarray(vectors, dtype=np.float32)
+        except ValueError:
+            raise DatasetError(f"{metadata_path}: the vectors of {spec.model} differ in length") from None
         matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
         store = EmbeddingStore(ws, key)
-        model, pretrained = next((e.model, e.pretrained or "openai") for e in entries if e.model)
-        store.write_spec({"model": model, "pretrained": pretrained, "checkpoint": None, "device": "auto"})
+        store.write_spec({"model": spec.model, "pretrained": spec.pretrained, "checkpoint": None, "device": "auto"})
         shard = store.write_shard(hashes, matrix)
         with ws.catalog.write() as conn:
             for h in hashes:
                 ws.catalog.record_stage(conn, h, EMBED_STAGE, key, "ok", {"shard": shard, "dim": matrix.shape[1]}, None)
         counts[key] = len(hashes)
     return counts
+
+
+def metadata_only_count(ws: Workspace, job_id: int) -> int:
+    """How many entries of a seed import had no file here and were kept as metadata-only images."""
+    found = ws.catalog.scalar(
+        "SELECT COUNT(*) FROM job_items WHERE job_id = ? AND status = 'ok' AND locator LIKE ?",
+        (job_id, METADATA_ONLY_PREFIX + "%"),
+    )
+    return int(found or 0)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.compat.seed004 import FileCache
 from services.core.datasets import DatasetError, dataset_entries, dataset_tags
 from services.core.settings import load_settings
 from services.core.workspace import Workspace
@@ -22,7 +23,12 @@ from services.io.clip_models import ClipSpec, ModelUnavailableError, load_clip
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, embedding_key
 from services.jobs.manager import JobManager
 from services.stages.download.folder_import import start_folder_import
-from services.stages.embed.seed_json import export_seed_json, start_seed_import, store_seed_vectors
+from services.stages.embed.seed_json import (
+    export_seed_json,
+    metadata_only_count,
+    start_seed_import,
+    store_seed_vectors,
+)
 from services.stages.embed.stage import start_embed
 from services.stages.train.models import ModelFileError, list_models, load_estimator
 from services.stages.train.stage import start_training, trainable_tags
@@ -202,13 +208,19 @@ def test_training_checks_its_inputs(ws: Workspace, tmp_path: Path, tiny_clip: Cl
     assert p.failed == 1 and manager.failure_counts(job) == {"too_few": 1}
 
 
-def test_seed_json_round_trip_trains_without_embedding_again(tmp_path: Path, tiny_clip: ClipSpec):
+def _embedded_and_exported(tmp_path: Path, spec: ClipSpec) -> tuple[Workspace, str, str, Path, Path, int]:
+    """A tagged tree imported and embedded in a first workspace, then exported as seed 004's JSON files."""
     source = Workspace(tmp_path / "ws1", load_settings())
     dataset = import_tree(source, tmp_path, per_tag=8)
     manager = JobManager(source)
-    manager.run(start_embed(source, manager, dataset, tiny_clip, loader_workers=0))
-    key = embedding_key(tiny_clip)
+    manager.run(start_embed(source, manager, dataset, spec, loader_workers=0))
+    key = embedding_key(spec)
     meta, tags_file, n = export_seed_json(source, dataset, key, tmp_path / "out")
+    return source, dataset, key, meta, tags_file, n
+
+
+def test_seed_json_round_trip_trains_without_embedding_again(tmp_path: Path, tiny_clip: ClipSpec):
+    source, dataset, _, meta, tags_file, n = _embedded_and_exported(tmp_path, tiny_clip)
     data = json.loads(meta.read_text())
     entry = next(iter(data.values()))
     assert {"hash_id", "file_name", "file_path", "image_format", "image_size_bytes", "image_resolution",
@@ -227,6 +239,66 @@ def test_seed_json_round_trip_trains_without_embedding_again(tmp_path: Path, tin
     imported_key = embedding_key(ClipSpec(model=tiny_clip.model, pretrained="imported"))
     assert counts == {imported_key: n}
     assert dataset_tags(target, "imported") == dataset_tags(source, dataset)
+    p = manager2.run(start_training(target, manager2, "imported", imported_key))
+    assert p.done == 3 and all(m.manifest["metrics"]["average_precision"] > 0.9 for m in list_models(target))
+    source.close()
+    target.close()
+
+
+def test_seed_metadata_without_its_image_files_keeps_tags_and_vectors_and_trains(tmp_path: Path, tiny_clip: ClipSpec):
+    from PIL import Image
+
+    source, dataset, key, meta, tags_file, n = _embedded_and_exported(tmp_path, tiny_clip)
+    data, by_tag = json.loads(meta.read_text()), json.loads(tags_file.read_text())
+    seed_id: dict[str, str] = {}  # our sha256 -> seed 004's hash_id (blake2b of the pixels, as the seed named them)
+    absent: dict[str, dict[str, object]] = {}
+    for i, (sha, entry) in enumerate(sorted(data.items())):
+        with Image.open(str(entry["file_path"])) as im:
+            seed_id[sha] = hashlib.blake2b(im.tobytes()).hexdigest()
+        entry.update(hash_id=seed_id[sha], model=tiny_clip.model, pretrained="imported")
+        if i % 2:  # every other file is not on this machine
+            entry["file_path"] = str(tmp_path / "elsewhere" / Path(str(entry["file_path"])).name)
+            absent[seed_id[sha]] = entry
+    meta.write_text(json.dumps({seed_id[sha]: entry for sha, entry in data.items()}))
+    tags_file.write_text(json.dumps({tag: [seed_id[h] for h in hashes] for tag, hashes in by_tag.items()}))
+
+    target = Workspace(tmp_path / "ws2", load_settings())
+    manager2 = JobManager(target)
+    job = start_seed_import(target, manager2, meta, tags_file, "imported")
+    progress = manager2.run(job)
+    assert (progress.done, progress.failed) == (n, 0)
+    assert metadata_only_count(target, job) == len(absent) == n // 2
+    imported_key = embedding_key(ClipSpec(model=tiny_clip.model, pretrained="imported"))
+    assert store_seed_vectors(target, job, meta) == {imported_key: n}
+
+    alias = dict(target.catalog.query("SELECT image_hash, alias FROM image_aliases"))
+    by_seed_id = {alias[h]: tags for h, tags in dataset_tags(target, "imported").items()}
+    assert by_seed_id == {seed_id[h]: tags for h, tags in dataset_tags(source, dataset).items()}
+    assert len(dataset_entries(target, "imported")) == n - len(absent)  # pixel stages see only stored files
+    for image_hash, hash_id in alias.items():
+        row = target.catalog.conn.execute("SELECT * FROM images WHERE hash = ?", (image_hash,)).fetchone()
+        if hash_id in absent:  # the file's facts as the metadata recorded them, no stored file
+            entry = absent[hash_id]
+            assert row["path"] is None and row["format"] == entry["image_format"]
+            assert (row["bytes"], [row["width"], row["height"]]) == (
+                entry["image_size_bytes"],
+                entry["image_resolution"],
+            )
+        else:
+            assert row["path"] is not None
+    gone = next(iter(absent))  # seed 004's FileCache names it where the seed had it, with no stored file
+    described = FileCache().get_img_by_hash(target.root, gone)
+    assert described is not None and described["file_path"] == absent[gone]["file_path"]
+    assert described["stored_path"] is None
+    stored = EmbeddingStore(target, imported_key).load(list(alias))
+    original = EmbeddingStore(source, key).load(list(seed_id))
+    source_row = {seed_id[h]: v for h, v in zip(original.hashes, original.vectors, strict=True)}
+    for h, v in zip(stored.hashes, stored.vectors, strict=True):
+        np.testing.assert_allclose(v, source_row[alias[h]], atol=1e-6)
+
+    again = start_seed_import(target, manager2, meta, tags_file, "imported-again")  # no second row per image
+    assert manager2.run(again).done == n
+    assert target.catalog.scalar("SELECT COUNT(*) FROM images") == n
     p = manager2.run(start_training(target, manager2, "imported", imported_key))
     assert p.done == 3 and all(m.manifest["metrics"]["average_precision"] > 0.9 for m in list_models(target))
     source.close()
