@@ -7,6 +7,8 @@ WORKSPACE ?= ./workspace
 PORT ?= 8501
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+FO_VENV ?= .venv-fiftyone
+FO_STAMP := $(FO_VENV)/.installed
 
 .PHONY: run test lint system-deps bench-download bench-preprocess bench-describe bench-embed bench-classify bench-ocr bench-compare bench-pages clean
 
@@ -23,6 +25,13 @@ $(STAMP): requirements.txt pyproject.toml | $(PY)
 $(DEV_STAMP): requirements.txt requirements-dev.txt pyproject.toml | $(PY)
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
 	$(PIP) install -q --no-deps -e .
+	touch $@
+
+# FiftyOne's importer, for the export tests, in its own environment (its pins clash with requirements.txt).
+$(FO_STAMP): requirements-fiftyone.txt
+	$(PYTHON) -m venv $(FO_VENV)
+	$(FO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FO_VENV)/bin/python -m pip install -q -r requirements-fiftyone.txt
 	touch $@
 
 # The dashboard (dashboard.py: app.py behind the upload gate and private-route middleware), Streamlit's upload
@@ -42,7 +51,7 @@ system-deps:
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-test: $(DEV_STAMP) system-deps
+test: $(DEV_STAMP) $(FO_STAMP) system-deps
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
@@ -80,4 +89,4 @@ bench-pages: $(STAMP)
 	$(PY) benchmarks/score_writes.py --images 100000 --models 10
 
 clean:
-	rm -rf $(VENV) .bench .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FO_VENV) .bench .pytest_cache .ruff_cache

@@ -72,7 +72,7 @@ def _models_in(folder: str | Path) -> list[TagModel]:
 
 _PICKLE = (
     "seed 004's .pkl models are not loaded here (loading a pickle runs whatever code it holds); train them again "
-    "from the same images and tags: `python -m services embed import-seed` with your input-metadata.json, then "
+    "from the same images and tags: `python -m services import-tagged --metadata input-metadata.json` (the image files are optional), then "
     "`python -m services train`"
 )
 

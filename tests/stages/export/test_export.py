@@ -75,6 +75,38 @@ def test_imagefolder_holds_every_image_under_each_of_its_labels(
     assert sum(again.values()) == sum(expected.values())
 
 
+FIFTYONE_PYTHON = Path(os.environ.get("WORKBENCH_FIFTYONE_PYTHON", ROOT / ".venv-fiftyone" / "bin" / "python"))
+FIFTYONE_READ = """
+import json, sys
+import fiftyone.utils.data as foud
+
+importer = foud.ImageClassificationDirectoryTreeImporter(sys.argv[1], compute_metadata=True)
+with importer:
+    rows = [[path, meta.width, meta.height, label.label] for path, meta, label in importer]
+print(json.dumps(rows))
+"""
+
+
+def test_fiftyone_imports_the_imagefolder_export(
+    ws: Workspace, manager: JobManager, tagged: dict[str, set[str]], tmp_path: Path
+):
+    """FiftyOne's own importer for its ImageClassificationDirectoryTree type, from its environment (FiftyOne's pins
+    clash with ours, so `make test` installs it in .venv-fiftyone; the importer needs no database)."""
+    assert FIFTYONE_PYTHON.is_file(), f"{FIFTYONE_PYTHON} missing: `make test` makes FiftyOne's environment"
+    out = tmp_path / "folders"
+    _export(ws, manager, "imagefolder", out, shard_size=5)
+    env = dict(os.environ, FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_CONFIG_DIR=str(tmp_path / "fo-config"))
+    read = subprocess.run(
+        [str(FIFTYONE_PYTHON), "-c", FIFTYONE_READ, str(out)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert read.returncode == 0, read.stderr[-3000:]
+    samples = json.loads(read.stdout.strip().splitlines()[-1])
+    found = Counter((label, sha(Path(path).read_bytes())) for path, _, _, label in samples)
+    assert found == Counter({(tag, h): 1 for h, tags in tagged.items() for tag in tags or {UNLABELLED}})
+    size = {r["hash"]: (r["width"], r["height"]) for r in ws.catalog.query("SELECT hash, width, height FROM images")}
+    assert all(size[sha(Path(path).read_bytes())] == (w, h) for path, w, h, _ in samples)
+
+
 def test_hugging_face_parquet_loads_with_datasets(
     ws: Workspace, manager: JobManager, tagged: dict[str, set[str]], tmp_path: Path
 ):
