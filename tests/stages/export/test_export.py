@@ -228,9 +228,17 @@ def test_seed000_layout_has_a_file_per_row_and_the_labeled_csv(
     assert [r["value_valid"] for r in labeled] == ["true", "false", "true", "true"]
     assert all((out / r["image_path"]).is_file() for r in labeled if r["image_path"])
 
-    test_rows = [["17", b, "9", "width"]]  # test.csv names its rows by an index column
+    test_rows = [["17", b, "9", "width"], ["18", a, "9", "width"], ["18", b, "9", "width"]]  # test.csv: an index
     test_csv = write_csv(tmp_path / "test.csv", ["index", "image_link", "group_id", "entity_name"], test_rows)
     manager.run(start_url_download(ws, manager, test_csv, "test"))
-    assert manager.run(start_export(ws, manager, "test", "seed000", out)).state == "completed"
-    assert (out / "processed_data" / "test_images" / "17_width.png").is_file()
-    assert read_csv(out / "processed_data" / "test_labeled.csv")[0]["image_path"].endswith("17_width.png")
+    assert manager.run(start_export(ws, manager, "test", "seed000", out, shard_size=2)).state == "completed"
+    test_images = out / "processed_data" / "test_images"
+    assert sorted(p.name for p in test_images.iterdir()) == ["17_width.png", "18_width_row1.jpg", "18_width_row2.png"]
+    tested = read_csv(out / "processed_data" / "test_labeled.csv")  # two rows share index 18: neither overwrites
+    assert [r["image_path"].rsplit("/", 1)[-1] for r in tested] == [
+        "17_width.png",
+        "18_width_row1.jpg",
+        "18_width_row2.png",
+    ]
+    assert sha((test_images / "18_width_row1.jpg").read_bytes()) == sha(image_server.images["a.jpg"][0])
+    assert sha((test_images / "18_width_row2.png").read_bytes()) == sha(image_server.images["b.png"][0])
