@@ -19,9 +19,15 @@ def import_roots(catalog: Catalog) -> list[str]:
     return [r["source"] for r in catalog.query("SELECT DISTINCT source FROM datasets") if r["source"].startswith("/")]
 
 
+METADATA_ONLY_PREFIX = "seed-metadata:"  # an image imported from seed metadata without its file: + its path
+
+
 def shown_locator(locator: str, roots: Iterable[str]) -> str:
     """`locator` without its server path: relative to the most specific import root holding it, else the
-    file (or zip) name; URLs and `s3://` keys unchanged."""
+    file (or zip) name; URLs and `s3://` keys unchanged. A metadata-only image's path (where a seed metadata
+    file said its file was) is shown the same way after its prefix."""
+    if locator.startswith(METADATA_ONLY_PREFIX):
+        return METADATA_ONLY_PREFIX + shown_locator(locator[len(METADATA_ONLY_PREFIX) :], roots)
     if "://" in locator or not locator.startswith("/"):
         return locator
     file_part, bang, member = locator.partition("!")

@@ -162,5 +162,6 @@ def test_locators_are_shown_relative_to_what_was_imported() -> None:
     assert shown_locator("/srv/in/parts/more.zip!x/c.png", roots) == "parts/more.zip!x/c.png"
     assert shown_locator("/elsewhere/deep/d.png", roots) == "d.png"  # '/' is no root worth naming
     assert shown_locator("/elsewhere/z.zip!m/e.png", []) == "z.zip!m/e.png"
+    assert shown_locator("seed-metadata:/data/gone/cats/f.jpg", roots) == "seed-metadata:f.jpg"  # no file here
     for kept in ("https://example.org/a.png?x=/srv/in", "s3://bucket/datalake/REAL/a.jpg"):
         assert shown_locator(kept, roots) == kept

@@ -25,6 +25,7 @@ import numpy as np
 
 from services.compat.seed_hash_ids import SEED_HASH_ID, remember_seed_hash_ids
 from services.core.datasets import DatasetError, dataset_entries, dataset_tags, ensure_dataset
+from services.core.locators import METADATA_ONLY_PREFIX
 from services.core.workspace import Workspace, write_atomic
 from services.io.clip_models import ClipSpec
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, embedding_key
@@ -129,9 +130,6 @@ def _recorded_file(rec: dict[str, Any]) -> dict[str, Any]:
         width = height = nbytes = 0
     fmt = str(rec.get("image_format") or str(rec.get("file_type") or "").lstrip(".").upper() or "UNKNOWN")
     return {"format": fmt[:16], "bytes": max(0, nbytes), "width": max(0, width), "height": max(0, height)}
-
-
-METADATA_ONLY_PREFIX = "seed-metadata:"  # the source locator of an entry imported without its file: + its path
 
 
 def metadata_only_hash(metadata_path: Path, hash_id: str) -> str:
