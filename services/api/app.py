@@ -24,6 +24,7 @@ from services.core.errors import WorkbenchError, problem
 from services.core.workspace import Workspace
 from services.stages.classify import api as classify_api
 from services.stages.classify.uploads import UploadLimits, UploadRefused
+from services.stages.explore import api as explore_api
 from services.stages.ocr import api as ocr_api
 
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
@@ -145,6 +146,7 @@ def create_app(ws: Workspace, token: str, max_images: int | None = None) -> Fast
     app.include_router(images.router)
     app.include_router(classify_api.router)
     app.include_router(ocr_api.router)
+    app.include_router(explore_api.router)
     return app
 
 

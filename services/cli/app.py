@@ -40,6 +40,7 @@ from services.stages.compare import cli as compare_cli
 from services.stages.describe import cli as describe_cli
 from services.stages.download import cli as download_cli
 from services.stages.embed import cli as embed_cli
+from services.stages.explore import cli as explore_cli
 from services.stages.export import cli as export_cli
 from services.stages.ocr import cli as ocr_cli
 from services.stages.preprocess import cli as preprocess_cli
@@ -73,6 +74,7 @@ for command_set in (
     compare_cli.commands,
     clusters_cli.commands,
     export_cli.commands,
+    explore_cli.commands,
     models_cli.commands,
     server_cli.commands,
 ):

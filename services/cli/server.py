@@ -139,6 +139,7 @@ def worker(
         fail(f"a worker already serves this workspace (pid {running.pid} on {running.host})")
     from services.stages.classify.upload_scoring import CLASSIFY_OP, classify_upload_handler
     from services.stages.describe.zero_shot_try import TRY_OP, zero_shot_handler
+    from services.stages.explore.search import SEARCH_OP, search_handler
     from services.stages.ocr.preview import PREVIEW_OP, READ_OP, preview_handler, read_handler
 
     serving = Worker(
@@ -150,6 +151,7 @@ def worker(
             READ_OP: read_handler(ws),
             TRY_OP: zero_shot_handler(ws.settings),
             CLASSIFY_OP: classify_upload_handler(ws),
+            SEARCH_OP: search_handler(ws),
         },
     )
     typer.echo(f"worker pid {os.getpid()} serving {ws.root} (Ctrl+C stops it)")

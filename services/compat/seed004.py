@@ -25,10 +25,11 @@ import numpy as np
 
 from services.compat.seed_hash_ids import find_image, seed_hash_id, seed_hash_id_of
 from services.core.errors import WorkbenchError
+from services.core.locators import METADATA_ONLY_PREFIX
 from services.core.settings import load_settings
 from services.core.workspace import Workspace
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, list_embedding_keys
-from services.stages.embed.seed_json import METADATA_ONLY_PREFIX, SeedEntry, read_seed_json
+from services.stages.embed.seed_json import SeedEntry, read_seed_json
 from services.stages.train.models import MODEL_TYPES, TagModel, load_models_from
 
 __all__ = [
@@ -72,8 +73,8 @@ def _models_in(folder: str | Path) -> list[TagModel]:
 
 _PICKLE = (
     "seed 004's .pkl models are not loaded here (loading a pickle runs whatever code it holds); train them again "
-    "from the same images and tags: `python -m services import-tagged --metadata input-metadata.json` (the image files are optional), then "
-    "`python -m services train`"
+    "from the same images and tags: `python -m services import-tagged --metadata input-metadata.json` (the image "
+    "files are optional), then `python -m services train`"
 )
 
 

@@ -323,6 +323,30 @@ def test_clip_zero_shot_on_one_image_is_scored_by_the_worker_on_its_loaded_model
     assert refused.value.error_class == "not_image"
 
 
+def test_search_is_answered_by_the_worker_with_its_loaded_model_and_index(
+    ws: Workspace, tiny_clip: ClipSpec, worker_process: Callable[..., object], tmp_path: Path
+):
+    """A text or image query goes to the worker (CLIP and the vector index stay loaded there) and ranks as the
+    caller's own process does."""
+    from services.stages.explore.search import SearchError, search
+
+    manager = JobManager(ws)
+    manager.run(start_folder_import(ws, manager, tagged_tree(tmp_path / "tree", per_tag=3), "few"))
+    assert manager.run(start_embed(ws, manager, "few", tiny_clip, loader_workers=0)).state == "completed"
+    here, where = search(ws, text="a red square", k=4)
+    assert where == "here" and len(here.hits) == 4
+    worker_process()
+    there, where = search(ws, text="a red square", k=4, dataset="few")
+    assert where == "worker" and [h.image_hash for h in there.hits] == [h.image_hash for h in here.hits]
+    assert all(abs(a.score - b.score) < 1e-4 for a, b in zip(there.hits, here.hits, strict=True))
+    like, where = search(ws, like=here.hits[0].image_hash, k=2)
+    assert where == "worker" and here.hits[0].image_hash not in [h.image_hash for h in like.hits]
+    with pytest.raises(WorkbenchError, match="not an image|cannot be decoded|not_image|image"):
+        search(ws, image=b"not an image", k=2)
+    with pytest.raises(SearchError, match="exactly one query"):
+        search(ws, k=2)
+
+
 def test_api_ocr_is_read_by_the_worker_when_one_serves(
     ws: Workspace, worker_process: Callable[..., object], monkeypatch: pytest.MonkeyPatch
 ):

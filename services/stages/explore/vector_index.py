@@ -1,0 +1,273 @@
+"""A nearest-neighbour index per embedding model, over the embedding store's vectors, kept in the workspace.
+
+Below `EXACT_BELOW` vectors a search is exact (one matrix product: as fast as an index at that size, and
+always right). Above, a faiss IVF-Flat index (MIT licence; chosen by measurement, BENCHMARKS.md "Explore"):
+its build is a k-means over a sample plus one assignment per vector, so it takes a minute where graph indexes
+take many, and new vectors are added without a rebuild. `nprobe` (how many lists a query reads) is calibrated
+at build so recall@10 against exact search on stored vectors is at least `TARGET_RECALL`.
+
+Files, in `indexes/<embedding key>/`: `ivf.faiss` (the index), `rows.hashes` (row id -> image hash, one per
+line) and `state.json` (the store shards included, the row count, nprobe), written in that order, so a state
+never names rows the other files lack. `sync` adds the vectors of new shards; a shard that disappeared (the
+store was compacted) rebuilds. Vectors are L2-normalised, so the inner product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.core.workspace import Workspace, write_atomic
+from services.io.embedding_store import EmbeddingStore, list_embedding_keys
+
+log = logging.getLogger(__name__)
+
+EXACT_BELOW = 50_000  # vectors: an exact search of 50k x 512 takes about 8 ms here
+TARGET_RECALL = 0.97
+TRAIN_SAMPLE = 100_000
+NPROBES = (8, 16, 24, 32, 48, 64, 96, 128, 256)
+STATE = "state.json"
+INDEX_FILE = "ivf.faiss"
+ROWS_FILE = "rows.hashes"
+
+
+@dataclass(frozen=True)
+class Hit:
+    image_hash: str
+    score: float  # cosine similarity
+
+
+@dataclass
+class _Loaded:
+    shards: tuple[str, ...]
+    hashes: list[str]
+    row_of: dict[str, int]
+    vectors: np.ndarray | None  # exact mode: every vector (rows as `hashes`)
+    ivf: Any  # the faiss index above EXACT_BELOW, else None
+    nprobe: int
+
+
+_RESIDENT: dict[tuple[str, str], _Loaded] = {}  # (workspace, key) -> what a search needs, kept per process
+_LOCK = threading.Lock()
+
+
+class VectorIndex:
+    """Search one embedding model's vectors; `sync` first (cheap when nothing changed)."""
+
+    def __init__(self, ws: Workspace, key: str) -> None:
+        if key not in list_embedding_keys(ws):
+            raise LookupError(f"no vectors for embedding model {key!r} in this workspace (embed a dataset first)")
+        self.ws = ws
+        self.key = key
+        self.store = EmbeddingStore(ws, key)
+        self.folder = ws.root / "indexes" / key
+
+    # --- building ----------------------------------------------------------------------------------------
+
+    def sync(self) -> dict[str, Any]:
+        """Bring the index up to the store: add new shards' vectors, rebuild when shards went away, nothing when
+        the store is unchanged. Returns the state (count, mode, nprobe, seconds)."""
+        with _LOCK:
+            return self._sync()
+
+    def _sync(self) -> dict[str, Any]:
+        import time
+
+        started = time.perf_counter()
+        shards = tuple(self.store.shards())
+        resident = _RESIDENT.get(self._slot)
+        if resident is not None and resident.shards == shards:
+            return self._state_of(resident, 0.0)
+        state = self._read_state()
+        total = self.store.count()
+        if total < EXACT_BELOW:
+            everything = self.store.load()
+            loaded = _Loaded(shards, everything.hashes, _rows(everything.hashes), everything.vectors, None, 0)
+        elif state is not None and set(state["shards"]) <= set(shards) and (self.folder / INDEX_FILE).is_file():
+            loaded = self._extend(state, shards)
+        else:
+            loaded = self._build(shards)
+        _RESIDENT[self._slot] = loaded
+        return self._state_of(loaded, time.perf_counter() - started)
+
+    def _build(self, shards: tuple[str, ...]) -> _Loaded:
+        import faiss
+
+        everything = self.store.load()
+        n, dim = everything.vectors.shape
+        nlist = int(min(65_536, max(64, 4 * np.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = everything.vectors[np.sort(rng.choice(n, size=min(n, TRAIN_SAMPLE), replace=False))]
+        ivf.train(np.ascontiguousarray(sample))
+        for start in range(0, n, 100_000):
+            ivf.add(np.ascontiguousarray(everything.vectors[start : start + 100_000]))
+        ivf.make_direct_map()  # row -> vector, for "more like this" and filtered exact searches
+        nprobe = _calibrate(ivf, everything.vectors, rng)
+        loaded = _Loaded(shards, everything.hashes, _rows(everything.hashes), None, ivf, nprobe)
+        self._save(loaded, rewrite_rows=True)
+        log.info("index %s built: %d vectors, %d lists, nprobe %d", self.key, n, nlist, nprobe)
+        return loaded
+
+    def _extend(self, state: dict[str, Any], shards: tuple[str, ...]) -> _Loaded:
+        import faiss
+
+        ivf: Any = faiss.read_index(str(self.folder / INDEX_FILE))
+        ivf.make_direct_map()
+        hashes = (self.folder / ROWS_FILE).read_text(encoding="ascii").split()[: int(state["count"])]
+        if ivf.ntotal != len(hashes):
+            return self._build(shards)
+        row_of = _rows(hashes)
+        new = [s for s in shards if s not in set(state["shards"])]
+        added: list[str] = []
+        for name in new:
+            shard_hashes = (self.store.folder / f"{name}.hashes").read_text(encoding="ascii").split()
+            matrix = np.load(self.store.folder / f"{name}.npy", mmap_mode="r")
+            keep = [i for i, h in enumerate(shard_hashes) if h not in row_of]
+            for i in keep:
+                row_of[shard_hashes[i]] = len(hashes)
+                hashes.append(shard_hashes[i])
+                added.append(shard_hashes[i])
+            if keep:
+                ivf.add(np.ascontiguousarray(matrix[keep], dtype=np.float32))
+        loaded = _Loaded(shards, hashes, row_of, None, ivf, int(state["nprobe"]))
+        self._save(loaded, rewrite_rows=False, added=added)
+        return loaded
+
+    def _save(self, loaded: _Loaded, *, rewrite_rows: bool, added: list[str] | None = None) -> None:
+        import faiss
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        part = self.folder / f".{INDEX_FILE}.part"
+        faiss.write_index(loaded.ivf, str(part))
+        part.replace(self.folder / INDEX_FILE)
+        if rewrite_rows:
+            write_atomic(self.folder / ROWS_FILE, ("\n".join(loaded.hashes) + "\n").encode("ascii"))
+        elif added:
+            with open(self.folder / ROWS_FILE, "a", encoding="ascii") as fh:  # rows past `count` are ignored
+                fh.write("\n".join(added) + "\n")
+        state = {"shards": list(loaded.shards), "count": len(loaded.hashes), "nprobe": loaded.nprobe}
+        write_atomic(self.folder / STATE, json.dumps(state).encode("utf-8"))
+
+    def _read_state(self) -> dict[str, Any] | None:
+        path = self.folder / STATE
+        try:
+            state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) and {"shards", "count", "nprobe"} <= set(state) else None
+
+    @property
+    def _slot(self) -> tuple[str, str]:
+        return (str(self.ws.root), self.key)
+
+    @staticmethod
+    def _state_of(loaded: _Loaded, seconds: float) -> dict[str, Any]:
+        return {
+            "vectors": len(loaded.hashes),
+            "mode": "exact" if loaded.ivf is None else "ivf",
+            "nprobe": loaded.nprobe,
+            "seconds": round(seconds, 3),
+        }
+
+    # --- searching ---------------------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int, allowed: set[str] | None = None) -> list[list[Hit]]:
+        """The `k` nearest stored images of each query vector (L2-normalised), best first; only images in
+        `allowed` when given (a dataset's), searched exactly over them when they are few."""
+        self.sync()
+        loaded = _RESIDENT[self._slot]
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if allowed is not None and (loaded.ivf is None or len(allowed) < EXACT_BELOW):
+            rows = np.fromiter((loaded.row_of[h] for h in allowed if h in loaded.row_of), dtype=np.int64)
+            rows.sort()
+            return self._exact(loaded, queries, k, rows)
+        if loaded.ivf is None:
+            return self._exact(loaded, queries, k, None)
+        return self._approximate(loaded, queries, k, allowed)
+
+    def vector_of(self, image_hash: str) -> np.ndarray | None:
+        """A stored image's vector (for "more like this")."""
+        self.sync()
+        loaded = _RESIDENT[self._slot]
+        row = loaded.row_of.get(image_hash)
+        if row is None:
+            return None
+        if loaded.vectors is not None:
+            return np.array(loaded.vectors[row])
+        return np.asarray(loaded.ivf.reconstruct(row), dtype=np.float32)
+
+    def _exact(self, loaded: _Loaded, queries: np.ndarray, k: int, rows: np.ndarray | None) -> list[list[Hit]]:
+        if loaded.vectors is None:  # the index holds the vectors: the rows' back through its direct map
+            picked = rows if rows is not None else np.arange(len(loaded.hashes))
+            matrix = loaded.ivf.reconstruct_batch(picked) if len(picked) else np.zeros((0, queries.shape[1]))
+            names = [loaded.hashes[r] for r in picked]
+        else:
+            matrix = loaded.vectors if rows is None else loaded.vectors[rows]
+            names = loaded.hashes if rows is None else [loaded.hashes[r] for r in rows]
+        if len(names) == 0:
+            return [[] for _ in queries]
+        scores = queries @ matrix.T
+        k = min(k, len(names))
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        out = []
+        for q in range(len(queries)):
+            best = top[q][np.argsort(-scores[q, top[q]])]
+            out.append([Hit(names[i], float(scores[q, i])) for i in best])
+        return out
+
+    def _approximate(self, loaded: _Loaded, queries: np.ndarray, k: int, allowed: set[str] | None) -> list[list[Hit]]:
+        loaded.ivf.nprobe = loaded.nprobe
+        want = k
+        while True:  # with a filter, ask for more until k pass it (or everything was asked)
+            scores, ids = loaded.ivf.search(queries, min(want, len(loaded.hashes)))
+            out = [
+                [Hit(loaded.hashes[i], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0]
+                for row_s, row_i in zip(scores, ids, strict=True)
+            ]
+            if allowed is not None:
+                out = [[h for h in hits if h.image_hash in allowed][:k] for hits in out]
+            if allowed is None or all(len(h) >= k for h in out) or want >= len(loaded.hashes):
+                return [hits[:k] for hits in out]
+            want *= 4
+
+
+def _rows(hashes: list[str]) -> dict[str, int]:
+    return {h: i for i, h in enumerate(hashes)}
+
+
+def _calibrate(ivf: Any, vectors: np.ndarray, rng: np.random.Generator, k: int = 10) -> int:
+    """The smallest nprobe whose recall@k against exact search, on 200 stored vectors as queries, reaches
+    TARGET_RECALL."""
+    picks = np.sort(rng.choice(len(vectors), size=min(200, len(vectors)), replace=False))
+    queries = np.ascontiguousarray(vectors[picks])
+    truth = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(vectors), 200_000):  # exact top k, a block of rows at a time
+        block = vectors[start : start + 200_000]
+        scores = queries @ block.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] + start
+        if start == 0:
+            truth, best = top, np.take_along_axis(scores, top - start, axis=1)
+        else:
+            both = np.concatenate([truth, top], axis=1)
+            both_s = np.concatenate([best, np.take_along_axis(scores, top - start, axis=1)], axis=1)
+            order = np.argsort(-both_s, axis=1)[:, :k]
+            truth, best = np.take_along_axis(both, order, axis=1), np.take_along_axis(both_s, order, axis=1)
+    for nprobe in NPROBES:
+        ivf.nprobe = nprobe
+        _, ids = ivf.search(queries, k)
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, truth, strict=True)])
+        if recall >= TARGET_RECALL:
+            return nprobe
+    return NPROBES[-1]
+
+
+def index_folder(ws: Workspace, key: str) -> Path:
+    return ws.root / "indexes" / key

@@ -1,0 +1,228 @@
+"""Explore (issue 20): the vector index against an independent exact search (scikit-learn), its incremental
+update and persistence, dataset filters, and search by text, image and "more like this" from the CLI and the
+API with a tiny CLIP model saved and loaded through the product's loaders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sklearn.neighbors import NearestNeighbors
+
+from services.api.app import create_app
+from services.core.datasets import dataset_entries
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.io.clip_models import ClipSpec, load_clip
+from services.io.embedding_store import EmbeddingStore, embedding_key
+from services.stages.explore import vector_index
+from services.stages.explore.search import SearchError, search
+from services.stages.explore.vector_index import VectorIndex
+from tests.conftest import ROOT
+
+TOKEN = "explore-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def clustered(n: int, dim: int, seed: int, centers: np.ndarray) -> np.ndarray:
+    """Vectors around random centres (as image embeddings gather by subject), L2-normalised."""
+    rng = np.random.default_rng(seed)
+    x = centers[rng.integers(0, len(centers), n)] + 0.6 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fake_hashes(n: int, start: int = 0) -> list[str]:
+    return [f"{i:064x}" for i in range(start, start + n)]
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """scikit-learn's brute-force cosine neighbours: the independent reference."""
+    nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(vectors)
+    return nn.kneighbors(queries, return_distance=False)
+
+
+def saved_centroids(path: Path) -> np.ndarray:
+    """The coarse centroids of a saved IVF index (the training a rebuild would redo)."""
+    saved = faiss.read_index(str(path))
+    ivf = faiss.extract_index_ivf(saved)
+    return np.array(ivf.quantizer.reconstruct_n(0, ivf.nlist))
+
+
+@pytest.fixture
+def small_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vector_index, "EXACT_BELOW", 1000)  # the approximate index from 1,000 vectors
+    vector_index._RESIDENT.clear()
+
+
+def test_the_index_finds_what_exact_search_finds_and_grows_without_a_rebuild(ws: Workspace, small_exact: None):
+    dim, rng = 32, np.random.default_rng(7)
+    centers = rng.normal(size=(40, dim))
+    first = clustered(3000, dim, 1, centers)
+    store = EmbeddingStore(ws, "model-a")
+    store.write_shard(fake_hashes(3000), first)
+    index = VectorIndex(ws, "model-a")
+    state = index.sync()
+    assert state["mode"] == "ivf" and state["vectors"] == 3000
+
+    queries = clustered(100, dim, 2, centers)
+    truth = exact_top(first, queries, 10)
+    found = index.search(queries, 10)
+    names = fake_hashes(3000)
+    recall = np.mean(
+        [len({names[i] for i in t} & {h.image_hash for h in f}) / 10 for t, f in zip(truth, found, strict=True)]
+    )
+    assert recall >= 0.95
+    best = found[0][0]  # scores are cosine similarities, best first
+    assert best.score == pytest.approx(float(first[names.index(best.image_hash)] @ queries[0]), abs=1e-5)
+    assert all(a.score >= b.score for hits in found for a, b in zip(hits, hits[1:], strict=False))
+
+    centroids = saved_centroids(index.folder / "ivf.faiss")
+    more = clustered(500, dim, 3, centers)
+    store.write_shard(fake_hashes(500, start=3000), more)  # newly embedded images
+    grown = index.sync()
+    assert grown["vectors"] == 3500
+    np.testing.assert_array_equal(saved_centroids(index.folder / "ivf.faiss"), centroids)  # added, not rebuilt
+    hit = index.search(more[:1], 1)[0][0]
+    assert hit.image_hash == fake_hashes(1, start=3000)[0] and hit.score == pytest.approx(1.0, abs=1e-5)
+
+    vector_index._RESIDENT.clear()  # a new process: the saved index is read, not built again
+    reread = VectorIndex(ws, "model-a")
+    assert reread.sync()["vectors"] == 3500
+    assert [h.image_hash for h in reread.search(queries[:3], 10)[0]] == [h.image_hash for h in found[0]]
+
+    store.compact()  # shards merged: their names change, so the index is built afresh over the same vectors
+    assert VectorIndex(ws, "model-a").sync()["vectors"] == 3500
+
+
+def test_a_dataset_filter_returns_only_its_images_exactly(ws: Workspace, small_exact: None):
+    dim = 16
+    centers = np.random.default_rng(0).normal(size=(10, dim))
+    vectors = clustered(2000, dim, 5, centers)
+    EmbeddingStore(ws, "m").write_shard(fake_hashes(2000), vectors)
+    index = VectorIndex(ws, "m")
+    members = set(fake_hashes(2000)[::7])
+    picked = np.array(sorted(int(h, 16) for h in members))
+    query = clustered(1, dim, 9, centers)
+    truth = [fake_hashes(2000)[picked[i]] for i in exact_top(vectors[picked], query, 15)[0]]
+    got = [h.image_hash for h in index.search(query, 15, allowed=members)[0]]
+    assert got == truth  # a few allowed images: searched exactly over them
+    none = index.search(query, 5, allowed=set())
+    assert none == [[]]
+
+
+def test_small_stores_are_searched_exactly(ws: Workspace):
+    vector_index._RESIDENT.clear()
+    vectors = clustered(300, 8, 1, np.eye(8))
+    EmbeddingStore(ws, "tiny").write_shard(fake_hashes(300), vectors)
+    index = VectorIndex(ws, "tiny")
+    assert index.sync()["mode"] == "exact"
+    truth = exact_top(vectors, vectors[:5], 4)
+    assert [[h.image_hash for h in hits] for hits in index.search(vectors[:5], 4)] == [
+        [fake_hashes(300)[i] for i in row] for row in truth
+    ]
+    assert not (index.folder / "ivf.faiss").exists()
+    with pytest.raises(LookupError, match="no vectors for embedding model 'other'"):
+        VectorIndex(ws, "other")
+
+
+# --- text, image and "more like this" over a dataset embedded with a tiny CLIP ------------------------------
+
+
+@pytest.fixture
+def tws(trained: tuple[Path, ClipSpec], tmp_path: Path) -> Iterator[Workspace]:
+    shutil.copytree(trained[0], tmp_path / "ws")
+    vector_index._RESIDENT.clear()
+    ws = Workspace(tmp_path / "ws", load_settings())
+    yield ws
+    ws.close()
+
+
+def test_text_image_and_like_queries_rank_by_the_models_own_cosine(tws: Workspace, trained: tuple[Path, ClipSpec]):
+    spec = trained[1]
+    key = embedding_key(spec)
+    stored = EmbeddingStore(tws, key).load()
+    model = load_clip(spec)
+    result, where = search(tws, text="a red square", k=5)
+    assert where == "here" and result.key == key and len(result.hits) == 5
+    expected = stored.vectors @ model.embed_texts(["a red square"])[0]
+    order = np.argsort(-expected)[:5]
+    assert [h.image_hash for h in result.hits] == [stored.hashes[i] for i in order]
+    np.testing.assert_allclose([h.score for h in result.hits], expected[order], atol=1e-4)
+
+    image_hash, rel, _ = dataset_entries(tws, "tagged")[3]
+    by_image, _ = search(tws, image=tws.abspath(rel).read_bytes(), k=3)
+    assert by_image.hits[0].image_hash == image_hash and by_image.hits[0].score > 0.99
+    like, _ = search(tws, like=image_hash, k=3)
+    assert image_hash not in [h.image_hash for h in like.hits] and len(like.hits) == 3
+    assert [h.image_hash for h in like.hits[:2]] == [h.image_hash for h in by_image.hits[1:3]]
+
+    for bad, message in (
+        ({}, "exactly one query"),
+        ({"text": "x", "like": image_hash}, "exactly one query"),
+        ({"text": "x" * 301}, "at most 300"),
+        ({"text": "x", "k": 0}, "k is 1 to 1000"),
+    ):
+        with pytest.raises(SearchError, match=message):
+            search(tws, **bad)  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="no dataset named 'nope'"):
+        search(tws, text="x", dataset="nope")
+
+
+def test_the_cli_searches_and_says_what_is_wrong_without_a_traceback(tws: Workspace, tmp_path: Path):
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services", "--workspace", str(tws.root), *args], cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    found = cli("search", "--text", "a blue square", "--k", "4", "--dataset", "tagged")
+    assert found.returncode == 0, found.stderr[-2000:]
+    lines = [line.split("\t") for line in found.stdout.splitlines()]
+    assert [int(line[0]) for line in lines] == [1, 2, 3, 4] and all(line[3].startswith("tagged: ") for line in lines)
+    assert "4 results from" in found.stderr and "exact search" in found.stderr
+    image_hash = lines[0][2]
+    like = cli("search", "--like", image_hash, "--k", "2")
+    assert like.returncode == 0 and image_hash not in like.stdout
+    for args, message in (
+        (("search",), "give exactly one query"),
+        (("search", "--like", "0" * 64), "no stored image 0000000000000000"),
+        (("search", "--image", str(tmp_path / "none.png")), "none.png: not a file"),
+        (("search", "--text", "x", "--dataset", "nope"), "no dataset named 'nope'"),
+    ):
+        refused = cli(*args)
+        assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr
+    built = cli("search-index")
+    assert built.returncode == 0 and "exact search" in built.stdout
+
+
+def test_the_api_searches_under_its_token_and_limits(tws: Workspace):
+    client = TestClient(create_app(tws, TOKEN))
+    assert client.post("/search?text=red").status_code == 401
+    found = client.post("/search?text=a%20green%20square&k=3&dataset=tagged", headers=AUTH)
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert len(body["results"]) == 3 and body["where"] == "here" and body["index"] == "exact"
+    assert all(r["name"].startswith("tagged: ") for r in body["results"])
+    image_hash, rel, _ = dataset_entries(tws, "tagged")[0]
+    upload = {"file": ("q.png", tws.abspath(rel).read_bytes(), "image/png")}
+    by_image = client.post("/search?k=2", headers=AUTH, files=upload)
+    assert by_image.status_code == 200 and by_image.json()["results"][0]["hash"] == image_hash
+    similar = client.get(f"/images/{image_hash}/similar?k=4", headers=AUTH)
+    assert similar.status_code == 200 and len(similar.json()["results"]) == 4
+    assert image_hash not in [r["hash"] for r in similar.json()["results"]]
+    assert client.post("/search?text=" + "x" * 301, headers=AUTH).status_code == 422
+    assert client.post("/search?text=x&k=0", headers=AUTH).status_code == 422
+    assert client.post("/search?text=x&dataset=../etc", headers=AUTH).status_code == 422
+    both = client.post("/search?text=x", headers=AUTH, files=upload)
+    assert both.status_code == 422 and "exactly one query" in both.json()["detail"]
+    not_image = client.post("/search", headers=AUTH, files={"file": ("n.png", b"not an image", "image/png")})
+    assert not_image.status_code in (413, 422) and "Traceback" not in not_image.text
+    assert client.get(f"/images/{'0' * 64}/similar", headers=AUTH).status_code == 404
