@@ -84,15 +84,15 @@ class VectorIndex:
         resident = _RESIDENT.get(self._slot)
         if resident is not None and resident.shards == shards:
             return self._state_of(resident, 0.0)
-        state = self._read_state()
         total = self.store.count()
         if total < EXACT_BELOW:
             everything = self.store.load()
             loaded = _Loaded(shards, everything.hashes, _rows(everything.hashes), everything.vectors, None, 0)
-        elif state is not None and set(state["shards"]) <= set(shards) and (self.folder / INDEX_FILE).is_file():
-            loaded = self._extend(state, shards)
+        elif resident is not None and resident.ivf is not None and set(resident.shards) <= set(shards):
+            loaded = self._extend(resident, shards)  # the index in memory, grown by the new shards
         else:
-            loaded = self._build(shards)
+            saved = self._read_saved(shards)
+            loaded = self._extend(saved, shards) if saved is not None else self._build(shards)
         _RESIDENT[self._slot] = loaded
         return self._state_of(loaded, time.perf_counter() - started)
 
@@ -116,18 +116,31 @@ class VectorIndex:
         log.info("index %s built: %d vectors, %d lists, nprobe %d", self.key, n, nlist, nprobe)
         return loaded
 
-    def _extend(self, state: dict[str, Any], shards: tuple[str, ...]) -> _Loaded:
+    def _read_saved(self, shards: tuple[str, ...]) -> _Loaded | None:
+        """The index as the workspace keeps it, when it covers only shards the store still has (else None: the
+        store was compacted or the files are not whole, and the index is built again)."""
         import faiss
 
+        state = self._read_state()
+        if state is None or not set(state["shards"]) <= set(shards) or not (self.folder / INDEX_FILE).is_file():
+            return None
         ivf: Any = faiss.read_index(str(self.folder / INDEX_FILE))
+        lines = (self.folder / ROWS_FILE).read_text(encoding="ascii").split()
+        count = int(state["count"])
+        if ivf.ntotal != count or len(lines) < count:
+            return None
+        if len(lines) > count:  # rows appended by a write the state never confirmed: cut them
+            write_atomic(self.folder / ROWS_FILE, ("\n".join(lines[:count]) + "\n").encode("ascii"))
         ivf.make_direct_map()
-        hashes = (self.folder / ROWS_FILE).read_text(encoding="ascii").split()[: int(state["count"])]
-        if ivf.ntotal != len(hashes):
-            return self._build(shards)
-        row_of = _rows(hashes)
-        new = [s for s in shards if s not in set(state["shards"])]
+        hashes = lines[:count]
+        return _Loaded(tuple(state["shards"]), hashes, _rows(hashes), None, ivf, int(state["nprobe"]))
+
+    def _extend(self, base: _Loaded, shards: tuple[str, ...]) -> _Loaded:
+        """`base` grown by the vectors of shards it does not hold (images it has are skipped); saved when it
+        grew."""
+        hashes, row_of, ivf = base.hashes, base.row_of, base.ivf
         added: list[str] = []
-        for name in new:
+        for name in [s for s in shards if s not in set(base.shards)]:
             shard_hashes = (self.store.folder / f"{name}.hashes").read_text(encoding="ascii").split()
             matrix = np.load(self.store.folder / f"{name}.npy", mmap_mode="r")
             keep = [i for i, h in enumerate(shard_hashes) if h not in row_of]
@@ -137,8 +150,9 @@ class VectorIndex:
                 added.append(shard_hashes[i])
             if keep:
                 ivf.add(np.ascontiguousarray(matrix[keep], dtype=np.float32))
-        loaded = _Loaded(shards, hashes, row_of, None, ivf, int(state["nprobe"]))
-        self._save(loaded, rewrite_rows=False, added=added)
+        loaded = _Loaded(shards, hashes, row_of, None, ivf, base.nprobe)
+        if added or set(base.shards) != set(shards):
+            self._save(loaded, rewrite_rows=False, added=added)
         return loaded
 
     def _save(self, loaded: _Loaded, *, rewrite_rows: bool, added: list[str] | None = None) -> None:

@@ -98,8 +98,16 @@ def test_the_index_finds_what_exact_search_finds_and_grows_without_a_rebuild(ws:
     assert reread.sync()["vectors"] == 3500
     assert [h.image_hash for h in reread.search(queries[:3], 10)[0]] == [h.image_hash for h in found[0]]
 
+    with open(reread.folder / "rows.hashes", "a") as fh:  # rows a killed update appended, its state never saved
+        fh.write("f" * 64 + "\n")
+    vector_index._RESIDENT.clear()
+    store.write_shard(fake_hashes(10, start=3500), clustered(10, dim, 4, centers))
+    assert VectorIndex(ws, "model-a").sync()["vectors"] == 3510
+    rows = (reread.folder / "rows.hashes").read_text().split()
+    assert rows == fake_hashes(3510) and "f" * 64 not in rows  # the stray row cut before the new ones
+
     store.compact()  # shards merged: their names change, so the index is built afresh over the same vectors
-    assert VectorIndex(ws, "model-a").sync()["vectors"] == 3500
+    assert VectorIndex(ws, "model-a").sync()["vectors"] == 3510
 
 
 def test_a_dataset_filter_returns_only_its_images_exactly(ws: Workspace, small_exact: None):
