@@ -18,7 +18,6 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 EXACT_BELOW = 50_000  # vectors: an exact search of 50k x 512 takes about 8 ms here
 TARGET_RECALL = 0.97
 TRAIN_SAMPLE = 100_000
-NPROBES = (8, 16, 24, 32, 48, 64, 96, 128, 256)
+NPROBES = (8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)
 STATE = "state.json"
 INDEX_FILE = "ivf.faiss"
 ROWS_FILE = "rows.hashes"
@@ -258,30 +257,26 @@ def _rows(hashes: list[str]) -> dict[str, int]:
 
 
 def _calibrate(ivf: Any, vectors: np.ndarray, rng: np.random.Generator, k: int = 10) -> int:
-    """The smallest nprobe whose recall@k against exact search, on 200 stored vectors as queries, reaches
-    TARGET_RECALL."""
+    """The smallest nprobe whose recall@k against exact search reaches TARGET_RECALL, with 200 stored vectors as
+    queries (each query's own row left out on both sides, so finding itself does not count)."""
     picks = np.sort(rng.choice(len(vectors), size=min(200, len(vectors)), replace=False))
     queries = np.ascontiguousarray(vectors[picks])
-    truth = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(vectors), 200_000):  # exact top k, a block of rows at a time
-        block = vectors[start : start + 200_000]
-        scores = queries @ block.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] + start
-        if start == 0:
-            truth, best = top, np.take_along_axis(scores, top - start, axis=1)
-        else:
-            both = np.concatenate([truth, top], axis=1)
-            both_s = np.concatenate([best, np.take_along_axis(scores, top - start, axis=1)], axis=1)
-            order = np.argsort(-both_s, axis=1)[:, :k]
-            truth, best = np.take_along_axis(both, order, axis=1), np.take_along_axis(both_s, order, axis=1)
+    wide = min(k + 1, len(vectors))
+    truth = np.zeros((len(queries), 0), dtype=np.int64)
+    best = np.zeros((len(queries), 0), dtype=np.float32)
+    for start in range(0, len(vectors), 200_000):  # exact top k + 1, a block of rows at a time
+        scores = queries @ vectors[start : start + 200_000].T
+        top = np.argpartition(-scores, min(wide, scores.shape[1]) - 1, axis=1)[:, :wide]
+        both = np.concatenate([truth, top + start], axis=1)
+        both_s = np.concatenate([best, np.take_along_axis(scores, top, axis=1)], axis=1)
+        order = np.argsort(-both_s, axis=1)[:, :wide]
+        truth, best = np.take_along_axis(both, order, axis=1), np.take_along_axis(both_s, order, axis=1)
+    expected = [set(row.tolist()) - {int(p)} for row, p in zip(truth, picks, strict=True)]
     for nprobe in NPROBES:
-        ivf.nprobe = nprobe
-        _, ids = ivf.search(queries, k)
-        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, truth, strict=True)])
-        if recall >= TARGET_RECALL:
-            return nprobe
-    return NPROBES[-1]
-
-
-def index_folder(ws: Workspace, key: str) -> Path:
-    return ws.root / "indexes" / key
+        ivf.nprobe = min(nprobe, ivf.nlist)
+        _, ids = ivf.search(queries, wide)
+        found = [set(row.tolist()) - {int(p)} for row, p in zip(ids, picks, strict=True)]
+        recall = np.mean([len(f & e) / max(1, len(e)) for f, e in zip(found, expected, strict=True)])
+        if recall >= TARGET_RECALL or nprobe >= ivf.nlist:
+            return int(ivf.nprobe)
+    return int(ivf.nprobe)
