@@ -27,6 +27,7 @@ PAGES = {
         st.Page("app_pages/ocr.py", title="OCR", icon=":material/document_scanner:", url_path="ocr"),
         st.Page("app_pages/compare.py", title="Compare REAL vs GEN", icon=":material/compare:", url_path="compare"),
     ],
+    "Browse": [st.Page("app_pages/explore.py", title="Explore", icon=":material/image_search:", url_path="explore")],
 }
 
 settings = load_settings()

@@ -291,13 +291,24 @@ def plans(demo: Demo) -> dict[str, PagePlan]:
                 "by Gemini (the demo has none); the message names the fix"
             },
         ),
+        "explore": PagePlan(
+            "explore",
+            "explore",
+            "Explore",
+            text={"Describe what you look for": "a red square", "Image hash": "0" * 64},
+            files={"An example image": f["part"]},
+            expected_errors={
+                r"has no vector from": "the walk types a hash no image has into 'More like a stored image'; "
+                "the page says no image has that hash's vector"
+            },
+        ),
     }
     for plan in found.values():
         plan.forbidden_text = {**NEVER_SHOWN, **plan.forbidden_text}
     return found
 
 
-PAGES = ["home", "download", "preprocess", "describe", "embed", "classify", "ocr", "compare"]
+PAGES = ["home", "download", "preprocess", "describe", "embed", "classify", "ocr", "compare", "explore"]
 WALK_FAILS: dict[str, str] = {}  # what each walk still finds; see test-artifacts/pages/<page>/walk.md
 RELOAD_LOSES: dict[str, str] = {}  # what a browser reload still loses
 

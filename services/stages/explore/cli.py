@@ -74,3 +74,78 @@ def search_index(
     state = VectorIndex(ws, key).sync()
     typer.echo(f"{key}: {state['vectors']} vectors, {state['mode']} search (nprobe {state['nprobe']}), "
                f"{state['seconds']:.1f} s")  # fmt: skip
+
+
+DatasetsOpt = Annotated[list[str], typer.Option("--dataset", help="A dataset (repeat for several).")]
+
+
+@commands.command("duplicates")
+def duplicates(
+    dataset: DatasetsOpt,
+    threshold: Annotated[float, typer.Option(help="Cosine at or above which two images are near-duplicates.")] = 0.95,
+    k: Annotated[int, typer.Option(help="Neighbours looked at per image.", min=1, max=100)] = 10,
+    against: Annotated[str | None, typer.Option(help="Leak report: images of --dataset near one of this.")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the groups (or leaks) to this CSV.")] = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    checkpoint: CheckpointOpt = None,
+) -> None:
+    """Near-duplicate groups within and across the datasets (CLIP cosine >= --threshold); with --against, the
+    images of one dataset that have a near-duplicate in another (a test set and its training set)."""
+    from services.core import csv_safety
+    from services.stages.explore.neighbours import leaks, near_duplicate_groups
+    from services.stages.explore.search import hit_names, pick_key
+
+    ws = cli_workspace()
+    spec = clip_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
+    key = pick_key(ws, dataset[0], spec)
+    rows: list[list[str]] = []
+    if against is not None:
+        if len(dataset) != 1:
+            fail("--against compares one --dataset with another")
+        found = leaks(ws, key, dataset[0], against, threshold)
+        names = hit_names(ws, [h for pair in found for h in pair[:2]])
+        for mine, theirs, score in found:
+            typer.echo(f"{score:.4f}\t{mine}\t{names.get(mine, '')}\t{theirs}\t{names.get(theirs, '')}")
+            rows.append([f"{score:.5f}", mine, names.get(mine, ""), theirs, names.get(theirs, "")])
+        header = ["cosine", "image_hash", "name", "near_hash", "near_name"]
+        typer.echo(f"{len(found)} images of {dataset[0]} have a near-duplicate in {against} ({key})", err=True)
+    else:
+        groups = near_duplicate_groups(ws, key, dataset, threshold, k)
+        names = hit_names(ws, [h for g in groups for h in g.members])
+        for n, group in enumerate(groups, 1):
+            typer.echo(f"group {n}: {len(group.members)} images, cosine up to {group.pairs[0][2]:.4f}")
+            for member in group.members:
+                typer.echo(f"  {member}\t{names.get(member, '')}")
+                rows.append([str(n), member, names.get(member, "")])
+        header = ["group", "image_hash", "name"]
+        in_groups = sum(len(g.members) for g in groups)
+        typer.echo(f"{len(groups)} groups, {in_groups} images, at cosine >= {threshold} ({key})", err=True)
+    if csv_out is not None:
+        with csv_safety.open_for_write(csv_out, csv_safety.guard_enabled(ws.settings)) as writer:
+            writer.writerow(header)
+            writer.writerows(rows)
+        typer.echo(f"written {csv_out}", err=True)
+
+
+@commands.command("outliers")
+def outliers(
+    dataset: DatasetsOpt,
+    top: Annotated[int, typer.Option(help="How many to list.", min=1)] = 20,
+    k: Annotated[int, typer.Option(help="Neighbours the uniqueness is taken over.", min=1, max=100)] = 10,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    checkpoint: CheckpointOpt = None,
+) -> None:
+    """The most unusual images of the datasets: uniqueness = 1 - mean cosine of the k nearest neighbours."""
+    from services.stages.explore.neighbours import outliers as find_outliers
+    from services.stages.explore.search import hit_names, pick_key
+
+    ws = cli_workspace()
+    spec = clip_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
+    key = pick_key(ws, dataset[0], spec)
+    found = find_outliers(ws, key, dataset, k)[:top]
+    names = hit_names(ws, [o.image_hash for o in found])
+    for rank, o in enumerate(found, 1):
+        typer.echo(f"{rank}\t{o.uniqueness:.4f}\t{o.nearest:.4f}\t{o.image_hash}\t{names.get(o.image_hash, '')}")
+    typer.echo(f"rank, uniqueness, nearest cosine, hash, name ({key}, k={k})", err=True)

@@ -28,9 +28,11 @@ from services.io.embedding_store import EmbeddingStore, list_embedding_keys
 log = logging.getLogger(__name__)
 
 EXACT_BELOW = 50_000  # vectors: an exact search of 50k x 512 takes about 8 ms here
-TARGET_RECALL = 0.97
+TARGET_RECALL = 0.95
 TRAIN_SAMPLE = 100_000
-NPROBES = (8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)
+QUERY_BLOCK = 256  # queries per matrix product in an exact search (256 x 50k scores: 51 MB)
+TRAIN_PER_LIST = 40  # below 39 training points per list faiss warns, and the lists split neighbours apart
+NPROBES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 384, 512, 1024)
 STATE = "state.json"
 INDEX_FILE = "ivf.faiss"
 ROWS_FILE = "rows.hashes"
@@ -104,7 +106,8 @@ class VectorIndex:
         quantizer = faiss.IndexFlatIP(dim)
         ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        sample = everything.vectors[np.sort(rng.choice(n, size=min(n, TRAIN_SAMPLE), replace=False))]
+        size = min(n, max(TRAIN_SAMPLE, TRAIN_PER_LIST * nlist))  # faiss's k-means wants ~40 points a list
+        sample = everything.vectors[np.sort(rng.choice(n, size=size, replace=False))]
         ivf.train(np.ascontiguousarray(sample))
         for start in range(0, n, 100_000):
             ivf.add(np.ascontiguousarray(everything.vectors[start : start + 100_000]))
@@ -217,6 +220,18 @@ class VectorIndex:
             return np.array(loaded.vectors[row])
         return np.asarray(loaded.ivf.reconstruct(row), dtype=np.float32)
 
+    def vectors_of(self, hashes: list[str]) -> tuple[list[str], np.ndarray]:
+        """The stored vectors of these images (those that have one, in the order given)."""
+        self.sync()
+        loaded = _RESIDENT[self._slot]
+        present = [h for h in hashes if h in loaded.row_of]
+        rows = np.array([loaded.row_of[h] for h in present], dtype=np.int64)
+        if loaded.vectors is not None:
+            return present, np.asarray(loaded.vectors[rows], dtype=np.float32)
+        if not len(rows):
+            return present, np.zeros((0, loaded.ivf.d), dtype=np.float32)
+        return present, np.asarray(loaded.ivf.reconstruct_batch(rows), dtype=np.float32)
+
     def _exact(self, loaded: _Loaded, queries: np.ndarray, k: int, rows: np.ndarray | None) -> list[list[Hit]]:
         if loaded.vectors is None:  # the index holds the vectors: the rows' back through its direct map
             picked = rows if rows is not None else np.arange(len(loaded.hashes))
@@ -227,13 +242,14 @@ class VectorIndex:
             names = loaded.hashes if rows is None else [loaded.hashes[r] for r in rows]
         if len(names) == 0:
             return [[] for _ in queries]
-        scores = queries @ matrix.T
         k = min(k, len(names))
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         out = []
-        for q in range(len(queries)):
-            best = top[q][np.argsort(-scores[q, top[q]])]
-            out.append([Hit(names[i], float(scores[q, i])) for i in best])
+        for start in range(0, len(queries), QUERY_BLOCK):  # a block of queries at a time: bounded memory
+            scores = queries[start : start + QUERY_BLOCK] @ matrix.T
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            for q in range(len(scores)):
+                best = top[q][np.argsort(-scores[q, top[q]])]
+                out.append([Hit(names[i], float(scores[q, i])) for i in best])
         return out
 
     def _approximate(self, loaded: _Loaded, queries: np.ndarray, k: int, allowed: set[str] | None) -> list[list[Hit]]:

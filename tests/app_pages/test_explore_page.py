@@ -1,0 +1,66 @@
+"""The Explore page through AppTest: search by text, "more like this" from a result, an image upload, and a
+clear message where a query cannot be answered."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from services.core.datasets import dataset_entries
+from services.core.workspace import Workspace
+from services.io.clip_models import ClipSpec, load_clip
+from services.io.embedding_store import EmbeddingStore, embedding_key
+from tests.conftest import ROOT
+
+APP = str(ROOT / "app.py")
+
+
+def test_search_by_text_then_more_like_a_result_then_by_image(
+    trained: tuple[Path, ClipSpec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    root = tmp_path / "page-ws"
+    shutil.copytree(trained[0], root)
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(root))
+    at = AppTest.from_file(APP, default_timeout=90).run()
+    at.switch_page("app_pages/explore.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="ex-model").value == embedding_key(trained[1])
+    assert at.button(key="ex-run").disabled  # nothing asked yet
+    at.text_input(key="ex-text").input("a red square").run()
+    at.number_input(key="ex-k").set_value(6).run()
+    at.button(key="ex-run").click().run()
+    assert not at.exception, at.exception
+    assert len(at.image) == 6 and any("6 images nearest to the text" in c.value for c in at.caption)
+    ws = Workspace(root)
+    stored = EmbeddingStore(ws, embedding_key(trained[1])).load()
+    expected = stored.vectors @ load_clip(trained[1]).embed_texts(["a red square"])[0]
+    best = float(np.sort(expected)[-1])
+    assert at.image[0].caption.startswith(f"{best:.3f} · ")  # ranked by the model's own cosine
+
+    at.button(key="ex-like-0").click().run()  # more like the best result
+    assert not at.exception, at.exception
+    assert len(at.image) == 6 and any("nearest to image" in c.value for c in at.caption)
+
+    image_hash, rel, _ = dataset_entries(ws, "tagged")[0]
+    at.radio(key="ex-how").set_value("An image").run()
+    at.file_uploader(key="ex-upload").upload("q.png", ws.abspath(rel).read_bytes(), "image/png").run()
+    at.button(key="ex-run").click().run()
+    assert at.image[0].caption.startswith("1.000 · ")  # the image itself, first
+
+    at.radio(key="ex-how").set_value("More like a stored image").run()
+    at.text_input(key="ex-like").input("0" * 64).run()
+    at.button(key="ex-run").click().run()
+    assert not at.exception and any("has no vector from" in e.value for e in at.error)
+    ws.close()
+
+
+def test_a_workspace_without_vectors_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(tmp_path / "empty-ws"))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page("app_pages/explore.py").run()
+    assert not at.exception, at.exception
+    assert any("embed a dataset on the Embed & Train page" in i.value for i in at.info)
