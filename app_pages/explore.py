@@ -8,7 +8,7 @@ from services.core.datasets import image_paths, list_datasets
 from services.core.errors import WorkbenchError
 from services.io.clip_models import ModelUnavailableError
 from services.io.embedding_store import EmbeddingStore, list_embedding_keys
-from services.stages.explore.search import MAX_TEXT_CHARS, hit_names, pick_key, search
+from services.stages.explore.search import MAX_TEXT_CHARS, embedded_datasets, hit_names, pick_key, search
 from ui.errors import show_error
 from ui.page_state import BIND
 from ui.state import get_workspace
@@ -31,9 +31,14 @@ if not keys:
     )
     st.stop()
 
-names = [d.name for d in list_datasets(ws.catalog)]
+names = embedded_datasets(ws)
+unembedded = len(list_datasets(ws.catalog)) - len(names)
 c1, c2, c3 = st.columns([2, 2, 1])
-scope = c1.selectbox("Search in", [ALL, *names], bind=BIND, key="ex-dataset")
+scope = c1.selectbox(
+    "Search in", [ALL, *names], bind=BIND, key="ex-dataset",
+    help="Datasets with CLIP vectors." + (f" {unembedded} more are not embedded yet: embed them on Embed & Train."
+                                          if unembedded else ""),
+)  # fmt: skip
 dataset = None if scope == ALL else scope
 try:
     default_key = pick_key(ws, dataset)

@@ -39,7 +39,7 @@ def test_search_by_text_then_more_like_a_result_then_by_image(
     stored = EmbeddingStore(ws, embedding_key(trained[1])).load()
     expected = stored.vectors @ load_clip(trained[1]).embed_texts(["a red square"])[0]
     best = float(np.sort(expected)[-1])
-    assert at.image[0].caption.startswith(f"{best:.3f} · ")  # ranked by the model's own cosine
+    assert at.image[0].captions[0].startswith(f"{best:.3f} · ")  # ranked by the model's own cosine
 
     at.button(key="ex-like-0").click().run()  # more like the best result
     assert not at.exception, at.exception
@@ -49,7 +49,7 @@ def test_search_by_text_then_more_like_a_result_then_by_image(
     at.radio(key="ex-how").set_value("An image").run()
     at.file_uploader(key="ex-upload").upload("q.png", ws.abspath(rel).read_bytes(), "image/png").run()
     at.button(key="ex-run").click().run()
-    assert at.image[0].caption.startswith("1.000 · ")  # the image itself, first
+    assert at.image[0].captions[0].startswith("1.000 · ")  # the image itself, first
 
     at.radio(key="ex-how").set_value("More like a stored image").run()
     at.text_input(key="ex-like").input("0" * 64).run()

@@ -211,3 +211,13 @@ def hit_names(ws: Workspace, hashes: list[str], dataset: str | None = None) -> d
         for r in rows:
             out.setdefault(r["image_hash"], f"{r['dataset']}: {r['name']}")
     return out
+
+
+def embedded_datasets(ws: Workspace) -> list[str]:
+    """Datasets with at least one CLIP vector (counters: one small query), by name."""
+    rows = ws.catalog.query(
+        """SELECT DISTINCT d.name FROM dataset_stage_counts c JOIN datasets d ON d.id = c.dataset_id
+           WHERE c.stage = ? AND c.status = 'ok' AND c.images > 0 ORDER BY d.name""",
+        (EMBED_STAGE,),
+    )
+    return [r[0] for r in rows]
