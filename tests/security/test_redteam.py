@@ -314,7 +314,7 @@ def test_a_session_cannot_hold_more_than_the_upload_limit(tmp_path: Path) -> Non
 
 
 def test_concurrent_sign_in_attempts_cannot_pass_the_per_user_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from services.core.auth import verify_password
+    import hashlib
 
     encoded = hash_password("the-right-one")  # the product's 600,000 iterations
     monkeypatch.setenv("WORKBENCH_WORKSPACE", str(tmp_path / "ws"))
@@ -322,9 +322,16 @@ def test_concurrent_sign_in_attempts_cannot_pass_the_per_user_limit(tmp_path: Pa
     monkeypatch.setenv("WORKBENCH_SIGN_IN__MAX_FAILURES_PER_USER", "3")
     settings = load_settings()
     throttle = SignInThrottle(throttle_folder(settings.workspace), settings.sign_in)
-    started = time.process_time()
-    verify_password("calibration", encoded)
-    one_hash = time.process_time() - started  # CPU seconds of one guess checked against the hash
+    # count the password hashes the guesses cost, at the library: CPU time said the same but read 5 for 3 when
+    # two hashes shared one core's hyperthreads (the first version of this test, a flake under load)
+    real_pbkdf2 = hashlib.pbkdf2_hmac
+    hashed: list[int] = []
+
+    def counting_pbkdf2(*args: Any, **kwargs: Any) -> bytes:
+        hashed.append(1)
+        return real_pbkdf2(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", counting_pbkdf2)
     guesses = 10
     barrier = threading.Barrier(guesses)
 
@@ -333,14 +340,12 @@ def test_concurrent_sign_in_attempts_cannot_pass_the_per_user_limit(tmp_path: Pa
         attempt_sign_in(settings, throttle, "alice", f"guess-{i}", "203.0.113.7")
 
     threads = [threading.Thread(target=guess, args=(i,)) for i in range(guesses)]
-    started = time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    checked = (time.process_time() - started) / one_hash
     throttle.close()
-    assert checked < 4.5, f"{checked:.1f} of {guesses} simultaneous guesses were checked; the limit is 3"
+    assert len(hashed) == 3, f"{len(hashed)} of {guesses} simultaneous guesses were checked; the limit is 3"
 
 
 # --- R8: names shown as Markdown --------------------------------------------------------------------------
