@@ -167,6 +167,11 @@ def clip_spec(
     return ClipSpec.from_settings(settings, model, pretrained, str(checkpoint) if checkpoint else None, device)
 
 
+def clip_spec_if_named(model: str | None, pretrained: str | None, checkpoint: Path | None) -> ClipSpec | None:
+    """The CLIP model the options name, or None when none was named (the command picks the stored one)."""
+    return clip_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
+
+
 def param_option(model: type[BaseModel], name: str, more: str = "", seed_flags: tuple[str, ...] = ()) -> Any:
     """A typer option for a field of a job's params model: its help and its range are the model's, so the
     CLI refuses what the job would (`--workers -1: not in the range x>=0`) and says what the model says.

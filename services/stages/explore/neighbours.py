@@ -51,14 +51,14 @@ def members_of(ws: Workspace, datasets: list[str]) -> list[str]:
 
 
 def neighbours(
-    index: VectorIndex, hashes: list[str], k: int, among: set[str] | None
+    index: VectorIndex, hashes: list[str], k: int, among: set[str] | None, nprobe: int | None = None
 ) -> Iterator[tuple[str, list[Hit]]]:
     """Each image's k nearest stored neighbours (itself left out), among `among` when given."""
     for start in range(0, len(hashes), QUERY_BATCH):
         present, vectors = index.vectors_of(hashes[start : start + QUERY_BATCH])
         if not present:
             continue
-        for image_hash, hits in zip(present, index.search(vectors, k + 1, among), strict=True):
+        for image_hash, hits in zip(present, index.search(vectors, k + 1, among, nprobe), strict=True):
             yield image_hash, [h for h in hits if h.image_hash != image_hash][:k]
 
 
@@ -69,6 +69,8 @@ def near_duplicate_groups(
     _check(threshold, k)
     hashes = members_of(ws, datasets)
     index = VectorIndex(ws, key)
+    index.sync()
+    nprobe = index.pair_nprobe(threshold)  # a pair over the threshold is found reading few lists
     among = set(hashes)
     parent: dict[str, str] = {}
 
@@ -82,7 +84,7 @@ def near_duplicate_groups(
         return h
 
     pairs: dict[tuple[str, str], float] = {}
-    for image_hash, hits in neighbours(index, hashes, k, among):
+    for image_hash, hits in neighbours(index, hashes, k, among, nprobe):
         for hit in hits:
             if hit.score < threshold:
                 break
@@ -110,6 +112,7 @@ def outliers(ws: Workspace, key: str, datasets: list[str], k: int = 10) -> list[
     _check(0.0, k)
     hashes = members_of(ws, datasets)
     index = VectorIndex(ws, key)
+    index.sync()
     found = []
     for image_hash, hits in neighbours(index, hashes, k, set(hashes)):
         if hits:
@@ -128,7 +131,9 @@ def leaks(
     shared = set(mine) & set(theirs)
     out = [(h, h, 1.0) for h in mine if h in shared]
     index = VectorIndex(ws, key)
-    for image_hash, hits in neighbours(index, [h for h in mine if h not in shared], 1, set(theirs)):
+    index.sync()
+    nprobe = index.pair_nprobe(threshold)
+    for image_hash, hits in neighbours(index, [h for h in mine if h not in shared], 1, set(theirs), nprobe):
         if hits and hits[0].score >= threshold:
             out.append((image_hash, hits[0].image_hash, round(hits[0].score, 5)))
     return sorted(out, key=lambda leak: -leak[2])

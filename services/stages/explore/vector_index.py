@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,9 @@ TRAIN_SAMPLE = 100_000
 QUERY_BLOCK = 256  # queries per matrix product in an exact search (256 x 50k scores: 51 MB)
 TRAIN_PER_LIST = 40  # below 39 training points per list faiss warns, and the lists split neighbours apart
 NPROBES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 384, 512, 1024)
+PAIR_TRIALS = 400  # copies searched to measure `pair_nprobe`
+PAIR_RECALL = 0.995  # share of them that must find their original
+PAIR_K = 10  # within the first 10 results (the k near-duplicate search reads)
 STATE = "state.json"
 INDEX_FILE = "ivf.faiss"
 ROWS_FILE = "rows.hashes"
@@ -52,6 +55,7 @@ class _Loaded:
     vectors: np.ndarray | None  # exact mode: every vector (rows as `hashes`)
     ivf: Any  # the faiss index above EXACT_BELOW, else None
     nprobe: int
+    pair_nprobes: dict[float, int] = field(default_factory=dict)  # threshold -> nprobe (`pair_nprobe`)
 
 
 _RESIDENT: dict[tuple[str, str], _Loaded] = {}  # (workspace, key) -> what a search needs, kept per process
@@ -59,7 +63,8 @@ _LOCK = threading.Lock()
 
 
 class VectorIndex:
-    """Search one embedding model's vectors; `sync` first (cheap when nothing changed)."""
+    """Search one embedding model's vectors. `sync` once per operation to see new shards (it lists the store);
+    searches use the index as this process holds it, synced first only when it holds none."""
 
     def __init__(self, ws: Workspace, key: str) -> None:
         if key not in list_embedding_keys(ws):
@@ -195,11 +200,13 @@ class VectorIndex:
 
     # --- searching ---------------------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, allowed: set[str] | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: set[str] | None = None, nprobe: int | None = None
+    ) -> list[list[Hit]]:
         """The `k` nearest stored images of each query vector (L2-normalised), best first; only images in
-        `allowed` when given (a dataset's), searched exactly over them when they are few."""
-        self.sync()
-        loaded = _RESIDENT[self._slot]
+        `allowed` when given (a dataset's), searched exactly over them when they are few. `nprobe`: lists read
+        per query instead of the calibrated number (`pair_nprobe` for near-duplicates)."""
+        loaded = self._held()
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if allowed is not None and (loaded.ivf is None or len(allowed) < EXACT_BELOW):
             rows = np.fromiter((loaded.row_of[h] for h in allowed if h in loaded.row_of), dtype=np.int64)
@@ -207,12 +214,11 @@ class VectorIndex:
             return self._exact(loaded, queries, k, rows)
         if loaded.ivf is None:
             return self._exact(loaded, queries, k, None)
-        return self._approximate(loaded, queries, k, allowed)
+        return self._approximate(loaded, queries, k, allowed, nprobe or loaded.nprobe)
 
     def vector_of(self, image_hash: str) -> np.ndarray | None:
         """A stored image's vector (for "more like this")."""
-        self.sync()
-        loaded = _RESIDENT[self._slot]
+        loaded = self._held()
         row = loaded.row_of.get(image_hash)
         if row is None:
             return None
@@ -222,8 +228,7 @@ class VectorIndex:
 
     def vectors_of(self, hashes: list[str]) -> tuple[list[str], np.ndarray]:
         """The stored vectors of these images (those that have one, in the order given)."""
-        self.sync()
-        loaded = _RESIDENT[self._slot]
+        loaded = self._held()
         present = [h for h in hashes if h in loaded.row_of]
         rows = np.array([loaded.row_of[h] for h in present], dtype=np.int64)
         if loaded.vectors is not None:
@@ -231,6 +236,13 @@ class VectorIndex:
         if not len(rows):
             return present, np.zeros((0, loaded.ivf.d), dtype=np.float32)
         return present, np.asarray(loaded.ivf.reconstruct_batch(rows), dtype=np.float32)
+
+    def _held(self) -> _Loaded:
+        loaded = _RESIDENT.get(self._slot)
+        if loaded is None:
+            self.sync()
+            loaded = _RESIDENT[self._slot]
+        return loaded
 
     def _exact(self, loaded: _Loaded, queries: np.ndarray, k: int, rows: np.ndarray | None) -> list[list[Hit]]:
         if loaded.vectors is None:  # the index holds the vectors: the rows' back through its direct map
@@ -252,20 +264,68 @@ class VectorIndex:
                 out.append([Hit(names[i], float(scores[q, i])) for i in best])
         return out
 
-    def _approximate(self, loaded: _Loaded, queries: np.ndarray, k: int, allowed: set[str] | None) -> list[list[Hit]]:
-        loaded.ivf.nprobe = loaded.nprobe
+    def pair_nprobe(self, threshold: float) -> int | None:
+        """The fewest lists a query must read to find a stored vector from a copy of it at cosine `threshold`
+        (in PAIR_RECALL of trials), for near-duplicates: a pair that close is almost always in the same or a
+        neighbouring list, so this is far below the calibrated nprobe (which ranks whole neighbourhoods). None
+        when searches are exact. Measured per threshold, on copies of stored vectors in random directions."""
+
+        loaded = self._held()
+        if loaded.ivf is None:
+            return None
+        cached = loaded.pair_nprobes.get(threshold)
+        if cached is not None:
+            return cached
+        rng = np.random.default_rng(1)
+        picks = np.sort(rng.choice(len(loaded.hashes), size=min(PAIR_TRIALS, len(loaded.hashes)), replace=False))
+        originals = np.asarray(loaded.ivf.reconstruct_batch(picks), dtype=np.float32)
+        copies = at_cosine(originals, max(threshold, -1.0), rng)
+        found_at = loaded.nprobe
+        for nprobe in (1, 2, 4, *NPROBES):
+            if nprobe >= loaded.nprobe:
+                break
+            _, ids = loaded.ivf.search(copies, PAIR_K, params=_probing(nprobe, loaded.ivf.nlist))
+            if np.mean([p in row for p, row in zip(picks, ids, strict=True)]) >= PAIR_RECALL:
+                found_at = nprobe
+                break
+        loaded.pair_nprobes[threshold] = found_at
+        return found_at
+
+    def _approximate(
+        self, loaded: _Loaded, queries: np.ndarray, k: int, allowed: set[str] | None, nprobe: int
+    ) -> list[list[Hit]]:
+        params = _probing(nprobe, loaded.ivf.nlist)  # per call, not on the index: threads share the index
         want = k
         while True:  # with a filter, ask for more until k pass it (or everything was asked)
-            scores, ids = loaded.ivf.search(queries, min(want, len(loaded.hashes)))
+            scores, ids = loaded.ivf.search(queries, min(want, len(loaded.hashes)), params=params)
             out = [
                 [Hit(loaded.hashes[i], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0]
                 for row_s, row_i in zip(scores, ids, strict=True)
             ]
             if allowed is not None:
                 out = [[h for h in hits if h.image_hash in allowed][:k] for hits in out]
-            if allowed is None or all(len(h) >= k for h in out) or want >= len(loaded.hashes):
+            read_all = (ids < 0).any(axis=1)  # fewer results than asked: every vector in the lists read was seen
+            enough = allowed is None or all(len(h) >= k or r for h, r in zip(out, read_all, strict=True))
+            if enough or want >= len(loaded.hashes):
                 return [hits[:k] for hits in out]
             want *= 4
+
+
+def _probing(nprobe: int, nlist: int) -> Any:
+    """faiss search parameters reading `nprobe` lists (at most every list)."""
+    import faiss
+
+    params = faiss.SearchParametersIVF()
+    params.nprobe = min(nprobe, nlist)
+    return params
+
+
+def at_cosine(x: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors at exactly `cosine` to the rows of x (unit vectors), each in a random direction."""
+    u = rng.standard_normal(x.shape).astype(np.float32)
+    u -= (u * x).sum(axis=1, keepdims=True) * x
+    u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(cosine * x + np.sqrt(max(0.0, 1 - cosine**2)) * u, dtype=np.float32)
 
 
 def _rows(hashes: list[str]) -> dict[str, int]:

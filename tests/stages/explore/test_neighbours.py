@@ -3,9 +3,7 @@ neighbours and scipy's connected components on the same vectors, with duplicates
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,8 @@ from services.stages.download.folder_import import start_folder_import
 from services.stages.explore import vector_index
 from services.stages.explore.neighbours import leaks, near_duplicate_groups, outliers
 from services.stages.explore.search import SearchError
-from tests.conftest import ROOT, read_csv
+from tests.conftest import read_csv
+from tests.support.cli import run_cli
 from tests.support.tagged_images import png
 
 KEY = "planted-model"
@@ -112,10 +111,7 @@ def test_leaks_are_test_images_near_a_training_image(ws: Workspace, planted: dic
 
 def test_the_cli_lists_groups_outliers_and_leaks(ws: Workspace, planted: dict, tmp_path: Path):
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services", "--workspace", str(ws.root), *args], cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        return run_cli(ws.root, *args)
 
     out = tmp_path / "groups.csv"
     groups = cli("duplicates", "--dataset", "train", "--threshold", "0.97", "--csv", str(out))

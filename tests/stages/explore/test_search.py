@@ -4,10 +4,8 @@ API with a tiny CLIP model saved and loaded through the product's loaders."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from services.io.embedding_store import EmbeddingStore, embedding_key
 from services.stages.explore import vector_index
 from services.stages.explore.search import SearchError, search
 from services.stages.explore.vector_index import VectorIndex
-from tests.conftest import ROOT
+from tests.support.cli import run_cli
 
 TOKEN = "explore-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -186,10 +184,7 @@ def test_text_image_and_like_queries_rank_by_the_models_own_cosine(tws: Workspac
 
 def test_the_cli_searches_and_says_what_is_wrong_without_a_traceback(tws: Workspace, tmp_path: Path):
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services", "--workspace", str(tws.root), *args], cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        return run_cli(tws.root, *args)
 
     found = cli("search", "--text", "a blue square", "--k", "4", "--dataset", "tagged")
     assert found.returncode == 0, found.stderr[-2000:]
@@ -234,3 +229,30 @@ def test_the_api_searches_under_its_token_and_limits(tws: Workspace):
     not_image = client.post("/search", headers=AUTH, files={"file": ("n.png", b"not an image", "image/png")})
     assert not_image.status_code in (413, 422) and "Traceback" not in not_image.text
     assert client.get(f"/images/{'0' * 64}/similar", headers=AUTH).status_code == 404
+
+
+def test_near_duplicates_read_few_lists_and_still_find_every_copy(ws: Workspace, small_exact: None):
+    """A copy at cosine >= 0.95 sits in its original's list or next to it: the nprobe measured for pairs is far
+    below the calibrated one (which ranks whole neighbourhoods, hard on data with little structure), and a
+    search with it finds every planted copy, also through a dataset filter that leaves lists short."""
+    dim, rng = 64, np.random.default_rng(11)
+    base = clustered(4000, dim, 12, rng.normal(size=(800, dim)))  # 5 per centre: neighbourhoods barely exist
+    cosines = rng.uniform(0.955, 0.995, 60)
+    noise = rng.normal(size=(60, dim))
+    noise -= (noise * base[:60]).sum(axis=1, keepdims=True) * base[:60]
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    copies = (cosines[:, None] * base[:60] + np.sqrt(1 - cosines[:, None] ** 2) * noise).astype(np.float32)
+    assert np.allclose((copies * base[:60]).sum(axis=1), cosines, atol=1e-5)  # planted at exactly those cosines
+    EmbeddingStore(ws, "dups").write_shard(fake_hashes(4060), np.concatenate([base, copies]))
+    index = VectorIndex(ws, "dups")
+    calibrated = index.sync()["nprobe"]
+    pairs = index.pair_nprobe(0.95)
+    assert pairs is not None and pairs < calibrated
+    names = fake_hashes(4060)
+    found = index.search(copies, 2, nprobe=pairs)
+    assert [hits[1].image_hash for hits in found] == names[:60]  # each copy: itself, then its original
+    assert [hits[1].score for hits in found] == pytest.approx(cosines.tolist(), abs=1e-5)
+    allowed = set(names[:60]) | set(names[::3])  # a dataset of about a third: lists read hold few of its images
+    filtered = index.search(copies, 5, allowed, nprobe=pairs)
+    assert all(len(hits) <= 5 and {h.image_hash for h in hits} <= allowed for hits in filtered)
+    assert all(n in {h.image_hash for h in hits} for n, hits in zip(names[:60], filtered, strict=True))
