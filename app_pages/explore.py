@@ -1,4 +1,5 @@
-"""Explore: search the catalog's images by text, by an example image, or "more like this" on any result."""
+"""Explore: search the catalog's images by text, by an example image, or "more like this" on any result; find
+near-duplicate groups and choose which copies exports keep."""
 
 from pathlib import Path
 
@@ -6,9 +7,13 @@ import streamlit as st
 
 from services.core.datasets import image_paths, list_datasets
 from services.core.errors import WorkbenchError
+from services.core.workspace import Workspace
 from services.io.clip_models import ModelUnavailableError
 from services.io.embedding_store import EmbeddingStore, list_embedding_keys
+from services.stages.explore.duplicate_choices import current_choices, image_sizes, record_choices, suggested_choices
+from services.stages.explore.neighbours import DEFAULT_THRESHOLD, DuplicateGroup, near_duplicate_groups
 from services.stages.explore.search import MAX_TEXT_CHARS, embedded_datasets, hit_names, pick_key, search
+from ui.auth import current_user
 from ui.errors import show_error
 from ui.page_state import BIND
 from ui.state import get_workspace
@@ -17,11 +22,106 @@ from ui.text import md
 ws = get_workspace()
 COLUMNS = 6
 ALL = "All datasets"
+GROUPS_PER_PAGE = 10
+
+
+def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
+    """Near-duplicate groups of the chosen datasets, a page of groups at a time, each image with a drop box."""
+    c1, c2, c3 = st.columns([3, 1, 2])
+    chosen = c1.multiselect("Datasets", names, default=names[:1], bind=BIND, key="ex-dup-datasets",
+                            help="Groups form within and across the datasets chosen.")  # fmt: skip
+    threshold = float(c2.number_input("Cosine at least", 0.80, 1.0, DEFAULT_THRESHOLD, 0.005, format="%.3f",
+                                      bind=BIND, key="ex-dup-threshold",
+                                      help="Calibrate on your data: look at the groups just above it."))  # fmt: skip
+    if not chosen:
+        st.info("Choose at least one dataset.")
+        return
+    try:
+        key = pick_key(ws, chosen[0])
+    except WorkbenchError as exc:
+        show_error(exc)
+        return
+    key = c3.selectbox("Embedding model", keys, index=keys.index(key), key="ex-dup-model")
+    asked = (tuple(chosen), threshold, key)
+    if st.button("Find near-duplicates", type="primary", key="ex-dup-run", icon=":material/content_copy:"):
+        try:
+            with st.spinner("Reading every image's nearest neighbours…"):
+                st.session_state["ex-dup-groups"] = (asked, near_duplicate_groups(ws, key, chosen, threshold))
+        except WorkbenchError as exc:
+            show_error(exc)
+            return
+        st.session_state["ex-dup-page"] = 1
+        _new_boxes()
+    found = st.session_state.get("ex-dup-groups")
+    if not found:
+        return
+    if found[0] != asked:
+        st.caption("The settings changed since the groups were found: find them again to see the new groups.")
+    groups: list[DuplicateGroup] = found[1]
+    members = [h for g in groups for h in g.members]
+    if not groups:
+        st.success(f"No near-duplicates at cosine ≥ {found[0][1]:.3f}.")
+        return
+    chosen_now = current_choices(ws, members)
+    dropped = sum(1 for c in chosen_now.values() if c == "drop")
+    st.write(f"**{len(groups):,} groups**, {len(members):,} images; {dropped:,} chosen to drop (exports leave "
+             "them out).")  # fmt: skip
+    if st.button("Keep the best copy of every group, drop the rest", key="ex-dup-suggest",
+                 help="The best copy: the most pixels, then the largest file."):  # fmt: skip
+        record_choices(ws, suggested_choices(ws, groups), current_user(), f"Explore: cosine >= {found[0][1]:.3f}")
+        _new_boxes("Kept the best copy of every group and dropped the rest.")
+        st.rerun()
+    if saved := st.session_state.pop("ex-dup-saved", None):
+        st.success(saved)
+    pages = max(1, -(-len(groups) // GROUPS_PER_PAGE))
+    page = int(st.number_input(f"Page (of {pages})", 1, pages, bind=BIND, key="ex-dup-page"))
+    shown = groups[(page - 1) * GROUPS_PER_PAGE : page * GROUPS_PER_PAGE]
+    on_page = [h for g in shown for h in g.members]
+    paths = image_paths(ws, on_page)
+    shown_names = hit_names(ws, on_page)
+    sizes = image_sizes(ws, on_page)
+    for n, group in enumerate(shown, (page - 1) * GROUPS_PER_PAGE + 1):
+        with st.container(border=True):
+            st.caption(f"Group {n}: {len(group.members)} images, cosine up to {group.pairs[0][2]:.4f}")
+            cells = st.columns(COLUMNS)
+            for i, image_hash in enumerate(group.members):
+                cell = cells[i % COLUMNS]
+                name = Path(shown_names.get(image_hash, "")).name
+                width, height = sizes.get(image_hash, (0, 0))
+                caption = f"{md(name)} · {width}×{height}"
+                if image_hash in paths:
+                    cell.image(str(ws.abspath(paths[image_hash])), caption=caption)
+                else:
+                    cell.caption(f"{caption} (no stored file)")
+                cell.checkbox("Drop", value=chosen_now.get(image_hash) == "drop", key=_box(image_hash))
+    if st.button("Save the choices on this page", key="ex-dup-save", icon=":material/save:"):
+        changes = {}
+        for image_hash in on_page:
+            wanted = "drop" if st.session_state.get(_box(image_hash)) else "keep"
+            if wanted != chosen_now.get(image_hash, "keep"):
+                changes[image_hash] = wanted
+        if changes:
+            record_choices(ws, changes, current_user(), "Explore page")
+        _new_boxes(f"Saved {len(changes)} changed choices." if changes else "Nothing changed.")
+        st.rerun()
+
+
+def _box(image_hash: str) -> str:
+    """A Drop box's key: new boxes (showing the recorded choices) after every recording."""
+    return f"ex-drop-{st.session_state.get('ex-dup-version', 0)}-{image_hash[:16]}"
+
+
+def _new_boxes(message: str | None = None) -> None:
+    st.session_state["ex-dup-version"] = st.session_state.get("ex-dup-version", 0) + 1
+    if message:
+        st.session_state["ex-dup-saved"] = message
+
 
 st.title("Explore")
 st.caption(
     "Search every embedded image by what it shows, in words or by an example, with the CLIP model the images "
-    "were embedded with. Results are ranked by cosine similarity; “More like this” searches from any result."
+    "were embedded with. Results are ranked by cosine similarity; “More like this” searches from any result. "
+    "Duplicates finds near-copies and records which copy each export keeps."
 )
 
 keys = list_embedding_keys(ws)
@@ -29,6 +129,12 @@ if not keys:
     st.info(
         "No image has a CLIP vector yet: embed a dataset on the Embed & Train page (or `python -m services embed`)."
     )
+    st.stop()
+
+names = embedded_datasets(ws)
+mode = st.segmented_control("View", ["Search", "Duplicates"], default="Search", bind=BIND, key="ex-mode")
+if mode == "Duplicates":
+    duplicates_view(ws, names, keys)
     st.stop()
 
 names = embedded_datasets(ws)

@@ -3,11 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from services.core.datasets import list_datasets
+from services.core.datasets import dataset_id_of, list_datasets
 from services.core.errors import WorkbenchError
 from services.demo.builder import build_demo
 from services.jobs.worker_status import worker_summary
 from services.stages.compare.label_sets import LABEL_SET_KIND
+from services.stages.explore.duplicate_choices import dropped_count
 from services.stages.export.stage import FORMAT_LABELS, label_choices, page_export_folder, start_export
 from ui.components import job_panel, jobs_table, launch
 from ui.errors import show_error
@@ -65,9 +66,17 @@ if datasets:
                                  "the input CSV", disabled=ex_format == "seed000")  # fmt: skip
             target = page_export_folder(ws, ex_dataset, ex_format)
             st.caption(f"Into {code(display_path(ws, target))}; exporting again there writes only what is missing.")
+            include_dropped = False
+            if ex_format != "seed000" and (dropped := dropped_count(ws, dataset_id_of(ws.catalog, ex_dataset))):
+                include_dropped = st.checkbox(
+                    f"Include the {dropped:,} images chosen to drop as near-duplicates", bind=BIND,
+                    key="home-export-dropped", help="Chosen on the Explore page (Duplicates) or by `duplicates "
+                    "--drop-extras`; left out of exports unless this is ticked.",
+                )  # fmt: skip
             if st.button("Export", key="home-export-start", icon=":material/file_export:"):
                 try:
-                    started = start_export(ws, manager, ex_dataset, ex_format, target, by=ex_by)
+                    started = start_export(ws, manager, ex_dataset, ex_format, target, by=ex_by,
+                                           include_dropped=include_dropped)  # fmt: skip
                 except WorkbenchError as exc:
                     show_error(exc)
                 else:

@@ -92,3 +92,11 @@ def require_sign_in(settings: Settings) -> str | None:
 def sign_in_configured(settings: Settings) -> bool:
     """Whether this dashboard has sign-in (OIDC or its own users): a shared server, not a laptop."""
     return _oidc_configured() or sign_in_required(settings)
+
+
+def current_user() -> str:
+    """Who is using this session, for audit trails: the signed-in name, else "dashboard" on an open workbench."""
+    if _oidc_configured() and st.user.is_logged_in:
+        return str(st.user.get("email") or st.user.get("name") or "signed in")
+    user = st.session_state.get("signed-in-user")
+    return str(user) if user else "dashboard"

@@ -409,6 +409,18 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX image_aliases_alias ON image_aliases(kind, alias);  -- pixel-equal files share one
     """,
+    # 7: keep/drop choices on near-duplicate images, append-only (an audit trail; the latest choice counts).
+    """
+    CREATE TABLE duplicate_choices (
+        id INTEGER PRIMARY KEY,
+        image_hash TEXT NOT NULL,
+        choice TEXT NOT NULL CHECK (choice IN ('keep', 'drop')),
+        decided_by TEXT NOT NULL,
+        decided_at REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT ''       -- why: the group's kept image and the cosine, when known
+    );
+    CREATE INDEX duplicate_choices_image ON duplicate_choices(image_hash, id);
+    """,
 ]
 
 

@@ -64,3 +64,51 @@ def test_a_workspace_without_vectors_says_what_to_do(tmp_path: Path, monkeypatch
     at.switch_page("app_pages/explore.py").run()
     assert not at.exception, at.exception
     assert any("embed a dataset on the Embed & Train page" in i.value for i in at.info)
+
+
+def test_duplicates_view_shows_the_groups_and_records_choices(
+    trained: tuple[Path, ClipSpec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from services.stages.explore import vector_index
+    from services.stages.explore.duplicate_choices import current_choices, history, suggested_choices
+    from services.stages.explore.neighbours import near_duplicate_groups
+
+    root = tmp_path / "dup-ws"
+    shutil.copytree(trained[0], root)
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(root))
+    ws = Workspace(root)
+    key = embedding_key(trained[1])
+    vector_index._RESIDENT.clear()
+    threshold = next(t for t in (0.999, 0.995, 0.99, 0.98, 0.95, 0.9) if near_duplicate_groups(ws, key, ["tagged"], t))
+    expected = near_duplicate_groups(ws, key, ["tagged"], threshold)
+    at = AppTest.from_file(APP, default_timeout=90).run()
+    at.switch_page("app_pages/explore.py").run()
+    at.segmented_control(key="ex-mode").set_value("Duplicates").run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="ex-dup-datasets").value == ["tagged"]
+    at.number_input(key="ex-dup-threshold").set_value(threshold).run()
+    at.button(key="ex-dup-run").click().run()
+    assert not at.exception, at.exception
+    members = sum(len(g.members) for g in expected)
+    assert any(f"{len(expected):,} groups" in m.value and f"{members:,} images" in m.value for m in at.markdown)
+    shown = min(len(expected), 10)
+    assert len(at.image) == sum(len(g.members) for g in expected[:shown])
+    assert not any(box.value for box in at.checkbox)  # nothing chosen yet
+
+    at.button(key="ex-dup-suggest").click().run()
+    assert not at.exception, at.exception
+    suggested = suggested_choices(ws, expected)
+    assert current_choices(ws, list(suggested)) == suggested
+    on_page = [h for g in expected[:shown] for h in g.members]
+    boxes = {box.key.rsplit("-", 1)[1]: box for box in at.checkbox if box.key.startswith("ex-drop-")}  # hash[:16]
+    shown_boxes = {h: boxes[h[:16]].value for h in on_page}
+    assert shown_boxes == {h: suggested[h] == "drop" for h in on_page}  # the boxes show what was recorded
+
+    image = next(h for h in on_page if suggested[h] == "drop")
+    boxes[image[:16]].uncheck().run()
+    at.button(key="ex-dup-save").click().run()
+    assert not at.exception, at.exception
+    assert any("Saved 1 changed choices" in s.value for s in at.success)
+    assert current_choices(ws, [image]) == {image: "keep"}
+    assert [(r.choice, r.decided_by) for r in history(ws, image)] == [("drop", "dashboard"), ("keep", "dashboard")]
+    ws.close()

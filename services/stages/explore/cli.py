@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import CheckpointOpt, ModelOpt, PretrainedOpt, cli_workspace, clip_spec, fail
+from services.cli.common import CheckpointOpt, ModelOpt, PretrainedOpt, cli_workspace, clip_spec_if_named, fail
 
 commands = typer.Typer()
 
@@ -44,7 +44,7 @@ def search(
         if found is None:
             fail(f"no stored image {like[:16]}... in this workspace")
         like = found
-    spec = clip_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
+    spec = clip_spec_if_named(model, pretrained, checkpoint)
     key = pick_key(ws, dataset, spec)
     result, where = run_search(ws, text=text, image=data, like=like, dataset=dataset, k=k, key=key)
     names = hit_names(ws, [h.image_hash for h in result.hits], dataset)
@@ -69,7 +69,7 @@ def search_index(
     from services.stages.explore.vector_index import VectorIndex
 
     ws = cli_workspace()
-    spec = clip_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
+    spec = clip_spec_if_named(model, pretrained, checkpoint)
     key = pick_key(ws, dataset, spec)
     state = VectorIndex(ws, key).sync()
     typer.echo(f"{key}: {state['vectors']} vectors, {state['mode']} search (nprobe {state['nprobe']}), "
@@ -86,18 +86,26 @@ def duplicates(
     k: Annotated[int, typer.Option(help="Neighbours looked at per image.", min=1, max=100)] = 10,
     against: Annotated[str | None, typer.Option(help="Leak report: images of --dataset near one of this.")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the groups (or leaks) to this CSV.")] = None,
+    drop_extras: Annotated[
+        bool, typer.Option(help="Record a choice per group: keep its best copy (most pixels), drop the rest.")
+    ] = False,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
 ) -> None:
-    """Near-duplicate groups within and across the datasets (CLIP cosine >= --threshold); with --against, the
-    images of one dataset that have a near-duplicate in another (a test set and its training set)."""
+    """Near-duplicate groups within and across the datasets (CLIP cosine >= --threshold), each image with its
+    keep/drop choice (exports leave dropped images out); with --against, the images of one dataset that have a
+    near-duplicate in another (a test set and its training set)."""
     from services.core import csv_safety
+    from services.stages.explore.duplicate_choices import current_choices, record_choices, suggested_choices
     from services.stages.explore.neighbours import leaks, near_duplicate_groups
     from services.stages.explore.search import hit_names, pick_key
 
+    if drop_extras and against is not None:
+        fail("--drop-extras chooses within groups; a leak report (--against) records nothing")
+
     ws = cli_workspace()
-    spec = clip_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
+    spec = clip_spec_if_named(model, pretrained, checkpoint)
     key = pick_key(ws, dataset[0], spec)
     rows: list[list[str]] = []
     if against is not None:
@@ -112,20 +120,63 @@ def duplicates(
         typer.echo(f"{len(found)} images of {dataset[0]} have a near-duplicate in {against} ({key})", err=True)
     else:
         groups = near_duplicate_groups(ws, key, dataset, threshold, k)
-        names = hit_names(ws, [h for g in groups for h in g.members])
+        members = [h for g in groups for h in g.members]
+        if drop_extras:
+            suggested = suggested_choices(ws, groups)
+            record_choices(ws, suggested, cli_user(), f"duplicates --drop-extras at cosine >= {threshold}")
+        names = hit_names(ws, members)
+        chosen = current_choices(ws, members)
         for n, group in enumerate(groups, 1):
             typer.echo(f"group {n}: {len(group.members)} images, cosine up to {group.pairs[0][2]:.4f}")
             for member in group.members:
-                typer.echo(f"  {member}\t{names.get(member, '')}")
-                rows.append([str(n), member, names.get(member, "")])
-        header = ["group", "image_hash", "name"]
-        in_groups = sum(len(g.members) for g in groups)
-        typer.echo(f"{len(groups)} groups, {in_groups} images, at cosine >= {threshold} ({key})", err=True)
+                choice = chosen.get(member, "-")
+                typer.echo(f"  {choice}\t{member}\t{names.get(member, '')}")
+                rows.append([str(n), member, names.get(member, ""), choice])
+        header = ["group", "image_hash", "name", "choice"]
+        typer.echo(f"{len(groups)} groups, {len(members)} images, at cosine >= {threshold} ({key})", err=True)
+        if drop_extras:
+            dropped = sum(1 for c in suggested.values() if c == "drop")
+            typer.echo(f"recorded: {dropped} dropped, {len(groups)} kept (exports leave dropped images out)", err=True)
     if csv_out is not None:
         with csv_safety.open_for_write(csv_out, csv_safety.guard_enabled(ws.settings)) as writer:
             writer.writerow(header)
             writer.writerows(rows)
         typer.echo(f"written {csv_out}", err=True)
+
+
+@commands.command("duplicate-choice")
+def duplicate_choice(
+    drop: Annotated[list[str] | None, typer.Option(help="An image hash to drop from exports (repeat).")] = None,
+    keep: Annotated[list[str] | None, typer.Option(help="An image hash to keep (undoes a drop; repeat).")] = None,
+    note: Annotated[str, typer.Option(help="Why, kept in the audit trail.")] = "",
+) -> None:
+    """Record keep/drop choices on near-duplicate images by hash (sha256 or seed hash_id); the latest counts."""
+    from services.compat.seed_hash_ids import find_image
+    from services.stages.explore.duplicate_choices import record_choices
+
+    ws = cli_workspace()
+    asked = [(h, "drop") for h in drop or []] + [(h, "keep") for h in keep or []]
+    if not asked:
+        fail("give at least one --drop HASH or --keep HASH")
+    choices: dict[str, str] = {}
+    for given, choice in asked:
+        found = find_image(ws, given)
+        if found is None:
+            fail(f"no stored image {given[:16]}... in this workspace")
+        choices[found] = choice
+    record_choices(ws, choices, cli_user(), note)
+    for image_hash, choice in choices.items():
+        typer.echo(f"{choice}\t{image_hash}")
+
+
+def cli_user() -> str:
+    """Who made a choice from the command line: the account running it."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
 
 
 @commands.command("outliers")
@@ -142,7 +193,7 @@ def outliers(
     from services.stages.explore.search import hit_names, pick_key
 
     ws = cli_workspace()
-    spec = clip_spec(model, pretrained, checkpoint) if (model or pretrained or checkpoint) else None
+    spec = clip_spec_if_named(model, pretrained, checkpoint)
     key = pick_key(ws, dataset[0], spec)
     found = find_outliers(ws, key, dataset, k)[:top]
     names = hit_names(ws, [o.image_hash for o in found])

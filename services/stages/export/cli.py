@@ -29,6 +29,9 @@ def export(
         typer.Option(help="With --format hf: then publish it as this Hub dataset (OWNER/NAME; token: HF_TOKEN)."),
     ] = None,
     public: Annotated[bool, typer.Option(help="With --push-to-hub: a public repository (default private).")] = False,
+    include_dropped: Annotated[
+        bool, typer.Option(help="Also export images chosen to drop as near-duplicates (`duplicates --drop-extras`).")
+    ] = False,
 ) -> None:
     """Write a dataset for the next tool: ImageFolder folders, Hugging Face Parquet (`datasets.load_dataset(OUT)`)
     or WebDataset tar shards. The stored files leave byte for byte, with their labels, input columns and scores."""
@@ -38,7 +41,7 @@ def export(
         fail("--push-to-hub publishes a Hugging Face export: use it with --format hf, in the foreground")
     ws = cli_workspace()
     manager = JobManager(ws)
-    job_id = start_export(ws, manager, dataset, fmt, out, by=by, shard_size=shard_size)
+    job_id = start_export(ws, manager, dataset, fmt, out, by=by, shard_size=shard_size, include_dropped=include_dropped)
     typer.echo(f"job {job_id} created: export {dataset!r} as {fmt} into {out}")
     finish_job(manager, job_id, background)
     if push_to_hub is not None and manager.progress(job_id).state == "completed":

@@ -30,6 +30,7 @@ from services.core.workspace import Workspace, write_atomic
 from services.jobs.manager import ItemResult, JobManager
 from services.jobs.params import DatasetParams, JobParams, job_params
 from services.jobs.stage import ChunkedTask
+from services.stages.explore.duplicate_choices import dropped_among
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class ExportParams(DatasetParams):
     shard_size: int = Field(1000, ge=1, le=100_000, description="images per shard (a job item)")
     images: int = Field(0, ge=0)  # stored images when the job was made (the shard count follows)
     rows: int = Field(0, ge=0)  # input rows (seed000 shards rows: one file per row)
+    include_dropped: bool = Field(False, description="also export images chosen to drop as near-duplicates")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class ExportOptions:
     shard_size: int
     shards: int
     repeated: frozenset[str] = frozenset()  # seed000: the names rows share (read once per run)
+    skip_dropped: bool = True  # leave out images last chosen to drop as near-duplicates (Explore)
 
 
 @dataclass
@@ -86,6 +89,7 @@ def start_export(
     *,
     by: str = "tag",
     shard_size: int = 1000,
+    include_dropped: bool = False,
 ) -> int:
     """Check the request now (the format, the label source, the dataset's images), then create the job."""
     if fmt not in FORMATS:
@@ -104,6 +108,7 @@ def start_export(
         params = ExportParams(
             dataset=dataset, format=fmt, out=str(out.expanduser().resolve()), by=by, shard_size=shard_size,
             images=images, rows=rows, chunk_size=1,  # a shard is a chunk: progress after every shard
+            include_dropped=include_dropped,
         )  # fmt: skip
     return manager.create(KIND, f"Export {fmt}: {dataset} ({images} images)", params, dataset_id)
 
@@ -148,6 +153,7 @@ class ExportTask(ChunkedTask):
         return ExportOptions(
             workspace=str(ws.root), journal_dir=str(ws.job_dir(job_id)), dataset=p.dataset, format=p.format,
             out=p.out, by=p.by, shard_size=p.shard_size, shards=shard_count(p), repeated=repeated,
+            skip_dropped=not p.include_dropped,
         )  # fmt: skip
 
     def finish(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> None:
@@ -160,6 +166,7 @@ class ExportTask(ChunkedTask):
         manifest = {
             "dataset": p.dataset, "format": p.format, "by": p.by, "shard_size": p.shard_size, "job": job_id,
             "images": sum(s.get("images", 0) for s in shards), "shards": shards,
+            "dropped_duplicates": sum(s.get("dropped", 0) for s in shards),
         }  # fmt: skip
         out = Path(p.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +192,7 @@ def export_shards(
             if cancelled():
                 return
             shard = int(locator or 0)
+            dropped: set[str] = set()
             try:
                 if opts.format == "seed000":
                     images, written = write_seed000_shard(
@@ -192,13 +200,19 @@ def export_shards(
                     )
                 else:
                     records = shard_records(ws, opts.dataset, opts.by, shard * opts.shard_size, opts.shard_size)
+                    if opts.skip_dropped:
+                        dropped = dropped_among(ws, [r.image_hash for r in records])
+                        records = [r for r in records if r.image_hash not in dropped]
                     if writer is None:
                         raise ValueError(f"export format {opts.format!r}")
                     images, written = len(records), writer(Path(opts.out), opts.dataset, shard, opts.shards, records)
             except FileNotFoundError as exc:
                 yield ItemResult(key=key, status="failed", error_class="missing", error_message=str(exc))
                 continue
-            yield ItemResult(key=key, status="ok", result={"images": images, "files": written})
+            result = {"images": images, "files": written}
+            if dropped:
+                result["dropped"] = len(dropped)
+            yield ItemResult(key=key, status="ok", result=result)
     finally:
         ws.close()
 
