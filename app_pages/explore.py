@@ -132,7 +132,7 @@ if not keys:
     st.stop()
 
 names = embedded_datasets(ws)
-mode = st.segmented_control("View", ["Search", "Duplicates"], default="Search", bind=BIND, key="ex-mode")
+mode = st.radio("View", ["Search", "Duplicates"], horizontal=True, bind=BIND, key="ex-mode")
 if mode == "Duplicates":
     duplicates_view(ws, names, keys)
     st.stop()

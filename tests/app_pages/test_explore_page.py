@@ -83,7 +83,7 @@ def test_duplicates_view_shows_the_groups_and_records_choices(
     expected = near_duplicate_groups(ws, key, ["tagged"], threshold)
     at = AppTest.from_file(APP, default_timeout=90).run()
     at.switch_page("app_pages/explore.py").run()
-    at.segmented_control(key="ex-mode").set_value("Duplicates").run()
+    at.radio(key="ex-mode").set_value("Duplicates").run()
     assert not at.exception, at.exception
     assert at.multiselect(key="ex-dup-datasets").value == ["tagged"]
     at.number_input(key="ex-dup-threshold").set_value(threshold).run()
