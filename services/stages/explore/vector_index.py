@@ -8,8 +8,9 @@ at build so recall@10 against exact search on stored vectors is at least `TARGET
 
 Files, in `indexes/<embedding key>/`: `ivf.faiss` (the index), `rows.hashes` (row id -> image hash, one per
 line) and `state.json` (the store shards included, the row count, nprobe), written in that order, so a state
-never names rows the other files lack. `sync` adds the vectors of new shards; a shard that disappeared (the
-store was compacted) rebuilds. Vectors are L2-normalised, so the inner product is the cosine similarity.
+never names rows the other files lack, by one process at a time (an exclusive lock on `.lock`). `sync` adds
+the vectors of new shards; a shard that disappeared (the store was compacted) rebuilds. Vectors are
+L2-normalised, so the inner product is the cosine similarity.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +43,7 @@ PAIR_K = 10  # within the first 10 results (the k near-duplicate search reads)
 STATE = "state.json"
 INDEX_FILE = "ivf.faiss"
 ROWS_FILE = "rows.hashes"
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,14 @@ class VectorIndex:
         if total < EXACT_BELOW:
             everything = self.store.load()
             loaded = _Loaded(shards, everything.hashes, _rows(everything.hashes), everything.vectors, None, 0)
-        elif resident is not None and resident.ivf is not None and set(resident.shards) <= set(shards):
-            loaded = self._extend(resident, shards)  # the index in memory, grown by the new shards
         else:
-            saved = self._read_saved(shards)
-            loaded = self._extend(saved, shards) if saved is not None else self._build(shards)
+            with _files_lock(self.folder):  # one process at a time reads then writes the index's files
+                shards = tuple(self.store.shards())
+                if resident is not None and resident.ivf is not None and set(resident.shards) <= set(shards):
+                    loaded = self._extend(resident, shards)  # the index in memory, grown by the new shards
+                else:
+                    saved = self._read_saved(shards)  # what another process built or grew while this one waited
+                    loaded = self._extend(saved, shards) if saved is not None else self._build(shards)
         _RESIDENT[self._slot] = loaded
         return self._state_of(loaded, time.perf_counter() - started)
 
@@ -309,6 +317,21 @@ class VectorIndex:
             if enough or want >= len(loaded.hashes):
                 return [hits[:k] for hits in out]
             want *= 4
+
+
+@contextmanager
+def _files_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on an index's folder across processes (the worker, the dashboard, a CLI may sync the
+    same index at once: one builds, the others then read what it saved instead of building a second copy)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _probing(nprobe: int, nlist: int) -> Any:

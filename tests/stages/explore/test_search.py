@@ -4,8 +4,11 @@ API with a tiny CLIP model saved and loaded through the product's loaders."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from services.io.embedding_store import EmbeddingStore, embedding_key
 from services.stages.explore import vector_index
 from services.stages.explore.search import SearchError, search
 from services.stages.explore.vector_index import VectorIndex
+from tests.conftest import ROOT
 from tests.support.cli import run_cli
 
 TOKEN = "explore-token"
@@ -256,3 +260,37 @@ def test_near_duplicates_read_few_lists_and_still_find_every_copy(ws: Workspace,
     filtered = index.search(copies, 5, allowed, nprobe=pairs)
     assert all(len(hits) <= 5 and {h.image_hash for h in hits} <= allowed for hits in filtered)
     assert all(n in {h.image_hash for h in hits} for n, hits in zip(names[:60], filtered, strict=True))
+
+
+SYNC_IN_A_PROCESS = """
+import json, logging, sys
+from services.core.settings import load_settings
+from services.core.workspace import Workspace
+from services.stages.explore import vector_index
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+vector_index.EXACT_BELOW = 1000
+ws = Workspace(sys.argv[1], load_settings(workspace=sys.argv[1]))
+state = vector_index.VectorIndex(ws, "shared").sync()
+print(json.dumps({"vectors": state["vectors"], "mode": state["mode"]}))
+"""
+
+
+def test_processes_syncing_one_index_at_once_build_it_once(ws: Workspace, tmp_path: Path):
+    """The worker, the dashboard and a CLI may sync the same index together: one builds it, the others wait and
+    read what it saved (two builds of a million vectors at once would hold two 6 GB builds)."""
+    vectors = clustered(6000, 32, 3, np.random.default_rng(0).normal(size=(30, 32)))
+    EmbeddingStore(ws, "shared").write_shard(fake_hashes(6000), vectors)
+    script = tmp_path / "sync.py"
+    script.write_text(SYNC_IN_A_PROCESS)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    runs = [subprocess.Popen([sys.executable, str(script), str(ws.root)], cwd=ROOT, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]  # fmt: skip
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-1500:] for _, err in outputs]
+    assert [json.loads(out) for out, _ in outputs] == [{"vectors": 6000, "mode": "ivf"}] * 3
+    builds = sum(err.count("index shared built") for _, err in outputs)
+    assert builds == 1, [err[-800:] for _, err in outputs]
+    folder = ws.root / "indexes" / "shared"
+    assert (folder / "rows.hashes").read_text().split() == fake_hashes(6000)
+    assert faiss.read_index(str(folder / "ivf.faiss")).ntotal == 6000
