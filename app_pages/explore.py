@@ -12,6 +12,7 @@ from services.io.clip_models import ModelUnavailableError
 from services.io.embedding_store import EmbeddingStore, list_embedding_keys
 from services.stages.explore.duplicate_choices import current_choices, image_sizes, record_choices, suggested_choices
 from services.stages.explore.neighbours import DEFAULT_THRESHOLD, DuplicateGroup, near_duplicate_groups
+from services.stages.explore.perceptual import DEFAULT_MAX_DISTANCE
 from services.stages.explore.search import MAX_TEXT_CHARS, embedded_datasets, hit_names, pick_key, search
 from ui.auth import current_user
 from ui.errors import show_error
@@ -33,6 +34,12 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
     threshold = float(c2.number_input("Cosine at least", 0.80, 1.0, DEFAULT_THRESHOLD, 0.005, format="%.3f",
                                       bind=BIND, key="ex-dup-threshold",
                                       help="Calibrate on your data: look at the groups just above it."))  # fmt: skip
+    edited = st.checkbox(
+        f"Also edited copies (perceptual hashes at most {DEFAULT_MAX_DISTANCE} bits apart)", bind=BIND,
+        key="ex-dup-phash", help="Resized, re-encoded, brightened or slightly cropped copies of one picture. The "
+        "first time, each image's hash is computed from its file (one decode an image), then kept. Flat "
+        "synthetic graphics hash alike: check the groups before dropping.",
+    )  # fmt: skip
     if not chosen:
         st.info("Choose at least one dataset.")
         return
@@ -42,11 +49,13 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
         show_error(exc)
         return
     key = c3.selectbox("Embedding model", keys, index=keys.index(key), key="ex-dup-model")
-    asked = (tuple(chosen), threshold, key)
+    phash = DEFAULT_MAX_DISTANCE if edited else None
+    asked = (tuple(chosen), threshold, key, phash)
     if st.button("Find near-duplicates", type="primary", key="ex-dup-run", icon=":material/content_copy:"):
         try:
             with st.spinner("Reading every image's nearest neighbours…"):
-                st.session_state["ex-dup-groups"] = (asked, near_duplicate_groups(ws, key, chosen, threshold))
+                fresh = near_duplicate_groups(ws, key, chosen, threshold, phash_distance=phash)
+                st.session_state["ex-dup-groups"] = (asked, fresh)
         except WorkbenchError as exc:
             show_error(exc)
             return
@@ -82,7 +91,7 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
     sizes = image_sizes(ws, on_page)
     for n, group in enumerate(shown, (page - 1) * GROUPS_PER_PAGE + 1):
         with st.container(border=True):
-            st.caption(f"Group {n}: {len(group.members)} images, cosine up to {group.pairs[0][2]:.4f}")
+            st.caption(f"Group {n}: {len(group.members)} images, {group.describe()}")
             cells = st.columns(COLUMNS)
             for i, image_hash in enumerate(group.members):
                 cell = cells[i % COLUMNS]

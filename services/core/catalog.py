@@ -421,6 +421,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX duplicate_choices_image ON duplicate_choices(image_hash, id);
     """,
+    # 8: each image's 64-bit perceptual hash (pHash, signed as SQLite keeps integers), for edited copies.
+    """
+    CREATE TABLE image_phashes (
+        image_hash TEXT PRIMARY KEY,
+        phash INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

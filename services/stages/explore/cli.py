@@ -86,6 +86,14 @@ def duplicates(
     k: Annotated[int, typer.Option(help="Neighbours looked at per image.", min=1, max=100)] = 10,
     against: Annotated[str | None, typer.Option(help="Leak report: images of --dataset near one of this.")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the groups (or leaks) to this CSV.")] = None,
+    phash: Annotated[
+        int | None,
+        typer.Option(
+            help="Also join edited copies: perceptual hashes at most this many bits apart (12 is a start).",
+            min=0,
+            max=32,
+        ),
+    ] = None,
     drop_extras: Annotated[
         bool, typer.Option(help="Record a choice per group: keep its best copy (most pixels), drop the rest.")
     ] = False,
@@ -119,7 +127,7 @@ def duplicates(
         header = ["cosine", "image_hash", "name", "near_hash", "near_name"]
         typer.echo(f"{len(found)} images of {dataset[0]} have a near-duplicate in {against} ({key})", err=True)
     else:
-        groups = near_duplicate_groups(ws, key, dataset, threshold, k)
+        groups = near_duplicate_groups(ws, key, dataset, threshold, k, phash)
         members = [h for g in groups for h in g.members]
         if drop_extras:
             suggested = suggested_choices(ws, groups)
@@ -127,13 +135,15 @@ def duplicates(
         names = hit_names(ws, members)
         chosen = current_choices(ws, members)
         for n, group in enumerate(groups, 1):
-            typer.echo(f"group {n}: {len(group.members)} images, cosine up to {group.pairs[0][2]:.4f}")
+            typer.echo(f"group {n}: {len(group.members)} images, {group.describe()}")
             for member in group.members:
                 choice = chosen.get(member, "-")
                 typer.echo(f"  {choice}\t{member}\t{names.get(member, '')}")
                 rows.append([str(n), member, names.get(member, ""), choice])
         header = ["group", "image_hash", "name", "choice"]
-        typer.echo(f"{len(groups)} groups, {len(members)} images, at cosine >= {threshold} ({key})", err=True)
+        by_phash = f" or perceptual hashes <= {phash} bits apart" if phash is not None else ""
+        typer.echo(f"{len(groups)} groups, {len(members)} images, at cosine >= {threshold}{by_phash} ({key})",
+                   err=True)  # fmt: skip
         if drop_extras:
             dropped = sum(1 for c in suggested.values() if c == "drop")
             typer.echo(f"recorded: {dropped} dropped, {len(groups)} kept (exports leave dropped images out)", err=True)

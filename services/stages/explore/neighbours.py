@@ -12,7 +12,7 @@ block of queries at a time, restricted to the datasets asked about:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,7 +28,15 @@ MAX_K = 100
 @dataclass(frozen=True)
 class DuplicateGroup:
     members: list[str]  # image hashes, the group's most connected first
-    pairs: list[tuple[str, str, float]]  # the near-duplicate pairs that joined it, with their cosine
+    pairs: list[tuple[str, str, float]]  # the near-duplicate pairs (CLIP) that joined it, with their cosine
+    edited: list[tuple[str, str, int]] = field(default_factory=list)  # pairs by perceptual hash, with bits apart
+
+    def describe(self) -> str:
+        """ "cosine up to 0.9931", "perceptual hashes 2 bits apart", or both."""
+        parts = [f"cosine up to {self.pairs[0][2]:.4f}"] if self.pairs else []
+        if self.edited:
+            parts.append(f"perceptual hashes {min(p[2] for p in self.edited)} bits apart")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,16 @@ def neighbours(
 
 
 def near_duplicate_groups(
-    ws: Workspace, key: str, datasets: list[str], threshold: float = DEFAULT_THRESHOLD, k: int = 10
+    ws: Workspace,
+    key: str,
+    datasets: list[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    k: int = 10,
+    phash_distance: int | None = None,
 ) -> list[DuplicateGroup]:
-    """Groups of images at cosine >= threshold within (and across) the datasets, largest first."""
+    """Groups of images at cosine >= threshold within (and across) the datasets, largest first; with
+    `phash_distance`, images whose perceptual hashes are at most that many bits apart join them too (edited
+    copies: resized, re-encoded, cropped a little)."""
     _check(threshold, k)
     hashes = members_of(ws, datasets)
     index = VectorIndex(ws, key)
@@ -93,17 +108,31 @@ def near_duplicate_groups(
             ra, rb = root(a), root(b)
             if ra != rb:
                 parent[rb] = ra
+    edited: list[tuple[str, str, int]] = []
+    if phash_distance is not None:
+        from services.stages.explore.perceptual import phash_pairs, phashes
+
+        edited = phash_pairs(phashes(ws, hashes), phash_distance)
+        for a, b, _ in edited:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[rb] = ra
     groups: dict[str, list[tuple[str, str, float]]] = {}
+    edited_in: dict[str, list[tuple[str, str, int]]] = {}
     for (a, b), score in pairs.items():
         groups.setdefault(root(a), []).append((a, b, round(score, 5)))
+    for a, b, bits in edited:
+        edited_in.setdefault(root(a), []).append((a, b, bits))
     out = []
-    for group_pairs in groups.values():
+    for group_root in set(groups) | set(edited_in):
+        group_pairs, group_edited = groups.get(group_root, []), edited_in.get(group_root, [])
         degree: dict[str, int] = {}
-        for a, b, _ in group_pairs:
+        for a, b, _ in [*group_pairs, *group_edited]:
             degree[a] = degree.get(a, 0) + 1
             degree[b] = degree.get(b, 0) + 1
         members = sorted(degree, key=lambda h: (-degree[h], h))
-        out.append(DuplicateGroup(members, sorted(group_pairs, key=lambda p: -p[2])))
+        out.append(DuplicateGroup(members, sorted(group_pairs, key=lambda p: -p[2]), sorted(group_edited,
+                                  key=lambda p: p[2])))  # fmt: skip
     return sorted(out, key=lambda g: (-len(g.members), g.members[0]))
 
 
