@@ -13,7 +13,6 @@ import pytest
 
 from services.core.datasets import dataset_entries, dataset_id_of
 from services.core.workspace import Workspace
-from services.io.embedding_store import EMBED_STAGE, EmbeddingStore
 from services.jobs.manager import JobManager
 from services.stages.download.folder_import import start_folder_import
 from services.stages.explore import vector_index
@@ -29,6 +28,7 @@ from services.stages.explore.neighbours import near_duplicate_groups
 from services.stages.export.stage import start_export
 from tests.conftest import read_csv
 from tests.support.cli import run_cli
+from tests.support.stored_vectors import store_vectors
 from tests.support.tagged_images import png
 
 KEY = "choice-model"
@@ -56,10 +56,7 @@ def copies(ws: Workspace, manager: JobManager, tmp_path: Path) -> dict[str, str]
     hashes = list(vectors)
     matrix = np.array([vectors[h] for h in hashes], dtype=np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    shard = EmbeddingStore(ws, KEY).write_shard(hashes, matrix)
-    with ws.catalog.write() as conn:
-        for h in hashes:
-            ws.catalog.record_stage(conn, h, EMBED_STAGE, KEY, "ok", {"shard": shard, "dim": 16}, None)
+    store_vectors(ws, KEY, hashes, matrix)  # as the embed job stores them
     return names
 
 

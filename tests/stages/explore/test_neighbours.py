@@ -13,7 +13,6 @@ from sklearn.neighbors import NearestNeighbors
 
 from services.core.datasets import dataset_entries
 from services.core.workspace import Workspace
-from services.io.embedding_store import EMBED_STAGE, EmbeddingStore
 from services.jobs.manager import JobManager
 from services.stages.download.folder_import import start_folder_import
 from services.stages.explore import vector_index
@@ -21,6 +20,7 @@ from services.stages.explore.neighbours import leaks, near_duplicate_groups, out
 from services.stages.explore.search import SearchError
 from tests.conftest import read_csv
 from tests.support.cli import run_cli
+from tests.support.stored_vectors import store_vectors
 from tests.support.tagged_images import png
 
 KEY = "planted-model"
@@ -60,10 +60,7 @@ def planted(ws: Workspace, manager: JobManager, tmp_path: Path) -> dict[str, obj
     hashes = list(vectors)
     matrix = np.array([vectors[h] for h in hashes], dtype=np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    shard = EmbeddingStore(ws, KEY).write_shard(hashes, matrix)
-    with ws.catalog.write() as conn:  # as the embed job records it: these images are embedded with KEY
-        for h in hashes:
-            ws.catalog.record_stage(conn, h, EMBED_STAGE, KEY, "ok", {"shard": shard, "dim": DIM}, None)
+    store_vectors(ws, KEY, hashes, matrix)  # as the embed job stores them
     return {"train": train, "test": test, "groups": planted_groups, "odd": odd, "leaked": leaked,
             "matrix": dict(zip(hashes, matrix, strict=True))}  # fmt: skip
 

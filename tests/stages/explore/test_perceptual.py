@@ -15,13 +15,13 @@ from PIL import Image, ImageEnhance
 
 from services.core.datasets import dataset_entries
 from services.core.workspace import Workspace
-from services.io.embedding_store import EMBED_STAGE, EmbeddingStore
 from services.jobs.manager import JobManager
 from services.stages.download.folder_import import start_folder_import
 from services.stages.explore import vector_index
 from services.stages.explore.neighbours import near_duplicate_groups
 from services.stages.explore.perceptual import DEFAULT_MAX_DISTANCE, phash_pairs, phashes
 from tests.support.cli import run_cli
+from tests.support.stored_vectors import store_vectors
 
 KEY = "phash-model"
 PHOTOS = ["astronaut", "coffee", "rocket", "camera", "coins", "horse", "moon", "page", "text", "hubble_deep_field"]
@@ -62,10 +62,7 @@ def photos(ws: Workspace, manager: JobManager, tmp_path: Path) -> dict[str, str]
     hashes = list(stems.values())
     matrix = rng.normal(size=(len(hashes), 16)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    shard = EmbeddingStore(ws, KEY).write_shard(hashes, matrix)
-    with ws.catalog.write() as conn:
-        for h in hashes:
-            ws.catalog.record_stage(conn, h, EMBED_STAGE, KEY, "ok", {"shard": shard, "dim": 16}, None)
+    store_vectors(ws, KEY, hashes, matrix)  # as the embed job stores them
     return stems
 
 
