@@ -11,7 +11,14 @@ from services.core.workspace import Workspace
 from services.io.clip_models import ModelUnavailableError
 from services.io.embedding_store import EmbeddingStore, list_embedding_keys
 from services.stages.explore.duplicate_choices import current_choices, image_sizes, record_choices, suggested_choices
-from services.stages.explore.neighbours import DEFAULT_THRESHOLD, DuplicateGroup, near_duplicate_groups
+from services.stages.explore.neighbours import (
+    DEFAULT_THRESHOLD,
+    MAX_K,
+    DuplicateGroup,
+    leaks,
+    near_duplicate_groups,
+    outliers,
+)
 from services.stages.explore.perceptual import DEFAULT_MAX_DISTANCE
 from services.stages.explore.search import MAX_TEXT_CHARS, embedded_datasets, hit_names, pick_key, search
 from ui.auth import current_user
@@ -24,6 +31,7 @@ ws = get_workspace()
 COLUMNS = 6
 ALL = "All datasets"
 GROUPS_PER_PAGE = 10
+LEAK_PAIRS_SHOWN = 60
 
 
 def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
@@ -73,8 +81,9 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
         return
     chosen_now = current_choices(ws, members)
     dropped = sum(1 for c in chosen_now.values() if c == "drop")
-    st.write(f"**{len(groups):,} groups**, {len(members):,} images; {dropped:,} chosen to drop (exports leave "
-             "them out).")  # fmt: skip
+    plural = "s" if len(groups) != 1 else ""
+    st.write(f"**{len(groups):,} group{plural}**, {len(members):,} images; {dropped:,} chosen to drop (exports "
+             "leave them out).")  # fmt: skip
     if st.button("Keep the best copy of every group, drop the rest", key="ex-dup-suggest",
                  help="The best copy: the most pixels, then the largest file."):  # fmt: skip
         record_choices(ws, suggested_choices(ws, groups), current_user(), f"Explore: cosine >= {found[0][1]:.3f}")
@@ -95,7 +104,7 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
             cells = st.columns(COLUMNS)
             for i, image_hash in enumerate(group.members):
                 cell = cells[i % COLUMNS]
-                name = Path(shown_names.get(image_hash, "")).name
+                name = short_name(shown_names.get(image_hash, ""))
                 width, height = sizes.get(image_hash, (0, 0))
                 caption = f"{md(name)} · {width}×{height}"
                 if image_hash in paths:
@@ -115,6 +124,90 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
         st.rerun()
 
 
+def outliers_view(ws: Workspace, names: list[str]) -> None:
+    """The most unusual images of the chosen datasets: uniqueness = 1 - mean cosine of the k nearest."""
+    c1, c2, c3 = st.columns([3, 1, 1])
+    chosen = c1.multiselect("Datasets", names, default=names[:1], bind=BIND, key="ex-out-datasets",
+                            help="Each image is compared with the images of the datasets chosen.")  # fmt: skip
+    k = int(c2.number_input("Neighbours (k)", 1, MAX_K, 10, bind=BIND, key="ex-out-k"))
+    top = int(c3.number_input("Show", 6, 300, 24, 6, bind=BIND, key="ex-out-top"))
+    if not chosen:
+        st.info("Choose at least one dataset.")
+        return
+    asked = (tuple(chosen), k)
+    if st.button("Rank by uniqueness", type="primary", key="ex-out-run", icon=":material/scatter_plot:"):
+        try:
+            key = pick_key(ws, chosen[0])
+            with st.spinner("Reading every image's nearest neighbours…"):
+                st.session_state["ex-out-ranked"] = (asked, key, outliers(ws, key, chosen, k))
+        except WorkbenchError as exc:
+            show_error(exc)
+            return
+    found = st.session_state.get("ex-out-ranked")
+    if not found:
+        return
+    if found[0] != asked:
+        st.caption("The settings changed since the ranking: rank again to see the new one.")
+    _, key, ranked = found
+    st.caption(f"{len(ranked):,} images ranked by uniqueness in {md(key)}; the most unusual first (a caption: "
+               "uniqueness · cosine of the nearest · name).")  # fmt: skip
+    shown = ranked[:top]
+    _grid(ws, [(o.image_hash, f"{o.uniqueness:.3f} · {o.nearest:.3f}") for o in shown])
+
+
+def leaks_view(ws: Workspace, names: list[str]) -> None:
+    """Images of one dataset with a near-duplicate in another (a test set and its training set)."""
+    if len(names) < 2:
+        st.info("A leak report compares two embedded datasets; embed a second one on Embed & Train.")
+        return
+    c1, c2, c3 = st.columns([2, 2, 1])
+    mine = c1.selectbox("Images of", names, bind=BIND, key="ex-leak-dataset")
+    others = [n for n in names if n != mine]
+    theirs = c2.selectbox("Near an image of", others, bind=BIND, key="ex-leak-against")
+    threshold = float(c3.number_input("Cosine at least", 0.80, 1.0, DEFAULT_THRESHOLD, 0.005, format="%.3f",
+                                      bind=BIND, key="ex-leak-threshold"))  # fmt: skip
+    if theirs is None:
+        return
+    try:
+        key = pick_key(ws, mine)
+        with st.spinner("Looking for each image's nearest neighbour in the other dataset…"):
+            found = leaks(ws, key, mine, theirs, threshold)
+    except WorkbenchError as exc:
+        show_error(exc)
+        return
+    if not found:
+        st.success(f"No image of {md(mine)} has a near-duplicate in {md(theirs)} at cosine ≥ {threshold:.3f}.")
+        return
+    st.warning(f"{len(found):,} images of {md(mine)} have a near-duplicate in {md(theirs)} (cosine ≥ "
+               f"{threshold:.3f}); each pair: the image, then its nearest in {md(theirs)}.")  # fmt: skip
+    pairs = found[:LEAK_PAIRS_SHOWN]
+    _grid(ws, [(h, f"{score:.3f}") for a, b, score in pairs for h in (a, b)], columns=4)
+    if len(found) > LEAK_PAIRS_SHOWN:
+        st.caption(f"The first {LEAK_PAIRS_SHOWN} pairs; all of them: `duplicates --dataset {mine} --against "
+                   f"{theirs} --csv leaks.csv`.")  # fmt: skip
+
+
+def _grid(ws: Workspace, cells: list[tuple[str, str]], columns: int = COLUMNS) -> None:
+    """Images with a caption each, in rows of `columns`."""
+    hashes = [h for h, _ in cells]
+    paths = image_paths(ws, hashes)
+    shown_names = hit_names(ws, hashes)
+    for n, (image_hash, caption) in enumerate(cells):
+        if n % columns == 0:
+            row = st.columns(columns)  # a row at a time: images of different heights stay aligned
+        text = f"{caption} · {md(short_name(shown_names.get(image_hash, '')))}"
+        if image_hash in paths:
+            row[n % columns].image(str(ws.abspath(paths[image_hash])), caption=text)
+        else:
+            row[n % columns].caption(f"{text} (no stored file)")
+
+
+def short_name(name: str) -> str:
+    """ "dataset: folder/file.png" as "dataset: file.png" (the dataset says where, the file which)."""
+    dataset, sep, rest = name.partition(": ")
+    return f"{dataset}: {Path(rest).name}" if sep else Path(name).name
+
+
 def _box(image_hash: str) -> str:
     """A Drop box's key: new boxes (showing the recorded choices) after every recording."""
     return f"ex-drop-{st.session_state.get('ex-dup-version', 0)}-{image_hash[:16]}"
@@ -130,7 +223,8 @@ st.title("Explore")
 st.caption(
     "Search every embedded image by what it shows, in words or by an example, with the CLIP model the images "
     "were embedded with. Results are ranked by cosine similarity; “More like this” searches from any result. "
-    "Duplicates finds near-copies and records which copy each export keeps."
+    "Duplicates finds near-copies and records which copy each export keeps; Outliers ranks the most unusual "
+    "images; Leaks lists the images of one dataset with a near-copy in another (a test set and its training set)."
 )
 
 keys = list_embedding_keys(ws)
@@ -141,9 +235,15 @@ if not keys:
     st.stop()
 
 names = embedded_datasets(ws)
-mode = st.radio("View", ["Search", "Duplicates"], horizontal=True, bind=BIND, key="ex-mode")
+mode = st.radio("View", ["Search", "Duplicates", "Outliers", "Leaks"], horizontal=True, bind=BIND, key="ex-mode")
 if mode == "Duplicates":
     duplicates_view(ws, names, keys)
+    st.stop()
+if mode == "Outliers":
+    outliers_view(ws, names)
+    st.stop()
+if mode == "Leaks":
+    leaks_view(ws, names)
     st.stop()
 
 names = embedded_datasets(ws)

@@ -18,7 +18,7 @@ from services.stages.download.folder_import import start_folder_import
 from services.stages.explore import vector_index
 from services.stages.explore.neighbours import leaks, near_duplicate_groups, outliers
 from services.stages.explore.search import SearchError
-from tests.conftest import read_csv
+from tests.conftest import ROOT, read_csv
 from tests.support.cli import run_cli
 from tests.support.stored_vectors import store_vectors
 from tests.support.tagged_images import png
@@ -128,3 +128,29 @@ def test_the_cli_lists_groups_outliers_and_leaks(ws: Workspace, planted: dict, t
     ):
         refused = cli(*args)
         assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_explore_page_ranks_outliers_and_lists_leaks(ws: Workspace, planted: dict, monkeypatch: pytest.MonkeyPatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
+    at.switch_page("app_pages/explore.py").run()
+    at.radio(key="ex-mode").set_value("Outliers").run()
+    at.multiselect(key="ex-out-datasets").set_value(["train"]).run()
+    at.number_input(key="ex-out-k").set_value(5).run()
+    at.button(key="ex-out-run").click().run()
+    assert not at.exception, at.exception
+    expected = outliers(ws, KEY, ["train"], k=5)
+    assert len(at.image) == 24
+    shown = sorted(image.captions[0].rsplit(" · ", 1)[0] for image in at.image)  # (columns: not in rank order)
+    assert shown == sorted(f"{o.uniqueness:.3f} · {o.nearest:.3f}" for o in expected[:24])
+    assert {o.image_hash for o in expected[:3]} == set(planted["odd"])  # the planted ones rank first
+
+    at.radio(key="ex-mode").set_value("Leaks").run()
+    at.selectbox(key="ex-leak-dataset").set_value("test").run()
+    at.selectbox(key="ex-leak-against").set_value("train").run()
+    at.number_input(key="ex-leak-threshold").set_value(0.97).run()
+    assert not at.exception, at.exception
+    assert any("4 images of test have a near-duplicate in train" in w.value for w in at.warning)
+    assert len(at.image) == 8  # four pairs: each test image, then its train image
