@@ -2,14 +2,24 @@
 near-duplicate groups and choose which copies exports keep."""
 
 from pathlib import Path
+from typing import Literal
 
 import streamlit as st
 
-from services.core.datasets import image_paths, list_datasets
+from services.core.datasets import image_count, image_paths, list_datasets, tag_counts
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.clip_models import ModelUnavailableError
 from services.io.embedding_store import EmbeddingStore, list_embedding_keys
+from services.stages.explore.browse import (
+    MAX_NAME_CHARS,
+    SORTS,
+    BrowseFilter,
+    browse,
+    classifiers_of,
+    flags_of,
+    formats_of,
+)
 from services.stages.explore.duplicate_choices import current_choices, image_sizes, record_choices, suggested_choices
 from services.stages.explore.neighbours import (
     DEFAULT_THRESHOLD,
@@ -32,6 +42,8 @@ COLUMNS = 6
 ALL = "All datasets"
 GROUPS_PER_PAGE = 10
 LEAK_PAIRS_SHOWN = 60
+BROWSE_PAGE = 24
+CHOICE_FILTERS: dict[str, Literal["any", "kept", "dropped"]] = {"any": "any", "kept": "kept", "dropped": "dropped"}
 
 
 def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
@@ -122,6 +134,62 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
             record_choices(ws, changes, current_user(), "Explore page")
         _new_boxes(f"Saved {len(changes)} changed choices." if changes else "Nothing changed.")
         st.rerun()
+
+
+def browse_view(ws: Workspace) -> None:
+    """One dataset as a paged grid, filtered and sorted on what the catalog knows about its images."""
+    datasets = [d.name for d in list_datasets(ws.catalog) if d.images]
+    if not datasets:
+        st.info("No dataset with stored images yet: start on the Download page.")
+        return
+    c1, c2 = st.columns([2, 1])
+    dataset = c1.selectbox("Dataset", datasets, bind=BIND, key="ex-br-dataset") or datasets[0]
+    classifiers = classifiers_of(ws, dataset)
+    sorts = [s for s in SORTS if classifiers or "score" not in s]
+    sort = c2.selectbox("Sort by", sorts, bind=BIND, key="ex-br-sort") or sorts[0]
+    with st.expander("Filters", expanded=True):
+        f1, f2, f3 = st.columns(3)
+        tags = f1.multiselect("Folder tags (any of)", sorted(tag_counts(ws, dataset)), bind=BIND, key="ex-br-tags")
+        formats = f2.multiselect("Formats", formats_of(ws, dataset), bind=BIND, key="ex-br-formats")
+        name = f3.text_input("Name contains", max_chars=MAX_NAME_CHARS, bind=BIND, key="ex-br-name")
+        g1, g2, g3, g4 = st.columns(4)
+        min_width = int(g1.number_input("Width at least (px)", 0, 100_000, 0, 16, bind=BIND, key="ex-br-min-width"))
+        min_height = int(g2.number_input("Height at least (px)", 0, 100_000, 0, 16, bind=BIND,
+                                         key="ex-br-min-height"))  # fmt: skip
+        flags = flags_of(ws, dataset)
+        flag = g3.selectbox("Quality flag", ["(any)", *flags], bind=BIND, key="ex-br-flag",
+                            disabled=not flags, help="Set by Preprocess's quality checks.")  # fmt: skip
+        choice = g4.selectbox("Near-duplicate choice", list(CHOICE_FILTERS), bind=BIND, key="ex-br-choice")
+        model, min_score = None, None
+        if classifiers:
+            h1, h2 = st.columns([2, 1])
+            picked = h1.selectbox("Classifier score", ["(none)", *classifiers], format_func=lambda m: classifiers.get(
+                m, m), bind=BIND, key="ex-br-model")  # fmt: skip
+            if picked != "(none)":
+                model = picked
+                min_score = float(h2.slider("Score at least", 0.0, 1.0, 0.0, 0.01, bind=BIND, key="ex-br-score"))
+    if "score" in sort and model is None:
+        st.caption("Sorting by score: choose a classifier under Filters.")
+        return
+    selection = BrowseFilter(
+        dataset, tuple(tags), tuple(formats), min_width, min_height, name_contains=name.strip(),
+        flag=None if flag == "(any)" else flag, score_model=model, min_score=min_score or None,
+        choice=CHOICE_FILTERS.get(choice or "any", "any"), sort=sort,
+    )  # fmt: skip
+    try:
+        rows, total = browse(ws, selection, 0, 1)
+        pages = max(1, -(-total // BROWSE_PAGE))
+        page = int(st.number_input(f"Page (of {pages:,})", 1, pages, 1, bind=BIND, key="ex-br-page"))
+        rows, total = browse(ws, selection, (min(page, pages) - 1) * BROWSE_PAGE, BROWSE_PAGE)
+    except WorkbenchError as exc:
+        show_error(exc)
+        return
+    st.caption(f"{total:,} of {image_count(ws, dataset):,} images pass the filters; {sort}.")
+    captions = []
+    for r in rows:
+        score = f" · {r.score:.3f}" if r.score is not None else ""
+        captions.append((r.image_hash, f"{r.width}×{r.height} · {r.bytes / 1024:,.0f} KB{score}"))
+    _grid(ws, captions)
 
 
 def outliers_view(ws: Workspace, names: list[str]) -> None:
@@ -223,19 +291,24 @@ st.title("Explore")
 st.caption(
     "Search every embedded image by what it shows, in words or by an example, with the CLIP model the images "
     "were embedded with. Results are ranked by cosine similarity; “More like this” searches from any result. "
-    "Duplicates finds near-copies and records which copy each export keeps; Outliers ranks the most unusual "
-    "images; Leaks lists the images of one dataset with a near-copy in another (a test set and its training set)."
+    "Browse pages through a dataset with filters on what the catalog knows. Duplicates finds near-copies and "
+    "records which copy each export keeps; Outliers ranks the most unusual images; Leaks lists the images of "
+    "one dataset with a near-copy in another (a test set and its training set)."
 )
 
+VIEWS = ["Search", "Browse", "Duplicates", "Outliers", "Leaks"]
+mode = st.radio("View", VIEWS, horizontal=True, bind=BIND, key="ex-mode")
+if mode == "Browse":  # the catalog alone: no vectors needed
+    browse_view(ws)
+    st.stop()
 keys = list_embedding_keys(ws)
 if not keys:
     st.info(
-        "No image has a CLIP vector yet: embed a dataset on the Embed & Train page (or `python -m services embed`)."
+        "No image has a CLIP vector yet: embed a dataset on the Embed & Train page (or `python -m services embed`) "
+        "to search it and find duplicates, outliers and leaks; Browse needs none."
     )
     st.stop()
-
 names = embedded_datasets(ws)
-mode = st.radio("View", ["Search", "Duplicates", "Outliers", "Leaks"], horizontal=True, bind=BIND, key="ex-mode")
 if mode == "Duplicates":
     duplicates_view(ws, names, keys)
     st.stop()
@@ -246,7 +319,6 @@ if mode == "Leaks":
     leaks_view(ws, names)
     st.stop()
 
-names = embedded_datasets(ws)
 unembedded = len(list_datasets(ws.catalog)) - len(names)
 c1, c2, c3 = st.columns([2, 2, 1])
 scope = c1.selectbox(
