@@ -428,6 +428,11 @@ MIGRATIONS: list[str] = [
         phash INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 9: Explore's Browse sorts by file size and by pixels: a first page read in index order, not a sort of all.
+    """
+    CREATE INDEX images_bytes ON images(bytes);
+    CREATE INDEX images_pixels ON images(width * height);
+    """,
 ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from services.core.datasets import dataset_id_of
+from services.core.datasets import dataset_id_of, image_count
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 
@@ -78,12 +78,12 @@ def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> 
     dataset_id = dataset_id_of(ws.catalog, f.dataset)
     where = ["m.dataset_id = ?"]
     args: list[object] = [dataset_id]
-    if f.tags:
+    if f.tags:  # the tag index read once, not one lookup a member
         where.append(
-            f"""EXISTS (SELECT 1 FROM dataset_member_tags t WHERE t.dataset_id = m.dataset_id
-                AND t.image_hash = m.image_hash AND t.tag IN ({",".join("?" * len(f.tags))}))"""
+            f"""m.image_hash IN (SELECT t.image_hash FROM dataset_member_tags t WHERE t.dataset_id = ?
+                AND t.tag IN ({",".join("?" * len(f.tags))}))"""
         )
-        args += f.tags
+        args += [dataset_id, *f.tags]
     if f.formats:
         where.append(f"i.format IN ({','.join('?' * len(f.formats))})")
         args += f.formats
@@ -98,15 +98,15 @@ def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> 
         where.append("instr(lower(m.name), lower(?)) > 0")
         args.append(f.name_contains)
     if f.flag:
-        where.append("EXISTS (SELECT 1 FROM image_flags g WHERE g.image_hash = m.image_hash AND g.flag = ?)")
+        where.append("m.image_hash IN (SELECT image_hash FROM image_flags WHERE flag = ?)")  # one scan, not one a row
         args.append(f.flag)
     if f.choice != "any":
-        latest = """(SELECT c.choice FROM duplicate_choices c WHERE c.image_hash = m.image_hash
-                      ORDER BY c.id DESC LIMIT 1)"""
-        where.append(f"{latest} = 'drop'" if f.choice == "dropped" else f"COALESCE({latest}, 'keep') = 'keep'")
+        dropped = """(SELECT c.image_hash FROM duplicate_choices c WHERE c.choice = 'drop'
+                       AND c.id = (SELECT MAX(id) FROM duplicate_choices WHERE image_hash = c.image_hash))"""
+        where.append(f"m.image_hash {'IN' if f.choice == 'dropped' else 'NOT IN'} {dropped}")
     score, join_score, join_args = "NULL", "", []
-    if f.score_model is not None:  # an inner join when a score is required, else images without one stay
-        kind = "JOIN" if f.min_score is not None else "LEFT JOIN"
+    if f.score_model is not None:  # an inner join when a score is asked for or sorted by (the classifier's
+        kind = "JOIN" if f.min_score is not None or "score" in f.sort else "LEFT JOIN"  # scored images only)
         score, join_score, join_args = (
             "s.score",
             f"{kind} tag_scores s ON s.image_hash = m.image_hash AND s.model_sha = ?",
@@ -115,9 +115,14 @@ def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> 
         if f.min_score is not None:
             where.append("s.score >= ?")
             args.append(float(f.min_score))
-    base = f"""FROM dataset_members m JOIN images i ON i.hash = m.image_hash {join_score}
-               WHERE {" AND ".join(where)}"""
-    total = int(ws.catalog.scalar(f"SELECT COUNT(*) {base}", (*join_args, *args)))
+    conditions = " AND ".join(where)
+    base = f"FROM dataset_members m JOIN images i ON i.hash = m.image_hash {join_score} WHERE {conditions}"
+    if len(where) == 1 and not join_score.startswith("JOIN"):  # every image of the dataset: its counter
+        total = image_count(ws, f.dataset)
+    else:  # images joined only when a filter reads them
+        images_join = "JOIN images i ON i.hash = m.image_hash" if any(c.startswith("i.") for c in where) else ""
+        total = int(ws.catalog.scalar(f"SELECT COUNT(*) FROM dataset_members m {images_join} {join_score} WHERE "
+                                      f"{conditions}", (*join_args, *args)))  # fmt: skip
     rows = ws.catalog.query(
         f"""SELECT m.image_hash, m.name, i.path, i.format, i.bytes, i.width, i.height, {score} AS score {base}
             ORDER BY {SORTS[f.sort]} LIMIT ? OFFSET ?""",
