@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from services.core.catalog import SCORE_BINS
 from services.core.datasets import dataset_id_of, image_count
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
@@ -119,6 +120,10 @@ def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> 
     base = f"FROM dataset_members m JOIN images i ON i.hash = m.image_hash {join_score} WHERE {conditions}"
     if len(where) == 1 and not join_score.startswith("JOIN"):  # every image of the dataset: its counter
         total = image_count(ws, f.dataset)
+    elif (bins := _score_bins_from(f, len(where))) is not None:  # a score alone: the score counters
+        total = int(ws.catalog.scalar(
+            "SELECT COALESCE(SUM(images), 0) FROM dataset_score_bins WHERE dataset_id = ? AND model_sha = ? "
+            "AND bin >= ?", (dataset_id, f.score_model, bins)))  # fmt: skip
     else:  # images joined only when a filter reads them
         images_join = "JOIN images i ON i.hash = m.image_hash" if any(c.startswith("i.") for c in where) else ""
         total = int(ws.catalog.scalar(f"SELECT COUNT(*) FROM dataset_members m {images_join} {join_score} WHERE "
@@ -132,6 +137,18 @@ def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> 
         BrowseRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), None if r[7] is None else float(r[7]))
         for r in rows
     ], total
+
+
+def _score_bins_from(f: BrowseFilter, conditions: int) -> int | None:
+    """The first fine score bin whose images are exactly those passing the filter, when a classifier's score is
+    its only condition and the threshold falls on a bin edge (the bins: k / 1000 <= score < (k + 1) / 1000,
+    kept by the catalog for Classify); else None."""
+    if f.score_model is None or conditions != (1 if f.min_score is None else 2):
+        return None
+    if f.min_score is None:
+        return 0 if "score" in f.sort else None  # sorted by score: every scored image
+    k = round(f.min_score * SCORE_BINS)
+    return k if 1 <= k < SCORE_BINS and abs(k - f.min_score * SCORE_BINS) < 1e-6 else None
 
 
 def formats_of(ws: Workspace, dataset: str) -> list[str]:

@@ -82,7 +82,10 @@ def test_each_filter_and_sort_selects_what_pandas_selects(ws: Workspace, shelf: 
         (BrowseFilter("shelf", flag="blurry"), by_seq[by_seq.flagged]),
         (BrowseFilter("shelf", choice="dropped"), by_seq[by_seq.dropped]),
         (BrowseFilter("shelf", choice="kept"), by_seq[~by_seq.dropped]),
-        (BrowseFilter("shelf", score_model="f" * 64, min_score=0.5), by_seq[by_seq.score >= 0.5]),
+        (BrowseFilter("shelf", score_model="f" * 64, min_score=0.5), by_seq[by_seq.score >= 0.5]),  # counters
+        (BrowseFilter("shelf", score_model="f" * 64, min_score=0.4449), by_seq[by_seq.score >= 0.4449]),  # SQL
+        (BrowseFilter("shelf", score_model="f" * 64, sort="lowest score"),
+         by_seq[by_seq.score.notna()].sort_values(["score", "seq"])),
         (BrowseFilter("shelf", sort="name"), shelf.sort_values(["file_name", "seq"])),
         (BrowseFilter("shelf", sort="largest file"), shelf.sort_values(["bytes", "seq"], ascending=[False, True])),
         (BrowseFilter("shelf", sort="most pixels"),
