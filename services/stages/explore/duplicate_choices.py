@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
@@ -61,14 +61,8 @@ def record_choices(ws: Workspace, choices: Mapping[str, str], decided_by: str, n
 
 def current_choices(ws: Workspace, hashes: Sequence[str]) -> dict[str, Choice]:
     """The latest choice for each of these images that has one."""
-    out: dict[str, Choice] = {}
-    for part in _chunks(hashes):
-        marks = ",".join("?" * len(part))
-        for r in ws.catalog.query(
-            f"SELECT image_hash, choice FROM duplicate_choices WHERE image_hash IN ({marks}) ORDER BY id", tuple(part)
-        ):
-            out[r["image_hash"]] = r["choice"]
-    return out
+    sql = "SELECT image_hash, choice FROM duplicate_choices WHERE image_hash IN ({marks}) ORDER BY id"
+    return {r[0]: r[1] for r in _rows_for(ws, sql, hashes)}  # in id order: the latest one stays
 
 
 def dropped_among(ws: Workspace, hashes: Sequence[str]) -> set[str]:
@@ -127,24 +121,18 @@ def image_sizes(ws: Workspace, hashes: Sequence[str]) -> dict[str, tuple[int, in
 
 def _dimensions(ws: Workspace, hashes: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     """(width, height, bytes) of each catalogued image, 0 where unknown."""
-    out: dict[str, tuple[int, int, int]] = {}
-    for part in _chunks(hashes):
-        marks = ",".join("?" * len(part))
-        for r in ws.catalog.query(
-            f"SELECT hash, COALESCE(width, 0), COALESCE(height, 0), COALESCE(bytes, 0) FROM images "
-            f"WHERE hash IN ({marks})",
-            tuple(part),
-        ):
-            out[r[0]] = (int(r[1]), int(r[2]), int(r[3]))
-    return out
+    sql = "SELECT hash, COALESCE(width, 0), COALESCE(height, 0), COALESCE(bytes, 0) FROM images WHERE hash IN ({marks})"
+    return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in _rows_for(ws, sql, hashes)}
 
 
 def _catalogued(ws: Workspace, hashes: Sequence[str]) -> set[str]:
-    found: set[str] = set()
+    return {r[0] for r in _rows_for(ws, "SELECT hash FROM images WHERE hash IN ({marks})", hashes)}
+
+
+def _rows_for(ws: Workspace, sql: str, hashes: Sequence[str]) -> Iterable[Any]:
+    """The rows of `sql` (its `{marks}`: the placeholders of an IN list) for these images, a chunk at a time."""
     for part in _chunks(hashes):
-        marks = ",".join("?" * len(part))
-        found.update(r[0] for r in ws.catalog.query(f"SELECT hash FROM images WHERE hash IN ({marks})", tuple(part)))
-    return found
+        yield from ws.catalog.query(sql.format(marks=",".join("?" * len(part))), tuple(part))
 
 
 def _chunks(hashes: Sequence[str]) -> Iterable[Sequence[str]]:

@@ -83,8 +83,7 @@ def near_duplicate_groups(
     copies: resized, re-encoded, cropped a little)."""
     _check(threshold, k)
     hashes = members_of(ws, datasets)
-    index = VectorIndex(ws, key)
-    index.sync()
+    index = _synced(ws, key)
     nprobe = index.pair_nprobe(threshold)  # a pair over the threshold is found reading few lists
     among = set(hashes)
     parent: dict[str, str] = {}
@@ -98,6 +97,11 @@ def near_duplicate_groups(
             parent[p] = h
         return h
 
+    def union(a: str, b: str) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[rb] = ra
+
     pairs: dict[tuple[str, str], float] = {}
     for image_hash, hits in neighbours(index, hashes, k, among, nprobe):
         for hit in hits:
@@ -105,18 +109,14 @@ def near_duplicate_groups(
                 break
             a, b = sorted((image_hash, hit.image_hash))
             pairs[(a, b)] = max(pairs.get((a, b), -1.0), hit.score)
-            ra, rb = root(a), root(b)
-            if ra != rb:
-                parent[rb] = ra
+            union(a, b)
     edited: list[tuple[str, str, int]] = []
     if phash_distance is not None:
         from services.stages.explore.perceptual import phash_pairs, phashes
 
         edited = phash_pairs(phashes(ws, hashes), phash_distance)
         for a, b, _ in edited:
-            ra, rb = root(a), root(b)
-            if ra != rb:
-                parent[rb] = ra
+            union(a, b)
     groups: dict[str, list[tuple[str, str, float]]] = {}
     edited_in: dict[str, list[tuple[str, str, int]]] = {}
     for (a, b), score in pairs.items():
@@ -140,8 +140,7 @@ def outliers(ws: Workspace, key: str, datasets: list[str], k: int = 10) -> list[
     """Every image's uniqueness within the datasets, the most unusual first."""
     _check(0.0, k)
     hashes = members_of(ws, datasets)
-    index = VectorIndex(ws, key)
-    index.sync()
+    index = _synced(ws, key)
     found = []
     for image_hash, hits in neighbours(index, hashes, k, set(hashes)):
         if hits:
@@ -159,13 +158,19 @@ def leaks(
     mine, theirs = members_of(ws, [dataset]), members_of(ws, [against])
     shared = set(mine) & set(theirs)
     out = [(h, h, 1.0) for h in mine if h in shared]
-    index = VectorIndex(ws, key)
-    index.sync()
+    index = _synced(ws, key)
     nprobe = index.pair_nprobe(threshold)
     for image_hash, hits in neighbours(index, [h for h in mine if h not in shared], 1, set(theirs), nprobe):
         if hits and hits[0].score >= threshold:
             out.append((image_hash, hits[0].image_hash, round(hits[0].score, 5)))
     return sorted(out, key=lambda leak: -leak[2])
+
+
+def _synced(ws: Workspace, key: str) -> VectorIndex:
+    """The model's index, brought up to its store once for the whole operation."""
+    index = VectorIndex(ws, key)
+    index.sync()
+    return index
 
 
 def _check(threshold: float, k: int) -> None:
