@@ -21,6 +21,8 @@ from services.stages.describe.categories import (
     save_list,
 )
 from services.stages.describe.categorize_clip import CLIP_STAGE, start_zero_shot, zero_shot_settings_hash
+from services.stages.describe.csv_categorize import KIND as CSV_KIND
+from services.stages.describe.csv_categorize import MAX_CSV_BYTES, categorized_csv, start_csv_categorize_upload
 from services.stages.describe.results import (
     COUNT_CAP,
     EXPORT_FORMATS,
@@ -66,10 +68,13 @@ if key_state == "missing":
     )
 
 names = [d.name for d in list_datasets(ws.catalog)]
-if not names:
-    st.info("No datasets yet: download or import some first.")
-    st.stop()
-dataset = st.selectbox("Dataset", names, bind=BIND, key="dc-dataset")
+if names:
+    dataset = st.selectbox("Dataset", names, bind=BIND, key="dc-dataset")
+else:
+    st.info(
+        "No datasets yet: download or import some first. A CSV of descriptions can be categorised below without "
+        "any images."
+    )
 
 # --- category lists ---------------------------------------------------------------------------------
 
@@ -129,6 +134,45 @@ chosen_label = st.selectbox("Category list", ["(none)"] + labels, index=1 if lab
 category_list = next((x for x in all_versions if x.label == chosen_label), None)
 if category_list is not None:
     st.caption(f"{len(category_list.categories)} categories: " + md(", ".join(category_list.categories)))
+
+# --- a descriptions CSV, without images ---------------------------------------------------------------
+
+with st.expander("Categorize a CSV of descriptions (no images needed)", expanded=not names):
+    st.caption(
+        "An `image_name,description` CSV (the seeds' `*_descriptions.csv` or a `describe-export`) categorised by "
+        "Gemini from the text alone into the category list above, written as `image_name,description,categories`, "
+        "which Compare imports. The same text is asked once; answers are cached."
+    )
+    descriptions = st.file_uploader(
+        "Descriptions CSV", type=["csv"], key="dc-csv-upload", max_upload_size=MAX_CSV_BYTES // 2**20
+    )
+    csv_blocked = descriptions is None or category_list is None or key_state == "missing"
+    csv_help = (
+        "Choose a category list above first." if category_list is None
+        else "Needs a Gemini API key." if key_state == "missing" else None
+    )  # fmt: skip
+    clicked = st.button("Categorize the CSV", key="dc-csv-run", disabled=csv_blocked, help=csv_help)
+    if clicked and descriptions is not None and category_list is not None:
+        try:
+            csv_job = start_csv_categorize_upload(
+                ws, manager, descriptions.getvalue(), descriptions.name, category_list
+            )
+        except WorkbenchError as exc:
+            show_error(exc)
+        else:
+            launch(manager, csv_job)
+            follow_job("dc-csv-job", csv_job)
+    if (csv_job_id := followed_job(manager, "dc-csv-job", (CSV_KIND,))) is not None:
+        job_panel(manager, csv_job_id)
+        if (written := categorized_csv(manager, csv_job_id)) is not None:
+            st.download_button(
+                f"Download {written.name}", written.read_bytes(), file_name=written.name, mime="text/csv",
+                key="dc-csv-download", icon=":material/download:",
+            )  # fmt: skip
+            st.caption(f"Also kept on the server as {code(display_path(ws, written))}.")
+
+if not names:
+    st.stop()
 
 # --- CLIP model ----------------------------------------------------------------------------------------
 

@@ -129,3 +129,39 @@ def test_clip_zero_shot_with_the_workspaces_own_model_is_counted(page_ws: Path, 
     first = results_table(at)["clip"].iloc[0]  # the job's categories for image 1, as the try gave them
     assert tried == f"**CLIP zero-shot:** {first}", (tried, first)
     ws.close()
+
+
+def test_a_descriptions_csv_is_categorised_from_the_page_without_any_dataset(
+    page_ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Seeds 001/002's users arrive with a descriptions CSV and no images: the page takes it, runs the job, and
+    offers the categorised CSV (issue 19)."""
+    server = FakeGemini().start()
+    gemini_env(monkeypatch, server)
+    try:
+        ws = Workspace(page_ws, load_settings())
+        save_list(ws, "colours", ["red", "green"], "test")
+        at = open_page()
+        assert any("No datasets yet" in i.value for i in at.info)
+        assert at.button(key="dc-csv-run").disabled  # nothing uploaded yet
+        at.file_uploader(key="dc-csv-upload").upload("bad.csv", b"file,text\na.jpg,red\n", "text/csv").run()
+        at.button(key="dc-csv-run").click().run()
+        assert any("bad.csv: needs `image_name` and `description` columns" in e.value for e in at.error)
+        body = b"image_name,description\na.jpg,A red square.\nb.jpg,A green field.\nc.jpg,A red square.\n"
+        at.file_uploader(key="dc-csv-upload").upload("real_descriptions.csv", body, "text/csv").run()
+        at.button(key="dc-csv-run").click().run()
+        assert not at.exception
+        job_id = at.session_state["dc-csv-job"]
+        assert JobManager(ws).wait(job_id, timeout=60).state == "completed"
+        at.run()
+        button = next(b for b in at.get("download_button") if "categorized" in b.label)
+        assert button.label.startswith("Download real_descriptions-categorized-")
+        written = next((page_ws / "exports").glob("real_descriptions-categorized-*.csv"))
+        with open(written, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [(r["image_name"], r["categories"]) for r in rows] == [("a.jpg", "red"), ("b.jpg", "green"),
+                                                                      ("c.jpg", "red")]  # fmt: skip
+        assert server.requests == 2  # the repeated description asked once
+        ws.close()
+    finally:
+        server.stop()

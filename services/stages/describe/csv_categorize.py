@@ -18,6 +18,7 @@ from pydantic import Field
 
 from services.core import csv_safety
 from services.core.errors import WorkbenchError
+from services.core.names import file_name
 from services.core.workspace import Workspace, write_atomic
 from services.io.gemini_client import GeminiError, build_sdk_models
 from services.jobs.job_context import ContextThreadPoolExecutor
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 KIND = "categorize_csv"
 MAX_ROWS = 1_000_000
+MAX_CSV_BYTES = 512 * 2**20
 MAX_CELL_CHARS = 100_000
 NAME_COLUMNS = ("image_name", "image", "filename", "file_name", "name")
 
@@ -108,10 +110,34 @@ def start_csv_categorize(
     concurrency: int | None = None,
 ) -> int:
     """Check the file now (errors name the row), keep a copy in the workspace, and create the job."""
-    data = input_csv.read_bytes()
-    rows = read_descriptions(data, input_csv.name)
-    copy = ws.root / "uploads" / f"descriptions-{hashlib.sha256(data).hexdigest()[:16]}.csv"
+    if input_csv.stat().st_size > MAX_CSV_BYTES:
+        raise DescriptionsCsvError(f"{input_csv.name}: larger than {MAX_CSV_BYTES // 2**20} MB; split the file")
+    return start_csv_categorize_upload(
+        ws, manager, input_csv.read_bytes(), input_csv.name, category_list, output_csv=output_csv,
+        concurrency=concurrency,
+    )  # fmt: skip
+
+
+def start_csv_categorize_upload(
+    ws: Workspace,
+    manager: JobManager,
+    data: bytes,
+    filename: str,
+    category_list: CategoryList,
+    *,
+    output_csv: Path | None = None,
+    concurrency: int | None = None,
+) -> int:
+    """The same job from a file's bytes (the Describe page's upload). Without an output path the categorised CSV
+    goes to the workspace's `exports/`, named after the file and its content (`<stem>-categorized-<hash>.csv`)."""
+    if len(data) > MAX_CSV_BYTES:
+        raise DescriptionsCsvError(f"{filename}: larger than {MAX_CSV_BYTES // 2**20} MB; split the file")
+    rows = read_descriptions(data, filename)
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    copy = ws.root / "uploads" / f"descriptions-{digest}.csv"
     write_atomic(copy, data)
+    if output_csv is None:
+        output_csv = ws.root / "exports" / file_name(Path(filename).stem, f"-categorized-{digest[:8]}.csv")
     settings = ws.settings
     with job_params(KIND):
         params = CsvCategorizeParams(
@@ -120,12 +146,20 @@ def start_csv_categorize(
             image_max_size=settings.processing.image_max_size,
             list=(category_list.name, category_list.version),
             input_csv=str(copy),
-            source_name=input_csv.name,
+            source_name=filename,
             output_csv=str(output_csv.expanduser().resolve()),
             concurrency=concurrency or settings.gemini.concurrency,
         )
-    title = f"Categorize CSV: {input_csv.name}, {len(rows)} rows with {settings.caption_model} ({category_list.label})"
+    title = f"Categorize CSV: {filename}, {len(rows)} rows with {settings.caption_model} ({category_list.label})"
     return manager.create(KIND, title, params)
+
+
+def categorized_csv(manager: JobManager, job_id: int) -> Path | None:
+    """The CSV a completed job wrote, or None while it runs (or when the file was moved away)."""
+    if manager.progress(job_id).state != "completed":
+        return None
+    out = Path(CsvCategorizeParams.model_validate(manager.params(job_id)).output_csv)
+    return out if out.is_file() else None
 
 
 class CsvCategorizeTask(ChunkedTask):
