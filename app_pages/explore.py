@@ -1,8 +1,9 @@
 """Explore: search the catalog's images by text, by an example image, or "more like this" on any result; find
 near-duplicate groups and choose which copies exports keep."""
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import streamlit as st
 
@@ -11,14 +12,18 @@ from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.clip_models import ModelUnavailableError
 from services.io.embedding_store import EmbeddingStore, list_embedding_keys
+from services.stages.describe.categorize_clip import CLIP_STAGE
+from services.stages.describe.stage import CATEGORIZE_STAGE, DESCRIBE_STAGE
 from services.stages.explore.browse import (
     MAX_NAME_CHARS,
     SORTS,
     BrowseFilter,
     browse,
+    categories_of,
     classifiers_of,
     flags_of,
     formats_of,
+    stages_run,
 )
 from services.stages.explore.duplicate_choices import current_choices, image_sizes, record_choices, suggested_choices
 from services.stages.explore.neighbours import (
@@ -30,7 +35,9 @@ from services.stages.explore.neighbours import (
     outliers,
 )
 from services.stages.explore.perceptual import DEFAULT_MAX_DISTANCE
+from services.stages.explore.saved_views import SavedView, save_browse_view, save_view
 from services.stages.explore.search import MAX_TEXT_CHARS, embedded_datasets, hit_names, pick_key, search
+from services.stages.ocr.stage import OCR_STAGE
 from ui.auth import current_user
 from ui.errors import show_error
 from ui.page_state import BIND
@@ -44,6 +51,9 @@ GROUPS_PER_PAGE = 10
 LEAK_PAIRS_SHOWN = 60
 BROWSE_PAGE = 24
 CHOICE_FILTERS: dict[str, Literal["any", "kept", "dropped"]] = {"any": "any", "kept": "kept", "dropped": "dropped"}
+OCR_FILTERS: dict[str, Literal["any", "read", "valid", "invalid"]] = {
+    "any": "any", "a code was read": "read", "a valid code": "valid", "read but not valid": "invalid",
+}  # fmt: skip
 
 
 def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
@@ -168,13 +178,14 @@ def browse_view(ws: Workspace) -> None:
             if picked != "(none)":
                 model = picked
                 min_score = float(h2.slider("Score at least", 0.0, 1.0, 0.0, 0.01, bind=BIND, key="ex-br-score"))
+        results = _result_filters(ws, dataset)
     if "score" in sort and model is None:
         st.caption("Sorting by score: choose a classifier under Filters.")
         return
     selection = BrowseFilter(
         dataset, tuple(tags), tuple(formats), min_width, min_height, name_contains=name.strip(),
         flag=None if flag == "(any)" else flag, score_model=model, min_score=min_score or None,
-        choice=CHOICE_FILTERS.get(choice or "any", "any"), sort=sort,
+        choice=CHOICE_FILTERS.get(choice or "any", "any"), sort=sort, **results,
     )  # fmt: skip
     try:
         rows, total = browse(ws, selection, 0, 1)
@@ -185,11 +196,67 @@ def browse_view(ws: Workspace) -> None:
         show_error(exc)
         return
     st.caption(f"{total:,} of {image_count(ws, dataset):,} images pass the filters; {sort}.")
+    if total:
+        _save_view_form("ex-br", f"the {total:,} images that pass, in this order",
+                        lambda name, kind: save_browse_view(ws, name, selection, kind=kind))  # fmt: skip
     captions = []
     for r in rows:
         score = f" · {r.score:.3f}" if r.score is not None else ""
         captions.append((r.image_hash, f"{r.width}×{r.height} · {r.bytes / 1024:,.0f} KB{score}"))
     _grid(ws, captions)
+
+
+def _result_filters(ws: Workspace, dataset: str) -> dict[str, Any]:
+    """Filters on what the stages found (Gemini's and CLIP's categories, the description, the OCR reading),
+    offered only for the stages that ran on this dataset."""
+    ran = stages_run(ws, dataset)
+    offered = [s for s in (CATEGORIZE_STAGE, CLIP_STAGE, DESCRIBE_STAGE, OCR_STAGE) if s in ran]
+    if not offered:
+        st.caption("Filters on categories, descriptions and OCR readings appear once those stages ran here.")
+        return {}
+    found: dict[str, Any] = {}
+    cells = iter(st.columns(len(offered) + (OCR_STAGE in ran)))
+    for stage, field, label in ((CATEGORIZE_STAGE, "category", "Gemini category"),
+                                (CLIP_STAGE, "clip_category", "CLIP zero-shot category")):  # fmt: skip
+        if stage in ran:
+            options = ["(any)", *categories_of(ws, dataset, stage)]
+            picked = next(cells).selectbox(label, options, bind=BIND, key=f"ex-br-{field.replace('_', '-')}")
+            found[field] = None if picked in (None, "(any)") else picked
+    if DESCRIBE_STAGE in ran:
+        text = next(cells).text_input(
+            "Description contains",
+            max_chars=MAX_NAME_CHARS,
+            bind=BIND,
+            key="ex-br-desc",
+            help="Any text of Gemini's description: its summary, objects, attributes.",
+        )
+        found["description_contains"] = text.strip()
+    if OCR_STAGE in ran:
+        reading = next(cells).selectbox("OCR reading", list(OCR_FILTERS), bind=BIND, key="ex-br-ocr")
+        found["ocr"] = OCR_FILTERS.get(reading or "any", "any")
+        found["ocr_code_contains"] = (
+            next(cells)
+            .text_input("OCR code contains", max_chars=MAX_NAME_CHARS, bind=BIND, key="ex-br-ocr-code")
+            .strip()
+        )
+    return found
+
+
+def _save_view_form(prefix: str, what: str, save: Callable[[str, str], SavedView]) -> None:
+    """Save a selection as a new dataset (a saved view) that every stage takes."""
+    with st.popover("Save as a dataset", icon=":material/bookmark_add:"):
+        st.caption(f"A new dataset of {md(what)}: the same stored images (nothing is copied), with their tags "
+                   "and input rows, for every stage (embed, classify, describe, OCR, compare, export).")  # fmt: skip
+        name = st.text_input("Dataset name", max_chars=120, key=f"{prefix}-view-name")
+        kind = st.selectbox("Kind", ["view", "REAL", "GEN", "train", "test"], key=f"{prefix}-view-kind",
+                            help="REAL and GEN are the sets Compare puts side by side.")  # fmt: skip
+        if st.button("Save", key=f"{prefix}-view-save", disabled=not name.strip(), icon=":material/save:"):
+            try:
+                saved = save(name.strip(), kind or "view")
+            except WorkbenchError as exc:
+                show_error(exc)
+            else:
+                st.success(f"Saved dataset {md(repr(saved.name))}: {saved.images:,} images ({md(saved.source)}).")
 
 
 def outliers_view(ws: Workspace, names: list[str]) -> None:
@@ -379,6 +446,10 @@ st.caption(
     f"{len(result.hits)} images nearest to {md(what)} in {md(result.key)} ({result.index} search, "
     f"{result.seconds:.2f} s {'in the workspace worker' if where == 'worker' else 'here'})."
 )
+if result.hits:
+    described = f"the {len(result.hits)} results, best first"
+    _save_view_form("ex-search", described, lambda name, kind: save_view(
+        ws, name, hashes, source_dataset=dataset, description=f"search for {what}, top {k}", kind=kind))  # fmt: skip
 grid = st.columns(COLUMNS)
 for n, hit in enumerate(result.hits):
     cell = grid[n % COLUMNS]

@@ -40,6 +40,11 @@ def test_search_by_text_then_more_like_a_result_then_by_image(
     expected = stored.vectors @ load_clip(trained[1]).embed_texts(["a red square"])[0]
     best = float(np.sort(expected)[-1])
     assert at.image[0].captions[0].startswith(f"{best:.3f} · ")  # ranked by the model's own cosine
+    at.text_input(key="ex-search-view-name").input("red squares").run()  # the results as a saved view
+    at.button(key="ex-search-view-save").click().run()
+    assert any("Saved dataset 'red squares': 6 images" in s.value for s in at.success)
+    ranked = [stored.hashes[i] for i in np.argsort(-expected)[:6]]
+    assert [h for h, _, _ in dataset_entries(ws, "red squares")] == ranked  # in the ranking's order
 
     at.button(key="ex-like-0").click().run()  # more like the best result
     assert not at.exception, at.exception

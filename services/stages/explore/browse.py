@@ -3,19 +3,24 @@
 One parameterised query over `dataset_members` (the dataset's images in input order) joined with `images`;
 each filter adds a condition with bound values, never text pasted into the SQL: folder tags (any of), file
 formats, a smallest width and height, a byte range, a part of the name, a quality flag, a classifier score at
-least a value for one model, the keep/drop choice on near-duplicates. Sorts are a fixed list of named orders.
-A page reads `limit` rows at `offset`; the total is counted by the same conditions.
+least a value for one model, the keep/drop choice on near-duplicates, a Gemini or CLIP zero-shot category, a
+word in the Gemini description, the OCR reading (valid or not, a part of the code). Stage results count under any
+of their settings (any model, list version or recipe), as quality flags do. Sorts are a fixed list of named
+orders. A page reads `limit` rows at `offset`; the total is counted by the same conditions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from services.core.catalog import SCORE_BINS
 from services.core.datasets import dataset_id_of, image_count
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
+from services.stages.describe.categorize_clip import CLIP_STAGE
+from services.stages.describe.stage import CATEGORIZE_STAGE, DESCRIBE_STAGE
+from services.stages.ocr.stage import OCR_STAGE
 
 SORTS: dict[str, str] = {  # name -> ORDER BY (fixed text: never from the request)
     "input order": "m.seq",
@@ -51,6 +56,11 @@ class BrowseFilter:
     score_model: str | None = None  # a classifier (model_sha): its score is shown and sortable
     min_score: float | None = None  # with score_model: at least this score
     choice: Literal["any", "kept", "dropped"] = "any"  # "kept": not chosen to drop
+    category: str | None = None  # a category Gemini gave the image (any model or list version)
+    clip_category: str | None = None  # a category CLIP zero-shot gave it
+    description_contains: str = ""  # a part of any text in Gemini's description of it
+    ocr: Literal["any", "read", "valid", "invalid"] = "any"  # read: OCR ran and found a code; valid: it checked
+    ocr_code_contains: str = ""  # a part of the code OCR read
     sort: str = "input order"
 
 
@@ -66,16 +76,76 @@ class BrowseRow:
     score: float | None
 
 
+@dataclass(frozen=True)
+class _Query:
+    """One filter's SQL: its conditions (values in `args`), the score join (values in `join_args`), the order."""
+
+    where: list[str]
+    args: list[object]
+    join_score: str
+    join_args: list[object]
+    score: str
+    order: str
+
+    @property
+    def conditions(self) -> str:
+        return " AND ".join(self.where)
+
+    @property
+    def base(self) -> str:
+        return (
+            f"FROM dataset_members m JOIN images i ON i.hash = m.image_hash {self.join_score} WHERE {self.conditions}"
+        )
+
+
 def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> tuple[list[BrowseRow], int]:
     """One page of the dataset's images that pass the filter, in the chosen order, and how many pass."""
+    if not 1 <= limit <= MAX_PAGE or offset < 0:
+        raise BrowseError(f"a page is 1 to {MAX_PAGE} images from offset 0 or more")
+    q = _query(ws, f)
+    rows = ws.catalog.query(
+        f"""SELECT m.image_hash, m.name, i.path, i.format, i.bytes, i.width, i.height, {q.score} AS score {q.base}
+            ORDER BY {q.order} LIMIT ? OFFSET ?""",
+        (*q.join_args, *q.args, limit, offset),
+    )
+    return [
+        BrowseRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), None if r[7] is None else float(r[7]))
+        for r in rows
+    ], _count(ws, f, q)
+
+
+def matching_hashes(ws: Workspace, f: BrowseFilter, limit: int) -> list[str]:
+    """Every image passing the filter (at most `limit`), in the chosen order: a selection to save."""
+    q = _query(ws, f)
+    rows = ws.catalog.query(
+        f"SELECT m.image_hash, {q.score} AS score {q.base} ORDER BY {q.order} LIMIT ?", (*q.join_args, *q.args, limit)
+    )
+    return [str(r[0]) for r in rows]
+
+
+def describe_filter(f: BrowseFilter) -> str:
+    """The filter in words ("tags cats, dogs; formats PNG; sorted by name"), for a saved view's source."""
+    parts = []
+    for field in fields(f):
+        value = getattr(f, field.name)
+        if field.name in ("dataset", "sort") or value == field.default or value in ((), ""):
+            continue
+        shown = ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        parts.append(f"{field.name.replace('_', ' ')} {shown}")
+    if f.sort != "input order":
+        parts.append(f"sorted by {f.sort}")
+    return "; ".join(parts) or "every image"
+
+
+def _query(ws: Workspace, f: BrowseFilter) -> _Query:
     if f.sort not in SORTS:
         raise BrowseError(f"sort {f.sort!r}: use one of {', '.join(SORTS)}")
     if "score" in f.sort and f.score_model is None:
         raise BrowseError("sorting by score needs a classifier chosen")
-    if not 1 <= limit <= MAX_PAGE or offset < 0:
-        raise BrowseError(f"a page is 1 to {MAX_PAGE} images from offset 0 or more")
-    if len(f.name_contains) > MAX_NAME_CHARS:
-        raise BrowseError(f"a name filter has at most {MAX_NAME_CHARS} characters")
+    for what, text in (("name", f.name_contains), ("description", f.description_contains),
+                       ("OCR code", f.ocr_code_contains)):  # fmt: skip
+        if len(text) > MAX_NAME_CHARS:
+            raise BrowseError(f"a {what} filter has at most {MAX_NAME_CHARS} characters")
     dataset_id = dataset_id_of(ws.catalog, f.dataset)
     where = ["m.dataset_id = ?"]
     args: list[object] = [dataset_id]
@@ -105,7 +175,10 @@ def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> 
         dropped = """(SELECT c.image_hash FROM duplicate_choices c WHERE c.choice = 'drop'
                        AND c.id = (SELECT MAX(id) FROM duplicate_choices WHERE image_hash = c.image_hash))"""
         where.append(f"m.image_hash {'IN' if f.choice == 'dropped' else 'NOT IN'} {dropped}")
-    score, join_score, join_args = "NULL", "", []
+    where_results, result_args = _stage_result_conditions(f)
+    where += where_results
+    args += result_args
+    score, join_score, join_args = "NULL", "", list[object]()
     if f.score_model is not None:  # an inner join when a score is asked for or sorted by (the classifier's
         kind = "JOIN" if f.min_score is not None or "score" in f.sort else "LEFT JOIN"  # scored images only)
         score, join_score, join_args = (
@@ -116,27 +189,78 @@ def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> 
         if f.min_score is not None:
             where.append("s.score >= ?")
             args.append(float(f.min_score))
-    conditions = " AND ".join(where)
-    base = f"FROM dataset_members m JOIN images i ON i.hash = m.image_hash {join_score} WHERE {conditions}"
-    if len(where) == 1 and not join_score.startswith("JOIN"):  # every image of the dataset: its counter
-        total = image_count(ws, f.dataset)
-    elif (bins := _score_bins_from(f, len(where))) is not None:  # a score alone: the score counters
-        total = int(ws.catalog.scalar(
+    return _Query(where, args, join_score, join_args, score, SORTS[f.sort])
+
+
+def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
+    """How many pass: from the dataset's counter when nothing filters, from the score counters when a score
+    threshold on a bin edge is the only condition, else by the query (images joined only when a filter reads
+    them)."""
+    if len(q.where) == 1 and not q.join_score.startswith("JOIN"):
+        return image_count(ws, f.dataset)
+    if (bins := _score_bins_from(f, len(q.where))) is not None:
+        return int(ws.catalog.scalar(
             "SELECT COALESCE(SUM(images), 0) FROM dataset_score_bins WHERE dataset_id = ? AND model_sha = ? "
-            "AND bin >= ?", (dataset_id, f.score_model, bins)))  # fmt: skip
-    else:  # images joined only when a filter reads them
-        images_join = "JOIN images i ON i.hash = m.image_hash" if any(c.startswith("i.") for c in where) else ""
-        total = int(ws.catalog.scalar(f"SELECT COUNT(*) FROM dataset_members m {images_join} {join_score} WHERE "
-                                      f"{conditions}", (*join_args, *args)))  # fmt: skip
+            "AND bin >= ?", (q.args[0], f.score_model, bins)))  # fmt: skip
+    images_join = "JOIN images i ON i.hash = m.image_hash" if any(c.startswith("i.") for c in q.where) else ""
+    return int(ws.catalog.scalar(f"SELECT COUNT(*) FROM dataset_members m {images_join} {q.join_score} WHERE "
+                                 f"{q.conditions}", (*q.join_args, *q.args)))  # fmt: skip
+
+
+def _stage_result_conditions(f: BrowseFilter) -> tuple[list[str], list[object]]:
+    """Conditions on the stage results (each one scan of that stage's results, not one lookup a member); a result
+    that is not JSON matches nothing."""
+    where: list[str] = []
+    args: list[object] = []
+
+    def results_where(stage: str, condition: str, *values: object) -> None:
+        where.append(
+            f"""m.image_hash IN (SELECT s.image_hash FROM stage_results s WHERE s.stage = ? AND s.status = 'ok'
+                AND json_valid(s.result) AND {condition})"""
+        )
+        args.extend((stage, *values))
+
+    for stage, category in ((CATEGORIZE_STAGE, f.category), (CLIP_STAGE, f.clip_category)):
+        if category:
+            results_where(stage, "EXISTS (SELECT 1 FROM json_each(s.result, '$.categories') c WHERE c.value = ?)",
+                          category)  # fmt: skip
+    if f.description_contains:
+        results_where(
+            DESCRIBE_STAGE,
+            """EXISTS (SELECT 1 FROM json_tree(s.result, '$.description') t WHERE t.type = 'text'
+               AND instr(lower(t.value), lower(?)) > 0)""",
+            f.description_contains,
+        )
+    if f.ocr != "any":
+        valid = {
+            "read": "json_extract(s.result, '$.code') IS NOT NULL",
+            "valid": "json_extract(s.result, '$.valid') = 1",
+            "invalid": "json_extract(s.result, '$.valid') = 0",
+        }[f.ocr]
+        results_where(OCR_STAGE, valid)
+    if f.ocr_code_contains:
+        results_where(OCR_STAGE, "instr(lower(json_extract(s.result, '$.code')), lower(?)) > 0", f.ocr_code_contains)
+    return where, args
+
+
+def categories_of(ws: Workspace, dataset: str, stage: str) -> list[str]:
+    """The categories a stage (Gemini's or CLIP's) gave a dataset's images, for the filter's choices."""
     rows = ws.catalog.query(
-        f"""SELECT m.image_hash, m.name, i.path, i.format, i.bytes, i.width, i.height, {score} AS score {base}
-            ORDER BY {SORTS[f.sort]} LIMIT ? OFFSET ?""",
-        (*join_args, *args, limit, offset),
+        """SELECT DISTINCT c.value FROM dataset_members m JOIN stage_results s ON s.image_hash = m.image_hash,
+           json_each(CASE WHEN json_valid(s.result) THEN s.result ELSE '{}' END, '$.categories') c
+           WHERE m.dataset_id = ? AND s.stage = ? AND s.status = 'ok' ORDER BY c.value""",
+        (dataset_id_of(ws.catalog, dataset), stage),
     )
-    return [
-        BrowseRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), None if r[7] is None else float(r[7]))
-        for r in rows
-    ], total
+    return [str(r[0]) for r in rows]
+
+
+def stages_run(ws: Workspace, dataset: str) -> set[str]:
+    """The stages with a result for any of the dataset's images (from the stage counters)."""
+    rows = ws.catalog.query(
+        "SELECT DISTINCT stage FROM dataset_stage_counts WHERE dataset_id = ? AND status = 'ok' AND images > 0",
+        (dataset_id_of(ws.catalog, dataset),),
+    )
+    return {str(r[0]) for r in rows}
 
 
 def _score_bins_from(f: BrowseFilter, conditions: int) -> int | None:

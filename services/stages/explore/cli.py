@@ -13,6 +13,10 @@ import typer
 from services.cli.common import CheckpointOpt, ModelOpt, PretrainedOpt, cli_workspace, clip_spec_if_named, fail
 
 commands = typer.Typer()
+SaveViewOpt = Annotated[
+    str | None, typer.Option(help="Also save the results as a new dataset of this name (a saved view).")
+]
+KindOpt = Annotated[str, typer.Option(help="The saved view's kind (REAL, GEN, train, test...).")]
 
 
 @commands.command("search")
@@ -25,6 +29,8 @@ def search(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
+    save_view: SaveViewOpt = None,
+    kind: KindOpt = "view",
 ) -> None:
     """The stored images nearest to the query in CLIP space, best first: rank, cosine score, hash, name."""
     from services.compat.seed_hash_ids import find_image
@@ -55,6 +61,13 @@ def search(
         f"{'by the workspace worker' if where == 'worker' else 'in this process'})",
         err=True,
     )
+    if save_view is not None:
+        from services.stages.explore.saved_views import save_view as save
+
+        query = f"text {text!r}" if text else f"like {like[:12]}" if like else f"image {image.name if image else ''}"
+        hashes = [h.image_hash for h in result.hits]
+        saved = save(ws, save_view, hashes, source_dataset=dataset, description=f"search {query}, top {k}", kind=kind)
+        typer.echo(f"saved view {saved.name!r}: {saved.images} images ({saved.source})", err=True)
 
 
 @commands.command("search-index")
@@ -210,3 +223,53 @@ def outliers(
     for rank, o in enumerate(found, 1):
         typer.echo(f"{rank}\t{o.uniqueness:.4f}\t{o.nearest:.4f}\t{o.image_hash}\t{names.get(o.image_hash, '')}")
     typer.echo(f"rank, uniqueness, nearest cosine, hash, name ({key}, k={k})", err=True)
+
+
+@commands.command("browse")
+def browse_cmd(
+    dataset: Annotated[str, typer.Option(help="The dataset to browse.")],
+    tag: Annotated[list[str] | None, typer.Option(help="A folder tag (repeat: any of them).")] = None,
+    image_format: Annotated[list[str] | None, typer.Option("--format", help="PNG, JPEG... (repeat).")] = None,
+    min_width: Annotated[int, typer.Option(min=0)] = 0,
+    min_height: Annotated[int, typer.Option(min=0)] = 0,
+    name_contains: Annotated[str, typer.Option(help="A part of the image's name.")] = "",
+    flag: Annotated[str | None, typer.Option(help="A quality flag the image carries.")] = None,
+    classifier: Annotated[str | None, typer.Option(help="A classifier's model sha: its scores shown.")] = None,
+    min_score: Annotated[float | None, typer.Option(help="With --classifier: at least this score.")] = None,
+    choice: Annotated[str, typer.Option(help="Near-duplicate choice: any, kept or dropped.")] = "any",
+    category: Annotated[str | None, typer.Option(help="A category Gemini gave the image.")] = None,
+    clip_category: Annotated[str | None, typer.Option(help="A category CLIP zero-shot gave it.")] = None,
+    description_contains: Annotated[str, typer.Option(help="A part of Gemini's description.")] = "",
+    ocr: Annotated[str, typer.Option(help="OCR reading: any, read, valid or invalid.")] = "any",
+    ocr_code_contains: Annotated[str, typer.Option(help="A part of the code OCR read.")] = "",
+    sort: Annotated[str, typer.Option(help="input order, name, largest file, most pixels, highest score...")] = (
+        "input order"
+    ),
+    page: Annotated[int, typer.Option(min=1)] = 1,
+    per_page: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    save_view: SaveViewOpt = None,
+    kind: KindOpt = "view",
+) -> None:
+    """A dataset's images that pass the filters, a page at a time: hash, name, format, size, pixels, score; with
+    --save-view, every image that passes is saved as a new dataset (a saved view) in the order shown."""
+    from services.stages.explore.browse import BrowseFilter, browse
+
+    if choice not in ("any", "kept", "dropped") or ocr not in ("any", "read", "valid", "invalid"):
+        fail("--choice is any, kept or dropped; --ocr is any, read, valid or invalid")
+    ws = cli_workspace()
+    f = BrowseFilter(
+        dataset, tuple(tag or ()), tuple(image_format or ()), min_width, min_height, name_contains=name_contains,
+        flag=flag, score_model=classifier, min_score=min_score, choice=choice,  # type: ignore[arg-type]
+        category=category, clip_category=clip_category, description_contains=description_contains,
+        ocr=ocr, ocr_code_contains=ocr_code_contains, sort=sort,  # type: ignore[arg-type]
+    )  # fmt: skip
+    rows, total = browse(ws, f, (page - 1) * per_page, per_page)
+    for r in rows:
+        score = "" if r.score is None else f"{r.score:.4f}"
+        typer.echo(f"{r.image_hash}\t{r.name}\t{r.format}\t{r.bytes}\t{r.width}x{r.height}\t{score}")
+    typer.echo(f"{total:,} images pass; page {page} of {max(1, -(-total // per_page)):,}", err=True)
+    if save_view is not None:
+        from services.stages.explore.saved_views import save_browse_view
+
+        saved = save_browse_view(ws, save_view, f, kind=kind)
+        typer.echo(f"saved view {saved.name!r}: {saved.images} images ({saved.source})", err=True)

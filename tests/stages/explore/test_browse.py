@@ -4,6 +4,7 @@ independent implementation of the same selection), hostile filter text kept as a
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -11,12 +12,23 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from services.core.datasets import dataset_id_of
+from services.core.datasets import dataset_id_of, image_count, list_datasets, tag_counts
 from services.core.workspace import Workspace
 from services.jobs.manager import JobManager
 from services.stages.download.folder_import import start_folder_import
-from services.stages.explore.browse import BrowseError, BrowseFilter, browse, classifiers_of, flags_of, formats_of
+from services.stages.explore.browse import (
+    BrowseError,
+    BrowseFilter,
+    browse,
+    categories_of,
+    classifiers_of,
+    flags_of,
+    formats_of,
+    stages_run,
+)
 from services.stages.explore.duplicate_choices import record_choices
+from services.stages.explore.saved_views import ViewError, save_browse_view, save_view
+from services.stages.export.stage import start_export
 from tests.conftest import ROOT
 
 
@@ -59,10 +71,44 @@ def shelf(ws: Workspace, manager: JobManager, tmp_path: Path) -> pd.DataFrame:
         conn.executemany("INSERT INTO image_flags (settings_hash, flag, image_hash) VALUES ('q1', 'blurry', ?)",
                          [(h,) for h in hashes[:5]])  # fmt: skip
     record_choices(ws, {hashes[0]: "drop", hashes[7]: "drop"}, "ana")
+    gemini = {h: ["animal", ("indoor", "outdoor")[n % 2]] for n, h in enumerate(hashes) if n % 4 != 3}
+    clip = {h: [("indoor", "outdoor")[n % 3 == 0]] for n, h in enumerate(hashes) if n < 30}
+    words = ("a Red barn", "two dogs", "a red kite")
+    described = {h: {"summary": f"Photo {n}", "objects": [{"name": words[n % 3], "count": n}]}
+                 for n, h in enumerate(hashes) if n % 5 != 4}  # fmt: skip
+    read = {h: {"code": f"25{n:09d}", "valid": n % 2 == 0} for n, h in enumerate(hashes) if n % 6 != 5}
+    results = (
+        [(h, "categorize:gemini", "g1", {"categories": c}) for h, c in gemini.items()]
+        + [(h, "categorize:clip", "c1", {"categories": c}) for h, c in clip.items()]
+        + [(h, "describe", "d1", {"description": d}) for h, d in described.items()]
+        + [(h, "ocr", "o1", r) for h, r in read.items()]
+    )
+    with ws.catalog.write() as conn:  # as the describe, categorize and OCR stages record them
+        conn.executemany(
+            "INSERT INTO stage_results (image_hash, stage, settings_hash, status, result, updated_at) "
+            "VALUES (?, ?, ?, 'ok', ?, ?)",
+            [(h, stage, key, json.dumps(r), now) for h, stage, key, r in results],
+        )
+        conn.execute(  # a failed request's row and a result that is not JSON match nothing
+            "INSERT INTO stage_results (image_hash, stage, settings_hash, status, result, updated_at) VALUES "
+            "(?, 'categorize:gemini', 'g2', 'failed', '{\"categories\": [\"indoor\"]}', ?), "
+            "(?, 'ocr', 'o2', 'ok', 'not json', ?)", (hashes[3], now, hashes[5], now))  # fmt: skip
+    frame["gemini"] = frame.image_hash.map(gemini)
+    frame["clip_cats"] = frame.image_hash.map(clip)
+    frame["words"] = frame.image_hash.map(
+        lambda h: " | ".join([described[h]["summary"], described[h]["objects"][0]["name"]]) if h in described else ""
+    )
+    frame["code"] = frame.image_hash.map(lambda h: read[h]["code"] if h in read else None)
+    frame["valid"] = frame.image_hash.map(lambda h: read[h]["valid"] if h in read else None)
     frame["score"] = frame.image_hash.map(scores)
     frame["flagged"] = frame.image_hash.isin(hashes[:5])
     frame["dropped"] = frame.image_hash.isin([hashes[0], hashes[7]])
     return frame
+
+
+def _has(column: pd.Series, category: str) -> pd.Series:
+    """Rows whose list of categories holds this one (no list: no)."""
+    return column.map(lambda c: isinstance(c, list) and category in c)
 
 
 def _hashes(ws: Workspace, f: BrowseFilter, limit: int = 500) -> tuple[list[str], int]:
@@ -93,11 +139,27 @@ def test_each_filter_and_sort_selects_what_pandas_selects(ws: Workspace, shelf: 
         (BrowseFilter("shelf", tags=("dogs",), formats=("JPEG",), score_model="f" * 64, sort="highest score"),
          by_seq[(by_seq.tag == "dogs") & (by_seq.format == "JPEG") & by_seq.score.notna()].sort_values(
              ["score", "seq"], ascending=[False, True])),  # sorted by score: the scored images
+        (BrowseFilter("shelf", category="indoor"), by_seq[_has(by_seq.gemini, "indoor")]),
+        (BrowseFilter("shelf", clip_category="outdoor"), by_seq[by_seq.clip_cats.map(lambda c: c == ["outdoor"])]),
+        (BrowseFilter("shelf", description_contains="RED"), by_seq[by_seq.words.str.lower().str.contains("red")]),
+        (BrowseFilter("shelf", description_contains="objects"), by_seq.iloc[:0]),  # keys are not text
+        (BrowseFilter("shelf", ocr="read"), by_seq[by_seq.code.notna()]),
+        (BrowseFilter("shelf", ocr="valid"), by_seq[by_seq.valid.eq(True)]),
+        (BrowseFilter("shelf", ocr="invalid"), by_seq[by_seq.valid.eq(False)]),
+        (BrowseFilter("shelf", ocr_code_contains="0000001"), by_seq[by_seq.code.fillna("").str.contains("0000001")]),
+        (BrowseFilter("shelf", category="animal", clip_category="indoor", tags=("cats",), sort="name"),
+         by_seq[_has(by_seq.gemini, "animal") & _has(by_seq.clip_cats, "indoor") & (by_seq.tag == "cats")]
+         .sort_values(["file_name", "seq"])),
     ]  # fmt: skip
     for f, expected in cases:
         assert _hashes(ws, f) == (list(expected.image_hash), len(expected)), f
     assert len(by_seq[by_seq.tag == "cats"]) > 0 and 0 < len(by_seq[by_seq.score >= 0.5]) < 36  # cases bite
     assert by_seq.score.isna().sum() > 0  # some images have no score: sorting by score leaves them out
+    for column in ("gemini", "clip_cats", "code"):  # the result filters bite: some images have one, some do not
+        assert 0 < by_seq[column].notna().sum() < 36
+    assert categories_of(ws, "shelf", "categorize:gemini") == ["animal", "indoor", "outdoor"]
+    assert categories_of(ws, "shelf", "categorize:clip") == ["indoor", "outdoor"]
+    assert stages_run(ws, "shelf") >= {"categorize:gemini", "categorize:clip", "describe", "ocr"}
 
     page, total = browse(ws, BrowseFilter("shelf", sort="name"), offset=10, limit=5)
     assert total == 36 and [r.image_hash for r in page] == list(
@@ -117,6 +179,8 @@ def test_each_filter_and_sort_selects_what_pandas_selects(ws: Workspace, shelf: 
 def test_hostile_filter_text_is_a_value_and_bad_requests_say_why(ws: Workspace, shelf: pd.DataFrame):
     assert _hashes(ws, BrowseFilter("shelf", name_contains="x' OR 1=1 --")) == ([], 0)
     assert _hashes(ws, BrowseFilter("shelf", tags=("cats') OR ('1'='1",))) == ([], 0)
+    assert _hashes(ws, BrowseFilter("shelf", category="x') OR 1=1 --")) == ([], 0)
+    assert _hashes(ws, BrowseFilter("shelf", description_contains="%")) == ([], 0)  # no LIKE wildcard either
     for f, message in (
         (BrowseFilter("shelf", sort="m.seq; DROP TABLE images"), "sort 'm.seq; DROP TABLE images': use one of"),
         (BrowseFilter("shelf", sort="highest score"), "needs a classifier chosen"),
@@ -149,3 +213,85 @@ def test_the_browse_view_filters_sorts_and_pages(ws: Workspace, shelf: pd.DataFr
     assert len(shown) == len(dogs) and all(c.startswith("shelf: dogs-") or "dogs-" in c for c in shown)
     at.number_input(key="ex-br-min-width").set_value(200).run()
     assert not at.exception and any("0 of 36 images" in c.value for c in at.caption) and len(at.image) == 0
+
+
+def test_a_filtered_grid_saved_as_a_view_is_a_dataset_every_stage_takes(
+    ws: Workspace, manager: JobManager, shelf: pd.DataFrame, tmp_path: Path
+):
+    """A saved view: the filter's images in its order, their tags and input rows, counted like any dataset, and
+    exported by the export stage as the source's images would be."""
+    f = BrowseFilter("shelf", tags=("cats", "dogs"), formats=("PNG",), sort="largest file")
+    saved = save_browse_view(ws, "big png pets", f)
+    by_seq = shelf.sort_values("seq")
+    expected = by_seq[by_seq.tag.isin(["cats", "dogs"]) & (by_seq.format == "PNG")].sort_values(
+        ["bytes", "seq"], ascending=[False, True]
+    )
+    assert saved.images == len(expected) > 3
+    assert saved.source == "view of shelf: tags cats, dogs; formats PNG; sorted by largest file"
+    assert _hashes(ws, BrowseFilter("big png pets")) == (list(expected.image_hash), len(expected))  # input order
+    assert image_count(ws, "big png pets") == len(expected)
+    assert tag_counts(ws, "big png pets") == expected.tag.value_counts().to_dict()
+    view_id = dataset_id_of(ws.catalog, "big png pets")
+    rows = ws.catalog.query("SELECT data FROM dataset_rows WHERE dataset_id = ? ORDER BY row_index", (view_id,))
+    assert [json.loads(r[0])[1] for r in rows] == list(expected.tag)  # the source's path,tag rows, in view order
+    assert {d.name: d.kind for d in list_datasets(ws.catalog)}["big png pets"] == "view"
+
+    out = tmp_path / "exported"
+    assert manager.run(start_export(ws, manager, "big png pets", "imagefolder", out)).state == "completed"
+    written = sorted(p.relative_to(out).parts[0] for p in out.rglob("*.png"))
+    assert written == sorted(expected.tag)  # one folder per tag, every image of the view
+
+    # several datasets' images: each keeps its name and the dataset it came from
+    mixed = save_view(ws, "picked", list(expected.image_hash[:2]) + [shelf.image_hash.iloc[0]], description="hand")
+    assert mixed.images == 3 and mixed.source == "view: hand"
+    picked_rows = ws.catalog.query(
+        "SELECT data FROM dataset_rows WHERE dataset_id = ? ORDER BY row_index", (dataset_id_of(ws.catalog, "picked"),)
+    )
+    names = shelf.set_index("image_hash").name
+    assert [json.loads(r[0]) for r in picked_rows] == [
+        [names[h], "shelf"] for h in [*expected.image_hash[:2], shelf.image_hash.iloc[0]]
+    ]
+
+
+def test_a_view_that_cannot_be_saved_says_why_and_leaves_nothing(ws: Workspace, shelf: pd.DataFrame):
+    before = [d.name for d in list_datasets(ws.catalog)]
+    for call, message in (
+        (lambda: save_browse_view(ws, "none", BrowseFilter("shelf", min_width=10_000)), "the selection is empty"),
+        (lambda: save_browse_view(ws, "shelf", BrowseFilter("shelf")), "a dataset named 'shelf' already exists"),
+        (lambda: save_browse_view(ws, "../x", BrowseFilter("shelf")), "cannot contain '/'"),
+        (lambda: save_view(ws, "v", ["0" * 64], source_dataset="shelf", description="x"),
+         "image '000000000000' is not in dataset 'shelf'"),
+        (lambda: save_view(ws, "v", [shelf.image_hash.iloc[0], "f" * 64], description="x"),
+         "image 'ffffffffffff' is not in any dataset"),
+    ):  # fmt: skip
+        with pytest.raises(ViewError, match=message):
+            call()
+    assert [d.name for d in list_datasets(ws.catalog)] == before  # a refused view left no dataset behind
+
+
+def test_the_browse_view_filters_on_stage_results_and_saves_a_view(
+    ws: Workspace, shelf: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
+    at.switch_page("app_pages/explore.py").run()
+    at.radio(key="ex-mode").set_value("Browse").run()
+    at.selectbox(key="ex-br-dataset").set_value("shelf").run()
+    assert at.selectbox(key="ex-br-category").options == ["(any)", "animal", "indoor", "outdoor"]
+    at.selectbox(key="ex-br-category").set_value("indoor").run()
+    at.selectbox(key="ex-br-ocr").set_value("a valid code").run()
+    assert not at.exception, at.exception
+    by_seq = shelf.sort_values("seq")
+    chosen = by_seq[_has(by_seq.gemini, "indoor") & by_seq.valid.eq(True)]
+    assert any(f"{len(chosen)} of 36 images" in c.value for c in at.caption) and len(chosen) > 0
+    at.text_input(key="ex-br-view-name").input("indoor codes").run()
+    at.selectbox(key="ex-br-view-kind").set_value("test").run()
+    at.button(key="ex-br-view-save").click().run()
+    assert not at.exception, at.exception
+    assert any(f"Saved dataset 'indoor codes': {len(chosen)} images" in s.value for s in at.success)
+    assert _hashes(ws, BrowseFilter("indoor codes")) == (list(chosen.image_hash), len(chosen))
+    assert {d.name: d.kind for d in list_datasets(ws.catalog)}["indoor codes"] == "test"
+    at.button(key="ex-br-view-save").click().run()  # the same name again: refused, said on the page
+    assert any("a dataset named 'indoor codes' already exists" in e.value for e in at.error)
