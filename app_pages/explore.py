@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from services.core.datasets import image_count, image_paths, list_datasets, tag_counts
 from services.core.errors import WorkbenchError
@@ -26,6 +27,7 @@ from services.stages.explore.browse import (
     stages_run,
 )
 from services.stages.explore.duplicate_choices import current_choices, image_sizes, record_choices, suggested_choices
+from services.stages.explore.image_detail import image_detail
 from services.stages.explore.neighbours import (
     DEFAULT_THRESHOLD,
     MAX_K,
@@ -41,6 +43,7 @@ from services.stages.ocr.stage import OCR_STAGE
 from ui.auth import current_user
 from ui.errors import show_error
 from ui.page_state import BIND
+from ui.server_path import display_locators
 from ui.state import get_workspace
 from ui.text import md
 
@@ -202,8 +205,8 @@ def browse_view(ws: Workspace) -> None:
     captions = []
     for r in rows:
         score = f" · {r.score:.3f}" if r.score is not None else ""
-        captions.append((r.image_hash, f"{r.width}×{r.height} · {r.bytes / 1024:,.0f} KB{score}"))
-    _grid(ws, captions)
+        captions.append((r.image_hash, f"{r.width}×{r.height} · {file_size(r.bytes)}{score}"))
+    _grid(ws, captions, prefix="ex-br")
 
 
 def _result_filters(ws: Workspace, dataset: str) -> dict[str, Any]:
@@ -287,7 +290,7 @@ def outliers_view(ws: Workspace, names: list[str]) -> None:
     st.caption(f"{len(ranked):,} images ranked by uniqueness in {md(key)}; the most unusual first (a caption: "
                "uniqueness · cosine of the nearest · name).")  # fmt: skip
     shown = ranked[:top]
-    _grid(ws, [(o.image_hash, f"{o.uniqueness:.3f} · {o.nearest:.3f}") for o in shown])
+    _grid(ws, [(o.image_hash, f"{o.uniqueness:.3f} · {o.nearest:.3f}") for o in shown], prefix="ex-out")
 
 
 def leaks_view(ws: Workspace, names: list[str]) -> None:
@@ -316,14 +319,14 @@ def leaks_view(ws: Workspace, names: list[str]) -> None:
     st.warning(f"{len(found):,} images of {md(mine)} have a near-duplicate in {md(theirs)} (cosine ≥ "
                f"{threshold:.3f}); each pair: the image, then its nearest in {md(theirs)}.")  # fmt: skip
     pairs = found[:LEAK_PAIRS_SHOWN]
-    _grid(ws, [(h, f"{score:.3f}") for a, b, score in pairs for h in (a, b)], columns=4)
+    _grid(ws, [(h, f"{score:.3f}") for a, b, score in pairs for h in (a, b)], columns=4, prefix="ex-leak")
     if len(found) > LEAK_PAIRS_SHOWN:
         st.caption(f"The first {LEAK_PAIRS_SHOWN} pairs; all of them: `duplicates --dataset {mine} --against "
                    f"{theirs} --csv leaks.csv`.")  # fmt: skip
 
 
-def _grid(ws: Workspace, cells: list[tuple[str, str]], columns: int = COLUMNS) -> None:
-    """Images with a caption each, in rows of `columns`."""
+def _grid(ws: Workspace, cells: list[tuple[str, str]], columns: int = COLUMNS, prefix: str = "ex-grid") -> None:
+    """Images with a caption each, in rows of `columns`; each opens its detail."""
     hashes = [h for h, _ in cells]
     paths = image_paths(ws, hashes)
     shown_names = hit_names(ws, hashes)
@@ -335,6 +338,65 @@ def _grid(ws: Workspace, cells: list[tuple[str, str]], columns: int = COLUMNS) -
             row[n % columns].image(str(ws.abspath(paths[image_hash])), caption=text)
         else:
             row[n % columns].caption(f"{text} (no stored file)")
+        _detail_button(row[n % columns], image_hash, f"{prefix}-{n}")
+
+
+def _detail_button(cell: DeltaGenerator, image_hash: str, key: str) -> None:
+    if cell.button("Details", key=f"{key}-detail", icon=":material/info:", type="tertiary"):
+        show_detail(image_hash)
+
+
+@st.dialog("Image detail", width="large")
+def show_detail(image_hash: str) -> None:
+    """Everything the catalog holds about one image: its file, sources, datasets and tags, every stage result,
+    scores, labels, near-duplicate choices."""
+    try:
+        d = image_detail(ws, image_hash)
+    except WorkbenchError as exc:
+        show_error(exc)
+        return
+    left, right = st.columns([1, 2])
+    if d.path:
+        left.image(str(ws.abspath(d.path)))
+    right.markdown(f"`{d.hash}`  \n{d.format} · {d.width}×{d.height} px · {file_size(d.bytes)}")
+    if d.aliases:
+        right.caption(" · ".join(f"{md(k)}: `{v[:24]}…`" for k, v in d.aliases.items()))
+    if d.phash:
+        right.caption(f"perceptual hash `{d.phash}`")
+    if right.button("More like this", key="ex-detail-like", icon=":material/image_search:"):
+        st.session_state["ex-query"] = {"like": d.hash}
+        st.session_state["ex-to-search"] = True  # the view switch is set before it is drawn, on the next run
+        st.rerun()
+    st.markdown("**In datasets**")
+    st.dataframe([{**m, "tags": ", ".join(m["tags"])} for m in d.datasets], hide_index=True)
+    st.markdown("**Sources**")
+    shown = display_locators(ws, [s["locator"] for s in d.sources])
+    st.dataframe([{"kind": s["kind"], "where": loc} for s, loc in zip(d.sources, shown, strict=True)], hide_index=True)
+    if d.scores:
+        st.markdown("**Classifier scores**")
+        st.dataframe(d.scores, hide_index=True)
+    if d.labels:
+        st.markdown("**Labels (categorised CSVs and label sets)**")
+        st.dataframe(d.labels, hide_index=True)
+    if d.choices:
+        st.markdown("**Near-duplicate choices** (the latest counts)")
+        st.dataframe(d.choices, hide_index=True)
+    st.markdown(f"**Stage results** ({len(d.results)})")
+    for r in d.results:
+        with st.expander(f"{r['stage']} · {r['settings']} · {r['status']}"):
+            if r["error"]:
+                st.error(md(r["error"]))
+            if isinstance(r["result"], dict | list):
+                st.json(r["result"], expanded=2)
+            elif r["result"] is not None:
+                st.text(str(r["result"]))
+
+
+def file_size(n: int) -> str:
+    """Bytes as a person reads them: 301 B, 16.6 KB, 2.4 MB."""
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:,.1f} KB" if n < 1024**2 else f"{n / 1024**2:,.1f} MB"
 
 
 def short_name(name: str) -> str:
@@ -364,6 +426,8 @@ st.caption(
 )
 
 VIEWS = ["Search", "Browse", "Duplicates", "Outliers", "Leaks"]
+if st.session_state.pop("ex-to-search", False):
+    st.session_state["ex-mode"] = "Search"
 mode = st.radio("View", VIEWS, horizontal=True, bind=BIND, key="ex-mode")
 if mode == "Browse":  # the catalog alone: no vectors needed
     browse_view(ws)
@@ -450,8 +514,9 @@ if result.hits:
     described = f"the {len(result.hits)} results, best first"
     _save_view_form("ex-search", described, lambda name, kind: save_view(
         ws, name, hashes, source_dataset=dataset, description=f"search for {what}, top {k}", kind=kind))  # fmt: skip
-grid = st.columns(COLUMNS)
 for n, hit in enumerate(result.hits):
+    if n % COLUMNS == 0:
+        grid = st.columns(COLUMNS)  # a row at a time: images of different heights stay aligned
     cell = grid[n % COLUMNS]
     name = shown_names.get(hit.image_hash, "")
     if hit.image_hash in paths:
@@ -461,3 +526,4 @@ for n, hit in enumerate(result.hits):
     if cell.button("More like this", key=f"ex-like-{n}", icon=":material/image_search:"):
         st.session_state["ex-query"] = {"like": hit.image_hash}
         st.rerun()
+    _detail_button(cell, hit.image_hash, f"ex-hit-{n}")

@@ -273,3 +273,21 @@ def browse_cmd(
 
         saved = save_browse_view(ws, save_view, f, kind=kind)
         typer.echo(f"saved view {saved.name!r}: {saved.images} images ({saved.source})", err=True)
+
+
+@commands.command("image-detail")
+def image_detail_cmd(
+    image_hash: Annotated[str, typer.Argument(help="The image's sha256 (or seed 004's hash_id).")],
+) -> None:
+    """Everything the catalog holds about one image, as JSON: file, sources, datasets and tags, every stage
+    result, classifier scores, labels, near-duplicate choices, other names."""
+    import json
+
+    from services.compat.seed_hash_ids import find_image
+    from services.stages.explore.image_detail import image_detail
+
+    ws = cli_workspace()
+    found = find_image(ws, image_hash.strip().lower())
+    if found is None:
+        fail(f"no stored image {image_hash[:16]}... in this workspace")
+    typer.echo(json.dumps(image_detail(ws, found).as_dict(), indent=2, default=str))

@@ -27,6 +27,7 @@ from services.stages.explore.browse import (
     stages_run,
 )
 from services.stages.explore.duplicate_choices import record_choices
+from services.stages.explore.image_detail import ImageNotFoundError, image_detail
 from services.stages.explore.saved_views import ViewError, save_browse_view, save_view
 from services.stages.export.stage import start_export
 from tests.conftest import ROOT
@@ -295,3 +296,31 @@ def test_the_browse_view_filters_on_stage_results_and_saves_a_view(
     assert {d.name: d.kind for d in list_datasets(ws.catalog)}["indoor codes"] == "test"
     at.button(key="ex-br-view-save").click().run()  # the same name again: refused, said on the page
     assert any("a dataset named 'indoor codes' already exists" in e.value for e in at.error)
+
+
+def test_an_images_detail_holds_every_stage_result_source_dataset_and_choice(ws: Workspace, shelf: pd.DataFrame):
+    first = shelf.sort_values("seq").iloc[0]
+    save_view(ws, "one", [first.image_hash], source_dataset="shelf", description="hand")
+    with ws.catalog.write() as conn:  # a categorised CSV names the image by its file name
+        conn.execute("INSERT INTO label_sets (name, source, items, created_at) VALUES ('REAL-csv', 'csv:x', 1, 0)")
+        conn.execute(
+            "INSERT INTO labels (set_id, label, item) SELECT id, 'animal', ? FROM label_sets", (first.file_name,)
+        )
+    d = image_detail(ws, first.image_hash)
+    assert (d.format, d.bytes, d.width, d.height) == (first.format, first.bytes, first.width, first.height)
+    assert [(m["dataset"], m["name"], m["tags"]) for m in d.datasets] == [
+        ("shelf", first["name"], [first.tag]), ("one", first["name"], [first.tag])
+    ]  # fmt: skip
+    assert [s["kind"] for s in d.sources] == ["path"] and d.sources[0]["locator"].endswith(first.file_name)
+    stored = pd.read_sql_query("SELECT stage, settings_hash, result FROM stage_results WHERE image_hash = ?",
+                               ws.catalog.conn, params=(first.image_hash,))  # fmt: skip
+    assert sorted((r["stage"], r["settings"]) for r in d.results) == sorted(
+        zip(stored.stage, stored.settings_hash, strict=True)
+    )
+    by_stage = {r["stage"]: r["result"] for r in d.results}
+    assert by_stage["categorize:gemini"] == json.loads(stored.set_index("stage").result["categorize:gemini"])
+    assert [(s["tag"], s["score"]) for s in d.scores] == ([("cats", first.score)] if pd.notna(first.score) else [])
+    assert d.labels == [{"label_set": "REAL-csv", "label": "animal"}]
+    assert [c["choice"] for c in d.choices] == ["drop"]  # the fixture dropped the first image
+    with pytest.raises(ImageNotFoundError, match="no image '0000000000000000'"):
+        image_detail(ws, "0" * 64)
