@@ -22,6 +22,7 @@ from services.stages.explore.browse import (
     browse,
     categories_of,
     classifiers_of,
+    describe_filter,
     flags_of,
     formats_of,
     stages_run,
@@ -38,6 +39,7 @@ from services.stages.explore.neighbours import (
 )
 from services.stages.explore.perceptual import DEFAULT_MAX_DISTANCE
 from services.stages.explore.saved_views import SavedView, save_browse_view, save_view
+from services.stages.explore.search import MAX_K as MAX_RANKED
 from services.stages.explore.search import MAX_TEXT_CHARS, embedded_datasets, hit_names, pick_key, search
 from services.stages.ocr.stage import OCR_STAGE
 from ui.auth import current_user
@@ -190,6 +192,14 @@ def browse_view(ws: Workspace) -> None:
         flag=None if flag == "(any)" else flag, score_model=model, min_score=min_score or None,
         choice=CHOICE_FILTERS.get(choice or "any", "any"), sort=sort, **results,
     )  # fmt: skip
+    if dataset in embedded_datasets(ws):
+        ranked_by = st.text_input(
+            "Rank by what they show (CLIP)", max_chars=MAX_TEXT_CHARS, placeholder="a red truck at night", bind=BIND,
+            key="ex-br-text", help=f"The images that pass the filters, best match first (the first {MAX_RANKED:,}).",
+        ).strip()  # fmt: skip
+        if ranked_by:
+            _ranked_grid(ws, selection, ranked_by)
+            return
     try:
         rows, total = browse(ws, selection, 0, 1)
         pages = max(1, -(-total // BROWSE_PAGE))
@@ -207,6 +217,27 @@ def browse_view(ws: Workspace) -> None:
         score = f" · {r.score:.3f}" if r.score is not None else ""
         captions.append((r.image_hash, f"{r.width}×{r.height} · {file_size(r.bytes)}{score}"))
     _grid(ws, captions, prefix="ex-br")
+
+
+def _ranked_grid(ws: Workspace, selection: BrowseFilter, text: str) -> None:
+    """The filtered images ranked by a text query: filters combined with search."""
+    page = int(st.number_input("Page", 1, MAX_RANKED // BROWSE_PAGE, 1, bind=BIND, key="ex-br-rank-page"))
+    try:
+        result, where = search(ws, text=text, k=min(MAX_RANKED, page * BROWSE_PAGE), within=selection)
+    except (WorkbenchError, ModelUnavailableError) as exc:
+        show_error(exc)
+        return
+    hits = result.hits[(page - 1) * BROWSE_PAGE :]
+    total = browse(ws, selection, 0, 1)[1]
+    st.caption(f"The {total:,} images that pass the filters, ranked by the text in {md(result.key)}: "
+               f"{(page - 1) * BROWSE_PAGE + 1 if hits else 0:,} to {len(result.hits):,} "
+               f"({result.seconds:.2f} s {'in the workspace worker' if where == 'worker' else 'here'}).")  # fmt: skip
+    if result.hits:
+        ranked = [h.image_hash for h in result.hits]
+        _save_view_form("ex-br-rank", f"the {len(ranked)} ranked images, best first", lambda name, kind: save_view(
+            ws, name, ranked, source_dataset=selection.dataset, kind=kind,
+            description=f"{describe_filter(selection)}; ranked by the text {text!r}"))  # fmt: skip
+    _grid(ws, [(h.image_hash, f"{h.score:.3f}") for h in hits], prefix="ex-br-rank")
 
 
 def _result_filters(ws: Workspace, dataset: str) -> dict[str, Any]:

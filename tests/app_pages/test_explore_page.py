@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services.core.datasets import dataset_entries
+from services.core.datasets import dataset_entries, dataset_tags, image_count
 from services.core.workspace import Workspace
 from services.io.clip_models import ClipSpec, load_clip
 from services.io.embedding_store import EmbeddingStore, embedding_key
@@ -60,6 +60,16 @@ def test_search_by_text_then_more_like_a_result_then_by_image(
     at.text_input(key="ex-like").input("0" * 64).run()
     at.button(key="ex-run").click().run()
     assert not at.exception and any("has no vector from" in e.value for e in at.error)
+
+    at.radio(key="ex-mode").set_value("Browse").run()  # filters combined with search: the grid ranked by text
+    at.selectbox(key="ex-br-dataset").set_value("tagged").run()
+    at.text_input(key="ex-br-text").input("a red square").run()
+    assert not at.exception, at.exception
+    n = image_count(ws, "tagged")
+    assert any(f"The {n} images that pass the filters, ranked by the text" in c.value and ": 1 to 24 (" in c.value
+               for c in at.caption)  # fmt: skip
+    in_tagged = expected[[i for i, h in enumerate(stored.hashes) if h in set(dataset_tags(ws, "tagged"))]]
+    assert at.image[0].captions[0].startswith(f"{float(np.max(in_tagged)):.3f} · ")
     ws.close()
 
 

@@ -142,6 +142,8 @@ def _query(ws: Workspace, f: BrowseFilter) -> _Query:
         raise BrowseError(f"sort {f.sort!r}: use one of {', '.join(SORTS)}")
     if "score" in f.sort and f.score_model is None:
         raise BrowseError("sorting by score needs a classifier chosen")
+    if f.choice not in ("any", "kept", "dropped") or f.ocr not in ("any", "read", "valid", "invalid"):
+        raise BrowseError("a near-duplicate choice is any, kept or dropped; an OCR reading any, read, valid or invalid")
     for what, text in (("name", f.name_contains), ("description", f.description_contains),
                        ("OCR code", f.ocr_code_contains)):  # fmt: skip
         if len(text) > MAX_NAME_CHARS:

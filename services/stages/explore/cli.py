@@ -245,6 +245,7 @@ def browse_cmd(
     sort: Annotated[str, typer.Option(help="input order, name, largest file, most pixels, highest score...")] = (
         "input order"
     ),
+    text: Annotated[str | None, typer.Option(help="Rank the images that pass by this text (CLIP).")] = None,
     page: Annotated[int, typer.Option(min=1)] = 1,
     per_page: Annotated[int, typer.Option(min=1, max=500)] = 50,
     save_view: SaveViewOpt = None,
@@ -253,9 +254,8 @@ def browse_cmd(
     """A dataset's images that pass the filters, a page at a time: hash, name, format, size, pixels, score; with
     --save-view, every image that passes is saved as a new dataset (a saved view) in the order shown."""
     from services.stages.explore.browse import BrowseFilter, browse
+    from services.stages.explore.search import hit_names
 
-    if choice not in ("any", "kept", "dropped") or ocr not in ("any", "read", "valid", "invalid"):
-        fail("--choice is any, kept or dropped; --ocr is any, read, valid or invalid")
     ws = cli_workspace()
     f = BrowseFilter(
         dataset, tuple(tag or ()), tuple(image_format or ()), min_width, min_height, name_contains=name_contains,
@@ -263,6 +263,15 @@ def browse_cmd(
         category=category, clip_category=clip_category, description_contains=description_contains,
         ocr=ocr, ocr_code_contains=ocr_code_contains, sort=sort,  # type: ignore[arg-type]
     )  # fmt: skip
+    if text is not None:  # the filtered images ranked by what they show
+        from services.stages.explore.search import search as run_search
+
+        result, _ = run_search(ws, text=text, k=min(1000, page * per_page), within=f)
+        names = hit_names(ws, [h.image_hash for h in result.hits], dataset)
+        for rank, hit in enumerate(result.hits[(page - 1) * per_page :], (page - 1) * per_page + 1):
+            typer.echo(f"{rank}\t{hit.score:.4f}\t{hit.image_hash}\t{names.get(hit.image_hash, '')}")
+        typer.echo(f"{len(result.hits)} images ranked by the text ({result.key}, {result.seconds:.3f} s)", err=True)
+        return
     rows, total = browse(ws, f, (page - 1) * per_page, per_page)
     for r in rows:
         score = "" if r.score is None else f"{r.score:.4f}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from services.core.datasets import DatasetError, dataset_id_of
 from services.core.errors import WorkbenchError
@@ -24,11 +25,13 @@ from services.io.clip_models import ClipSpec, load_clip
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, embedding_key, list_embedding_keys
 from services.io.imaging import decode_image
 from services.jobs.worker_requests import RequestHandler, ask_worker
+from services.stages.explore.browse import BrowseFilter, matching_hashes
 from services.stages.explore.vector_index import VectorIndex
 
 SEARCH_OP = "search"
 MAX_TEXT_CHARS = 300
 MAX_K = 1000
+MAX_WITHIN = 1_000_000  # a filter's images a query ranks (a filter passing more is ranked over its first million)
 
 
 class SearchError(WorkbenchError):
@@ -96,14 +99,19 @@ def search_here(
     like: str | None = None,
     dataset: str | None = None,
     k: int = 20,
+    within: BrowseFilter | None = None,
 ) -> SearchResult:
-    """One query (exactly one of text, image, like) in this process."""
+    """One query (exactly one of text, image, like) in this process; `within`: only the images a Browse filter
+    selects (filters combined with search: the filtered grid ranked by the query)."""
     _check_query(text, image, like, k)
     started = time.perf_counter()
     index = VectorIndex(ws, key)
     state = index.sync()
     query = _query_vector(ws, index, key, text, image, like)
     allowed = _members(ws, dataset) if dataset is not None else None
+    if within is not None:
+        selected = set(matching_hashes(ws, within, MAX_WITHIN))
+        allowed = selected if allowed is None else allowed & selected
     extra = 1 if like is not None else 0  # the image itself is its own nearest neighbour: leave it out
     hits = [h for h in index.search(query, k + extra, allowed)[0] if h.image_hash != like][:k]
     return SearchResult(
@@ -123,17 +131,21 @@ def search(
     dataset: str | None = None,
     k: int = 20,
     key: str | None = None,
+    within: BrowseFilter | None = None,
 ) -> tuple[SearchResult, Literal["worker", "here"]]:
     """The query answered by the worker when one serves, else here; and where it ran."""
     _check_query(text, image, like, k)
     if dataset is not None:
         check_name(dataset, "dataset")
         dataset_id_of(ws.catalog, dataset)  # an unknown name is an error that lists the datasets
-    key = key or pick_key(ws, dataset)
-    args = {"key": key, "text": text, "like": like, "dataset": dataset, "k": k}
+    if within is not None:
+        dataset_id_of(ws.catalog, within.dataset)
+    key = key or pick_key(ws, dataset or (within.dataset if within else None))
+    args = {"key": key, "text": text, "like": like, "dataset": dataset, "k": k,
+            "within": None if within is None else dataclasses.asdict(within)}  # fmt: skip
     answer = ask_worker(ws, SEARCH_OP, image or b"", args)
     if answer is None:
-        return search_here(ws, key, text=text, image=image, like=like, dataset=dataset, k=k), "here"
+        return search_here(ws, key, text=text, image=image, like=like, dataset=dataset, k=k, within=within), "here"
     hits = [SearchHit(**h) for h in answer.pop("hits")]
     return SearchResult(hits=hits, **answer), "worker"
 
@@ -156,10 +168,25 @@ def search_handler(ws: Workspace) -> RequestHandler:
             like=args.get("like"),
             dataset=dataset,
             k=int(args.get("k") or 20),
+            within=_filter_from(args.get("within")),
         )
         return dataclasses.asdict(result)
 
     return handle
+
+
+def _filter_from(data: object) -> BrowseFilter | None:
+    """A Browse filter sent to the worker as a dict, rebuilt (its lists as the tuples the filter holds)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise SearchError("a search filter is an object of Browse's fields")
+    try:
+        f = TypeAdapter(BrowseFilter).validate_python(data)
+    except ValidationError as exc:
+        raise SearchError(f"a search filter that is not Browse's: {exc.errors()[0]['msg']}") from None
+    check_name(f.dataset, "dataset")
+    return f
 
 
 def _check_query(text: str | None, image: bytes | None, like: str | None, k: int) -> None:

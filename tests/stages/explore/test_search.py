@@ -19,13 +19,14 @@ from fastapi.testclient import TestClient
 from sklearn.neighbors import NearestNeighbors
 
 from services.api.app import create_app
-from services.core.datasets import dataset_entries
+from services.core.datasets import dataset_entries, dataset_tags
 from services.core.settings import load_settings
 from services.core.workspace import Workspace
 from services.io.clip_models import ClipSpec, load_clip
 from services.io.embedding_store import EmbeddingStore, embedding_key
 from services.stages.explore import vector_index
-from services.stages.explore.search import SearchError, search
+from services.stages.explore.browse import BrowseFilter
+from services.stages.explore.search import SearchError, search, search_handler
 from services.stages.explore.vector_index import VectorIndex
 from tests.conftest import ROOT
 from tests.support.cli import run_cli
@@ -184,6 +185,31 @@ def test_text_image_and_like_queries_rank_by_the_models_own_cosine(tws: Workspac
             search(tws, **bad)  # type: ignore[arg-type]
     with pytest.raises(Exception, match="no dataset named 'nope'"):
         search(tws, text="x", dataset="nope")
+
+
+def test_a_filtered_grid_ranked_by_text_holds_only_what_passes_in_the_models_order(
+    tws: Workspace, trained: tuple[Path, ClipSpec]
+):
+    """Filters combined with search: the images a Browse filter selects, ranked by the query's cosine (checked
+    against the model's own scores over the filter's images, selected with plain SQL)."""
+    spec = trained[1]
+    stored = EmbeddingStore(tws, embedding_key(spec)).load()
+    tags = dataset_tags(tws, "tagged")
+    tag = sorted({t for ts in tags.values() for t in ts})[0]
+    passing = {h for h, ts in tags.items() if tag in ts}
+    assert 0 < len(passing) < len(stored.hashes)
+    scores = stored.vectors @ load_clip(spec).embed_texts(["a red square"])[0]
+    expected = sorted(((float(s), h) for h, s in zip(stored.hashes, scores, strict=True) if h in passing), reverse=True)
+    result, _ = search(tws, text="a red square", k=1000, within=BrowseFilter("tagged", tags=(tag,)))
+    assert [h.image_hash for h in result.hits] == [h for _, h in expected]  # every passing image, no other
+    np.testing.assert_allclose([h.score for h in result.hits], [s for s, _ in expected], atol=1e-4)
+    ranked = run_cli(
+        tws.root, "browse", "--dataset", "tagged", "--tag", tag, "--text", "a red square", "--per-page", "3"
+    )
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    assert [line.split("\t")[2] for line in ranked.stdout.splitlines()] == [h for _, h in expected[:3]]
+    with pytest.raises(SearchError, match="not Browse's"):
+        search_handler(tws)(b"", {"key": embedding_key(spec), "text": "x", "within": {"dataset": "tagged", "ocr": 5}})
 
 
 def test_the_cli_searches_and_says_what_is_wrong_without_a_traceback(tws: Workspace, tmp_path: Path):
