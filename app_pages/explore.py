@@ -253,7 +253,7 @@ def _result_filters(ws: Workspace, dataset: str) -> dict[str, Any]:
     for stage, field, label in ((CATEGORIZE_STAGE, "category", "Gemini category"),
                                 (CLIP_STAGE, "clip_category", "CLIP zero-shot category")):  # fmt: skip
         if stage in ran:
-            options = ["(any)", *categories_of(ws, dataset, stage)]
+            options = ["(any)", *categories_of(ws, stage)]
             picked = next(cells).selectbox(label, options, bind=BIND, key=f"ex-br-{field.replace('_', '-')}")
             found[field] = None if picked in (None, "(any)") else picked
     if DESCRIBE_STAGE in ran:

@@ -83,6 +83,44 @@ STAGE_RESULT_ADDED_SQL = """        INSERT OR IGNORE INTO image_flags (settings_
         ON CONFLICT (dataset_id, settings_hash, flag) DO UPDATE SET images = images + 1;"""
 
 
+def _json_of(row: str) -> str:
+    """A result as JSON to read from: '{}' when it is not JSON (a trigger must never fail a write over it)."""
+    return f"CASE WHEN json_valid({row}.result) THEN {row}.result ELSE '{{}}' END"
+
+
+def _ocr_state_sql(row: str) -> str:
+    """An OCR result's state as a term: valid or invalid (its `valid` field), NULL when it has none."""
+    return f"CASE json_extract({_json_of(row)}, '$.valid') WHEN 1 THEN 'valid' WHEN 0 THEN 'invalid' END"
+
+
+def result_terms_sql(row: str) -> str:
+    """The terms a stage result holds (a SELECT of one column, `term`): its categories, or an OCR reading's
+    states (read, and valid or invalid)."""
+    return f"""SELECT c.value AS term FROM json_each({_json_of(row)}, '$.categories') c
+               WHERE {row}.stage LIKE 'categorize:%' AND c.type = 'text'
+               UNION ALL SELECT 'read' WHERE {row}.stage = 'ocr'
+                   AND json_extract({_json_of(row)}, '$.code') IS NOT NULL
+               UNION ALL SELECT {_ocr_state_sql(row)} WHERE {row}.stage = 'ocr' AND {_ocr_state_sql(row)} IS NOT NULL"""
+
+
+def result_text_sql(row: str) -> str:
+    """The text of a result a Browse filter finds a part of, lowercased: every text of a description (a line
+    each, so a part never spans two), an OCR code; NULL for other stages."""
+    return f"""lower(CASE {row}.stage
+        WHEN 'describe' THEN (SELECT group_concat(t.value, char(10)) FROM json_tree({_json_of(row)}, '$.description') t
+                              WHERE t.type = 'text')
+        WHEN 'ocr' THEN json_extract({_json_of(row)}, '$.code') END)"""
+
+
+# What an ok result adds to the terms and texts Browse filters on (a trigger body, NEW being the result).
+RESULT_TERMS_ADDED_SQL = f"""        INSERT OR IGNORE INTO result_terms (stage, term, settings_hash, image_hash)
+            SELECT NEW.stage, t.term, NEW.settings_hash, NEW.image_hash
+            FROM ({result_terms_sql("NEW")}) t WHERE NEW.status = 'ok';
+        INSERT OR REPLACE INTO result_texts (stage, settings_hash, image_hash, text)
+            SELECT NEW.stage, NEW.settings_hash, NEW.image_hash, x.text FROM (SELECT {result_text_sql("NEW")} AS text) x
+            WHERE NEW.status = 'ok' AND x.text IS NOT NULL;"""
+
+
 MIGRATIONS: list[str] = [
     # 1: images, their sources, datasets and rows, per-stage results, jobs and per-item status.
     """
@@ -433,6 +471,54 @@ MIGRATIONS: list[str] = [
     CREATE INDEX images_bytes ON images(bytes);
     CREATE INDEX images_pixels ON images(width * height);
     """,
+    # 10: what Browse filters on in the stages' results, kept as the results are written (no JSON parsed per
+    # filter change): the categories Gemini and CLIP gave and the OCR reading's state as terms, the description's
+    # text and the OCR code lowercased as text to find a part of.
+    """
+    CREATE TABLE result_terms (
+        stage TEXT NOT NULL,
+        term TEXT NOT NULL,                 -- a category; for OCR: read, valid, invalid
+        settings_hash TEXT NOT NULL,
+        image_hash TEXT NOT NULL,
+        PRIMARY KEY (stage, term, settings_hash, image_hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE result_texts (
+        stage TEXT NOT NULL,
+        settings_hash TEXT NOT NULL,
+        image_hash TEXT NOT NULL,
+        text TEXT NOT NULL,                 -- lowercased: the description's texts (one a line), the OCR code
+        PRIMARY KEY (stage, settings_hash, image_hash)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER result_terms_added AFTER INSERT ON stage_results
+    WHEN NEW.status = 'ok' AND (NEW.stage LIKE 'categorize:%' OR NEW.stage IN ('ocr', 'describe')) BEGIN
+{terms_added}
+    END;
+    CREATE TRIGGER result_terms_changed AFTER UPDATE OF status, result ON stage_results
+    WHEN NEW.stage LIKE 'categorize:%' OR NEW.stage IN ('ocr', 'describe') BEGIN
+        DELETE FROM result_terms WHERE stage = OLD.stage AND settings_hash = OLD.settings_hash
+            AND image_hash = OLD.image_hash AND term IN ({old_terms});
+        DELETE FROM result_texts WHERE stage = OLD.stage AND settings_hash = OLD.settings_hash
+            AND image_hash = OLD.image_hash;
+{terms_added}
+    END;
+    INSERT OR IGNORE INTO result_terms (stage, term, settings_hash, image_hash)
+        SELECT s.stage, c.value, s.settings_hash, s.image_hash
+        FROM stage_results s, json_each({json_s}, '$.categories') c
+        WHERE s.stage LIKE 'categorize:%' AND s.status = 'ok' AND c.type = 'text';
+    INSERT OR IGNORE INTO result_terms (stage, term, settings_hash, image_hash)
+        SELECT s.stage, 'read', s.settings_hash, s.image_hash FROM stage_results s
+        WHERE s.stage = 'ocr' AND s.status = 'ok' AND json_extract({json_s}, '$.code') IS NOT NULL;
+    INSERT OR IGNORE INTO result_terms (stage, term, settings_hash, image_hash)
+        SELECT s.stage, {ocr_state_s}, s.settings_hash, s.image_hash FROM stage_results s
+        WHERE s.stage = 'ocr' AND s.status = 'ok' AND {ocr_state_s} IS NOT NULL;
+    INSERT OR IGNORE INTO result_texts (stage, settings_hash, image_hash, text)
+        SELECT s.stage, s.settings_hash, s.image_hash, {text_s} FROM stage_results s
+        WHERE s.stage IN ('describe', 'ocr') AND s.status = 'ok' AND {text_s} IS NOT NULL;
+    """.replace("{terms_added}", RESULT_TERMS_ADDED_SQL)
+    .replace("{old_terms}", result_terms_sql("OLD"))
+    .replace("{json_s}", _json_of("s"))
+    .replace("{ocr_state_s}", _ocr_state_sql("s"))
+    .replace("{text_s}", result_text_sql("s")),
 ]
 
 

@@ -33,6 +33,7 @@ SORTS: dict[str, str] = {  # name -> ORDER BY (fixed text: never from the reques
     "lowest score": "score, m.seq",
 }
 MAX_PAGE = 500
+MAX_CATEGORY_CHOICES = 1000
 MAX_NAME_CHARS = 200
 
 
@@ -210,48 +211,35 @@ def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
 
 
 def _stage_result_conditions(f: BrowseFilter) -> tuple[list[str], list[object]]:
-    """Conditions on the stage results (each one scan of that stage's results, not one lookup a member); a result
-    that is not JSON matches nothing."""
+    """Conditions on the stages' results, read from the terms and texts the catalog keeps as results are written
+    (`result_terms`, `result_texts`: one index range each, no JSON parsed per change)."""
     where: list[str] = []
     args: list[object] = []
-
-    def results_where(stage: str, condition: str, *values: object) -> None:
-        where.append(
-            f"""m.image_hash IN (SELECT s.image_hash FROM stage_results s WHERE s.stage = ? AND s.status = 'ok'
-                AND json_valid(s.result) AND {condition})"""
-        )
-        args.extend((stage, *values))
-
-    for stage, category in ((CATEGORIZE_STAGE, f.category), (CLIP_STAGE, f.clip_category)):
-        if category:
-            results_where(stage, "EXISTS (SELECT 1 FROM json_each(s.result, '$.categories') c WHERE c.value = ?)",
-                          category)  # fmt: skip
-    if f.description_contains:
-        results_where(
-            DESCRIBE_STAGE,
-            """EXISTS (SELECT 1 FROM json_tree(s.result, '$.description') t WHERE t.type = 'text'
-               AND instr(lower(t.value), lower(?)) > 0)""",
-            f.description_contains,
-        )
-    if f.ocr != "any":
-        valid = {
-            "read": "json_extract(s.result, '$.code') IS NOT NULL",
-            "valid": "json_extract(s.result, '$.valid') = 1",
-            "invalid": "json_extract(s.result, '$.valid') = 0",
-        }[f.ocr]
-        results_where(OCR_STAGE, valid)
-    if f.ocr_code_contains:
-        results_where(OCR_STAGE, "instr(lower(json_extract(s.result, '$.code')), lower(?)) > 0", f.ocr_code_contains)
+    terms = [(CATEGORIZE_STAGE, f.category), (CLIP_STAGE, f.clip_category)]
+    terms += [(OCR_STAGE, f.ocr)] if f.ocr != "any" else []
+    for stage, term in terms:
+        if term:
+            where.append("m.image_hash IN (SELECT image_hash FROM result_terms WHERE stage = ? AND term = ?)")
+            args += [stage, term]
+    for stage, part in ((DESCRIBE_STAGE, f.description_contains), (OCR_STAGE, f.ocr_code_contains)):
+        if part:  # the texts are kept lowercased
+            where.append(
+                "m.image_hash IN (SELECT image_hash FROM result_texts WHERE stage = ? AND instr(text, lower(?)) > 0)"
+            )
+            args += [stage, part]
     return where, args
 
 
-def categories_of(ws: Workspace, dataset: str, stage: str) -> list[str]:
-    """The categories a stage (Gemini's or CLIP's) gave a dataset's images, for the filter's choices."""
+def categories_of(ws: Workspace, stage: str) -> list[str]:
+    """The categories a stage (Gemini's or CLIP's) gave any image, for the filter's choices: one index seek per
+    distinct category (a skip over the terms' key), not a scan of the results."""
     rows = ws.catalog.query(
-        """SELECT DISTINCT c.value FROM dataset_members m JOIN stage_results s ON s.image_hash = m.image_hash,
-           json_each(CASE WHEN json_valid(s.result) THEN s.result ELSE '{}' END, '$.categories') c
-           WHERE m.dataset_id = ? AND s.stage = ? AND s.status = 'ok' ORDER BY c.value""",
-        (dataset_id_of(ws.catalog, dataset), stage),
+        """WITH RECURSIVE found(term) AS (
+               SELECT MIN(term) FROM result_terms WHERE stage = ?1
+               UNION ALL SELECT (SELECT MIN(term) FROM result_terms WHERE stage = ?1 AND term > found.term)
+               FROM found WHERE found.term IS NOT NULL)
+           SELECT term FROM found WHERE term IS NOT NULL LIMIT ?2""",
+        (stage, MAX_CATEGORY_CHOICES),
     )
     return [str(r[0]) for r in rows]
 

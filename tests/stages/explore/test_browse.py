@@ -158,8 +158,8 @@ def test_each_filter_and_sort_selects_what_pandas_selects(ws: Workspace, shelf: 
     assert by_seq.score.isna().sum() > 0  # some images have no score: sorting by score leaves them out
     for column in ("gemini", "clip_cats", "code"):  # the result filters bite: some images have one, some do not
         assert 0 < by_seq[column].notna().sum() < 36
-    assert categories_of(ws, "shelf", "categorize:gemini") == ["animal", "indoor", "outdoor"]
-    assert categories_of(ws, "shelf", "categorize:clip") == ["indoor", "outdoor"]
+    assert categories_of(ws, "categorize:gemini") == ["animal", "indoor", "outdoor"]
+    assert categories_of(ws, "categorize:clip") == ["indoor", "outdoor"]
     assert stages_run(ws, "shelf") >= {"categorize:gemini", "categorize:clip", "describe", "ocr"}
 
     page, total = browse(ws, BrowseFilter("shelf", sort="name"), offset=10, limit=5)
