@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 from pathlib import Path
 
-from services.core.catalog import MIGRATIONS, Catalog
+from services.core.catalog import MIGRATIONS, Catalog, _split_sql
 
 
 def test_migrations_apply_once_and_reopen(tmp_path: Path) -> None:
@@ -54,3 +55,49 @@ def test_read_then_write_from_two_processes_loses_nothing(tmp_path: Path) -> Non
         p.join(60)
         assert p.exitcode == 0
     assert cat.scalar("SELECT n_ok FROM jobs WHERE id = 1") == 300
+
+
+RESULTS = [  # (image, stage, result as stored)
+    ("a", "categorize:gemini", '{"categories": ["x", "y"]}'),
+    ("b", "ocr", '{"code": "25ABC", "valid": true}'),
+    ("c", "ocr", "not json"),  # matches nothing, and must not fail the write
+    ("d", "describe", '{"description": {"summary": "A Red Car", "objects": [{"name": "Wheel", "count": 2}]}}'),
+    ("e", "ocr", '{"code": null, "valid": false}'),
+    ("f", "categorize:clip", '{"categories": ["x"]}'),
+]
+TERMS = {("categorize:gemini", "x", "a"), ("categorize:gemini", "y", "a"), ("ocr", "read", "b"), ("ocr", "valid", "b"),
+         ("ocr", "invalid", "e"), ("categorize:clip", "x", "f")}  # fmt: skip
+TEXTS = {("describe", "d", "a red car\nwheel"), ("ocr", "b", "25abc")}
+
+
+def _terms_and_texts(cat: Catalog) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
+    terms = {(r[0], r[1], r[2]) for r in cat.query("SELECT stage, term, image_hash FROM result_terms")}
+    texts = {(r[0], r[1], r[2]) for r in cat.query("SELECT stage, image_hash, text FROM result_texts")}
+    return terms, texts
+
+
+def test_the_terms_and_texts_browse_reads_follow_every_result_written_changed_or_backfilled(tmp_path: Path) -> None:
+    """Migration 10: categories, OCR states, description texts and OCR codes as the results say, kept by the
+    triggers on insert and on change, and backfilled from a catalog that held results before it."""
+    cat = Catalog(tmp_path / "c.sqlite")
+    with cat.write() as conn:
+        conn.executemany("INSERT INTO stage_results VALUES (?, ?, 's', 'ok', ?, NULL, 0)", RESULTS)
+    assert _terms_and_texts(cat) == (TERMS, TEXTS)
+    with cat.write() as conn:  # a new answer replaces the old terms; a failed one leaves none
+        cat.record_stage(conn, image_hash="a", stage="categorize:gemini", settings_hash="s", status="ok",
+                         result={"categories": ["z"]}, error=None)  # fmt: skip
+        cat.record_stage(conn, image_hash="b", stage="ocr", settings_hash="s", status="failed", result=None, error="x")
+    changed = (TERMS - {t for t in TERMS if t[2] in "ab"}) | {("categorize:gemini", "z", "a")}
+    assert _terms_and_texts(cat) == (changed, {t for t in TEXTS if t[1] != "b"})
+    cat.close()
+
+    old = tmp_path / "old.sqlite"  # a catalog at version 9 holding the same results, then opened by this code
+    raw = sqlite3.connect(old)
+    for script in MIGRATIONS[:9]:
+        for statement in _split_sql(script):
+            raw.execute(statement)
+    raw.execute("PRAGMA user_version = 9")
+    raw.executemany("INSERT INTO stage_results VALUES (?, ?, 's', 'ok', ?, NULL, 0)", RESULTS)
+    raw.commit()
+    raw.close()
+    assert _terms_and_texts(Catalog(old)) == (TERMS, TEXTS)
