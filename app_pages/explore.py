@@ -8,7 +8,7 @@ from typing import Any, Literal
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from services.core.datasets import image_count, image_paths, list_datasets, tag_counts
+from services.core.datasets import image_count, image_paths, list_datasets
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.clip_models import ModelUnavailableError
@@ -26,6 +26,7 @@ from services.stages.explore.browse import (
     flags_of,
     formats_of,
     stages_run,
+    tags_of,
 )
 from services.stages.explore.duplicate_choices import current_choices, image_sizes, record_choices, suggested_choices
 from services.stages.explore.image_detail import image_detail
@@ -164,7 +165,7 @@ def browse_view(ws: Workspace) -> None:
     sort = c2.selectbox("Sort by", sorts, bind=BIND, key="ex-br-sort") or sorts[0]
     with st.expander("Filters", expanded=True):
         f1, f2, f3 = st.columns(3)
-        tags = f1.multiselect("Folder tags (any of)", sorted(tag_counts(ws, dataset)), bind=BIND, key="ex-br-tags")
+        tags = f1.multiselect("Folder tags (any of)", tags_of(ws, dataset), bind=BIND, key="ex-br-tags")
         formats = f2.multiselect("Formats", formats_of(ws, dataset), bind=BIND, key="ex-br-formats")
         name = f3.text_input("Name contains", max_chars=MAX_NAME_CHARS, bind=BIND, key="ex-br-name")
         g1, g2, g3, g4 = st.columns(4)

@@ -265,6 +265,16 @@ def _score_bins_from(f: BrowseFilter, conditions: int) -> int | None:
     return k if 1 <= k < SCORE_BINS and abs(k - f.min_score * SCORE_BINS) < 1e-6 else None
 
 
+def tags_of(ws: Workspace, dataset: str) -> list[str]:
+    """The folder tags a dataset's images carry (from the tag counters); none for a dataset without tags (a URL
+    list, a mixed saved view)."""
+    rows = ws.catalog.query(
+        "SELECT tag FROM dataset_tag_counts WHERE dataset_id = ? AND images > 0 ORDER BY tag",
+        (dataset_id_of(ws.catalog, dataset),),
+    )
+    return [str(r[0]) for r in rows]
+
+
 def formats_of(ws: Workspace, dataset: str) -> list[str]:
     """The file formats a dataset's images come in (for the filter's choices)."""
     rows = ws.catalog.query(
