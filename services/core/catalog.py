@@ -480,8 +480,35 @@ MIGRATIONS: list[str] = [
         term TEXT NOT NULL,                 -- a category; for OCR: read, valid, invalid
         settings_hash TEXT NOT NULL,
         image_hash TEXT NOT NULL,
-        PRIMARY KEY (stage, term, settings_hash, image_hash)
+        PRIMARY KEY (stage, term, image_hash, settings_hash)
     ) WITHOUT ROWID;
+    CREATE INDEX result_terms_image ON result_terms(image_hash);  -- an image's terms, when it joins a dataset
+    CREATE TABLE dataset_term_counts (       -- images of a dataset per term (under any settings)
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        stage TEXT NOT NULL,
+        term TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, stage, term)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER result_term_counted AFTER INSERT ON result_terms
+    WHEN NOT EXISTS (SELECT 1 FROM result_terms WHERE stage = NEW.stage AND term = NEW.term
+                     AND image_hash = NEW.image_hash AND settings_hash != NEW.settings_hash) BEGIN
+        INSERT INTO dataset_term_counts (dataset_id, stage, term, images)
+            SELECT m.dataset_id, NEW.stage, NEW.term, 1 FROM dataset_members m WHERE m.image_hash = NEW.image_hash
+        ON CONFLICT (dataset_id, stage, term) DO UPDATE SET images = images + 1;
+    END;
+    CREATE TRIGGER result_term_uncounted AFTER DELETE ON result_terms
+    WHEN NOT EXISTS (SELECT 1 FROM result_terms WHERE stage = OLD.stage AND term = OLD.term
+                     AND image_hash = OLD.image_hash) BEGIN
+        UPDATE dataset_term_counts SET images = images - 1 WHERE stage = OLD.stage AND term = OLD.term
+            AND dataset_id IN (SELECT dataset_id FROM dataset_members WHERE image_hash = OLD.image_hash);
+    END;
+    CREATE TRIGGER dataset_member_terms_counted AFTER INSERT ON dataset_members BEGIN
+        INSERT INTO dataset_term_counts (dataset_id, stage, term, images)
+            SELECT NEW.dataset_id, t.stage, t.term, 1 FROM
+                (SELECT DISTINCT stage, term FROM result_terms WHERE image_hash = NEW.image_hash) t WHERE true
+        ON CONFLICT (dataset_id, stage, term) DO UPDATE SET images = images + 1;
+    END;
     CREATE TABLE result_texts (
         stage TEXT NOT NULL,
         settings_hash TEXT NOT NULL,

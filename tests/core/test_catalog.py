@@ -76,19 +76,48 @@ def _terms_and_texts(cat: Catalog) -> tuple[set[tuple[str, ...]], set[tuple[str,
     return terms, texts
 
 
+def _term_counts(cat: Catalog, dataset_id: int) -> dict[tuple[str, str], int]:
+    rows = cat.query("SELECT stage, term, images FROM dataset_term_counts WHERE dataset_id = ? AND images > 0",
+                     (dataset_id,))  # fmt: skip
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
 def test_the_terms_and_texts_browse_reads_follow_every_result_written_changed_or_backfilled(tmp_path: Path) -> None:
     """Migration 10: categories, OCR states, description texts and OCR codes as the results say, kept by the
     triggers on insert and on change, and backfilled from a catalog that held results before it."""
     cat = Catalog(tmp_path / "c.sqlite")
     with cat.write() as conn:
+        conn.execute(
+            "INSERT INTO datasets (id, name, kind, source, columns, created_at) VALUES (1, 'd', 'k', 's', '[]', 0)"
+        )
+        conn.executemany(
+            "INSERT INTO dataset_members VALUES (1, ?, ?, ?, ?)", [(h, n, h, h) for n, h in enumerate("abcdef")]
+        )
         conn.executemany("INSERT INTO stage_results VALUES (?, ?, 's', 'ok', ?, NULL, 0)", RESULTS)
+        second = "INSERT INTO stage_results VALUES ('a', 'categorize:gemini', 's2', 'ok', ?, NULL, 0)"
+        conn.execute(second, ('{"categories": ["x"]}',))  # the same category under a second setting: one image
     assert _terms_and_texts(cat) == (TERMS, TEXTS)
+    assert _term_counts(cat, 1) == {(stage, term): 1 for stage, term, _ in TERMS}
     with cat.write() as conn:  # a new answer replaces the old terms; a failed one leaves none
         cat.record_stage(conn, image_hash="a", stage="categorize:gemini", settings_hash="s", status="ok",
                          result={"categories": ["z"]}, error=None)  # fmt: skip
         cat.record_stage(conn, image_hash="b", stage="ocr", settings_hash="s", status="failed", result=None, error="x")
     changed = (TERMS - {t for t in TERMS if t[2] in "ab"}) | {("categorize:gemini", "z", "a")}
-    assert _terms_and_texts(cat) == (changed, {t for t in TEXTS if t[1] != "b"})
+    assert _terms_and_texts(cat)[1] == {t for t in TEXTS if t[1] != "b"}
+    assert _terms_and_texts(cat)[0] == changed | {("categorize:gemini", "x", "a")}  # the second setting's
+    assert _term_counts(cat, 1) == {(stage, term): 1 for stage, term, _ in changed | {("categorize:gemini", "x", "a")}}
+    with cat.write() as conn:  # a dataset made later (a saved view) counts its images' terms as they join
+        conn.execute(
+            "INSERT INTO datasets (id, name, kind, source, columns, created_at) VALUES (2, 'v', 'k', 's', '[]', 0)"
+        )
+        conn.executemany(
+            "INSERT INTO dataset_members VALUES (2, ?, ?, ?, ?)", [(h, n, h, h) for n, h in enumerate("af")]
+        )
+    assert _term_counts(cat, 2) == {
+        ("categorize:gemini", "x"): 1,
+        ("categorize:gemini", "z"): 1,
+        ("categorize:clip", "x"): 1,
+    }
     cat.close()
 
     old = tmp_path / "old.sqlite"  # a catalog at version 9 holding the same results, then opened by this code

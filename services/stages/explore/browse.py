@@ -201,6 +201,10 @@ def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
     them)."""
     if len(q.where) == 1 and not q.join_score.startswith("JOIN"):
         return image_count(ws, f.dataset)
+    if len(q.where) == 2 and not q.join_score and (term := _lone_term(f)) is not None:  # the term counters
+        return int(ws.catalog.scalar(
+            "SELECT COALESCE(SUM(images), 0) FROM dataset_term_counts WHERE dataset_id = ? AND stage = ? AND term = ?",
+            (q.args[0], *term)))  # fmt: skip
     if (bins := _score_bins_from(f, len(q.where))) is not None:
         return int(ws.catalog.scalar(
             "SELECT COALESCE(SUM(images), 0) FROM dataset_score_bins WHERE dataset_id = ? AND model_sha = ? "
@@ -208,6 +212,17 @@ def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
     images_join = "JOIN images i ON i.hash = m.image_hash" if any(c.startswith("i.") for c in q.where) else ""
     return int(ws.catalog.scalar(f"SELECT COUNT(*) FROM dataset_members m {images_join} {q.join_score} WHERE "
                                  f"{q.conditions}", (*q.join_args, *q.args)))  # fmt: skip
+
+
+def _lone_term(f: BrowseFilter) -> tuple[str, str] | None:
+    """The (stage, term) a filter asks for when a category or an OCR state is its one result condition."""
+    terms = [
+        (CATEGORIZE_STAGE, f.category),
+        (CLIP_STAGE, f.clip_category),
+        (OCR_STAGE, f.ocr if f.ocr != "any" else None),
+    ]
+    asked = [(stage, term) for stage, term in terms if term]
+    return asked[0] if len(asked) == 1 else None
 
 
 def _stage_result_conditions(f: BrowseFilter) -> tuple[list[str], list[object]]:
@@ -218,8 +233,10 @@ def _stage_result_conditions(f: BrowseFilter) -> tuple[list[str], list[object]]:
     terms = [(CATEGORIZE_STAGE, f.category), (CLIP_STAGE, f.clip_category)]
     terms += [(OCR_STAGE, f.ocr)] if f.ocr != "any" else []
     for stage, term in terms:
-        if term:
-            where.append("m.image_hash IN (SELECT image_hash FROM result_terms WHERE stage = ? AND term = ?)")
+        if term:  # a seek per member read (the terms' key leads with stage, term, image): a page stops early
+            where.append(
+                "EXISTS (SELECT 1 FROM result_terms t WHERE t.stage = ? AND t.term = ? AND t.image_hash = m.image_hash)"
+            )
             args += [stage, term]
     for stage, part in ((DESCRIBE_STAGE, f.description_contains), (OCR_STAGE, f.ocr_code_contains)):
         if part:  # the texts are kept lowercased

@@ -240,6 +240,12 @@ def test_a_filtered_grid_saved_as_a_view_is_a_dataset_every_stage_takes(
     rows = ws.catalog.query("SELECT data FROM dataset_rows WHERE dataset_id = ? ORDER BY row_index", (view_id,))
     assert [json.loads(r[0])[1] for r in rows] == list(expected.tag)  # the source's path,tag rows, in view order
     assert {d.name: d.kind for d in list_datasets(ws.catalog)}["big png pets"] == "view"
+    for f_view, mask in (  # a view's term counters (kept as members join) give what the source's rows say
+        (BrowseFilter("big png pets", category="indoor"), _has(expected.gemini, "indoor")),
+        (BrowseFilter("big png pets", ocr="read"), expected.code.notna()),
+        (BrowseFilter("big png pets", ocr="invalid"), expected.valid.eq(False)),
+    ):
+        assert _hashes(ws, f_view) == (list(expected[mask].image_hash), int(mask.sum()))  # in the view's order
 
     out = tmp_path / "exported"
     assert manager.run(start_export(ws, manager, "big png pets", "imagefolder", out)).state == "completed"
