@@ -19,7 +19,8 @@ from services.stages.explore.browse import (
     MAX_NAME_CHARS,
     SORTS,
     BrowseFilter,
-    browse,
+    browse_count,
+    browse_page,
     categories_of,
     classifiers_of,
     describe_filter,
@@ -166,7 +167,7 @@ def browse_view(ws: Workspace) -> None:
     with st.expander("Filters", expanded=True):
         f1, f2, f3 = st.columns(3)
         tags = f1.multiselect("Folder tags (any of)", tags_of(ws, dataset), bind=BIND, key="ex-br-tags")
-        formats = f2.multiselect("Formats", formats_of(ws, dataset), bind=BIND, key="ex-br-formats")
+        formats = f2.multiselect("Formats", formats_of(ws), bind=BIND, key="ex-br-formats")
         name = f3.text_input("Name contains", max_chars=MAX_NAME_CHARS, bind=BIND, key="ex-br-name")
         g1, g2, g3, g4 = st.columns(4)
         min_width = int(g1.number_input("Width at least (px)", 0, 100_000, 0, 16, bind=BIND, key="ex-br-min-width"))
@@ -202,10 +203,10 @@ def browse_view(ws: Workspace) -> None:
             _ranked_grid(ws, selection, ranked_by)
             return
     try:
-        rows, total = browse(ws, selection, 0, 1)
+        total = browse_count(ws, selection)
         pages = max(1, -(-total // BROWSE_PAGE))
         page = int(st.number_input(f"Page (of {pages:,})", 1, pages, 1, bind=BIND, key="ex-br-page"))
-        rows, total = browse(ws, selection, (min(page, pages) - 1) * BROWSE_PAGE, BROWSE_PAGE)
+        rows = browse_page(ws, selection, (min(page, pages) - 1) * BROWSE_PAGE, BROWSE_PAGE)
     except WorkbenchError as exc:
         show_error(exc)
         return
@@ -229,7 +230,7 @@ def _ranked_grid(ws: Workspace, selection: BrowseFilter, text: str) -> None:
         show_error(exc)
         return
     hits = result.hits[(page - 1) * BROWSE_PAGE :]
-    total = browse(ws, selection, 0, 1)[1]
+    total = browse_count(ws, selection)
     st.caption(f"The {total:,} images that pass the filters, ranked by the text in {md(result.key)}: "
                f"{(page - 1) * BROWSE_PAGE + 1 if hits else 0:,} to {len(result.hits):,} "
                f"({result.seconds:.2f} s {'in the workspace worker' if where == 'worker' else 'here'}).")  # fmt: skip

@@ -483,6 +483,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (stage, term, image_hash, settings_hash)
     ) WITHOUT ROWID;
     CREATE INDEX result_terms_image ON result_terms(image_hash);  -- an image's terms, when it joins a dataset
+    CREATE INDEX images_format ON images(format);  -- the formats to offer, one seek each
     CREATE TABLE dataset_term_counts (       -- images of a dataset per term (under any settings)
         dataset_id INTEGER NOT NULL REFERENCES datasets(id),
         stage TEXT NOT NULL,

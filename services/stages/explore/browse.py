@@ -101,6 +101,16 @@ class _Query:
 
 def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> tuple[list[BrowseRow], int]:
     """One page of the dataset's images that pass the filter, in the chosen order, and how many pass."""
+    return browse_page(ws, f, offset, limit), browse_count(ws, f)
+
+
+def browse_count(ws: Workspace, f: BrowseFilter) -> int:
+    """How many of the dataset's images pass the filter."""
+    return _count(ws, f, _query(ws, f))
+
+
+def browse_page(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> list[BrowseRow]:
+    """One page of the images that pass, in the chosen order."""
     if not 1 <= limit <= MAX_PAGE or offset < 0:
         raise BrowseError(f"a page is 1 to {MAX_PAGE} images from offset 0 or more")
     q = _query(ws, f)
@@ -112,7 +122,7 @@ def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> 
     return [
         BrowseRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), None if r[7] is None else float(r[7]))
         for r in rows
-    ], _count(ws, f, q)
+    ]
 
 
 def matching_hashes(ws: Workspace, f: BrowseFilter, limit: int) -> list[str]:
@@ -292,14 +302,17 @@ def tags_of(ws: Workspace, dataset: str) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def formats_of(ws: Workspace, dataset: str) -> list[str]:
-    """The file formats a dataset's images come in (for the filter's choices)."""
+def formats_of(ws: Workspace) -> list[str]:
+    """The file formats the catalog's images come in, for the filter's choices: one index seek per format (a
+    skip over `images_format`), not a pass over a dataset's images."""
     rows = ws.catalog.query(
-        """SELECT DISTINCT i.format FROM dataset_members m JOIN images i ON i.hash = m.image_hash
-           WHERE m.dataset_id = ? ORDER BY i.format""",
-        (dataset_id_of(ws.catalog, dataset),),
+        """WITH RECURSIVE found(format) AS (
+               SELECT MIN(format) FROM images
+               UNION ALL SELECT (SELECT MIN(format) FROM images WHERE format > found.format)
+               FROM found WHERE found.format IS NOT NULL)
+           SELECT format FROM found WHERE format IS NOT NULL"""
     )
-    return [r[0] for r in rows]
+    return [str(r[0]) for r in rows]
 
 
 def classifiers_of(ws: Workspace, dataset: str) -> dict[str, str]:
