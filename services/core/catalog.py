@@ -484,6 +484,20 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX result_terms_image ON result_terms(image_hash);  -- an image's terms, when it joins a dataset
     CREATE INDEX images_format ON images(format);  -- the formats to offer, one seek each
+    CREATE TABLE dataset_format_counts (     -- images of a dataset per file format (a format filter's count)
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        format TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, format)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER dataset_member_format_counted AFTER INSERT ON dataset_members BEGIN
+        INSERT INTO dataset_format_counts (dataset_id, format, images)
+            SELECT NEW.dataset_id, i.format, 1 FROM images i WHERE i.hash = NEW.image_hash
+        ON CONFLICT (dataset_id, format) DO UPDATE SET images = images + 1;
+    END;
+    INSERT INTO dataset_format_counts (dataset_id, format, images)
+        SELECT m.dataset_id, i.format, COUNT(*) FROM dataset_members m JOIN images i ON i.hash = m.image_hash
+        GROUP BY m.dataset_id, i.format;
     CREATE TABLE dataset_term_counts (       -- images of a dataset per term (under any settings)
         dataset_id INTEGER NOT NULL REFERENCES datasets(id),
         stage TEXT NOT NULL,

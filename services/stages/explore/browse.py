@@ -211,6 +211,15 @@ def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
     them)."""
     if len(q.where) == 1 and not q.join_score.startswith("JOIN"):
         return image_count(ws, f.dataset)
+    if len(q.where) == 2 and not q.join_score and f.formats and not _filters_besides(f, "formats"):
+        marks = ",".join("?" * len(f.formats))  # formats alone: the format counters (an image has one format)
+        return int(ws.catalog.scalar(
+            f"SELECT COALESCE(SUM(images), 0) FROM dataset_format_counts WHERE dataset_id = ? AND format IN ({marks})",
+            (q.args[0], *f.formats)))  # fmt: skip
+    if len(q.where) == 2 and not q.join_score and len(f.tags) == 1 and not _filters_besides(f, "tags"):
+        return int(ws.catalog.scalar(  # one tag alone: its counter
+            "SELECT COALESCE(SUM(images), 0) FROM dataset_tag_counts WHERE dataset_id = ? AND tag = ?",
+            (q.args[0], f.tags[0])))  # fmt: skip
     if len(q.where) == 2 and not q.join_score and (term := _lone_term(f)) is not None:  # the term counters
         return int(ws.catalog.scalar(
             "SELECT COALESCE(SUM(images), 0) FROM dataset_term_counts WHERE dataset_id = ? AND stage = ? AND term = ?",
@@ -222,6 +231,11 @@ def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
     images_join = "JOIN images i ON i.hash = m.image_hash" if any(c.startswith("i.") for c in q.where) else ""
     return int(ws.catalog.scalar(f"SELECT COUNT(*) FROM dataset_members m {images_join} {q.join_score} WHERE "
                                  f"{q.conditions}", (*q.join_args, *q.args)))  # fmt: skip
+
+
+def _filters_besides(f: BrowseFilter, field_name: str) -> bool:
+    """Whether any filter other than this field (and the dataset and sort) is set."""
+    return any(getattr(f, x.name) != x.default for x in fields(f) if x.name not in ("dataset", "sort", field_name))
 
 
 def _lone_term(f: BrowseFilter) -> tuple[str, str] | None:

@@ -125,7 +125,9 @@ def test_each_filter_and_sort_selects_what_pandas_selects(ws: Workspace, shelf: 
     cases = [
         (BrowseFilter("shelf"), by_seq),
         (BrowseFilter("shelf", tags=("cats", "birds")), by_seq[by_seq.tag.isin(["cats", "birds"])]),
-        (BrowseFilter("shelf", formats=("PNG",)), by_seq[by_seq.format == "PNG"]),
+        (BrowseFilter("shelf", formats=("PNG",)), by_seq[by_seq.format == "PNG"]),  # counted by the counters
+        (BrowseFilter("shelf", formats=("PNG", "JPEG")), by_seq),
+        (BrowseFilter("shelf", tags=("dogs",)), by_seq[by_seq.tag == "dogs"]),  # one tag: its counter
         (BrowseFilter("shelf", min_width=60, min_height=60), by_seq[(by_seq.width >= 60) & (by_seq.height >= 60)]),
         (BrowseFilter("shelf", min_bytes=400, max_bytes=900), by_seq[by_seq.bytes.between(400, 900)]),
         (BrowseFilter("shelf", name_contains="DOGS-1"), by_seq[by_seq.name.str.lower().str.contains("dogs-1")]),
@@ -243,6 +245,8 @@ def test_a_filtered_grid_saved_as_a_view_is_a_dataset_every_stage_takes(
         (BrowseFilter("big png pets", category="indoor"), _has(expected.gemini, "indoor")),
         (BrowseFilter("big png pets", ocr="read"), expected.code.notna()),
         (BrowseFilter("big png pets", ocr="invalid"), expected.valid.eq(False)),
+        (BrowseFilter("big png pets", formats=("PNG",)), expected.format.eq("PNG")),
+        (BrowseFilter("big png pets", tags=("cats",)), expected.tag.eq("cats")),
     ):
         assert _hashes(ws, f_view) == (list(expected[mask].image_hash), int(mask.sum()))  # in the view's order
 
