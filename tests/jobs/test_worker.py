@@ -328,6 +328,8 @@ def test_search_is_answered_by_the_worker_with_its_loaded_model_and_index(
 ):
     """A text or image query goes to the worker (CLIP and the vector index stay loaded there) and ranks as the
     caller's own process does."""
+    from services.core.datasets import dataset_tags
+    from services.stages.explore.browse import BrowseFilter
     from services.stages.explore.search import SearchError, search
 
     manager = JobManager(ws)
@@ -341,6 +343,11 @@ def test_search_is_answered_by_the_worker_with_its_loaded_model_and_index(
     assert all(abs(a.score - b.score) < 1e-4 for a, b in zip(there.hits, here.hits, strict=True))
     like, where = search(ws, like=here.hits[0].image_hash, k=2)
     assert where == "worker" and here.hits[0].image_hash not in [h.image_hash for h in like.hits]
+    red = BrowseFilter("few", tags=("red",))  # a Browse filter crosses to the worker and is applied there
+    ranked, where = search(ws, text="a red square", k=10, within=red)
+    red_images = {h for h, tags in dataset_tags(ws, "few").items() if "red" in tags}
+    assert where == "worker" and {h.image_hash for h in ranked.hits} == red_images
+    assert 0 < len(red_images) < len(dataset_tags(ws, "few"))  # the filter bites
     with pytest.raises(WorkbenchError, match="not an image|cannot be decoded|not_image|image"):
         search(ws, image=b"not an image", k=2)
     with pytest.raises(SearchError, match="exactly one query"):

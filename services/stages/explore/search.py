@@ -144,6 +144,8 @@ def search(
     args = {"key": key, "text": text, "like": like, "dataset": dataset, "k": k,
             "within": None if within is None else dataclasses.asdict(within)}  # fmt: skip
     answer = ask_worker(ws, SEARCH_OP, image or b"", args)
+    if answer is not None and within is not None and not answer.pop("filtered", False):
+        answer = None  # a worker started before filters were understood ranked everything: answer here instead
     if answer is None:
         return search_here(ws, key, text=text, image=image, like=like, dataset=dataset, k=k, within=within), "here"
     hits = [SearchHit(**h) for h in answer.pop("hits")]
@@ -170,7 +172,10 @@ def search_handler(ws: Workspace) -> RequestHandler:
             k=int(args.get("k") or 20),
             within=_filter_from(args.get("within")),
         )
-        return dataclasses.asdict(result)
+        answer = dataclasses.asdict(result)
+        if args.get("within") is not None:
+            answer["filtered"] = True  # said only when asked, so a caller that never filters reads the same reply
+        return answer
 
     return handle
 
