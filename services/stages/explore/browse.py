@@ -211,19 +211,9 @@ def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
     them)."""
     if len(q.where) == 1 and not q.join_score.startswith("JOIN"):
         return image_count(ws, f.dataset)
-    if len(q.where) == 2 and not q.join_score and f.formats and not _filters_besides(f, "formats"):
-        marks = ",".join("?" * len(f.formats))  # formats alone: the format counters (an image has one format)
-        return int(ws.catalog.scalar(
-            f"SELECT COALESCE(SUM(images), 0) FROM dataset_format_counts WHERE dataset_id = ? AND format IN ({marks})",
-            (q.args[0], *f.formats)))  # fmt: skip
-    if len(q.where) == 2 and not q.join_score and len(f.tags) == 1 and not _filters_besides(f, "tags"):
-        return int(ws.catalog.scalar(  # one tag alone: its counter
-            "SELECT COALESCE(SUM(images), 0) FROM dataset_tag_counts WHERE dataset_id = ? AND tag = ?",
-            (q.args[0], f.tags[0])))  # fmt: skip
-    if len(q.where) == 2 and not q.join_score and (term := _lone_term(f)) is not None:  # the term counters
-        return int(ws.catalog.scalar(
-            "SELECT COALESCE(SUM(images), 0) FROM dataset_term_counts WHERE dataset_id = ? AND stage = ? AND term = ?",
-            (q.args[0], *term)))  # fmt: skip
+    if (counter := _lone_counter(f)) is not None:
+        sql, values = counter
+        return int(ws.catalog.scalar(sql, (q.args[0], *values)))
     if (bins := _score_bins_from(f, len(q.where))) is not None:
         return int(ws.catalog.scalar(
             "SELECT COALESCE(SUM(images), 0) FROM dataset_score_bins WHERE dataset_id = ? AND model_sha = ? "
@@ -233,9 +223,24 @@ def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
                                  f"{q.conditions}", (*q.join_args, *q.args)))  # fmt: skip
 
 
-def _filters_besides(f: BrowseFilter, field_name: str) -> bool:
-    """Whether any filter other than this field (and the dataset and sort) is set."""
-    return any(getattr(f, x.name) != x.default for x in fields(f) if x.name not in ("dataset", "sort", field_name))
+def _lone_counter(f: BrowseFilter) -> tuple[str, tuple[object, ...]] | None:
+    """The counter query (its values after the dataset id) that answers exactly when the filter's only condition
+    is formats (an image has one format), one folder tag, or one category or OCR state; else None."""
+    if f.formats and _only(f, "formats"):
+        marks = ",".join("?" * len(f.formats))
+        sql = f"SELECT COALESCE(SUM(images), 0) FROM dataset_format_counts WHERE dataset_id = ? AND format IN ({marks})"
+        return sql, tuple(f.formats)
+    if len(f.tags) == 1 and _only(f, "tags"):
+        return "SELECT COALESCE(SUM(images), 0) FROM dataset_tag_counts WHERE dataset_id = ? AND tag = ?", f.tags
+    if (term := _lone_term(f)) is not None and _only(f, "category", "clip_category", "ocr"):
+        sql = "SELECT COALESCE(SUM(images), 0) FROM dataset_term_counts WHERE dataset_id = ? AND stage = ? AND term = ?"
+        return sql, term
+    return None
+
+
+def _only(f: BrowseFilter, *names: str) -> bool:
+    """Whether no filter but these fields (besides the dataset and the sort) is set."""
+    return all(getattr(f, x.name) == x.default for x in fields(f) if x.name not in ("dataset", "sort", *names))
 
 
 def _lone_term(f: BrowseFilter) -> tuple[str, str] | None:
@@ -272,15 +277,20 @@ def _stage_result_conditions(f: BrowseFilter) -> tuple[list[str], list[object]]:
 
 
 def categories_of(ws: Workspace, stage: str) -> list[str]:
-    """The categories a stage (Gemini's or CLIP's) gave any image, for the filter's choices: one index seek per
-    distinct category (a skip over the terms' key), not a scan of the results."""
+    """The categories a stage (Gemini's or CLIP's) gave any image, for the filter's choices."""
+    return _distinct(ws, "result_terms", "term", "stage = ?", (stage,))[:MAX_CATEGORY_CHOICES]
+
+
+def _distinct(ws: Workspace, table: str, column: str, where: str = "1", values: tuple[object, ...] = ()) -> list[str]:
+    """The distinct values of an indexed column, one index seek each (a skip over the index), not a scan of the
+    rows. `table`, `column` and `where` are this module's fixed text, never a request's."""
     rows = ws.catalog.query(
-        """WITH RECURSIVE found(term) AS (
-               SELECT MIN(term) FROM result_terms WHERE stage = ?1
-               UNION ALL SELECT (SELECT MIN(term) FROM result_terms WHERE stage = ?1 AND term > found.term)
-               FROM found WHERE found.term IS NOT NULL)
-           SELECT term FROM found WHERE term IS NOT NULL LIMIT ?2""",
-        (stage, MAX_CATEGORY_CHOICES),
+        f"""WITH RECURSIVE found(value) AS (
+               SELECT MIN({column}) FROM {table} WHERE {where}
+               UNION ALL SELECT (SELECT MIN({column}) FROM {table} WHERE {where} AND {column} > found.value)
+               FROM found WHERE found.value IS NOT NULL LIMIT {MAX_CATEGORY_CHOICES + 1})
+           SELECT value FROM found WHERE value IS NOT NULL""",
+        (*values, *values),
     )
     return [str(r[0]) for r in rows]
 
@@ -317,16 +327,9 @@ def tags_of(ws: Workspace, dataset: str) -> list[str]:
 
 
 def formats_of(ws: Workspace) -> list[str]:
-    """The file formats the catalog's images come in, for the filter's choices: one index seek per format (a
-    skip over `images_format`), not a pass over a dataset's images."""
-    rows = ws.catalog.query(
-        """WITH RECURSIVE found(format) AS (
-               SELECT MIN(format) FROM images
-               UNION ALL SELECT (SELECT MIN(format) FROM images WHERE format > found.format)
-               FROM found WHERE found.format IS NOT NULL)
-           SELECT format FROM found WHERE format IS NOT NULL"""
-    )
-    return [str(r[0]) for r in rows]
+    """The file formats the catalog's images come in, for the filter's choices (a skip over `images_format`,
+    not a pass over a dataset's images)."""
+    return _distinct(ws, "images", "format")
 
 
 def classifiers_of(ws: Workspace, dataset: str) -> dict[str, str]:
