@@ -8,7 +8,7 @@ from typing import Any, Literal
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from services.core.datasets import image_count, image_paths, list_datasets
+from services.core.datasets import image_paths, list_datasets
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.clip_models import ModelUnavailableError
@@ -154,26 +154,36 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
 
 
 def browse_view(ws: Workspace) -> None:
-    """One dataset as a paged grid, filtered and sorted on what the catalog knows about its images."""
-    datasets = [d.name for d in list_datasets(ws.catalog) if d.images]
-    if not datasets:
+    """A dataset, several, or the whole catalog as a paged grid, filtered and sorted on what the catalog knows
+    about its images (each image once)."""
+    summaries = [d for d in list_datasets(ws.catalog) if d.images]
+    if not summaries:
         st.info("No dataset with stored images yet: start on the Download page.")
         return
-    c1, c2 = st.columns([2, 1])
-    dataset = c1.selectbox("Dataset", datasets, bind=BIND, key="ex-br-dataset") or datasets[0]
-    classifiers = classifiers_of(ws, dataset)
+    c1, c2, c3 = st.columns([3, 1, 1])
+    datasets = tuple(c1.multiselect(
+        "Datasets", [d.name for d in summaries], default=[summaries[0].name], bind=BIND, key="ex-br-datasets",
+        placeholder="The whole catalog", help="None chosen: every dataset. An image held by several is shown once.",
+    ))  # fmt: skip
+    kinds = tuple(c2.multiselect("Kinds", sorted({d.kind for d in summaries}), bind=BIND, key="ex-br-kinds",
+                                 placeholder="Any kind", help="Only the chosen datasets of these kinds."))  # fmt: skip
+    try:
+        classifiers = classifiers_of(ws, datasets, kinds)
+    except WorkbenchError as exc:
+        show_error(exc)
+        return
     sorts = [s for s in SORTS if classifiers or "score" not in s]
-    sort = c2.selectbox("Sort by", sorts, bind=BIND, key="ex-br-sort") or sorts[0]
+    sort = c3.selectbox("Sort by", sorts, bind=BIND, key="ex-br-sort") or sorts[0]
     with st.expander("Filters", expanded=True):
         f1, f2, f3 = st.columns(3)
-        tags = f1.multiselect("Folder tags (any of)", tags_of(ws, dataset), bind=BIND, key="ex-br-tags")
+        tags = f1.multiselect("Folder tags (any of)", tags_of(ws, datasets, kinds), bind=BIND, key="ex-br-tags")
         formats = f2.multiselect("Formats", formats_of(ws), bind=BIND, key="ex-br-formats")
         name = f3.text_input("Name contains", max_chars=MAX_NAME_CHARS, bind=BIND, key="ex-br-name")
         g1, g2, g3, g4 = st.columns(4)
         min_width = int(g1.number_input("Width at least (px)", 0, 100_000, 0, 16, bind=BIND, key="ex-br-min-width"))
         min_height = int(g2.number_input("Height at least (px)", 0, 100_000, 0, 16, bind=BIND,
                                          key="ex-br-min-height"))  # fmt: skip
-        flags = flags_of(ws, dataset)
+        flags = flags_of(ws, datasets, kinds)
         flag = g3.selectbox("Quality flag", ["(any)", *flags], bind=BIND, key="ex-br-flag",
                             disabled=not flags, help="Set by Preprocess's quality checks.")  # fmt: skip
         choice = g4.selectbox("Near-duplicate choice", list(CHOICE_FILTERS), bind=BIND, key="ex-br-choice")
@@ -185,16 +195,17 @@ def browse_view(ws: Workspace) -> None:
             if picked != "(none)":
                 model = picked
                 min_score = float(h2.slider("Score at least", 0.0, 1.0, 0.0, 0.01, bind=BIND, key="ex-br-score"))
-        results = _result_filters(ws, dataset)
+        results = _result_filters(ws, datasets, kinds)
     if "score" in sort and model is None:
         st.caption("Sorting by score: choose a classifier under Filters.")
         return
     selection = BrowseFilter(
-        dataset, tuple(tags), tuple(formats), min_width, min_height, name_contains=name.strip(),
+        datasets, kinds, tuple(tags), tuple(formats), min_width, min_height, name_contains=name.strip(),
         flag=None if flag == "(any)" else flag, score_model=model, min_score=min_score or None,
         choice=CHOICE_FILTERS.get(choice or "any", "any"), sort=sort, **results,
     )  # fmt: skip
-    if dataset in embedded_datasets(ws):
+    embedded = embedded_datasets(ws)
+    if any(d.name in embedded for d in summaries if d.name in datasets or not datasets):
         ranked_by = st.text_input(
             "Rank by what they show (CLIP)", max_chars=MAX_TEXT_CHARS, placeholder="a red truck at night", bind=BIND,
             key="ex-br-text", help=f"The images that pass the filters, best match first (the first {MAX_RANKED:,}).",
@@ -210,7 +221,14 @@ def browse_view(ws: Workspace) -> None:
     except WorkbenchError as exc:
         show_error(exc)
         return
-    st.caption(f"{total:,} of {image_count(ws, dataset):,} images pass the filters; {sort}.")
+    held = (
+        browse_count(ws, BrowseFilter(datasets, kinds))
+        if selection != BrowseFilter(datasets, kinds, sort=sort)
+        else total
+    )
+    where = datasets[0] if len(datasets) == 1 else f"{len(datasets)} datasets" if datasets else "the catalog"
+    st.caption(f"{total:,} of the {held:,} images of {md(where)}{' (' + ', '.join(kinds) + ')' if kinds else ''} "
+               f"pass the filters; {sort}.")  # fmt: skip
     if total:
         _save_view_form("ex-br", f"the {total:,} images that pass, in this order",
                         lambda name, kind: save_browse_view(ws, name, selection, kind=kind))  # fmt: skip
@@ -218,7 +236,7 @@ def browse_view(ws: Workspace) -> None:
     for r in rows:
         score = f" · {r.score:.3f}" if r.score is not None else ""
         captions.append((r.image_hash, f"{r.width}×{r.height} · {file_size(r.bytes)}{score}"))
-    _grid(ws, captions, prefix="ex-br")
+    _grid(ws, captions, prefix="ex-br", names={r.image_hash: f"{r.dataset}: {r.name}" for r in rows})
 
 
 def _ranked_grid(ws: Workspace, selection: BrowseFilter, text: str) -> None:
@@ -237,15 +255,15 @@ def _ranked_grid(ws: Workspace, selection: BrowseFilter, text: str) -> None:
     if result.hits:
         ranked = [h.image_hash for h in result.hits]
         _save_view_form("ex-br-rank", f"the {len(ranked)} ranked images, best first", lambda name, kind: save_view(
-            ws, name, ranked, source_dataset=selection.dataset, kind=kind,
+            ws, name, ranked, source_dataset=selection.one_dataset, kind=kind,
             description=f"{describe_filter(selection)}; ranked by the text {text!r}"))  # fmt: skip
     _grid(ws, [(h.image_hash, f"{h.score:.3f}") for h in hits], prefix="ex-br-rank")
 
 
-def _result_filters(ws: Workspace, dataset: str) -> dict[str, Any]:
+def _result_filters(ws: Workspace, datasets: tuple[str, ...], kinds: tuple[str, ...]) -> dict[str, Any]:
     """Filters on what the stages found (Gemini's and CLIP's categories, the description, the OCR reading),
-    offered only for the stages that ran on this dataset."""
-    ran = stages_run(ws, dataset)
+    offered only for the stages that ran on these datasets."""
+    ran = stages_run(ws, datasets, kinds)
     offered = [s for s in (CATEGORIZE_STAGE, CLIP_STAGE, DESCRIBE_STAGE, OCR_STAGE) if s in ran]
     if not offered:
         st.caption("Filters on categories, descriptions and OCR readings appear once those stages ran here.")
@@ -358,11 +376,18 @@ def leaks_view(ws: Workspace, names: list[str]) -> None:
                    f"{theirs} --csv leaks.csv`.")  # fmt: skip
 
 
-def _grid(ws: Workspace, cells: list[tuple[str, str]], columns: int = COLUMNS, prefix: str = "ex-grid") -> None:
-    """Images with a caption each, in rows of `columns`; each opens its detail."""
+def _grid(
+    ws: Workspace,
+    cells: list[tuple[str, str]],
+    columns: int = COLUMNS,
+    prefix: str = "ex-grid",
+    names: dict[str, str] | None = None,
+) -> None:
+    """Images with a caption each, in rows of `columns`; each opens its detail. `names`: what to call each
+    image ("dataset: name"), else its name in the first dataset holding it."""
     hashes = [h for h, _ in cells]
     paths = image_paths(ws, hashes)
-    shown_names = hit_names(ws, hashes)
+    shown_names = names if names is not None else hit_names(ws, hashes)
     for n, (image_hash, caption) in enumerate(cells):
         if n % columns == 0:
             row = st.columns(columns)  # a row at a time: images of different heights stay aligned

@@ -130,22 +130,22 @@ def main() -> None:
 
     def steps_for(page: Page) -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
         """The steps of one run on a fresh page: (what, the action, the check that its answer shows)."""
-        url = f"{base}/explore?ex-mode=Browse&ex-br-dataset=big"
+        url = f"{base}/explore?ex-mode=Browse&ex-br-datasets=big"
         return [
             ("first paint of Browse", lambda: goto(page, url),
-             lambda: settled(page, f"{total} of {total} images pass", "img-0000000")),
+             lambda: settled(page, f"{total} of the {total} images", "img-0000000")),
             ("page turn (page 2)", lambda: turn(page, 2),
-             lambda: settled(page, f"{total} of {total} images pass", "img-0000024")),
+             lambda: settled(page, f"{total} of the {total} images", "img-0000024")),
             ("page turn deep (page 20,000)", lambda: turn(page, 20_000),
-             lambda: settled(page, "images pass", "img-0479976")),
+             lambda: settled(page, "pass the filters", "img-0479976")),
             ("format PNG", lambda: pick(page, "Formats", "PNG"),
-             lambda: settled(page, f"{len(png):,} of {total} images pass", image_name(png[0]))),
+             lambda: settled(page, f"{len(png):,} of the {total} images", image_name(png[0]))),
             ("folder tag", lambda: pick(page, "Folder tags (any of)", "tag-1"),
-             lambda: settled(page, f"{len(png_tag):,} of {total}", image_name(png_tag[0]))),
+             lambda: settled(page, f"{len(png_tag):,} of the {total}", image_name(png_tag[0]))),
             ("sort by largest file", lambda: pick(page, "Sort by", "largest file"),
              lambda: settled(page, "largest file.", image_name(largest(png_tag)))),
             ("Gemini category", lambda: pick(page, "Gemini category", "food"),
-             lambda: settled(page, f"{len(with_food):,} of {total}", image_name(largest(with_food)))),
+             lambda: settled(page, f"{len(with_food):,} of the {total}", image_name(largest(with_food)))),
         ]  # fmt: skip
 
     rows: dict[str, list[float]] = {}

@@ -62,7 +62,7 @@ def test_search_by_text_then_more_like_a_result_then_by_image(
     assert not at.exception and any("has no vector from" in e.value for e in at.error)
 
     at.radio(key="ex-mode").set_value("Browse").run()  # filters combined with search: the grid ranked by text
-    at.selectbox(key="ex-br-dataset").set_value("tagged").run()
+    at.multiselect(key="ex-br-datasets").set_value(["tagged"]).run()
     at.text_input(key="ex-br-text").input("a red square").run()
     assert not at.exception, at.exception
     n = image_count(ws, "tagged")

@@ -343,7 +343,7 @@ def test_search_is_answered_by_the_worker_with_its_loaded_model_and_index(
     assert all(abs(a.score - b.score) < 1e-4 for a, b in zip(there.hits, here.hits, strict=True))
     like, where = search(ws, like=here.hits[0].image_hash, k=2)
     assert where == "worker" and here.hits[0].image_hash not in [h.image_hash for h in like.hits]
-    red = BrowseFilter("few", tags=("red",))  # a Browse filter crosses to the worker and is applied there
+    red = BrowseFilter(("few",), tags=("red",))  # a Browse filter crosses to the worker and is applied there
     ranked, where = search(ws, text="a red square", k=10, within=red)
     red_images = {h for h, tags in dataset_tags(ws, "few").items() if "red" in tags}
     assert where == "worker" and {h.image_hash for h in ranked.hits} == red_images

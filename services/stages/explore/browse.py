@@ -1,21 +1,27 @@
-"""Browse a dataset's images as one paged grid, filtered and sorted on what the catalog knows about them.
+"""Browse a dataset's images, several datasets' or the whole catalog's, as one paged grid, filtered and sorted
+on what the catalog knows about them.
 
-One parameterised query over `dataset_members` (the dataset's images in input order) joined with `images`;
+One parameterised query over `dataset_members` (the datasets' images in input order) joined with `images`;
 each filter adds a condition with bound values, never text pasted into the SQL: folder tags (any of), file
 formats, a smallest width and height, a byte range, a part of the name, a quality flag, a classifier score at
 least a value for one model, the keep/drop choice on near-duplicates, a Gemini or CLIP zero-shot category, a
 word in the Gemini description, the OCR reading (valid or not, a part of the code). Stage results count under any
 of their settings (any model, list version or recipe), as quality flags do. Sorts are a fixed list of named
 orders. A page reads `limit` rows at `offset`; the total is counted by the same conditions.
+
+Over several datasets (named, of some kinds, or every one) each image is shown once, under the first of them
+(in catalog order) that holds it (under a name that passes the name filter); a folder tag counts when any of
+them gives it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
 from services.core.catalog import SCORE_BINS
-from services.core.datasets import dataset_id_of, image_count
+from services.core.datasets import dataset_id_of
 from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.stages.describe.categorize_clip import CLIP_STAGE
@@ -45,7 +51,8 @@ class BrowseError(WorkbenchError):
 
 @dataclass(frozen=True)
 class BrowseFilter:
-    dataset: str
+    datasets: tuple[str, ...] = ()  # these datasets (none named: every dataset, the whole catalog)
+    kinds: tuple[str, ...] = ()  # only the datasets of these kinds (REAL, GEN, train, test, view...)
     tags: tuple[str, ...] = ()  # any of these folder tags
     formats: tuple[str, ...] = ()  # any of these (PIL names: JPEG, PNG...)
     min_width: int = 0
@@ -64,11 +71,17 @@ class BrowseFilter:
     ocr_code_contains: str = ""  # a part of the code OCR read
     sort: str = "input order"
 
+    @property
+    def one_dataset(self) -> str | None:
+        """The dataset when the filter names exactly one and no kinds, else None (several, or the catalog)."""
+        return self.datasets[0] if len(self.datasets) == 1 and not self.kinds else None
+
 
 @dataclass(frozen=True)
 class BrowseRow:
     image_hash: str
     name: str
+    dataset: str  # the dataset it is shown under (the first chosen that holds it)
     path: str | None
     format: str
     bytes: int
@@ -79,7 +92,8 @@ class BrowseRow:
 
 @dataclass(frozen=True)
 class _Query:
-    """One filter's SQL: its conditions (values in `args`), the score join (values in `join_args`), the order."""
+    """One filter's SQL: its conditions (values in `args`), the score join (values in `join_args`), the order;
+    `dataset_ids`: the datasets read (None: every one); `scope`: how many of the conditions only choose them."""
 
     where: list[str]
     args: list[object]
@@ -87,6 +101,17 @@ class _Query:
     join_args: list[object]
     score: str
     order: str
+    dataset_ids: list[int] | None
+    scope: int
+
+    @property
+    def one_dataset_id(self) -> int | None:
+        return self.dataset_ids[0] if self.dataset_ids is not None and len(self.dataset_ids) == 1 else None
+
+    @property
+    def filters(self) -> int:
+        """How many conditions filter (beyond choosing the datasets)."""
+        return len(self.where) - self.scope
 
     @property
     def conditions(self) -> str:
@@ -100,12 +125,12 @@ class _Query:
 
 
 def browse(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24) -> tuple[list[BrowseRow], int]:
-    """One page of the dataset's images that pass the filter, in the chosen order, and how many pass."""
+    """One page of the datasets' images that pass the filter, in the chosen order, and how many pass."""
     return browse_page(ws, f, offset, limit), browse_count(ws, f)
 
 
 def browse_count(ws: Workspace, f: BrowseFilter) -> int:
-    """How many of the dataset's images pass the filter."""
+    """How many of the datasets' images pass the filter (each image once)."""
     return _count(ws, f, _query(ws, f))
 
 
@@ -115,12 +140,23 @@ def browse_page(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24
         raise BrowseError(f"a page is 1 to {MAX_PAGE} images from offset 0 or more")
     q = _query(ws, f)
     rows = ws.catalog.query(
-        f"""SELECT m.image_hash, m.name, i.path, i.format, i.bytes, i.width, i.height, {q.score} AS score {q.base}
-            ORDER BY {q.order} LIMIT ? OFFSET ?""",
+        f"""SELECT m.image_hash, m.name, i.path, i.format, i.bytes, i.width, i.height, {q.score} AS score,
+                   m.dataset_id {q.base} ORDER BY {q.order} LIMIT ? OFFSET ?""",
         (*q.join_args, *q.args, limit, offset),
     )
+    names = {int(r[0]): str(r[1]) for r in ws.catalog.query("SELECT id, name FROM datasets")}
     return [
-        BrowseRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), None if r[7] is None else float(r[7]))
+        BrowseRow(
+            r[0],
+            r[1],
+            names.get(int(r[8]), "?"),
+            r[2],
+            r[3],
+            int(r[4]),
+            int(r[5]),
+            int(r[6]),
+            None if r[7] is None else float(r[7]),
+        )  # fmt: skip
         for r in rows
     ]
 
@@ -136,10 +172,12 @@ def matching_hashes(ws: Workspace, f: BrowseFilter, limit: int) -> list[str]:
 
 def describe_filter(f: BrowseFilter) -> str:
     """The filter in words ("tags cats, dogs; formats PNG; sorted by name"), for a saved view's source."""
-    parts = []
+    parts = [] if f.datasets or f.kinds else ["every dataset"]
     for field in fields(f):
         value = getattr(f, field.name)
-        if field.name in ("dataset", "sort") or value == field.default or value in ((), ""):
+        if field.name == "sort" or (field.name == "datasets" and len(value) == 1):  # one: the view's source
+            continue
+        if value == field.default or value in ((), ""):
             continue
         shown = ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
         parts.append(f"{field.name.replace('_', ' ')} {shown}")
@@ -159,15 +197,25 @@ def _query(ws: Workspace, f: BrowseFilter) -> _Query:
                        ("OCR code", f.ocr_code_contains)):  # fmt: skip
         if len(text) > MAX_NAME_CHARS:
             raise BrowseError(f"a {what} filter has at most {MAX_NAME_CHARS} characters")
-    dataset_id = dataset_id_of(ws.catalog, f.dataset)
-    where = ["m.dataset_id = ?"]
-    args: list[object] = [dataset_id]
-    if f.tags:  # the tag index read once, not one lookup a member
+    dataset_ids = chosen_dataset_ids(ws, f.datasets, f.kinds)
+    in_ids, id_args = _ids_sql(dataset_ids)
+    where, args = [f"m.dataset_id {in_ids}"] if dataset_ids is not None else [], list[object](id_args)
+    if dataset_ids is None or len(dataset_ids) > 1:  # each image once: under the first dataset holding it whose
+        named = (
+            "AND instr(lower(o.name), lower(?)) > 0" if f.name_contains else ""
+        )  # name passes (a name is a member's)
+        where.append(f"""m.dataset_id = (SELECT MIN(o.dataset_id) FROM dataset_members o WHERE o.image_hash =
+                         m.image_hash {"" if dataset_ids is None else f"AND o.dataset_id {in_ids}"} {named})""")
+        args += [*id_args, *([f.name_contains] if f.name_contains else [])]
+    scope = len(where)
+    if f.tags:  # the tag index read once (a range per dataset and tag), not one lookup a member
+        every = [int(r[0]) for r in ws.catalog.query("SELECT id FROM datasets")] if dataset_ids is None else []
+        tag_ids, tag_id_args = _ids_sql(dataset_ids or every)
         where.append(
-            f"""m.image_hash IN (SELECT t.image_hash FROM dataset_member_tags t WHERE t.dataset_id = ?
+            f"""m.image_hash IN (SELECT t.image_hash FROM dataset_member_tags t WHERE t.dataset_id {tag_ids}
                 AND t.tag IN ({",".join("?" * len(f.tags))}))"""
         )
-        args += [dataset_id, *f.tags]
+        args += [*tag_id_args, *f.tags]
     if f.formats:
         where.append(f"i.format IN ({','.join('?' * len(f.formats))})")
         args += f.formats
@@ -202,22 +250,52 @@ def _query(ws: Workspace, f: BrowseFilter) -> _Query:
         if f.min_score is not None:
             where.append("s.score >= ?")
             args.append(float(f.min_score))
-    return _Query(where, args, join_score, join_args, score, SORTS[f.sort])
+    order = SORTS[f.sort] if len(dataset_ids or ()) == 1 else SORTS[f.sort].replace("m.seq", "m.dataset_id, m.seq")
+    return _Query(where, args, join_score, join_args, score, order, dataset_ids, scope)
+
+
+def chosen_dataset_ids(ws: Workspace, datasets: Sequence[str], kinds: Sequence[str] = ()) -> list[int] | None:
+    """The ids of the datasets named (an unknown name is an error listing the datasets), narrowed to the kinds
+    given; None for every dataset (none named, no kind)."""
+    datasets = (datasets,) if isinstance(datasets, str) else datasets  # one name, not its letters
+    ids = [dataset_id_of(ws.catalog, name) for name in dict.fromkeys(datasets)]
+    if not kinds:
+        every = ids or [int(r[0]) for r in ws.catalog.query("SELECT id FROM datasets LIMIT 2")]
+        return ids or (every if len(every) == 1 else None)  # a catalog of one dataset: read as that dataset
+    marks = ",".join("?" * len(kinds))
+    of_kinds = [int(r[0]) for r in ws.catalog.query(f"SELECT id FROM datasets WHERE kind IN ({marks}) ORDER BY id",
+                                                    tuple(kinds))]  # fmt: skip
+    kept = [i for i in ids if i in set(of_kinds)] if ids else of_kinds
+    if not kept:
+        chosen = f"of the datasets {', '.join(datasets)} " if ids else ""
+        raise BrowseError(f"no dataset {chosen}is of kind {' or '.join(kinds)}")
+    return kept
+
+
+def _ids_sql(ids: list[int] | None) -> tuple[str, tuple[object, ...]]:
+    """The text "IN (?, ...)" and its values for these dataset ids (nothing for every dataset)."""
+    return ("", ()) if ids is None else (f"IN ({','.join('?' * len(ids))})", tuple(ids))
 
 
 def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
     """How many pass: from the dataset's counter when nothing filters, from the score counters when a score
     threshold on a bin edge is the only condition, else by the query (images joined only when a filter reads
-    them)."""
-    if len(q.where) == 1 and not q.join_score.startswith("JOIN"):
-        return image_count(ws, f.dataset)
-    if (counter := _lone_counter(f)) is not None:
+    them). Over several datasets, nothing filtering: the distinct images they hold (one pass over an index)."""
+    unfiltered = q.filters == 0 and not q.join_score.startswith("JOIN")
+    if (dataset_id := q.one_dataset_id) is None:
+        if unfiltered:
+            in_ids, id_args = _ids_sql(q.dataset_ids)
+            where = f"WHERE dataset_id {in_ids}" if in_ids else ""
+            return int(ws.catalog.scalar(f"SELECT COUNT(DISTINCT image_hash) FROM dataset_members {where}", id_args))
+    elif unfiltered:
+        return int(ws.catalog.scalar("SELECT n_images FROM datasets WHERE id = ?", (dataset_id,)))
+    elif (counter := _lone_counter(f)) is not None:
         sql, values = counter
-        return int(ws.catalog.scalar(sql, (q.args[0], *values)))
-    if (bins := _score_bins_from(f, len(q.where))) is not None:
+        return int(ws.catalog.scalar(sql, (dataset_id, *values)))
+    elif (bins := _score_bins_from(f, q.filters)) is not None:
         return int(ws.catalog.scalar(
             "SELECT COALESCE(SUM(images), 0) FROM dataset_score_bins WHERE dataset_id = ? AND model_sha = ? "
-            "AND bin >= ?", (q.args[0], f.score_model, bins)))  # fmt: skip
+            "AND bin >= ?", (dataset_id, f.score_model, bins)))  # fmt: skip
     images_join = "JOIN images i ON i.hash = m.image_hash" if any(c.startswith("i.") for c in q.where) else ""
     return int(ws.catalog.scalar(f"SELECT COUNT(*) FROM dataset_members m {images_join} {q.join_score} WHERE "
                                  f"{q.conditions}", (*q.join_args, *q.args)))  # fmt: skip
@@ -240,7 +318,7 @@ def _lone_counter(f: BrowseFilter) -> tuple[str, tuple[object, ...]] | None:
 
 def _only(f: BrowseFilter, *names: str) -> bool:
     """Whether no filter but these fields (besides the dataset and the sort) is set."""
-    return all(getattr(f, x.name) == x.default for x in fields(f) if x.name not in ("dataset", "sort", *names))
+    return all(getattr(f, x.name) == x.default for x in fields(f) if x.name not in ("datasets", "sort", *names))
 
 
 def _lone_term(f: BrowseFilter) -> tuple[str, str] | None:
@@ -295,11 +373,13 @@ def _distinct(ws: Workspace, table: str, column: str, where: str = "1", values: 
     return [str(r[0]) for r in rows]
 
 
-def stages_run(ws: Workspace, dataset: str) -> set[str]:
-    """The stages with a result for any of the dataset's images (from the stage counters)."""
+def stages_run(ws: Workspace, datasets: Sequence[str], kinds: Sequence[str] = ()) -> set[str]:
+    """The stages with a result for any of the datasets' images (from the stage counters)."""
+    in_ids, id_args = _ids_sql(chosen_dataset_ids(ws, datasets, kinds))
     rows = ws.catalog.query(
-        "SELECT DISTINCT stage FROM dataset_stage_counts WHERE dataset_id = ? AND status = 'ok' AND images > 0",
-        (dataset_id_of(ws.catalog, dataset),),
+        f"""SELECT DISTINCT stage FROM dataset_stage_counts WHERE {f"dataset_id {in_ids} AND" if in_ids else ""}
+            status = 'ok' AND images > 0""",
+        id_args,
     )
     return {str(r[0]) for r in rows}
 
@@ -308,7 +388,7 @@ def _score_bins_from(f: BrowseFilter, conditions: int) -> int | None:
     """The first fine score bin whose images are exactly those passing the filter, when a classifier's score is
     its only condition and the threshold falls on a bin edge (the bins: k / 1000 <= score < (k + 1) / 1000,
     kept by the catalog for Classify); else None."""
-    if f.score_model is None or conditions != (1 if f.min_score is None else 2):
+    if f.score_model is None or conditions != (0 if f.min_score is None else 1):
         return None
     if f.min_score is None:
         return 0 if "score" in f.sort else None  # sorted by score: every scored image
@@ -316,12 +396,14 @@ def _score_bins_from(f: BrowseFilter, conditions: int) -> int | None:
     return k if 1 <= k < SCORE_BINS and abs(k - f.min_score * SCORE_BINS) < 1e-6 else None
 
 
-def tags_of(ws: Workspace, dataset: str) -> list[str]:
-    """The folder tags a dataset's images carry (from the tag counters); none for a dataset without tags (a URL
+def tags_of(ws: Workspace, datasets: Sequence[str], kinds: Sequence[str] = ()) -> list[str]:
+    """The folder tags the datasets' images carry (from the tag counters); none for datasets without tags (a URL
     list, a mixed saved view)."""
+    in_ids, id_args = _ids_sql(chosen_dataset_ids(ws, datasets, kinds))
     rows = ws.catalog.query(
-        "SELECT tag FROM dataset_tag_counts WHERE dataset_id = ? AND images > 0 ORDER BY tag",
-        (dataset_id_of(ws.catalog, dataset),),
+        f"SELECT DISTINCT tag FROM dataset_tag_counts WHERE {f'dataset_id {in_ids} AND' if in_ids else ''} images > 0 "
+        "ORDER BY tag",
+        id_args,
     )
     return [str(r[0]) for r in rows]
 
@@ -332,20 +414,23 @@ def formats_of(ws: Workspace) -> list[str]:
     return _distinct(ws, "images", "format")
 
 
-def classifiers_of(ws: Workspace, dataset: str) -> dict[str, str]:
-    """The classifiers that scored a dataset's images: model_sha -> "model (tag)" (from the score counters)."""
+def classifiers_of(ws: Workspace, datasets: Sequence[str], kinds: Sequence[str] = ()) -> dict[str, str]:
+    """The classifiers that scored the datasets' images: model_sha -> "model (tag)" (from the score counters)."""
+    in_ids, id_args = _ids_sql(chosen_dataset_ids(ws, datasets, kinds))
     rows = ws.catalog.query(
-        """SELECT DISTINCT b.model_sha, (SELECT s.model FROM tag_scores s WHERE s.model_sha = b.model_sha LIMIT 1)
-           FROM dataset_score_bins b WHERE b.dataset_id = ? AND b.images > 0""",
-        (dataset_id_of(ws.catalog, dataset),),
+        f"""SELECT DISTINCT b.model_sha, (SELECT s.model FROM tag_scores s WHERE s.model_sha = b.model_sha LIMIT 1)
+            FROM dataset_score_bins b WHERE {f"b.dataset_id {in_ids} AND" if in_ids else ""} b.images > 0""",
+        id_args,
     )
     return {r[0]: f"{r[1]} ({r[0][:8]})" for r in rows if r[1]}
 
 
-def flags_of(ws: Workspace, dataset: str) -> list[str]:
-    """The quality flags a dataset's images carry (from the flag counters)."""
+def flags_of(ws: Workspace, datasets: Sequence[str], kinds: Sequence[str] = ()) -> list[str]:
+    """The quality flags the datasets' images carry (from the flag counters)."""
+    in_ids, id_args = _ids_sql(chosen_dataset_ids(ws, datasets, kinds))
     rows = ws.catalog.query(
-        "SELECT DISTINCT flag FROM dataset_flag_counts WHERE dataset_id = ? AND images > 0 ORDER BY flag",
-        (dataset_id_of(ws.catalog, dataset),),
+        f"""SELECT DISTINCT flag FROM dataset_flag_counts WHERE {f"dataset_id {in_ids} AND" if in_ids else ""}
+            images > 0 ORDER BY flag""",
+        id_args,
     )
     return [r[0] for r in rows]

@@ -227,7 +227,12 @@ def outliers(
 
 @commands.command("browse")
 def browse_cmd(
-    dataset: Annotated[str, typer.Option(help="The dataset to browse.")],
+    dataset: Annotated[
+        list[str] | None, typer.Option(help="A dataset to browse (repeat for several; none: the whole catalog).")
+    ] = None,
+    of_kind: Annotated[
+        list[str] | None, typer.Option(help="Only datasets of this kind: REAL, GEN, train, test, view (repeat).")
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A folder tag (repeat: any of them).")] = None,
     image_format: Annotated[list[str] | None, typer.Option("--format", help="PNG, JPEG... (repeat).")] = None,
     min_width: Annotated[int, typer.Option(min=0)] = 0,
@@ -251,15 +256,16 @@ def browse_cmd(
     save_view: SaveViewOpt = None,
     kind: KindOpt = "view",
 ) -> None:
-    """A dataset's images that pass the filters, a page at a time: hash, name, format, size, pixels, score; with
+    """The images of a dataset, several, or the whole catalog that pass the filters, a page at a time: hash,
+    dataset, name, format, size, pixels, score (each image once, under the first dataset holding it); with
     --save-view, every image that passes is saved as a new dataset (a saved view) in the order shown."""
     from services.stages.explore.browse import BrowseFilter, browse
     from services.stages.explore.search import hit_names
 
     ws = cli_workspace()
     f = BrowseFilter(
-        dataset, tuple(tag or ()), tuple(image_format or ()), min_width, min_height, name_contains=name_contains,
-        flag=flag, score_model=classifier, min_score=min_score, choice=choice,  # type: ignore[arg-type]
+        tuple(dataset or ()), tuple(of_kind or ()), tuple(tag or ()), tuple(image_format or ()), min_width,
+        min_height, name_contains=name_contains, flag=flag, score_model=classifier, min_score=min_score, choice=choice,  # type: ignore[arg-type]
         category=category, clip_category=clip_category, description_contains=description_contains,
         ocr=ocr, ocr_code_contains=ocr_code_contains, sort=sort,  # type: ignore[arg-type]
     )  # fmt: skip
@@ -267,7 +273,7 @@ def browse_cmd(
         from services.stages.explore.search import search as run_search
 
         result, _ = run_search(ws, text=text, k=min(1000, page * per_page), within=f)
-        names = hit_names(ws, [h.image_hash for h in result.hits], dataset)
+        names = hit_names(ws, [h.image_hash for h in result.hits], f.one_dataset)
         for rank, hit in enumerate(result.hits[(page - 1) * per_page :], (page - 1) * per_page + 1):
             typer.echo(f"{rank}\t{hit.score:.4f}\t{hit.image_hash}\t{names.get(hit.image_hash, '')}")
         typer.echo(f"{len(result.hits)} images ranked by the text ({result.key}, {result.seconds:.3f} s)", err=True)
@@ -275,7 +281,7 @@ def browse_cmd(
     rows, total = browse(ws, f, (page - 1) * per_page, per_page)
     for r in rows:
         score = "" if r.score is None else f"{r.score:.4f}"
-        typer.echo(f"{r.image_hash}\t{r.name}\t{r.format}\t{r.bytes}\t{r.width}x{r.height}\t{score}")
+        typer.echo(f"{r.image_hash}\t{r.dataset}\t{r.name}\t{r.format}\t{r.bytes}\t{r.width}x{r.height}\t{score}")
     typer.echo(f"{total:,} images pass; page {page} of {max(1, -(-total // per_page)):,}", err=True)
     if save_view is not None:
         from services.stages.explore.saved_views import save_browse_view

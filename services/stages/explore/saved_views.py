@@ -42,7 +42,7 @@ class SavedView:
 def save_browse_view(ws: Workspace, name: str, f: BrowseFilter, *, kind: str = VIEW_KIND) -> SavedView:
     """The images a Browse filter selects, in its order, as a new dataset."""
     hashes = matching_hashes(ws, f, MAX_VIEW_IMAGES + 1)
-    return save_view(ws, name, hashes, source_dataset=f.dataset, description=describe_filter(f), kind=kind)
+    return save_view(ws, name, hashes, source_dataset=f.one_dataset, description=describe_filter(f), kind=kind)
 
 
 def save_view(

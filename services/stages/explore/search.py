@@ -25,7 +25,7 @@ from services.io.clip_models import ClipSpec, load_clip
 from services.io.embedding_store import EMBED_STAGE, EmbeddingStore, embedding_key, list_embedding_keys
 from services.io.imaging import decode_image
 from services.jobs.worker_requests import RequestHandler, ask_worker
-from services.stages.explore.browse import BrowseFilter, matching_hashes
+from services.stages.explore.browse import BrowseFilter, chosen_dataset_ids, matching_hashes
 from services.stages.explore.vector_index import VectorIndex
 
 SEARCH_OP = "search"
@@ -139,8 +139,10 @@ def search(
         check_name(dataset, "dataset")
         dataset_id_of(ws.catalog, dataset)  # an unknown name is an error that lists the datasets
     if within is not None:
-        dataset_id_of(ws.catalog, within.dataset)
-    key = key or pick_key(ws, dataset or (within.dataset if within else None))
+        for name in within.datasets:
+            check_name(name, "dataset")
+        chosen_dataset_ids(ws, within.datasets, within.kinds)  # an unknown name is an error that lists the datasets
+    key = key or pick_key(ws, dataset or (within.one_dataset if within else None))
     args = {"key": key, "text": text, "like": like, "dataset": dataset, "k": k,
             "within": None if within is None else dataclasses.asdict(within)}  # fmt: skip
     answer = ask_worker(ws, SEARCH_OP, image or b"", args)
@@ -186,11 +188,14 @@ def _filter_from(data: object) -> BrowseFilter | None:
         return None
     if not isinstance(data, dict):
         raise SearchError("a search filter is an object of Browse's fields")
+    if unknown := sorted(set(data) - {field.name for field in dataclasses.fields(BrowseFilter)}):
+        raise SearchError(f"a search filter that is not Browse's: no field {str(unknown[0])[:40]!r}")
     try:
         f = TypeAdapter(BrowseFilter).validate_python(data)
     except ValidationError as exc:
         raise SearchError(f"a search filter that is not Browse's: {exc.errors()[0]['msg']}") from None
-    check_name(f.dataset, "dataset")
+    for name in f.datasets:
+        check_name(name, "dataset")
     return f
 
 

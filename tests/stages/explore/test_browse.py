@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from services.core.datasets import dataset_id_of, image_count, list_datasets, tag_counts
+from services.core.datasets import DatasetError, dataset_id_of, image_count, list_datasets, tag_counts
 from services.core.workspace import Workspace
 from services.jobs.manager import JobManager
 from services.stages.download.folder_import import start_folder_import
@@ -25,12 +25,14 @@ from services.stages.explore.browse import (
     flags_of,
     formats_of,
     stages_run,
+    tags_of,
 )
 from services.stages.explore.duplicate_choices import record_choices
 from services.stages.explore.image_detail import ImageNotFoundError, image_detail
 from services.stages.explore.saved_views import ViewError, save_browse_view, save_view
 from services.stages.export.stage import start_export
 from tests.conftest import ROOT
+from tests.support.cli import run_cli
 
 
 def _image(size: tuple[int, int], fmt: str, seed: int) -> bytes:
@@ -123,37 +125,37 @@ def _hashes(ws: Workspace, f: BrowseFilter, limit: int = 500) -> tuple[list[str]
 def test_each_filter_and_sort_selects_what_pandas_selects(ws: Workspace, shelf: pd.DataFrame):
     by_seq = shelf.sort_values("seq")
     cases = [
-        (BrowseFilter("shelf"), by_seq),
-        (BrowseFilter("shelf", tags=("cats", "birds")), by_seq[by_seq.tag.isin(["cats", "birds"])]),
-        (BrowseFilter("shelf", formats=("PNG",)), by_seq[by_seq.format == "PNG"]),  # counted by the counters
-        (BrowseFilter("shelf", formats=("PNG", "JPEG")), by_seq),
-        (BrowseFilter("shelf", tags=("dogs",)), by_seq[by_seq.tag == "dogs"]),  # one tag: its counter
-        (BrowseFilter("shelf", min_width=60, min_height=60), by_seq[(by_seq.width >= 60) & (by_seq.height >= 60)]),
-        (BrowseFilter("shelf", min_bytes=400, max_bytes=900), by_seq[by_seq.bytes.between(400, 900)]),
-        (BrowseFilter("shelf", name_contains="DOGS-1"), by_seq[by_seq.name.str.lower().str.contains("dogs-1")]),
-        (BrowseFilter("shelf", flag="blurry"), by_seq[by_seq.flagged]),
-        (BrowseFilter("shelf", choice="dropped"), by_seq[by_seq.dropped]),
-        (BrowseFilter("shelf", choice="kept"), by_seq[~by_seq.dropped]),
-        (BrowseFilter("shelf", score_model="f" * 64, min_score=0.5), by_seq[by_seq.score >= 0.5]),  # counters
-        (BrowseFilter("shelf", score_model="f" * 64, min_score=0.4449), by_seq[by_seq.score >= 0.4449]),  # SQL
-        (BrowseFilter("shelf", score_model="f" * 64, sort="lowest score"),
+        (BrowseFilter(("shelf",)), by_seq),
+        (BrowseFilter(("shelf",), tags=("cats", "birds")), by_seq[by_seq.tag.isin(["cats", "birds"])]),
+        (BrowseFilter(("shelf",), formats=("PNG",)), by_seq[by_seq.format == "PNG"]),  # counted by the counters
+        (BrowseFilter(("shelf",), formats=("PNG", "JPEG")), by_seq),
+        (BrowseFilter(("shelf",), tags=("dogs",)), by_seq[by_seq.tag == "dogs"]),  # one tag: its counter
+        (BrowseFilter(("shelf",), min_width=60, min_height=60), by_seq[(by_seq.width >= 60) & (by_seq.height >= 60)]),
+        (BrowseFilter(("shelf",), min_bytes=400, max_bytes=900), by_seq[by_seq.bytes.between(400, 900)]),
+        (BrowseFilter(("shelf",), name_contains="DOGS-1"), by_seq[by_seq.name.str.lower().str.contains("dogs-1")]),
+        (BrowseFilter(("shelf",), flag="blurry"), by_seq[by_seq.flagged]),
+        (BrowseFilter(("shelf",), choice="dropped"), by_seq[by_seq.dropped]),
+        (BrowseFilter(("shelf",), choice="kept"), by_seq[~by_seq.dropped]),
+        (BrowseFilter(("shelf",), score_model="f" * 64, min_score=0.5), by_seq[by_seq.score >= 0.5]),  # counters
+        (BrowseFilter(("shelf",), score_model="f" * 64, min_score=0.4449), by_seq[by_seq.score >= 0.4449]),  # SQL
+        (BrowseFilter(("shelf",), score_model="f" * 64, sort="lowest score"),
          by_seq[by_seq.score.notna()].sort_values(["score", "seq"])),
-        (BrowseFilter("shelf", sort="name"), shelf.sort_values(["file_name", "seq"])),
-        (BrowseFilter("shelf", sort="largest file"), shelf.sort_values(["bytes", "seq"], ascending=[False, True])),
-        (BrowseFilter("shelf", sort="most pixels"),
+        (BrowseFilter(("shelf",), sort="name"), shelf.sort_values(["file_name", "seq"])),
+        (BrowseFilter(("shelf",), sort="largest file"), shelf.sort_values(["bytes", "seq"], ascending=[False, True])),
+        (BrowseFilter(("shelf",), sort="most pixels"),
          shelf.assign(px=shelf.width * shelf.height).sort_values(["px", "seq"], ascending=[False, True])),
-        (BrowseFilter("shelf", tags=("dogs",), formats=("JPEG",), score_model="f" * 64, sort="highest score"),
+        (BrowseFilter(("shelf",), tags=("dogs",), formats=("JPEG",), score_model="f" * 64, sort="highest score"),
          by_seq[(by_seq.tag == "dogs") & (by_seq.format == "JPEG") & by_seq.score.notna()].sort_values(
              ["score", "seq"], ascending=[False, True])),  # sorted by score: the scored images
-        (BrowseFilter("shelf", category="indoor"), by_seq[_has(by_seq.gemini, "indoor")]),
-        (BrowseFilter("shelf", clip_category="outdoor"), by_seq[by_seq.clip_cats.map(lambda c: c == ["outdoor"])]),
-        (BrowseFilter("shelf", description_contains="RED"), by_seq[by_seq.words.str.lower().str.contains("red")]),
-        (BrowseFilter("shelf", description_contains="objects"), by_seq.iloc[:0]),  # keys are not text
-        (BrowseFilter("shelf", ocr="read"), by_seq[by_seq.code.notna()]),
-        (BrowseFilter("shelf", ocr="valid"), by_seq[by_seq.valid.eq(True)]),
-        (BrowseFilter("shelf", ocr="invalid"), by_seq[by_seq.valid.eq(False)]),
-        (BrowseFilter("shelf", ocr_code_contains="0000001"), by_seq[by_seq.code.fillna("").str.contains("0000001")]),
-        (BrowseFilter("shelf", category="animal", clip_category="indoor", tags=("cats",), sort="name"),
+        (BrowseFilter(("shelf",), category="indoor"), by_seq[_has(by_seq.gemini, "indoor")]),
+        (BrowseFilter(("shelf",), clip_category="outdoor"), by_seq[by_seq.clip_cats.map(lambda c: c == ["outdoor"])]),
+        (BrowseFilter(("shelf",), description_contains="RED"), by_seq[by_seq.words.str.lower().str.contains("red")]),
+        (BrowseFilter(("shelf",), description_contains="objects"), by_seq.iloc[:0]),  # keys are not text
+        (BrowseFilter(("shelf",), ocr="read"), by_seq[by_seq.code.notna()]),
+        (BrowseFilter(("shelf",), ocr="valid"), by_seq[by_seq.valid.eq(True)]),
+        (BrowseFilter(("shelf",), ocr="invalid"), by_seq[by_seq.valid.eq(False)]),
+        (BrowseFilter(("shelf",), ocr_code_contains="0000001"), by_seq[by_seq.code.fillna("").str.contains("0000001")]),
+        (BrowseFilter(("shelf",), category="animal", clip_category="indoor", tags=("cats",), sort="name"),
          by_seq[_has(by_seq.gemini, "animal") & _has(by_seq.clip_cats, "indoor") & (by_seq.tag == "cats")]
          .sort_values(["file_name", "seq"])),
     ]  # fmt: skip
@@ -165,33 +167,113 @@ def test_each_filter_and_sort_selects_what_pandas_selects(ws: Workspace, shelf: 
         assert 0 < by_seq[column].notna().sum() < 36
     assert categories_of(ws, "categorize:gemini") == ["animal", "indoor", "outdoor"]
     assert categories_of(ws, "categorize:clip") == ["indoor", "outdoor"]
-    assert stages_run(ws, "shelf") >= {"categorize:gemini", "categorize:clip", "describe", "ocr"}
+    assert stages_run(ws, ("shelf",)) >= {"categorize:gemini", "categorize:clip", "describe", "ocr"}
 
-    page, total = browse(ws, BrowseFilter("shelf", sort="name"), offset=10, limit=5)
+    page, total = browse(ws, BrowseFilter(("shelf",), sort="name"), offset=10, limit=5)
     assert total == 36 and [r.image_hash for r in page] == list(
         shelf.sort_values(["file_name", "seq"]).image_hash[10:15]
     )
     first = page[0]
     row = shelf.set_index("image_hash").loc[first.image_hash]
     assert (first.width, first.height, first.bytes, first.format) == (row.width, row.height, row.bytes, row.format)
-    assert formats_of(ws) == ["JPEG", "PNG"] and flags_of(ws, "shelf") == ["blurry"]
-    assert classifiers_of(ws, "shelf") == {"f" * 64: f"model-logreg-tag-cats ({'f' * 8})"}
+    assert formats_of(ws) == ["JPEG", "PNG"] and flags_of(ws, ("shelf",)) == ["blurry"]
+    assert classifiers_of(ws, ("shelf",)) == {"f" * 64: f"model-logreg-tag-cats ({'f' * 8})"}
+
+
+def _members(ws: Workspace) -> pd.DataFrame:
+    """Every membership with its dataset, tags joined as a set, and the image's format: plain SQL, no Browse."""
+    frame = pd.read_sql_query(
+        """SELECT m.dataset_id, d.name AS dataset, d.kind, m.image_hash, m.name, m.seq, m.file_name, i.format
+           FROM dataset_members m JOIN datasets d ON d.id = m.dataset_id JOIN images i ON i.hash = m.image_hash""",
+        ws.catalog.conn,
+    )
+    tags = pd.read_sql_query("SELECT dataset_id, image_hash, tag FROM dataset_member_tags", ws.catalog.conn)
+    return frame.merge(tags, on=["dataset_id", "image_hash"], how="left")
+
+
+def test_several_datasets_and_the_whole_catalog_show_each_image_once(
+    ws: Workspace, manager: JobManager, shelf: pd.DataFrame, tmp_path: Path
+):
+    """Several datasets, some kinds, or the whole catalog: each image once, under the first dataset (catalog
+    order) holding it; a tag given by any of them counts. Checked against pandas over the membership tables."""
+    yard = tmp_path / "yard"  # two of shelf's images again (same bytes, same hash) and four of its own
+    for i in range(6):
+        folder = yard / ("pets" if i < 2 else "garden")
+        folder.mkdir(parents=True, exist_ok=True)
+        fmt = "PNG" if i % 2 else "JPEG"
+        size = (20 + 3 * i, 140 - 3 * i) if i < 2 else (50, 40 + i)
+        (folder / f"y-{i}.{fmt.lower()}").write_bytes(_image(size, fmt, i if i < 2 else 100 + i))
+    assert manager.run(start_folder_import(ws, manager, yard, "yard")).state == "completed"
+    gen = list(shelf.sort_values("seq", ascending=False).image_hash[:4])  # shelf's last four, reversed
+    save_view(ws, "gen-pick", gen, source_dataset="shelf", description="hand", kind="GEN")
+    members = _members(ws)
+    assert members[members.dataset == "yard"].image_hash.isin(shelf.image_hash).sum() == 2  # shared images
+
+    def expected(frame: pd.DataFrame, by: list[str]) -> list[str]:
+        firsts = frame.sort_values(["dataset_id", "seq"]).drop_duplicates("image_hash")  # first dataset holding it
+        return list(firsts.sort_values([*by, "dataset_id", "seq"]).image_hash)
+
+    both = members[members.dataset.isin(["shelf", "yard"])]
+    pets = both[both.image_hash.isin(both[both.tag.isin(["pets", "birds"])].image_hash)]
+    cases = [
+        (BrowseFilter(("shelf", "yard")), expected(both, [])),
+        (BrowseFilter(("yard", "shelf")), expected(both, [])),  # catalog order, whatever the order asked
+        (BrowseFilter(), expected(members, [])),  # the whole catalog
+        (BrowseFilter(kinds=("GEN",)), gen),  # the datasets of a kind: the view alone, in its order
+        (BrowseFilter(("shelf", "yard"), tags=("pets", "birds")), expected(pets, [])),  # a tag from either
+        (BrowseFilter(formats=("PNG",), sort="name"), expected(members[members.format == "PNG"], ["file_name"])),
+        (BrowseFilter(kinds=("GEN", "folder"), name_contains="y-"), expected(members[members.name.str.contains(
+            "y-") & members.kind.isin(["GEN", "folder"])], [])),
+    ]  # fmt: skip
+    assert set(members.kind) >= {"GEN", "folder"}
+    for f, hashes in cases:
+        assert _hashes(ws, f) == (hashes, len(hashes)), f
+    assert len(expected(members, [])) == 36 + 4 < len(members)  # the bite: a view and shared images held twice
+    rows, _ = browse(ws, BrowseFilter(("yard", "shelf")), 30, 10)
+    names = members.drop_duplicates(["dataset", "image_hash"]).set_index(["dataset", "image_hash"]).name
+    assert [r.dataset for r in rows] == ["shelf"] * 6 + ["yard"] * 4  # shared images under shelf, the older
+    assert all(names[(r.dataset, r.image_hash)] == r.name for r in rows)
+    assert tags_of(ws, ("shelf", "yard")) == ["birds", "cats", "dogs", "garden", "pets"]
+    assert tags_of(ws, (), ("GEN",)) == sorted(set(members[members.dataset == "gen-pick"].tag)) != []
+    results = pd.read_sql_query("SELECT image_hash, stage FROM stage_results WHERE status = 'ok'", ws.catalog.conn)
+    in_yard = results[results.image_hash.isin(members[members.dataset == "yard"].image_hash)]
+    assert stages_run(ws, ("yard",)) == set(in_yard.stage) and stages_run(ws, ()) == set(results.stage)
+    with pytest.raises(BrowseError, match="no dataset of the datasets yard is of kind GEN"):
+        browse(ws, BrowseFilter(("yard",), kinds=("GEN",)))
+    with pytest.raises(DatasetError, match="no dataset named 'nope'"):
+        browse(ws, BrowseFilter(("shelf", "nope")))
+
+    listed = run_cli(
+        ws.root, "browse", "--dataset", "yard", "--dataset", "shelf", "--format", "PNG", "--per-page", "500"
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    png = expected(both[both.format == "PNG"], [])
+    assert [line.split("\t")[:2] for line in listed.stdout.splitlines()] == [
+        [h, "yard" if h not in set(shelf.image_hash) else "shelf"] for h in png
+    ]
+    assert f"{len(png)} images pass" in listed.stderr
+    saved = save_browse_view(ws, "all png", BrowseFilter(formats=("PNG",)))
+    assert saved.images == len(expected(members[members.format == "PNG"], []))
+    assert saved.source == "view: every dataset; formats PNG"
+    bad = run_cli(ws.root, "browse", "--of-kind", "GEN", "--dataset", "yard")
+    assert bad.returncode != 0 and "no dataset of the datasets yard is of kind GEN" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_hostile_filter_text_is_a_value_and_bad_requests_say_why(ws: Workspace, shelf: pd.DataFrame):
-    assert _hashes(ws, BrowseFilter("shelf", name_contains="x' OR 1=1 --")) == ([], 0)
-    assert _hashes(ws, BrowseFilter("shelf", tags=("cats') OR ('1'='1",))) == ([], 0)
-    assert _hashes(ws, BrowseFilter("shelf", category="x') OR 1=1 --")) == ([], 0)
-    assert _hashes(ws, BrowseFilter("shelf", description_contains="%")) == ([], 0)  # no LIKE wildcard either
+    assert _hashes(ws, BrowseFilter(("shelf",), name_contains="x' OR 1=1 --")) == ([], 0)
+    assert _hashes(ws, BrowseFilter(("shelf",), tags=("cats') OR ('1'='1",))) == ([], 0)
+    assert _hashes(ws, BrowseFilter(("shelf",), category="x') OR 1=1 --")) == ([], 0)
+    assert _hashes(ws, BrowseFilter(("shelf",), description_contains="%")) == ([], 0)  # no LIKE wildcard either
     for f, message in (
-        (BrowseFilter("shelf", sort="m.seq; DROP TABLE images"), "sort 'm.seq; DROP TABLE images': use one of"),
-        (BrowseFilter("shelf", sort="highest score"), "needs a classifier chosen"),
-        (BrowseFilter("shelf", name_contains="x" * 201), "at most 200 characters"),
+        (BrowseFilter(("shelf",), sort="m.seq; DROP TABLE images"), "sort 'm.seq; DROP TABLE images': use one of"),
+        (BrowseFilter(("shelf",), sort="highest score"), "needs a classifier chosen"),
+        (BrowseFilter(("shelf",), name_contains="x" * 201), "at most 200 characters"),
     ):
         with pytest.raises(BrowseError, match=message):
             browse(ws, f)
     with pytest.raises(BrowseError, match="a page is 1 to 500"):
-        browse(ws, BrowseFilter("shelf"), 0, 501)
+        browse(ws, BrowseFilter(("shelf",)), 0, 501)
     assert int(ws.catalog.scalar("SELECT COUNT(*) FROM images")) >= 36  # nothing was dropped
 
 
@@ -204,21 +286,30 @@ def test_the_browse_view_filters_sorts_and_pages(ws: Workspace, shelf: pd.DataFr
     at.switch_page("app_pages/explore.py").run()
     at.radio(key="ex-mode").set_value("Browse").run()
     assert not at.exception, at.exception
-    at.selectbox(key="ex-br-dataset").set_value("untagged").run()  # a dataset without a tag column (the
+    at.multiselect(key="ex-br-datasets").set_value(["untagged"]).run()  # a dataset without a tag column (the
     assert not at.exception, at.exception  # benchmark's URL-like dataset showed a traceback here)
     assert len(at.image) == 5 and at.multiselect(key="ex-br-tags").options == sorted(set(shelf.tag[:5]))
-    at.selectbox(key="ex-br-dataset").set_value("shelf").run()
-    assert any("36 of 36 images" in c.value for c in at.caption)
+    at.multiselect(key="ex-br-datasets").set_value(["shelf"]).run()
+    assert any("36 of the 36 images" in c.value for c in at.caption)
     assert len(at.image) == 24
     at.multiselect(key="ex-br-tags").set_value(["dogs"]).run()
     at.selectbox(key="ex-br-sort").set_value("largest file").run()
     assert not at.exception, at.exception
     dogs = shelf[shelf.tag == "dogs"].sort_values(["bytes", "seq"], ascending=[False, True])
-    assert any(f"{len(dogs)} of 36 images" in c.value for c in at.caption)
+    assert any(f"{len(dogs)} of the 36 images" in c.value for c in at.caption)
     shown = sorted(image.captions[0] for image in at.image)
     assert len(shown) == len(dogs) and all(c.startswith("shelf: dogs-") or "dogs-" in c for c in shown)
     at.number_input(key="ex-br-min-width").set_value(200).run()
-    assert not at.exception and any("0 of 36 images" in c.value for c in at.caption) and len(at.image) == 0
+    assert not at.exception and any("0 of the 36 images" in c.value for c in at.caption) and len(at.image) == 0
+    at.number_input(key="ex-br-min-width").set_value(0).run()
+    at.multiselect(key="ex-br-tags").set_value([]).run()
+    at.multiselect(key="ex-br-datasets").set_value([]).run()  # the whole catalog: the view's images are shelf's
+    assert not at.exception, at.exception
+    assert any("36 of the 36 images of the catalog pass" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert [i.captions[0].split(" · ")[-1].split(":")[0] for i in at.image] == ["shelf"] * 24
+    at.multiselect(key="ex-br-kinds").set_value(["view"]).run()
+    assert any("5 of the 5 images of the catalog (view) pass" in c.value for c in at.caption)
+    assert {i.captions[0].split(" · ")[-1].split(":")[0] for i in at.image} == {"untagged"}
 
 
 def test_a_filtered_grid_saved_as_a_view_is_a_dataset_every_stage_takes(
@@ -226,7 +317,7 @@ def test_a_filtered_grid_saved_as_a_view_is_a_dataset_every_stage_takes(
 ):
     """A saved view: the filter's images in its order, their tags and input rows, counted like any dataset, and
     exported by the export stage as the source's images would be."""
-    f = BrowseFilter("shelf", tags=("cats", "dogs"), formats=("PNG",), sort="largest file")
+    f = BrowseFilter(("shelf",), tags=("cats", "dogs"), formats=("PNG",), sort="largest file")
     saved = save_browse_view(ws, "big png pets", f)
     by_seq = shelf.sort_values("seq")
     expected = by_seq[by_seq.tag.isin(["cats", "dogs"]) & (by_seq.format == "PNG")].sort_values(
@@ -234,7 +325,7 @@ def test_a_filtered_grid_saved_as_a_view_is_a_dataset_every_stage_takes(
     )
     assert saved.images == len(expected) > 3
     assert saved.source == "view of shelf: tags cats, dogs; formats PNG; sorted by largest file"
-    assert _hashes(ws, BrowseFilter("big png pets")) == (list(expected.image_hash), len(expected))  # input order
+    assert _hashes(ws, BrowseFilter(("big png pets",))) == (list(expected.image_hash), len(expected))  # input order
     assert image_count(ws, "big png pets") == len(expected)
     assert tag_counts(ws, "big png pets") == expected.tag.value_counts().to_dict()
     view_id = dataset_id_of(ws.catalog, "big png pets")
@@ -242,11 +333,11 @@ def test_a_filtered_grid_saved_as_a_view_is_a_dataset_every_stage_takes(
     assert [json.loads(r[0])[1] for r in rows] == list(expected.tag)  # the source's path,tag rows, in view order
     assert {d.name: d.kind for d in list_datasets(ws.catalog)}["big png pets"] == "view"
     for f_view, mask in (  # a view's term counters (kept as members join) give what the source's rows say
-        (BrowseFilter("big png pets", category="indoor"), _has(expected.gemini, "indoor")),
-        (BrowseFilter("big png pets", ocr="read"), expected.code.notna()),
-        (BrowseFilter("big png pets", ocr="invalid"), expected.valid.eq(False)),
-        (BrowseFilter("big png pets", formats=("PNG",)), expected.format.eq("PNG")),
-        (BrowseFilter("big png pets", tags=("cats",)), expected.tag.eq("cats")),
+        (BrowseFilter(("big png pets",), category="indoor"), _has(expected.gemini, "indoor")),
+        (BrowseFilter(("big png pets",), ocr="read"), expected.code.notna()),
+        (BrowseFilter(("big png pets",), ocr="invalid"), expected.valid.eq(False)),
+        (BrowseFilter(("big png pets",), formats=("PNG",)), expected.format.eq("PNG")),
+        (BrowseFilter(("big png pets",), tags=("cats",)), expected.tag.eq("cats")),
     ):
         assert _hashes(ws, f_view) == (list(expected[mask].image_hash), int(mask.sum()))  # in the view's order
 
@@ -270,9 +361,9 @@ def test_a_filtered_grid_saved_as_a_view_is_a_dataset_every_stage_takes(
 def test_a_view_that_cannot_be_saved_says_why_and_leaves_nothing(ws: Workspace, shelf: pd.DataFrame):
     before = [d.name for d in list_datasets(ws.catalog)]
     for call, message in (
-        (lambda: save_browse_view(ws, "none", BrowseFilter("shelf", min_width=10_000)), "the selection is empty"),
-        (lambda: save_browse_view(ws, "shelf", BrowseFilter("shelf")), "a dataset named 'shelf' already exists"),
-        (lambda: save_browse_view(ws, "../x", BrowseFilter("shelf")), "cannot contain '/'"),
+        (lambda: save_browse_view(ws, "none", BrowseFilter(("shelf",), min_width=10_000)), "the selection is empty"),
+        (lambda: save_browse_view(ws, "shelf", BrowseFilter(("shelf",))), "a dataset named 'shelf' already exists"),
+        (lambda: save_browse_view(ws, "../x", BrowseFilter(("shelf",))), "cannot contain '/'"),
         (lambda: save_view(ws, "v", ["0" * 64], source_dataset="shelf", description="x"),
          "image '000000000000' is not in dataset 'shelf'"),
         (lambda: save_view(ws, "v", [shelf.image_hash.iloc[0], "f" * 64], description="x"),
@@ -292,20 +383,20 @@ def test_the_browse_view_filters_on_stage_results_and_saves_a_view(
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
     at.switch_page("app_pages/explore.py").run()
     at.radio(key="ex-mode").set_value("Browse").run()
-    at.selectbox(key="ex-br-dataset").set_value("shelf").run()
+    at.multiselect(key="ex-br-datasets").set_value(["shelf"]).run()
     assert at.selectbox(key="ex-br-category").options == ["(any)", "animal", "indoor", "outdoor"]
     at.selectbox(key="ex-br-category").set_value("indoor").run()
     at.selectbox(key="ex-br-ocr").set_value("a valid code").run()
     assert not at.exception, at.exception
     by_seq = shelf.sort_values("seq")
     chosen = by_seq[_has(by_seq.gemini, "indoor") & by_seq.valid.eq(True)]
-    assert any(f"{len(chosen)} of 36 images" in c.value for c in at.caption) and len(chosen) > 0
+    assert any(f"{len(chosen)} of the 36 images" in c.value for c in at.caption) and len(chosen) > 0
     at.text_input(key="ex-br-view-name").input("indoor codes").run()
     at.selectbox(key="ex-br-view-kind").set_value("test").run()
     at.button(key="ex-br-view-save").click().run()
     assert not at.exception, at.exception
     assert any(f"Saved dataset 'indoor codes': {len(chosen)} images" in s.value for s in at.success)
-    assert _hashes(ws, BrowseFilter("indoor codes")) == (list(chosen.image_hash), len(chosen))
+    assert _hashes(ws, BrowseFilter(("indoor codes",))) == (list(chosen.image_hash), len(chosen))
     assert {d.name: d.kind for d in list_datasets(ws.catalog)}["indoor codes"] == "test"
     at.button(key="ex-br-view-save").click().run()  # the same name again: refused, said on the page
     assert any("a dataset named 'indoor codes' already exists" in e.value for e in at.error)

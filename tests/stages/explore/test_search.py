@@ -200,7 +200,7 @@ def test_a_filtered_grid_ranked_by_text_holds_only_what_passes_in_the_models_ord
     assert 0 < len(passing) < len(stored.hashes)
     scores = stored.vectors @ load_clip(spec).embed_texts(["a red square"])[0]
     expected = sorted(((float(s), h) for h, s in zip(stored.hashes, scores, strict=True) if h in passing), reverse=True)
-    result, _ = search(tws, text="a red square", k=1000, within=BrowseFilter("tagged", tags=(tag,)))
+    result, _ = search(tws, text="a red square", k=1000, within=BrowseFilter(("tagged",), tags=(tag,)))
     assert [h.image_hash for h in result.hits] == [h for _, h in expected]  # every passing image, no other
     np.testing.assert_allclose([h.score for h in result.hits], [s for s, _ in expected], atol=1e-4)
     ranked = run_cli(
@@ -209,7 +209,10 @@ def test_a_filtered_grid_ranked_by_text_holds_only_what_passes_in_the_models_ord
     assert ranked.returncode == 0, ranked.stderr[-2000:]
     assert [line.split("\t")[2] for line in ranked.stdout.splitlines()] == [h for _, h in expected[:3]]
     with pytest.raises(SearchError, match="not Browse's"):
-        search_handler(tws)(b"", {"key": embedding_key(spec), "text": "x", "within": {"dataset": "tagged", "ocr": 5}})
+        within = {"datasets": ["tagged"], "ocr": 5}
+        search_handler(tws)(b"", {"key": embedding_key(spec), "text": "x", "within": within})
+    with pytest.raises(SearchError, match="no field 'dataset'"):  # a field this filter does not have is not ignored
+        search_handler(tws)(b"", {"key": embedding_key(spec), "text": "x", "within": {"dataset": "tagged"}})
 
 
 def test_the_cli_searches_and_says_what_is_wrong_without_a_traceback(tws: Workspace, tmp_path: Path):
