@@ -5,7 +5,10 @@ per input row, as its scripts read them).
 
 An `export` job; its items are shards of `shard_size` images in the dataset's input order, each written whole
 (to a temporary name, then renamed) or, for folders, file by file, so a killed export resumes at the shard it
-was writing and a finished one can be run again over the same folder without duplicates. Files are the stored
+was writing and a finished one can be run again over the same folder without duplicates. Each shard lists the
+files it holds in the job's journal; the finished export lists them all in `export-files.txt`, and a later
+export of the same dataset and format into the folder removes the files the earlier one listed that it no
+longer holds (images dropped since, shards renumbered), never a file it did not write. Files are the stored
 originals, byte for byte. Names come from what the input called each image (the file name in a folder or zip,
 the last part of a URL), with the image's hash added where two images of the dataset share a name.
 """
@@ -38,6 +41,7 @@ KIND = "export"
 FORMATS = ("imagefolder", "hf", "webdataset", "seed000")
 UNLABELLED = "_unlabelled"
 MANIFEST = "export.json"
+FILE_LIST = "export-files.txt"
 
 
 class ExportParams(DatasetParams):
@@ -172,7 +176,49 @@ class ExportTask(ChunkedTask):
         out.mkdir(parents=True, exist_ok=True)
         if p.format == "seed000":
             manifest["labeled_csv"] = str(write_seed000_csv(ws, p.dataset, out).relative_to(out))
+        held = held_files(ws.job_dir(job_id), [str(s["shard"]) for s in shards if s["status"] == "ok"])
+        held |= {str(manifest["labeled_csv"])} if p.format == "seed000" else set()
+        manifest["removed_stale"] = remove_stale(out, held, p.dataset, p.format)
+        write_atomic(out / FILE_LIST, "".join(f"{name}\n" for name in sorted(held)).encode("utf-8"))
         write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
+
+
+def held_files(journal: Path, shards: list[str]) -> set[str]:
+    """The files the export's finished shards hold, relative to its folder (from each shard's list)."""
+    held: set[str] = set()
+    for shard in shards:
+        listing = journal / f"{shard}.files"
+        if listing.is_file():
+            held.update(line for line in listing.read_text("utf-8").splitlines() if line)
+    return held
+
+
+def remove_stale(out: Path, held: set[str], dataset: str, fmt: str) -> int:
+    """Remove the files the folder's previous export of this dataset and format listed that this one does not
+    hold; a previous export of another dataset or format, or files it did not list, are left alone. Returns how
+    many were removed."""
+    try:
+        previous = json.loads((out / MANIFEST).read_text("utf-8"))
+        listed = (out / FILE_LIST).read_text("utf-8").splitlines()
+    except (OSError, ValueError):
+        return 0  # no earlier export here (or one from before the lists): nothing known to remove
+    if not isinstance(previous, dict) or (previous.get("dataset"), previous.get("format")) != (dataset, fmt):
+        if listed:
+            log.info("export into %s: the earlier export there (another dataset or format) is left as it is", out)
+        return 0
+    root = out.resolve()
+    removed = 0
+    for name in sorted(set(listed) - held - {FILE_LIST, MANIFEST}):
+        target = (out / name).resolve()
+        if not name or not target.is_relative_to(root) or target == root or not target.is_file():
+            continue  # a listed name that leaves the folder, or that is gone, is never followed
+        target.unlink()
+        removed += 1
+        for folder in target.parents:  # folders the removal left empty (an ImageFolder label with no image left)
+            if folder == root or not folder.is_relative_to(root) or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    return removed
 
 
 def shard_count(p: ExportParams) -> int:
@@ -195,7 +241,7 @@ def export_shards(
             dropped: set[str] = set()
             try:
                 if opts.format == "seed000":
-                    images, written = write_seed000_shard(
+                    images, written, held = write_seed000_shard(
                         ws, opts.dataset, Path(opts.out), shard, opts.shard_size, opts.repeated
                     )
                 else:
@@ -205,10 +251,13 @@ def export_shards(
                         records = [r for r in records if r.image_hash not in dropped]
                     if writer is None:
                         raise ValueError(f"export format {opts.format!r}")
-                    images, written = len(records), writer(Path(opts.out), opts.dataset, shard, opts.shards, records)
+                    written, held = writer(Path(opts.out), opts.dataset, shard, opts.shards, records)
+                    images = len(records)
             except FileNotFoundError as exc:
                 yield ItemResult(key=key, status="failed", error_class="missing", error_message=str(exc))
                 continue
+            listing = "".join(f"{path.relative_to(opts.out).as_posix()}\n" for path in held)
+            write_atomic(Path(opts.journal_dir) / f"{key}.files", listing.encode("utf-8"))
             result = {"images": images, "files": written}
             if dropped:
                 result["dropped"] = len(dropped)
@@ -305,9 +354,12 @@ def _leaving_name(source: str, image_hash: str, suffix: str, shared: set[str]) -
 # --- writers ----------------------------------------------------------------------------------------------
 
 
-def _write_folders(out: Path, dataset: str, shard: int, shards: int, records: list[ExportRecord]) -> int:
-    """`out/<label>/<name>`, a copy of the stored file per label (an image with two tags is in both folders)."""
-    written = 0
+def _write_folders(
+    out: Path, dataset: str, shard: int, shards: int, records: list[ExportRecord]
+) -> tuple[int, list[Path]]:
+    """`out/<label>/<name>`, a copy of the stored file per label (an image with two tags is in both folders).
+    Returns the files written and every file the shard holds (written now or by an earlier run)."""
+    written, held = 0, []
     for record in records:
         for label in record.labels or [""]:
             folder = out / file_name(label) if label else out
@@ -315,16 +367,19 @@ def _write_folders(out: Path, dataset: str, shard: int, shards: int, records: li
             target = folder / record.file_name
             if target.is_file():
                 if _holds(target, record.image_hash):
+                    held.append(target)
                     continue  # written by an earlier run of this export
                 stem, suffix = Path(record.file_name).stem, Path(record.file_name).suffix
                 target = folder / file_name(stem, f"-{record.image_hash[:8]}{suffix}")  # two names cleaned alike
                 if target.is_file() and _holds(target, record.image_hash):
+                    held.append(target)
                     continue
             partial = target.with_name(f".{target.name}.part")
             shutil.copyfile(record.path, partial)
             os.replace(partial, target)
             written += 1
-    return written
+            held.append(target)
+    return written, held
 
 
 def _holds(path: Path, image_hash: str) -> bool:
@@ -346,7 +401,9 @@ def _metadata(record: ExportRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _write_parquet(out: Path, dataset: str, shard: int, shards: int, records: list[ExportRecord]) -> int:
+def _write_parquet(
+    out: Path, dataset: str, shard: int, shards: int, records: list[ExportRecord]
+) -> tuple[int, list[Path]]:
     """`out/data/train-NNNNN-of-NNNNN.parquet`: what `datasets.load_dataset(out)` reads as its train split."""
     import datasets
 
@@ -375,10 +432,10 @@ def _write_parquet(out: Path, dataset: str, shard: int, shards: int, records: li
     partial = target.with_name(f".{target.name}.part")
     datasets.Dataset.from_dict(rows, features=features).to_parquet(str(partial))
     os.replace(partial, target)
-    return 1
+    return 1, [target]
 
 
-def _write_tar(out: Path, dataset: str, shard: int, shards: int, records: list[ExportRecord]) -> int:
+def _write_tar(out: Path, dataset: str, shard: int, shards: int, records: list[ExportRecord]) -> tuple[int, list[Path]]:
     """`out/<dataset>-NNNNNN.tar`: per image, its bytes under its format's extension and a `.json` of labels."""
     import webdataset
 
@@ -391,10 +448,10 @@ def _write_tar(out: Path, dataset: str, shard: int, shards: int, records: list[E
             sink.write({"__key__": record.image_hash, extension: record.path.read_bytes(),
                         "json": json.dumps(_metadata(record), ensure_ascii=False).encode("utf-8")})  # fmt: skip
     os.replace(partial, target)
-    return 1
+    return 1, [target]
 
 
-WRITERS: dict[str, Callable[[Path, str, int, int, list[ExportRecord]], int]] = {
+WRITERS: dict[str, Callable[[Path, str, int, int, list[ExportRecord]], tuple[int, list[Path]]]] = {
     "imagefolder": _write_folders,
     "hf": _write_parquet,
     "webdataset": _write_tar,
@@ -462,26 +519,28 @@ def seed000_repeated(ws: Workspace, dataset: str) -> set[str]:
 
 def write_seed000_shard(
     ws: Workspace, dataset: str, out: Path, shard: int, shard_size: int, repeated: frozenset[str]
-) -> tuple[int, int]:
+) -> tuple[int, int, list[Path]]:
     """The shard's rows as `processed_data/{split}_images/{index}_{entity_name}.{ext}` (rows without an image
-    get no file, as in the labelled CSV); returns (rows with an image, files written)."""
+    get no file, as in the labelled CSV); returns (rows with an image, files written, files held)."""
     split, columns = _seed000_split(ws, dataset)
     folder = out / "processed_data" / f"{split}_images"
     folder.mkdir(parents=True, exist_ok=True)
     images = written = 0
+    held = []
     for number, values, rel in _seed000_rows(ws, dataset, shard * shard_size, shard_size):
         if rel is None:
             continue
         source = ws.abspath(rel)
         target = folder / _seed000_name(values, columns, number, source.suffix, repeated)
         images += 1
+        held.append(target)
         if target.is_file() and target.stat().st_size == source.stat().st_size:
             continue
         partial = target.with_name(f".{target.name}.part")
         shutil.copyfile(source, partial)
         os.replace(partial, target)
         written += 1
-    return images, written
+    return images, written, held
 
 
 def write_seed000_csv(ws: Workspace, dataset: str, out: Path) -> Path:

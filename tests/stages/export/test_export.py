@@ -55,7 +55,7 @@ def test_imagefolder_holds_every_image_under_each_of_its_labels(
     found = Counter()
     names = {}
     for path in out.rglob("*"):
-        if path.is_file() and path.name != "export.json":
+        if path.is_file() and path.name not in ("export.json", "export-files.txt"):
             label = path.parent.name
             found[(label, sha(path.read_bytes()))] += 1
             names[(label, sha(path.read_bytes()))] = path.name
@@ -71,8 +71,62 @@ def test_imagefolder_holds_every_image_under_each_of_its_labels(
     assert manifest["images"] == len(tagged) and len(manifest["shards"]) == -(-len(tagged) // 7)
 
     _export(ws, manager, "imagefolder", out, shard_size=7)  # again over the same folder: nothing doubles
-    again = Counter(sha(p.read_bytes()) for p in out.rglob("*") if p.is_file() and p.name != "export.json")
+    again = Counter(
+        sha(p.read_bytes()) for p in out.rglob("*") if p.is_file() and p.name not in ("export.json", "export-files.txt")
+    )
     assert sum(again.values()) == sum(expected.values())
+
+
+def test_a_re_export_removes_what_it_no_longer_holds_and_nothing_else(
+    ws: Workspace, manager: JobManager, tagged: dict[str, set[str]], tmp_path: Path
+):
+    """Images chosen to drop since the last export leave the ImageFolder tree; Parquet shards renumbered by a new
+    shard size leave no old shard for `load_dataset` to read twice; a file the export did not write, and an
+    earlier export of another dataset, stay."""
+    import datasets
+
+    from services.stages.explore.duplicate_choices import record_choices
+
+    out = tmp_path / "folders"
+    _export(ws, manager, "imagefolder", out, shard_size=7)
+    (out / "red" / "notes.txt").write_text("mine")  # a person's own file in the export's folder
+    green_only = sorted(h for h, tags in tagged.items() if tags == {"green"})
+    record_choices(ws, {h: "drop" for h in green_only}, "ana")  # every green-only image chosen to drop
+    _export(ws, manager, "imagefolder", out, shard_size=7)
+    kept = Counter(
+        (p.parent.name, sha(p.read_bytes()))
+        for p in out.rglob("*")
+        if p.is_file() and p.name not in ("export.json", "export-files.txt", "notes.txt")
+    )
+    assert kept == Counter(
+        {(t, h): 1 for h, tags in tagged.items() if h not in green_only for t in tags or {UNLABELLED}}
+    )
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["removed_stale"] == len(green_only) > 0 and manifest["dropped_duplicates"] == len(green_only)
+    assert (out / "red" / "notes.txt").read_text() == "mine"
+    still_green = any("green" in tags for h, tags in tagged.items() if h not in green_only)
+    assert (out / "green").exists() == still_green  # a label folder emptied by the removal is gone too
+    listed = set((out / "export-files.txt").read_text().splitlines())
+    assert listed == {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+
+    hf = tmp_path / "hf"
+    _export(ws, manager, "hf", hf, shard_size=4, include_dropped=True)
+    _export(ws, manager, "hf", hf, shard_size=10, include_dropped=True)  # fewer shards, named -of-0000N anew
+    shards = sorted(p.name for p in (hf / "data").glob("*.parquet"))
+    assert shards == [f"train-{i:05d}-of-{len(shards):05d}.parquet" for i in range(len(shards))]
+    loaded = datasets.load_dataset(str(hf), cache_dir=str(tmp_path / "hf-cache"))["train"]
+    assert len(loaded) == len(tagged)  # each image once: no shard of the first export left behind
+
+    other = manager.run(start_folder_import(ws, manager, tmp_path / "tree" / "red", "reds"))
+    assert other.state == "completed"
+    before = {p for p in out.rglob("*.png")}
+    assert manager.run(start_export(ws, manager, "reds", "imagefolder", out)).state == "completed"
+    assert before <= {p for p in out.rglob("*.png")}  # another dataset's export into the folder removes nothing
+    traversal = tmp_path / "outside.png"
+    traversal.write_bytes(b"x")
+    (out / "export-files.txt").write_text("../outside.png\n")  # a hostile list is never followed out
+    assert manager.run(start_export(ws, manager, "reds", "imagefolder", out)).state == "completed"
+    assert traversal.read_bytes() == b"x"
 
 
 FIFTYONE_PYTHON = Path(os.environ.get("WORKBENCH_FIFTYONE_PYTHON", ROOT / ".venv-fiftyone" / "bin" / "python"))
@@ -151,7 +205,11 @@ def test_labels_from_a_column_and_hostile_values_stay_inside(
     out = tmp_path / "by-entity"
     progress = manager.run(start_export(ws, manager, "urls", "imagefolder", out, by="column:entity_name"))
     assert progress.state == "completed"
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "export.json")
+    files = sorted(
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and p.name not in ("export.json", "export-files.txt")
+    )
     assert files == ["_.._escape/b.png", "item_weight/a.jpg"]
     assert all(out.resolve() in p.resolve().parents for p in out.rglob("*"))
     with pytest.raises(DatasetError, match=r"no such column \(columns: image_link, group_id, entity_name"):
