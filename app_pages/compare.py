@@ -67,7 +67,8 @@ from services.stages.compare.report import (
 )
 from services.stages.describe.categories import list_lists
 from services.stages.embed.stage import start_embed
-from ui.components import job_panel, launch, save_upload
+from services.stages.explore.saved_views import save_view
+from ui.components import job_panel, launch, save_upload, save_view_form
 from ui.errors import show_error
 from ui.page_state import BIND, follow_jobs, followed_jobs
 from ui.server_path import display_path
@@ -459,10 +460,14 @@ def show_map(embedded: EmbeddingComparison) -> None:
     if chosen_points:
         st.caption(f"{len(chosen_points)} images selected" + (", the first 24 shown" if len(chosen_points) > 24
                                                               else ""))  # fmt: skip
-        picked_hashes = [str(p["customdata"]) for p in chosen_points[:24] if p.get("customdata")]
+        lassoed = [str(p["customdata"]) for p in chosen_points if p.get("customdata")]
+        picked_hashes = lassoed[:24]
         paths = image_paths(ws, picked_hashes)
         in_a = set(embedded.hashes_a)
         show_thumbnails([(h, paths.get(h)) for h in picked_hashes], 6, caption=lambda h: "A" if h in in_a else "B")
+        described = f"lassoed on the map of {set_a.name} and {set_b.name}"
+        save_view_form("cmp-lasso", f"the {len(lassoed):,} images lassoed on the map", lambda name, kind: save_view(
+            ws, name, lassoed, kind=kind, description=described))  # fmt: skip
 
 
 def show_duplicates(embedded: EmbeddingComparison, images: dict[str, SetImages]) -> None:

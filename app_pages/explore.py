@@ -1,7 +1,6 @@
 """Explore: search the catalog's images by text, by an example image, or "more like this" on any result; find
 near-duplicate groups and choose which copies exports keep."""
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,11 +39,12 @@ from services.stages.explore.neighbours import (
     outliers,
 )
 from services.stages.explore.perceptual import DEFAULT_MAX_DISTANCE
-from services.stages.explore.saved_views import SavedView, save_browse_view, save_view
+from services.stages.explore.saved_views import save_browse_view, save_view
 from services.stages.explore.search import MAX_K as MAX_RANKED
 from services.stages.explore.search import MAX_TEXT_CHARS, embedded_datasets, hit_names, pick_key, search
 from services.stages.ocr.stage import OCR_STAGE
 from ui.auth import current_user
+from ui.components import save_view_form
 from ui.errors import show_error
 from ui.page_state import BIND
 from ui.server_path import display_locators
@@ -230,7 +230,7 @@ def browse_view(ws: Workspace) -> None:
     st.caption(f"{total:,} of the {held:,} images of {md(where)}{' (' + ', '.join(kinds) + ')' if kinds else ''} "
                f"pass the filters; {sort}.")  # fmt: skip
     if total:
-        _save_view_form("ex-br", f"the {total:,} images that pass, in this order",
+        save_view_form("ex-br", f"the {total:,} images that pass, in this order",
                         lambda name, kind: save_browse_view(ws, name, selection, kind=kind))  # fmt: skip
     captions = []
     for r in rows:
@@ -254,7 +254,7 @@ def _ranked_grid(ws: Workspace, selection: BrowseFilter, text: str) -> None:
                f"({result.seconds:.2f} s {'in the workspace worker' if where == 'worker' else 'here'}).")  # fmt: skip
     if result.hits:
         ranked = [h.image_hash for h in result.hits]
-        _save_view_form("ex-br-rank", f"the {len(ranked)} ranked images, best first", lambda name, kind: save_view(
+        save_view_form("ex-br-rank", f"the {len(ranked)} ranked images, best first", lambda name, kind: save_view(
             ws, name, ranked, source_dataset=selection.one_dataset, kind=kind,
             description=f"{describe_filter(selection)}; ranked by the text {text!r}"))  # fmt: skip
     _grid(ws, [(h.image_hash, f"{h.score:.3f}") for h in hits], prefix="ex-br-rank")
@@ -294,23 +294,6 @@ def _result_filters(ws: Workspace, datasets: tuple[str, ...], kinds: tuple[str, 
             .strip()
         )
     return found
-
-
-def _save_view_form(prefix: str, what: str, save: Callable[[str, str], SavedView]) -> None:
-    """Save a selection as a new dataset (a saved view) that every stage takes."""
-    with st.popover("Save as a dataset", icon=":material/bookmark_add:"):
-        st.caption(f"A new dataset of {md(what)}: the same stored images (nothing is copied), with their tags "
-                   "and input rows, for every stage (embed, classify, describe, OCR, compare, export).")  # fmt: skip
-        name = st.text_input("Dataset name", max_chars=120, key=f"{prefix}-view-name")
-        kind = st.selectbox("Kind", ["view", "REAL", "GEN", "train", "test"], key=f"{prefix}-view-kind",
-                            help="REAL and GEN are the sets Compare puts side by side.")  # fmt: skip
-        if st.button("Save", key=f"{prefix}-view-save", disabled=not name.strip(), icon=":material/save:"):
-            try:
-                saved = save(name.strip(), kind or "view")
-            except WorkbenchError as exc:
-                show_error(exc)
-            else:
-                st.success(f"Saved dataset {md(repr(saved.name))}: {saved.images:,} images ({md(saved.source)}).")
 
 
 def outliers_view(ws: Workspace, names: list[str]) -> None:
@@ -570,7 +553,7 @@ st.caption(
 )
 if result.hits:
     described = f"the {len(result.hits)} results, best first"
-    _save_view_form("ex-search", described, lambda name, kind: save_view(
+    save_view_form("ex-search", described, lambda name, kind: save_view(
         ws, name, hashes, source_dataset=dataset, description=f"search for {what}, top {k}", kind=kind))  # fmt: skip
 for n, hit in enumerate(result.hits):
     if n % COLUMNS == 0:

@@ -13,10 +13,13 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from services.core.errors import WorkbenchError
 from services.core.settings import Settings
 from services.core.workspace import Workspace
 from services.jobs.manager import PAGE_QUEUED, JobBusyError, JobError, JobManager, JobProgress, page_worker_limit
 from services.stages.download.urls import labelled_csv_path
+from services.stages.explore.saved_views import SavedView
+from ui.errors import show_error
 from ui.page_state import BIND
 from ui.server_path import display_locators, display_path
 from ui.text import code, md
@@ -269,3 +272,20 @@ def s3_endpoint_input(settings: Settings, label: str, key: str, column: Any = st
             "the server's credentials, so only a public bucket works."
         )
     return endpoint, signed
+
+
+def save_view_form(prefix: str, what: str, save: Callable[[str, str], SavedView]) -> None:
+    """Save a selection as a new dataset (a saved view) that every stage takes."""
+    with st.popover("Save as a dataset", icon=":material/bookmark_add:"):
+        st.caption(f"A new dataset of {md(what)}: the same stored images (nothing is copied), with their tags "
+                   "and input rows, for every stage (embed, classify, describe, OCR, compare, export).")  # fmt: skip
+        name = st.text_input("Dataset name", max_chars=120, key=f"{prefix}-view-name")
+        kind = st.selectbox("Kind", ["view", "REAL", "GEN", "train", "test"], key=f"{prefix}-view-kind",
+                            help="REAL and GEN are the sets Compare puts side by side.")  # fmt: skip
+        if st.button("Save", key=f"{prefix}-view-save", disabled=not name.strip(), icon=":material/save:"):
+            try:
+                saved = save(name.strip(), kind or "view")
+            except WorkbenchError as exc:
+                show_error(exc)
+            else:
+                st.success(f"Saved dataset {md(repr(saved.name))}: {saved.images:,} images ({md(saved.source)}).")

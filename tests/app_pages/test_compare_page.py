@@ -171,3 +171,66 @@ def test_a_bar_of_the_first_chart_opens_thumbnails_in_chromium(tmp_path: Path):
         assert gallery.count() >= 8  # 4 per set
         page.screenshot(path=str(tmp_path / "compare-thumbnails.png"), full_page=True)
         browser.close()
+
+
+@pytest.mark.browser
+def test_a_lasso_on_the_map_is_saved_as_a_dataset_in_chromium(tmp_path: Path):
+    """In a real browser: compare the demo's REAL and GEN sets in CLIP space, draw a lasso round the map's points,
+    and save them as a new dataset (a saved view): it holds exactly the images the map drew."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from services.core.datasets import dataset_id_of, get_dataset
+    from services.core.settings import load_settings
+    from services.core.workspace import Workspace
+    from services.demo.builder import build_demo
+    from services.io.clip_models import ClipSpec
+    from services.jobs.manager import JobManager
+    from services.stages.embed.stage import start_embed
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, dashboard_at
+
+    root = tmp_path / "demo-ws"
+    ws = Workspace(root, load_settings())
+    build_demo(ws, small=True)
+    spec = ClipSpec(model="demo-tiny-clip", pretrained=None, device="cpu",
+                    checkpoint=str(root / "models" / "demo-clip" / "open_clip_model.safetensors"))  # fmt: skip
+    manager = JobManager(ws)
+    assert manager.run(start_embed(ws, manager, "demo-REAL", spec, loader_workers=0)).state == "completed"
+    ws.close()
+    with dashboard_at(tmp_path, root) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
+        page.goto(f"{base}/compare?cmp-resamples=20", wait_until="domcontentloaded")
+        compute = page.get_by_role("button", name="Compare embeddings")
+        expect(compute).to_be_enabled(timeout=120_000)
+        compute.click()
+        expect(page.get_by_text("Lasso points on the map")).to_be_visible(timeout=180_000)
+        chart = page.locator(".stPlotlyChart").filter(has=page.locator(".scatterlayer")).last
+        chart.scroll_into_view_if_needed()
+        area = chart.locator(".nsewdrag").first.bounding_box()
+        assert area is not None
+        mouse = page.mouse
+        mouse.move(area["x"] + 2, area["y"] + 2)
+        mouse.down()
+        for fx, fy in ((0.99, 0.01), (0.99, 0.99), (0.01, 0.99), (0.01, 0.02)):
+            mouse.move(area["x"] + area["width"] * fx, area["y"] + area["height"] * fy, steps=8)
+        mouse.up()
+        expect(page.get_by_text("images selected").first).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Save as a dataset").click()
+        page.get_by_label("Dataset name").fill("lassoed")
+        page.get_by_label("Dataset name").press("Enter")
+        page.get_by_role("button", name="Save", exact=True).click()
+        expect(page.get_by_text("Saved dataset 'lassoed'")).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "compare-lasso-saved.png"), full_page=True)
+        selected = page.get_by_text("images selected").first.inner_text()
+        browser.close()
+    ws = Workspace(root, load_settings())
+    view = get_dataset(ws.catalog, "lassoed")
+    assert view is not None and view.kind == "view" and "lassoed on the map of" in view.source
+    held = {r[0] for r in ws.catalog.query("SELECT image_hash FROM dataset_members WHERE dataset_id = ?",
+                                           (dataset_id_of(ws.catalog, "lassoed"),))}  # fmt: skip
+    drawn = {r[0] for r in ws.catalog.query(
+        """SELECT image_hash FROM dataset_members WHERE dataset_id IN (SELECT id FROM datasets WHERE name IN
+           ('demo-REAL', 'demo-GEN'))""")}  # fmt: skip
+    assert held and held <= drawn  # the map's points are the two sets' embedded images
+    assert f"{len(held)} images selected" in selected
+    ws.close()
