@@ -93,7 +93,8 @@ class BrowseRow:
 @dataclass(frozen=True)
 class _Query:
     """One filter's SQL: its conditions (values in `args`), the score join (values in `join_args`), the order;
-    `dataset_ids`: the datasets read (None: every one); `scope`: how many of the conditions only choose them."""
+    `chosen`: the datasets chosen, `scope`: those read, `scope_conditions`: how many conditions only choose
+    the rows (the datasets, each image once)."""
 
     where: list[str]
     args: list[object]
@@ -101,17 +102,14 @@ class _Query:
     join_args: list[object]
     score: str
     order: str
-    dataset_ids: list[int] | None
-    scope: int
-
-    @property
-    def one_dataset_id(self) -> int | None:
-        return self.dataset_ids[0] if self.dataset_ids is not None and len(self.dataset_ids) == 1 else None
+    chosen: list[int]
+    scope: list[int]
+    scope_conditions: int
 
     @property
     def filters(self) -> int:
-        """How many conditions filter (beyond choosing the datasets)."""
-        return len(self.where) - self.scope
+        """How many conditions filter (beyond choosing the rows)."""
+        return len(self.where) - self.scope_conditions
 
     @property
     def conditions(self) -> str:
@@ -186,7 +184,10 @@ def describe_filter(f: BrowseFilter) -> str:
     return "; ".join(parts) or "every image"
 
 
-def _query(ws: Workspace, f: BrowseFilter) -> _Query:
+def _query(ws: Workspace, f: BrowseFilter, chosen: list[int] | None = None, part: int | None = None) -> _Query:
+    """The filter's query over the datasets chosen (`chosen`: their ids, else resolved here), each image once
+    under the first holding it; with `part`, only the images of that dataset no earlier chosen one holds (the
+    count is taken a dataset at a time: the first by its counters, the others by what they add)."""
     if f.sort not in SORTS:
         raise BrowseError(f"sort {f.sort!r}: use one of {', '.join(SORTS)}")
     if "score" in f.sort and f.score_model is None:
@@ -197,20 +198,20 @@ def _query(ws: Workspace, f: BrowseFilter) -> _Query:
                        ("OCR code", f.ocr_code_contains)):  # fmt: skip
         if len(text) > MAX_NAME_CHARS:
             raise BrowseError(f"a {what} filter has at most {MAX_NAME_CHARS} characters")
-    dataset_ids = chosen_dataset_ids(ws, f.datasets, f.kinds)
-    in_ids, id_args = _ids_sql(dataset_ids)
-    where, args = [f"m.dataset_id {in_ids}"] if dataset_ids is not None else [], list[object](id_args)
-    if dataset_ids is None or len(dataset_ids) > 1:  # each image once: under the first dataset holding it whose
-        named = (
-            "AND instr(lower(o.name), lower(?)) > 0" if f.name_contains else ""
-        )  # name passes (a name is a member's)
-        where.append(f"""m.dataset_id = (SELECT MIN(o.dataset_id) FROM dataset_members o WHERE o.image_hash =
-                         m.image_hash {"" if dataset_ids is None else f"AND o.dataset_id {in_ids}"} {named})""")
-        args += [*id_args, *([f.name_contains] if f.name_contains else [])]
-    scope = len(where)
+    chosen = chosen if chosen is not None else chosen_dataset_ids(ws, f.datasets, f.kinds)
+    scope = chosen if part is None else [part]
+    in_ids, id_args = _ids_sql(scope)
+    where, args = [f"m.dataset_id {in_ids}"], list[object](id_args)
+    earlier = chosen if part is None else chosen[: chosen.index(part)]
+    if len(earlier) > 1 or (part is not None and earlier):  # each image once: under the first chosen dataset
+        named = "AND instr(lower(o.name), lower(?)) > 0" if f.name_contains else ""  # holding it under a name
+        held_before = f"""EXISTS (SELECT 1 FROM dataset_members o WHERE o.image_hash = m.image_hash  -- that passes
+                          AND o.dataset_id {_ids_sql(earlier)[0]} AND o.dataset_id < m.dataset_id {named})"""
+        where.append(f"NOT {held_before}" if part is not None else f"(m.dataset_id = ? OR NOT {held_before})")
+        args += [*([] if part is not None else [chosen[0]]), *earlier, *([f.name_contains] if f.name_contains else [])]
+    scope_conditions = len(where)
     if f.tags:  # the tag index read once (a range per dataset and tag), not one lookup a member
-        every = [int(r[0]) for r in ws.catalog.query("SELECT id FROM datasets")] if dataset_ids is None else []
-        tag_ids, tag_id_args = _ids_sql(dataset_ids or every)
+        tag_ids, tag_id_args = _ids_sql(chosen)  # a tag any chosen dataset gives the image
         where.append(
             f"""m.image_hash IN (SELECT t.image_hash FROM dataset_member_tags t WHERE t.dataset_id {tag_ids}
                 AND t.tag IN ({",".join("?" * len(f.tags))}))"""
@@ -250,49 +251,55 @@ def _query(ws: Workspace, f: BrowseFilter) -> _Query:
         if f.min_score is not None:
             where.append("s.score >= ?")
             args.append(float(f.min_score))
-    order = SORTS[f.sort] if len(dataset_ids or ()) == 1 else SORTS[f.sort].replace("m.seq", "m.dataset_id, m.seq")
-    return _Query(where, args, join_score, join_args, score, order, dataset_ids, scope)
+    order = SORTS[f.sort] if len(scope) == 1 else SORTS[f.sort].replace("m.seq", "m.dataset_id, m.seq")
+    return _Query(where, args, join_score, join_args, score, order, chosen, scope, scope_conditions)
 
 
-def chosen_dataset_ids(ws: Workspace, datasets: Sequence[str], kinds: Sequence[str] = ()) -> list[int] | None:
-    """The ids of the datasets named (an unknown name is an error listing the datasets), narrowed to the kinds
-    given; None for every dataset (none named, no kind)."""
+def chosen_dataset_ids(ws: Workspace, datasets: Sequence[str], kinds: Sequence[str] = ()) -> list[int]:
+    """The ids of the datasets named (an unknown name is an error listing the datasets), or of every dataset when
+    none is named, narrowed to the kinds given; in catalog order (the order a grid of several shows them in)."""
     datasets = (datasets,) if isinstance(datasets, str) else datasets  # one name, not its letters
-    ids = [dataset_id_of(ws.catalog, name) for name in dict.fromkeys(datasets)]
-    if not kinds:
-        every = ids or [int(r[0]) for r in ws.catalog.query("SELECT id FROM datasets LIMIT 2")]
-        return ids or (every if len(every) == 1 else None)  # a catalog of one dataset: read as that dataset
-    marks = ",".join("?" * len(kinds))
-    of_kinds = [int(r[0]) for r in ws.catalog.query(f"SELECT id FROM datasets WHERE kind IN ({marks}) ORDER BY id",
-                                                    tuple(kinds))]  # fmt: skip
-    kept = [i for i in ids if i in set(of_kinds)] if ids else of_kinds
-    if not kept:
-        chosen = f"of the datasets {', '.join(datasets)} " if ids else ""
-        raise BrowseError(f"no dataset {chosen}is of kind {' or '.join(kinds)}")
-    return kept
+    ids = sorted({dataset_id_of(ws.catalog, name) for name in datasets})
+    if not ids or kinds:
+        marks = ",".join("?" * len(kinds))
+        in_kinds = f"WHERE kind IN ({marks})" if kinds else ""
+        of_kinds = [
+            int(r[0]) for r in ws.catalog.query(f"SELECT id FROM datasets {in_kinds} ORDER BY id", tuple(kinds))
+        ]
+        ids = [i for i in ids if i in set(of_kinds)] if ids else of_kinds
+        if not ids and kinds:
+            chosen = f"of the datasets {', '.join(datasets)} " if datasets else ""
+            raise BrowseError(f"no dataset {chosen}is of kind {' or '.join(kinds)}")
+    return ids
 
 
-def _ids_sql(ids: list[int] | None) -> tuple[str, tuple[object, ...]]:
-    """The text "IN (?, ...)" and its values for these dataset ids (nothing for every dataset)."""
-    return ("", ()) if ids is None else (f"IN ({','.join('?' * len(ids))})", tuple(ids))
+def _ids_sql(ids: list[int]) -> tuple[str, tuple[object, ...]]:
+    """The text "IN (?, ...)" and its values for these dataset ids ("IN ()" matches nothing)."""
+    return f"IN ({','.join('?' * len(ids))})", tuple(ids)
 
 
 def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
-    """How many pass: from the dataset's counter when nothing filters, from the score counters when a score
-    threshold on a bin edge is the only condition, else by the query (images joined only when a filter reads
-    them). Over several datasets, nothing filtering: the distinct images they hold (one pass over an index)."""
-    unfiltered = q.filters == 0 and not q.join_score.startswith("JOIN")
-    if (dataset_id := q.one_dataset_id) is None:
-        if unfiltered:
-            in_ids, id_args = _ids_sql(q.dataset_ids)
-            where = f"WHERE dataset_id {in_ids}" if in_ids else ""
-            return int(ws.catalog.scalar(f"SELECT COUNT(DISTINCT image_hash) FROM dataset_members {where}", id_args))
-    elif unfiltered:
+    """How many pass. Over several datasets, a dataset at a time: the first chosen counted as if alone, each
+    later one by the images it adds (those no earlier one holds)."""
+    if len(q.chosen) > 1:
+        first = _count_part(ws, f, _query(ws, f, q.chosen, q.chosen[0]), several=True)
+        return first + sum(_count_part(ws, f, _query(ws, f, q.chosen, k)) for k in q.chosen[1:])
+    return _count_part(ws, f, q)
+
+
+def _count_part(ws: Workspace, f: BrowseFilter, q: _Query, several: bool = False) -> int:
+    """How many of one dataset's rows pass: from its counter when nothing filters, from the format, tag or term
+    counters when one of those is the only filter (a tag only when the dataset is read alone: over several, any
+    of them may give it), from the score counters when a score threshold on a bin edge is the only condition,
+    else by the query (images joined only when a filter reads them)."""
+    dataset_id = q.scope[0]
+    alone = q.scope_conditions == 1  # no "held by an earlier dataset" condition
+    if alone and q.filters == 0 and not q.join_score.startswith("JOIN"):
         return int(ws.catalog.scalar("SELECT n_images FROM datasets WHERE id = ?", (dataset_id,)))
-    elif (counter := _lone_counter(f)) is not None:
+    if alone and (counter := _lone_counter(f, tags=not several)) is not None:
         sql, values = counter
         return int(ws.catalog.scalar(sql, (dataset_id, *values)))
-    elif (bins := _score_bins_from(f, q.filters)) is not None:
+    if alone and (bins := _score_bins_from(f, q.filters)) is not None:
         return int(ws.catalog.scalar(
             "SELECT COALESCE(SUM(images), 0) FROM dataset_score_bins WHERE dataset_id = ? AND model_sha = ? "
             "AND bin >= ?", (dataset_id, f.score_model, bins)))  # fmt: skip
@@ -301,14 +308,14 @@ def _count(ws: Workspace, f: BrowseFilter, q: _Query) -> int:
                                  f"{q.conditions}", (*q.join_args, *q.args)))  # fmt: skip
 
 
-def _lone_counter(f: BrowseFilter) -> tuple[str, tuple[object, ...]] | None:
+def _lone_counter(f: BrowseFilter, tags: bool = True) -> tuple[str, tuple[object, ...]] | None:
     """The counter query (its values after the dataset id) that answers exactly when the filter's only condition
     is formats (an image has one format), one folder tag, or one category or OCR state; else None."""
     if f.formats and _only(f, "formats"):
         marks = ",".join("?" * len(f.formats))
         sql = f"SELECT COALESCE(SUM(images), 0) FROM dataset_format_counts WHERE dataset_id = ? AND format IN ({marks})"
         return sql, tuple(f.formats)
-    if len(f.tags) == 1 and _only(f, "tags"):
+    if tags and len(f.tags) == 1 and _only(f, "tags"):
         return "SELECT COALESCE(SUM(images), 0) FROM dataset_tag_counts WHERE dataset_id = ? AND tag = ?", f.tags
     if (term := _lone_term(f)) is not None and _only(f, "category", "clip_category", "ocr"):
         sql = "SELECT COALESCE(SUM(images), 0) FROM dataset_term_counts WHERE dataset_id = ? AND stage = ? AND term = ?"
@@ -318,7 +325,9 @@ def _lone_counter(f: BrowseFilter) -> tuple[str, tuple[object, ...]] | None:
 
 def _only(f: BrowseFilter, *names: str) -> bool:
     """Whether no filter but these fields (besides the dataset and the sort) is set."""
-    return all(getattr(f, x.name) == x.default for x in fields(f) if x.name not in ("datasets", "sort", *names))
+    return all(
+        getattr(f, x.name) == x.default for x in fields(f) if x.name not in ("datasets", "kinds", "sort", *names)
+    )
 
 
 def _lone_term(f: BrowseFilter) -> tuple[str, str] | None:

@@ -221,6 +221,9 @@ def test_several_datasets_and_the_whole_catalog_show_each_image_once(
         (BrowseFilter(), expected(members, [])),  # the whole catalog
         (BrowseFilter(kinds=("GEN",)), gen),  # the datasets of a kind: the view alone, in its order
         (BrowseFilter(("shelf", "yard"), tags=("pets", "birds")), expected(pets, [])),  # a tag from either
+        (BrowseFilter(("shelf", "yard"), tags=("pets",)), expected(both[both.image_hash.isin(  # yard's tag on shelf's
+            both[both.tag == "pets"].image_hash)], [])),  # images: shown under shelf, counted (not shelf's counter)
+        (BrowseFilter(formats=("JPEG",)), expected(members[members.format == "JPEG"], [])),  # first by its counter
         (BrowseFilter(formats=("PNG",), sort="name"), expected(members[members.format == "PNG"], ["file_name"])),
         (BrowseFilter(kinds=("GEN", "folder"), name_contains="y-"), expected(members[members.name.str.contains(
             "y-") & members.kind.isin(["GEN", "folder"])], [])),
