@@ -204,7 +204,7 @@ def test_a_lasso_on_the_map_is_saved_as_a_dataset_in_chromium(tmp_path: Path):
         expect(compute).to_be_enabled(timeout=120_000)
         compute.click()
         expect(page.get_by_text("Lasso points on the map")).to_be_visible(timeout=180_000)
-        chart = page.locator(".stPlotlyChart").filter(has=page.locator(".scatterlayer")).last
+        chart = page.locator(".stPlotlyChart").filter(has_text="embeddings").last  # the map's title
         chart.scroll_into_view_if_needed()
         area = chart.locator(".nsewdrag").first.bounding_box()
         assert area is not None
