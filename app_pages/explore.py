@@ -38,17 +38,18 @@ from services.stages.explore.neighbours import (
     near_duplicate_groups,
     outliers,
 )
-from services.stages.explore.perceptual import DEFAULT_MAX_DISTANCE
+from services.stages.explore.perceptual import DEFAULT_MAX_DISTANCE, start_phash, unhashed_images
+from services.stages.explore.perceptual import MAX_INLINE as PHASH_INLINE
 from services.stages.explore.saved_views import save_browse_view, save_view
 from services.stages.explore.search import MAX_K as MAX_RANKED
 from services.stages.explore.search import MAX_TEXT_CHARS, embedded_datasets, hit_names, pick_key, search
 from services.stages.ocr.stage import OCR_STAGE
 from ui.auth import current_user
-from ui.components import save_view_form
+from ui.components import job_panel, launch, save_view_form
 from ui.errors import show_error
-from ui.page_state import BIND
+from ui.page_state import BIND, follow_jobs, followed_jobs
 from ui.server_path import display_locators
-from ui.state import get_workspace
+from ui.state import get_job_manager, get_workspace
 from ui.text import md
 
 ws = get_workspace()
@@ -73,12 +74,14 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
                                       help="Calibrate on your data: look at the groups just above it."))  # fmt: skip
     edited = st.checkbox(
         f"Also edited copies (perceptual hashes at most {DEFAULT_MAX_DISTANCE} bits apart)", bind=BIND,
-        key="ex-dup-phash", help="Resized, re-encoded, brightened or slightly cropped copies of one picture. The "
-        "first time, each image's hash is computed from its file (one decode an image), then kept. Flat "
-        "synthetic graphics hash alike: check the groups before dropping.",
+        key="ex-dup-phash", help="Resized, re-encoded, brightened or slightly cropped copies of one picture. Each "
+        "image's hash is computed once from its file (a job for a dataset's images), then kept. Flat synthetic "
+        "graphics hash alike: check the groups before dropping.",
     )  # fmt: skip
     if not chosen:
         st.info("Choose at least one dataset.")
+        return
+    if edited and not _phashes_ready(ws, chosen):
         return
     try:
         key = pick_key(ws, chosen[0])
@@ -151,6 +154,36 @@ def duplicates_view(ws: Workspace, names: list[str], keys: list[str]) -> None:
             record_choices(ws, changes, current_user(), "Explore page")
         _new_boxes(f"Saved {len(changes)} changed choices." if changes else "Nothing changed.")
         st.rerun()
+
+
+def _phashes_ready(ws: Workspace, chosen: list[str]) -> bool:
+    """Whether the chosen datasets' perceptual hashes are (nearly) all there; else a button starts the job that
+    computes them (a few missing ones are computed with the groups)."""
+    manager = get_job_manager()
+    followed = followed_jobs(manager, "ex-dup-phash-jobs")
+    running = [j for j in followed if manager.progress(j).state in ("created", "running")]
+    if running:
+        for job_id in running:
+            job_panel(manager, job_id)
+        return False
+    missing = unhashed_images(ws, chosen)
+    if missing <= PHASH_INLINE:
+        return True
+    st.info(f"{missing:,} images of {md(', '.join(chosen))} have no perceptual hash yet: compute them first "
+            "(a job, one decode an image; then the groups take them).")  # fmt: skip
+    if st.button("Compute perceptual hashes", key="ex-dup-phash-start", icon=":material/fingerprint:"):
+        started = []
+        for name in chosen:
+            try:
+                job_id = start_phash(ws, manager, name)
+            except WorkbenchError as exc:
+                show_error(exc)
+                continue
+            launch(manager, job_id)
+            started.append(job_id)
+        follow_jobs("ex-dup-phash-jobs", started)
+        st.rerun()
+    return False
 
 
 def browse_view(ws: Workspace) -> None:

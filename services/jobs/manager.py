@@ -51,6 +51,7 @@ TASKS: dict[str, str] = {
     "classify": "services.stages.classify.stage:ClassifyTask",
     "ocr": "services.stages.ocr.stage:OcrTask",
     "export": "services.stages.export.stage:ExportTask",
+    "phash": "services.stages.explore.perceptual:PhashTask",
 }
 FINAL_STATES = ("completed", "cancelled", "failed")
 PAGE_JOB = "from_page"  # a job parameter: started from a page, counted against page_jobs.max_running

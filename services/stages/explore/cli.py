@@ -10,7 +10,16 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import CheckpointOpt, ModelOpt, PretrainedOpt, cli_workspace, clip_spec_if_named, fail
+from services.cli.common import (
+    CheckpointOpt,
+    ExecutorOpt,
+    ModelOpt,
+    PretrainedOpt,
+    cli_workspace,
+    clip_spec_if_named,
+    fail,
+    finish_job,
+)
 
 commands = typer.Typer()
 SaveViewOpt = Annotated[
@@ -200,6 +209,24 @@ def cli_user() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return "cli"
+
+
+@commands.command("phash")
+def phash_cmd(
+    dataset: Annotated[str, typer.Option(help="The dataset whose images get a perceptual hash.")],
+    background: Annotated[bool, typer.Option(help="Run detached.")] = False,
+    executor: ExecutorOpt = None,
+) -> None:
+    """Perceptual hashes (64-bit pHash) for every image of the dataset not hashed yet, as a job: what
+    `duplicates --phash` and the Duplicates view read to join edited copies."""
+    from services.jobs.manager import JobManager
+    from services.stages.explore.perceptual import start_phash
+
+    ws = cli_workspace()
+    manager = JobManager(ws)
+    job_id = start_phash(ws, manager, dataset)
+    typer.echo(f"job {job_id} created: perceptual hashes for {dataset!r}")
+    finish_job(manager, job_id, background, executor)
 
 
 @commands.command("outliers")

@@ -6,18 +6,29 @@ computed once from its stored file and kept in the catalog (`image_phashes`); pa
 bits are found with faiss's binary index (Hamming distances by popcount, exact), a block of queries at a time.
 Measured on scikit-image's photos: a half-size, a JPEG at quality 50 or a 15% brighter copy is 0-4 bits from
 its original, a 3% crop 4-12, a different photo 22 or more; hence the default of 12.
+
+A dataset's hashes are computed by a `phash` job (resumable, in worker processes, progress on the Jobs
+panel: decoding every image is the slow part); a few missing ones (up to `MAX_INLINE`) are computed where
+they are asked for.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from services.core.datasets import image_paths
+from services.core.errors import WorkbenchError
 from services.core.workspace import Workspace
 from services.io.imaging import ImageCheckError, decode_image
+from services.jobs.image_stage import ImageStageTask, require_images
+from services.jobs.manager import ItemResult, JobManager
+from services.jobs.params import DatasetParams, JobParams, job_params
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +36,29 @@ DEFAULT_MAX_DISTANCE = 12  # bits of 64
 MAX_DISTANCE = 32  # beyond it two hashes say nothing (random pictures differ in about 32)
 QUERY_BLOCK = 4096
 CHUNK = 500
+MAX_INLINE = 2000  # more missing hashes than this: a job computes them (a page does not wait minutes)
+PHASH_STAGE = "phash"
+PHASH_SETTINGS = "imagehash-phash-64"  # the one setting: ImageHash's 64-bit pHash of the stored file
+KIND = "phash"
 
 
-def phashes(ws: Workspace, hashes: Sequence[str]) -> dict[str, int]:
-    """Each image's 64-bit pHash (unsigned), computed from its stored file the first time and kept; images
+class PhashMissingError(WorkbenchError):
+    """Too many images without a perceptual hash to compute them here: a job should."""
+
+    http_status = 409
+
+
+def phashes(ws: Workspace, hashes: Sequence[str], max_inline: int = MAX_INLINE) -> dict[str, int]:
+    """Each image's 64-bit pHash (unsigned), as its dataset's `phash` job stored it, or computed here from the
+    stored file and kept when at most `max_inline` are missing (else PhashMissingError: run the job); images
     without a readable stored file are left out (and logged)."""
     out = _stored(ws, hashes)
     missing = [h for h in hashes if h not in out]
+    if len(missing) > max_inline:
+        raise PhashMissingError(
+            f"{len(missing):,} images have no perceptual hash yet: compute them first (Explore's Duplicates "
+            "view offers the job, or `phash --dataset NAME`)"
+        )
     for start in range(0, len(missing), CHUNK):
         part = missing[start : start + CHUNK]
         computed = {h: code for h, code in _compute(ws, part)}
@@ -68,32 +95,122 @@ def phash_pairs(codes: dict[str, int], max_distance: int = DEFAULT_MAX_DISTANCE)
     return out
 
 
-def _compute(ws: Workspace, hashes: Sequence[str]) -> Iterable[tuple[str, int]]:
+def unhashed_images(ws: Workspace, datasets: Sequence[str]) -> int:
+    """How many distinct stored images of these datasets have no perceptual hash yet (one pass in SQL)."""
+    from services.core.datasets import dataset_id_of
+
+    ids = [dataset_id_of(ws.catalog, name) for name in datasets]
+    if not ids:
+        return 0
+    marks = ",".join("?" * len(ids))
+    return int(ws.catalog.scalar(
+        f"""SELECT COUNT(DISTINCT m.image_hash) FROM dataset_members m JOIN images i ON i.hash = m.image_hash
+            WHERE m.dataset_id IN ({marks}) AND i.path IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM image_phashes p WHERE p.image_hash = m.image_hash)
+              AND NOT EXISTS (SELECT 1 FROM stage_results r WHERE r.image_hash = m.image_hash AND r.stage = ?
+                              AND r.settings_hash = ? AND r.status = 'ok')""",
+        (*ids, PHASH_STAGE, PHASH_SETTINGS)))  # fmt: skip
+
+
+def phash_of_file(path: Path, max_pixels: int) -> int:
+    """The 64-bit pHash of an image file (decoded at about 256 px: the hash reads a 32x32 thumbnail)."""
     import imagehash
 
+    image, _, _, _ = decode_image(path.read_bytes(), max_pixels, draft_side=256)
+    return int(str(imagehash.phash(image)), 16)
+
+
+def _compute(ws: Workspace, hashes: Sequence[str]) -> Iterable[tuple[str, int]]:
     paths = image_paths(ws, list(hashes))
     for image_hash in hashes:
         rel = paths.get(image_hash)
         if rel is None:
             continue  # no stored file (a metadata-only import)
         try:
-            data = ws.abspath(rel).read_bytes()
-            image, _, _, _ = decode_image(data, ws.settings.download.max_pixels, draft_side=256)
-            yield image_hash, int(str(imagehash.phash(image)), 16)
+            yield image_hash, phash_of_file(ws.abspath(rel), ws.settings.download.max_pixels)
         except (OSError, ImageCheckError) as exc:
             log.warning("no perceptual hash for %s: %s", image_hash[:16], exc)
 
 
 def _stored(ws: Workspace, hashes: Sequence[str]) -> dict[str, int]:
+    """Codes computed here (`image_phashes`) or by a job (its stage results, `{"phash": "<16 hex digits>"}`)."""
     out: dict[str, int] = {}
     for start in range(0, len(hashes), CHUNK):
-        part = hashes[start : start + CHUNK]
+        part = tuple(hashes[start : start + CHUNK])
         marks = ",".join("?" * len(part))
-        for r in ws.catalog.query(
-            f"SELECT image_hash, phash FROM image_phashes WHERE image_hash IN ({marks})", tuple(part)
-        ):
+        for r in ws.catalog.query(f"SELECT image_hash, phash FROM image_phashes WHERE image_hash IN ({marks})", part):
             out[r[0]] = int(r[1]) % 2**64
+        for r in ws.catalog.query(
+            f"""SELECT image_hash, json_extract(result, '$.phash') FROM stage_results WHERE stage = ?
+                AND settings_hash = ? AND status = 'ok' AND image_hash IN ({marks})""",
+            (PHASH_STAGE, PHASH_SETTINGS, *part),
+        ):
+            if isinstance(r[1], str) and len(r[1]) == 16:
+                out.setdefault(r[0], int(r[1], 16))
     return out
+
+
+# --- the job: a dataset's hashes computed in worker processes ------------------------------------------------
+
+
+class PhashParams(DatasetParams):
+    """Perceptual hashes for a dataset's stored images."""
+
+
+@dataclass(frozen=True)
+class PhashOptions:
+    workspace: str
+    journal_dir: str
+    max_pixels: int
+
+
+def start_phash(ws: Workspace, manager: JobManager, dataset: str) -> int:
+    """A `phash` job over the dataset's stored images (those already hashed are marked done at planning)."""
+    dataset_id = require_images(ws, dataset)
+    with job_params(KIND):
+        params = PhashParams(dataset=dataset, chunk_size=200)
+    return manager.create(KIND, f"Perceptual hashes: {dataset}", params, dataset_id)
+
+
+class PhashTask(ImageStageTask):
+    params_model: ClassVar[type[JobParams]] = PhashParams
+    kind: ClassVar[str] = KIND
+
+    def done_stages(self, ws: Workspace, params: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(PHASH_STAGE, PHASH_SETTINGS)]
+
+    def batch_work(self) -> Any:
+        return phash_batch
+
+    def chunk_options(self, ws: Workspace, job_id: int, params: dict[str, Any]) -> PhashOptions:
+        return PhashOptions(str(ws.root), str(ws.job_dir(job_id)), ws.settings.download.max_pixels)
+
+
+def phash_batch(
+    items: list[tuple[str, str | None]], opts: PhashOptions, cancelled: Callable[[], bool]
+) -> Iterator[ItemResult]:
+    """Each (image hash, stored path) item's pHash, as a stage result of the image."""
+    for image_hash, rel in items:
+        if cancelled():
+            return
+        path = Path(opts.workspace) / (rel or "")
+        try:
+            code = phash_of_file(path, opts.max_pixels)
+        except FileNotFoundError:
+            yield _failed(image_hash, "missing", f"{path} is gone from the workspace")
+            continue
+        except (OSError, ImageCheckError) as exc:
+            yield _failed(image_hash, "not_image", f"{path.name}: cannot decode ({exc})")
+            continue
+        result = {"phash": f"{code:016x}"}
+        yield ItemResult(key=image_hash, status="ok", image_hash=image_hash, result=result,
+                         stages=[(PHASH_STAGE, PHASH_SETTINGS, "ok", result, None)])  # fmt: skip
+
+
+def _failed(image_hash: str, error_class: str, message: str) -> ItemResult:
+    return ItemResult(key=image_hash, status="failed", error_class=error_class, error_message=message,
+                      image_hash=image_hash, stages=[(PHASH_STAGE, PHASH_SETTINGS, "failed", None,
+                                                      f"{error_class}: {message}")])  # fmt: skip
 
 
 def _signed(code: int) -> int:

@@ -5,6 +5,7 @@ are ImageHash's own on the stored files, and the pairs equal a brute-force Hammi
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import imagehash
@@ -19,7 +20,14 @@ from services.jobs.manager import JobManager
 from services.stages.download.folder_import import start_folder_import
 from services.stages.explore import vector_index
 from services.stages.explore.neighbours import near_duplicate_groups
-from services.stages.explore.perceptual import DEFAULT_MAX_DISTANCE, phash_pairs, phashes
+from services.stages.explore.perceptual import (
+    DEFAULT_MAX_DISTANCE,
+    PhashMissingError,
+    phash_pairs,
+    phashes,
+    start_phash,
+    unhashed_images,
+)
 from tests.support.cli import run_cli
 from tests.support.stored_vectors import store_vectors
 
@@ -101,3 +109,71 @@ def test_the_cli_joins_edited_copies(ws: Workspace, photos: dict[str, str]):
     assert "perceptual hashes 0 bits apart" in done.stdout
     refused = run_cli(ws.root, "duplicates", "--dataset", "photos", "--phash", "40")
     assert refused.returncode != 0 and "--phash" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_phash_job_computes_each_image_once_and_the_groups_read_them(
+    ws: Workspace, manager: JobManager, photos: dict[str, str], tmp_path: Path
+):
+    """The job stores ImageHash's own code per image (read back by the groups without computing), a rerun has
+    nothing left to do, and more missing hashes than the inline limit is an error that says to run the job."""
+    hashes = list(photos.values())
+    with pytest.raises(PhashMissingError, match=f"{len(hashes)} images have no perceptual hash yet"):
+        phashes(ws, hashes, max_inline=3)
+    assert unhashed_images(ws, ["photos"]) == len(hashes)
+    progress = manager.run(start_phash(ws, manager, "photos"))
+    assert progress.state == "completed" and progress.done == len(hashes) and progress.failed == 0
+    assert unhashed_images(ws, ["photos"]) == 0
+    codes = phashes(ws, hashes, max_inline=0)  # all stored by the job: nothing computed here
+    for h, rel, _ in dataset_entries(ws, "photos"):
+        assert codes[h] == int(str(imagehash.phash(Image.open(ws.abspath(rel)))), 16)
+    assert ws.catalog.scalar("SELECT COUNT(*) FROM image_phashes") == 0  # the job's results, not a second store
+    again = manager.run(start_phash(ws, manager, "photos"))
+    assert again.state == "completed" and again.failed == 0
+    cached = ws.catalog.scalar("SELECT COUNT(*) FROM job_items WHERE job_id = ? AND result = '{\"cached\": true}'",
+                               (again.id,))  # fmt: skip
+    assert cached == len(hashes)  # every image marked done at planning: none decoded again
+    groups = near_duplicate_groups(ws, KEY, ["photos"], 0.95, phash_distance=DEFAULT_MAX_DISTANCE)
+    assert sorted(len(g.members) for g in groups) == [5, 5]
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    Image.new("RGB", (40, 30), "red").save(broken / "red.png")
+    assert manager.run(start_folder_import(ws, manager, broken, "broken")).state == "completed"
+    (rel,) = [r for _, r, _ in dataset_entries(ws, "broken")]
+    ws.abspath(rel).unlink()  # the stored file is gone: the item fails, named, and the job goes on
+    gone = manager.run(start_phash(ws, manager, "broken"))
+    assert gone.failed == 1 and manager.failure_counts(gone.id) == {"missing": 1}
+    done = run_cli(ws.root, "phash", "--dataset", "photos")
+    assert done.returncode == 0 and "perceptual hashes for 'photos'" in done.stdout, done.stderr[-2000:]
+    unknown = run_cli(ws.root, "phash", "--dataset", "nope")
+    assert unknown.returncode != 0 and "no dataset named 'nope'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_the_duplicates_view_offers_the_job_when_many_hashes_are_missing(
+    ws: Workspace, photos: dict[str, str], monkeypatch: pytest.MonkeyPatch
+):
+    from streamlit.testing.v1 import AppTest
+
+    from services.stages.explore import perceptual
+    from tests.conftest import ROOT
+
+    monkeypatch.setattr(perceptual, "MAX_INLINE", 3)  # the demo-sized dataset stands for a large one
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(ws.root))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    at.switch_page("app_pages/explore.py").run()
+    at.radio(key="ex-mode").set_value("Duplicates").run()
+    at.checkbox(key="ex-dup-phash").check().run()
+    assert not at.exception, at.exception
+    assert any(f"{len(photos)} images of photos have no perceptual hash yet" in i.value for i in at.info)
+    assert not [b for b in at.button if b.key == "ex-dup-run"]  # no groups until the hashes are there
+    at.button(key="ex-dup-phash-start").click().run()
+    assert not at.exception, at.exception
+    deadline = time.time() + 120
+    while time.time() < deadline and perceptual.unhashed_images(ws, ["photos"]):
+        time.sleep(0.5)
+    assert perceptual.unhashed_images(ws, ["photos"]) == 0
+    at.run()
+    at.button(key="ex-dup-run").click().run()
+    assert not at.exception, at.exception
+    groups = [c.value for c in at.caption if c.value.startswith("Group ")]
+    assert len(groups) == 2 and all("5 images" in g and "perceptual hashes" in g for g in groups), groups
