@@ -494,9 +494,9 @@ st.title("Explore")
 st.caption(
     "Search every embedded image by what it shows, in words or by an example, with the CLIP model the images "
     "were embedded with. Results are ranked by cosine similarity; “More like this” searches from any result. "
-    "Browse pages through a dataset with filters on what the catalog knows. Duplicates finds near-copies and "
-    "records which copy each export keeps; Outliers ranks the most unusual images; Leaks lists the images of "
-    "one dataset with a near-copy in another (a test set and its training set)."
+    "Browse pages through a dataset, several or the whole catalog with filters on what the catalog knows. "
+    "Duplicates finds near-copies and records which copy each export keeps; Outliers ranks the most unusual "
+    "images; Leaks lists the images of one dataset with a near-copy in another (a test set and its training set)."
 )
 
 VIEWS = ["Search", "Browse", "Duplicates", "Outliers", "Leaks"]
