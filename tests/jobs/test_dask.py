@@ -136,3 +136,54 @@ def test_the_sidebar_chooses_where_page_jobs_run(cluster: str, tmp_path: Path, m
     assert JobManager(ws).progress(job_id).params["executor"] == cluster
     assert JobManager(ws).wait(job_id, timeout=120).state == "completed"
     ws.close()
+
+
+def test_a_vector_index_build_assigns_its_shards_on_the_cluster(cluster: str, ws: Workspace):
+    """Above the exact-search size, a build whose list assignments run on the cluster's workers (a store shard
+    per task) makes the same index as a local build: every vector in the same list, the same answers. A hash
+    stored twice (a re-embed) is indexed once, from its first shard, as the store loads it."""
+    from services.jobs.executors import executor_from_url
+    from services.stages.explore import vector_index
+    from services.stages.explore.vector_index import EXACT_BELOW, VectorIndex
+    from tests.support.stored_vectors import store_vectors
+
+    rng = np.random.default_rng(7)
+    n, dim = EXACT_BELOW + 6_000, 24
+    matrix = rng.standard_normal((n, dim)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    hashes = [f"{i:064x}" for i in range(n)]
+    cut = [0, 20_000, 41_000, n]
+    for a, b in zip(cut, cut[1:], strict=False):
+        store_vectors(ws, "dask-ivf", hashes[a:b], matrix[a:b])
+    store_vectors(ws, "dask-ivf", hashes[:5], matrix[5:10])  # the same images again, other vectors: not indexed
+
+    def lists_of(ivf: object) -> dict[int, int]:
+        """Row -> the list holding it, read from the inverted lists themselves."""
+        import faiss
+
+        invlists = faiss.extract_index_ivf(ivf).invlists
+        out: dict[int, int] = {}
+        for lst in range(invlists.nlist):
+            size = invlists.list_size(lst)
+            ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy() if size else []
+            out.update({int(i): lst for i in ids})
+        return out
+
+    vector_index._RESIDENT.clear()
+    local = VectorIndex(ws, "dask-ivf")
+    assert local.sync(rebuild=True)["mode"] == "ivf"
+    local_lists = lists_of(vector_index._RESIDENT[local._slot].ivf)
+    queries = matrix[rng.choice(n, 50, replace=False)]
+    local_hits = [[h.image_hash for h in row] for row in local.search(queries, 10)]
+    vector_index._RESIDENT.clear()
+    pool, close = executor_from_url(cluster)
+    try:
+        spread = VectorIndex(ws, "dask-ivf")
+        state = spread.sync(rebuild=True, executor=pool)
+    finally:
+        close()
+    held = vector_index._RESIDENT[spread._slot]
+    assert state["vectors"] == n and held.hashes == hashes  # each image once, in the store's order
+    assert lists_of(held.ivf) == local_lists and len(set(local_lists.values())) > 50
+    assert [[h.image_hash for h in row] for row in spread.search(queries, 10)] == local_hits
+    np.testing.assert_allclose(spread.vector_of(hashes[3]), matrix[3], atol=1e-6)  # the first shard's vector

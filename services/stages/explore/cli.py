@@ -85,15 +85,27 @@ def search_index(
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
     dataset: Annotated[str | None, typer.Option(help="The model that embedded this dataset.")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Build the index anew instead of adding new vectors.")] = False,
+    executor: ExecutorOpt = None,
 ) -> None:
-    """Build or update the vector index of an embedding model now (searches do it when they need to)."""
+    """Build or update the vector index of an embedding model now (searches do it when they need to); with
+    --executor dask://HOST:PORT a build assigns each store shard's vectors to their lists on the cluster's
+    workers (they need the workspace at the same path)."""
+    from services.jobs.executors import check_executor_url, executor_from_url
     from services.stages.explore.search import pick_key
     from services.stages.explore.vector_index import VectorIndex
 
     ws = cli_workspace()
     spec = clip_spec_if_named(model, pretrained, checkpoint)
     key = pick_key(ws, dataset, spec)
-    state = VectorIndex(ws, key).sync()
+    if check_executor_url(executor) is None:
+        state = VectorIndex(ws, key).sync(rebuild=rebuild)
+    else:
+        pool, close = executor_from_url(str(executor))
+        try:
+            state = VectorIndex(ws, key).sync(rebuild=rebuild, executor=pool)
+        finally:
+            close()
     typer.echo(f"{key}: {state['vectors']} vectors, {state['mode']} search (nprobe {state['nprobe']}), "
                f"{state['seconds']:.1f} s")  # fmt: skip
 

@@ -11,6 +11,11 @@ line) and `state.json` (the store shards included, the row count, nprobe), writt
 never names rows the other files lack, by one process at a time (an exclusive lock on `.lock`). `sync` adds
 the vectors of new shards; a shard that disappeared (the store was compacted) rebuilds. Vectors are
 L2-normalised, so the inner product is the cosine similarity.
+
+A build can be spread over an executor (a Dask cluster: `search-index --rebuild --executor dask://...`): the
+k-means runs here on the sample, then each store shard's vectors are assigned to their lists where the shard
+is (`assign_lists`, the n x lists x dim part of the work), and the lists are filled here from those
+assignments: the same index a local build makes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,18 +87,19 @@ class VectorIndex:
 
     # --- building ----------------------------------------------------------------------------------------
 
-    def sync(self) -> dict[str, Any]:
-        """Bring the index up to the store: add new shards' vectors, rebuild when shards went away, nothing when
-        the store is unchanged. Returns the state (count, mode, nprobe, seconds)."""
+    def sync(self, *, rebuild: bool = False, executor: Executor | None = None) -> dict[str, Any]:
+        """Bring the index up to the store: add new shards' vectors, rebuild when shards went away (or when
+        asked), nothing when the store is unchanged. `executor`: where a build assigns the vectors to lists
+        (a Dask cluster's executor), else here. Returns the state (count, mode, nprobe, seconds)."""
         with _LOCK:
-            return self._sync()
+            return self._sync(rebuild, executor)
 
-    def _sync(self) -> dict[str, Any]:
+    def _sync(self, rebuild: bool = False, executor: Executor | None = None) -> dict[str, Any]:
         import time
 
         started = time.perf_counter()
         shards = tuple(self.store.shards())
-        resident = _RESIDENT.get(self._slot)
+        resident = None if rebuild else _RESIDENT.get(self._slot)
         if resident is not None and resident.shards == shards:
             return self._state_of(resident, 0.0)
         total = self.store.count()
@@ -105,12 +112,12 @@ class VectorIndex:
                 if resident is not None and resident.ivf is not None and set(resident.shards) <= set(shards):
                     loaded = self._extend(resident, shards)  # the index in memory, grown by the new shards
                 else:
-                    saved = self._read_saved(shards)  # what another process built or grew while this one waited
-                    loaded = self._extend(saved, shards) if saved is not None else self._build(shards)
+                    saved = None if rebuild else self._read_saved(shards)  # what another process built or grew
+                    loaded = self._extend(saved, shards) if saved is not None else self._build(shards, executor)
         _RESIDENT[self._slot] = loaded
         return self._state_of(loaded, time.perf_counter() - started)
 
-    def _build(self, shards: tuple[str, ...]) -> _Loaded:
+    def _build(self, shards: tuple[str, ...], executor: Executor | None = None) -> _Loaded:
         import faiss
 
         everything = self.store.load()
@@ -122,14 +129,45 @@ class VectorIndex:
         size = min(n, max(TRAIN_SAMPLE, TRAIN_PER_LIST * nlist))  # faiss's k-means wants ~40 points a list
         sample = everything.vectors[np.sort(rng.choice(n, size=size, replace=False))]
         ivf.train(np.ascontiguousarray(sample))
-        for start in range(0, n, 100_000):
-            ivf.add(np.ascontiguousarray(everything.vectors[start : start + 100_000]))
+        if executor is None:
+            for start in range(0, n, 100_000):
+                ivf.add(np.ascontiguousarray(everything.vectors[start : start + 100_000]))
+        else:
+            lists = self._assign_on(executor, shards, ivf.quantizer.reconstruct_n(0, nlist), everything.hashes)
+            for start in range(0, n, 100_000):
+                part = np.ascontiguousarray(everything.vectors[start : start + 100_000])
+                assigned = np.ascontiguousarray(lists[start : start + 100_000])
+                ivf.add_core(len(part), faiss.swig_ptr(part), None, faiss.swig_ptr(assigned))
         ivf.make_direct_map()  # row -> vector, for "more like this" and filtered exact searches
         nprobe = _calibrate(ivf, everything.vectors, rng)
         loaded = _Loaded(shards, everything.hashes, _rows(everything.hashes), None, ivf, nprobe)
         self._save(loaded, rewrite_rows=True)
         log.info("index %s built: %d vectors, %d lists, nprobe %d", self.key, n, nlist, nprobe)
         return loaded
+
+    def _assign_on(
+        self, executor: Executor, shards: tuple[str, ...], centroids: np.ndarray, hashes: list[str]
+    ) -> np.ndarray:
+        """Each vector's list, assigned a store shard per task on the executor, in the rows' order (each hash's
+        first shard, as the store loads them)."""
+        seen: set[str] = set()
+        ordered: list[str] = []
+        plan: list[tuple[str, list[int]]] = []
+        for name in shards:
+            shard_hashes = (self.store.folder / f"{name}.hashes").read_text(encoding="ascii").split()
+            keep = []
+            for i, h in enumerate(shard_hashes):
+                if h not in seen:
+                    seen.add(h)
+                    keep.append(i)
+                    ordered.append(h)
+            plan.append((name, keep))
+        futures = [executor.submit(assign_lists, str(self.store.folder), name, keep, centroids) for name, keep in plan]
+        lists = np.concatenate([np.asarray(f.result(), dtype=np.int64) for f in futures] or [np.zeros(0, np.int64)])
+        if ordered != hashes or len(lists) != len(hashes):  # the store changed under the build: build again
+            raise RuntimeError(f"index {self.key}: the store changed during the build ({len(lists)} assignments "
+                               f"for {len(hashes)} vectors); run it again")  # fmt: skip
+        return lists
 
     def _read_saved(self, shards: tuple[str, ...]) -> _Loaded | None:
         """The index as the workspace keeps it, when it covers only shards the store still has (else None: the
@@ -332,6 +370,21 @@ def _files_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def assign_lists(folder: str, shard: str, keep: list[int], centroids: np.ndarray) -> np.ndarray:
+    """On a worker: the IVF list (the nearest centroid by inner product) of each kept row of one store shard,
+    read from the shared workspace."""
+    import faiss
+
+    matrix = np.load(Path(folder) / f"{shard}.npy", mmap_mode="r")
+    quantizer = faiss.IndexFlatIP(centroids.shape[1])
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    out = np.empty(len(keep), dtype=np.int64)
+    for start in range(0, len(keep), 50_000):
+        rows = np.ascontiguousarray(matrix[keep[start : start + 50_000]], dtype=np.float32)
+        out[start : start + len(rows)] = quantizer.search(rows, 1)[1].ravel()
+    return out
 
 
 def _probing(nprobe: int, nlist: int) -> Any:
