@@ -270,6 +270,8 @@ def chosen_dataset_ids(ws: Workspace, datasets: Sequence[str], kinds: Sequence[s
         if not ids and kinds:
             chosen = f"of the datasets {', '.join(datasets)} " if datasets else ""
             raise BrowseError(f"no dataset {chosen}is of kind {' or '.join(kinds)}")
+        if not ids:
+            raise BrowseError("no dataset in this workspace yet: download or import images first")
     return ids
 
 

@@ -263,6 +263,16 @@ def test_several_datasets_and_the_whole_catalog_show_each_image_once(
     assert "Traceback" not in bad.stderr
 
 
+def test_an_empty_workspace_says_there_is_nothing_to_browse(ws: Workspace):
+    with pytest.raises(BrowseError, match="no dataset in this workspace yet"):
+        browse(ws, BrowseFilter())
+    with pytest.raises(BrowseError, match="no dataset in this workspace yet"):  # the choices' helpers too
+        tags_of(ws, ())
+    empty = run_cli(ws.root, "browse")
+    assert empty.returncode != 0 and "no dataset in this workspace yet" in empty.stderr
+    assert "Traceback" not in empty.stderr
+
+
 def test_hostile_filter_text_is_a_value_and_bad_requests_say_why(ws: Workspace, shelf: pd.DataFrame):
     assert _hashes(ws, BrowseFilter(("shelf",), name_contains="x' OR 1=1 --")) == ([], 0)
     assert _hashes(ws, BrowseFilter(("shelf",), tags=("cats') OR ('1'='1",))) == ([], 0)
