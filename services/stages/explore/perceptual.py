@@ -145,7 +145,7 @@ def _stored(ws: Workspace, hashes: Sequence[str]) -> dict[str, int]:
                 AND settings_hash = ? AND status = 'ok' AND image_hash IN ({marks})""",
             (PHASH_STAGE, PHASH_SETTINGS, *part),
         ):
-            if isinstance(r[1], str) and len(r[1]) == 16:
+            if isinstance(r[1], str) and len(r[1]) == 16 and all(c in "0123456789abcdef" for c in r[1]):
                 out.setdefault(r[0], int(r[1], 16))
     return out
 
