@@ -17,7 +17,7 @@ them gives it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from services.core.catalog import SCORE_BINS
@@ -39,6 +39,7 @@ SORTS: dict[str, str] = {  # name -> ORDER BY (fixed text: never from the reques
     "lowest score": "score, m.seq",
 }
 MAX_PAGE = 500
+ORDERED_SCAN_OFFSET = 10_000  # pages in input order up to this offset read the order index and stop early
 MAX_CATEGORY_CHOICES = 1000
 MAX_NAME_CHARS = 200
 
@@ -111,6 +112,15 @@ class _Query:
         """How many conditions filter (beyond choosing the rows)."""
         return len(self.where) - self.scope_conditions
 
+    def in_input_order(self) -> _Query:
+        """The query with its "image IN (a subquery)" terms kept off the members' indexes (SQLite's unary "+"),
+        so a page in input order walks the order index and stops after its rows, instead of the planner (no
+        statistics) driving from a tag or flag list and sorting every match: a first page at a million images
+        0.06-0.16 s instead of 0.5-3.5 s. Deep pages keep the planner's choice (a walk to a far offset reads
+        more rows than a sort)."""
+        marked = [("+" + w) if w.startswith("m.image_hash IN (") else w for w in self.where]
+        return replace(self, where=marked)
+
     @property
     def conditions(self) -> str:
         return " AND ".join(self.where)
@@ -137,6 +147,8 @@ def browse_page(ws: Workspace, f: BrowseFilter, offset: int = 0, limit: int = 24
     if not 1 <= limit <= MAX_PAGE or offset < 0:
         raise BrowseError(f"a page is 1 to {MAX_PAGE} images from offset 0 or more")
     q = _query(ws, f)
+    if f.sort == "input order" and offset <= ORDERED_SCAN_OFFSET:
+        q = q.in_input_order()
     rows = ws.catalog.query(
         f"""SELECT m.image_hash, m.name, i.path, i.format, i.bytes, i.width, i.height, {q.score} AS score,
                    m.dataset_id {q.base} ORDER BY {q.order} LIMIT ? OFFSET ?""",
