@@ -1,6 +1,6 @@
 """Explore's Browse view at a million catalogued images (issue 20): each filter, sort and page turn timed.
 
-    python benchmarks/browse.py [--n 1000000] [--reruns 3] [--out benchmarks/results/browse.json]
+    python benchmarks/browse.py [--n 1000000] [--reruns 3] [--out benchmarks/results/browse.json] [--keep DIR]
 
 A workspace with one dataset of N images, written in bulk through the catalog's own tables and triggers (the
 counters a page reads are kept as an import keeps them): a folder tag per image (10 tags), formats JPEG/PNG/WEBP,
@@ -168,12 +168,16 @@ def main() -> None:
     parser.add_argument("--reruns", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "browse.json")
     parser.add_argument("--only", default="", help="Only the cases whose name holds this text.")
+    parser.add_argument("--keep", type=Path, help="Build the workspace in this folder and keep it; reuse it if there.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ws = Workspace(Path(tmp) / "ws", load_settings(), allow_new_catalog=True)
+        root = (args.keep or Path(tmp)) / "ws"
+        built = args.keep is not None and (root / "catalog.sqlite").is_file()
+        ws = Workspace(root, load_settings(), allow_new_catalog=not built)
         started = time.perf_counter()
-        build(ws, args.n)
-        build_extra(ws, args.n)
+        if not built:
+            build(ws, args.n)
+            build_extra(ws, args.n)
         print(f"{args.n:,} images catalogued in {time.perf_counter() - started:.0f} s", flush=True)
         rows = []
         for name, (fields, page) in CASES.items():
