@@ -96,7 +96,10 @@ def phash_pairs(codes: dict[str, int], max_distance: int = DEFAULT_MAX_DISTANCE)
 
 
 def unhashed_images(ws: Workspace, datasets: Sequence[str]) -> int:
-    """How many distinct stored images of these datasets have no perceptual hash yet (one pass in SQL)."""
+    """How many images of these datasets the `phash` job has not tried yet, from the stage counters (one small
+    read, not a pass over the images; an image in two datasets counts twice, one hashed where it was asked for
+    counts as not tried, and so does an image without a stored file, which the job never reads): what decides
+    whether a page offers the job. 0.0005 s at a million images, where a pass over them took 5.6 s."""
     from services.core.datasets import dataset_id_of
 
     ids = [dataset_id_of(ws.catalog, name) for name in datasets]
@@ -104,12 +107,10 @@ def unhashed_images(ws: Workspace, datasets: Sequence[str]) -> int:
         return 0
     marks = ",".join("?" * len(ids))
     return int(ws.catalog.scalar(
-        f"""SELECT COUNT(DISTINCT m.image_hash) FROM dataset_members m JOIN images i ON i.hash = m.image_hash
-            WHERE m.dataset_id IN ({marks}) AND i.path IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM image_phashes p WHERE p.image_hash = m.image_hash)
-              AND NOT EXISTS (SELECT 1 FROM stage_results r WHERE r.image_hash = m.image_hash AND r.stage = ?
-                              AND r.settings_hash = ? AND r.status = 'ok')""",
-        (*ids, PHASH_STAGE, PHASH_SETTINGS)))  # fmt: skip
+        f"""SELECT COALESCE(SUM(MAX(0, d.n_images - COALESCE((SELECT SUM(c.images) FROM dataset_stage_counts c
+                   WHERE c.dataset_id = d.id AND c.stage = ? AND c.settings_hash = ? AND c.status IN ('ok', 'failed')),
+                   0))), 0) FROM datasets d WHERE d.id IN ({marks})""",
+        (PHASH_STAGE, PHASH_SETTINGS, *ids)))  # fmt: skip
 
 
 def phash_of_file(path: Path, max_pixels: int) -> int:
