@@ -118,14 +118,13 @@ def components(pairs: set[tuple[int, int]]) -> list[set[int]]:
     return list(groups.values())
 
 
-def run(n: int, dim: int, exact_up_to: int, folder: Path) -> dict[str, Any]:
-    started = time.perf_counter()
-    vectors, truth = planted_data(n, dim)
-    ws = Workspace(folder / f"ws-{n}", load_settings(), allow_new_catalog=True)
+def catalogue_vectors(ws: Workspace, vectors: np.ndarray) -> list[str]:
+    """The vectors written to the store as an embed job writes them (shards of SHARD) and catalogued as one
+    dataset, `bench`; each image's hash is its row number. Returns the hashes, in row order."""
     store = EmbeddingStore(ws, KEY)
     store.write_spec({"model": "bench", "pretrained": None, "checkpoint": None, "device": "cpu"})
-    names = [f"{i:064x}" for i in range(n)]
-    for start in range(0, n, SHARD):
+    names = [f"{i:064x}" for i in range(len(vectors))]
+    for start in range(0, len(vectors), SHARD):
         store.write_shard(names[start : start + SHARD], vectors[start : start + SHARD])
     ds = ensure_dataset(ws.catalog, "bench", "urls", "bench", [])
     with ws.catalog.write() as conn:
@@ -133,6 +132,14 @@ def run(n: int, dim: int, exact_up_to: int, folder: Path) -> dict[str, Any]:
             "INSERT INTO dataset_members (dataset_id, image_hash, seq, name, file_name) VALUES (?, ?, ?, ?, ?)",
             ((ds.id, h, i, f"img-{i}.jpg", f"img-{i}.jpg") for i, h in enumerate(names)),
         )
+    return names
+
+
+def run(n: int, dim: int, exact_up_to: int, folder: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    vectors, truth = planted_data(n, dim)
+    ws = Workspace(folder / f"ws-{n}", load_settings(), allow_new_catalog=True)
+    catalogue_vectors(ws, vectors)
     print(f"{n}: data written in {time.perf_counter() - started:.0f} s", flush=True)
 
     started = time.perf_counter()

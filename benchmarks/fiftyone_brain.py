@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 import psutil
 from common import machine_description  # benchmarks/ is on sys.path when run as a script
-from duplicates import KEY, THRESHOLD, planted_data, score
-from explore import SHARD, K, clustered, exact_top, ms, recall
+from duplicates import KEY, THRESHOLD, catalogue_vectors, planted_data, score
+from explore import K, clustered, exact_top, ms, recall
 from fiftyone_brain_worker import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,28 +191,15 @@ def emit(folder: Path, run: str, step: str, payload: dict[str, Any]) -> None:
 def product_worker(folder: Path, run: str, threshold: float) -> None:
     """The app's side, in a child process of .venv's Python: its real code, in process, as duplicates.py runs it."""
     sys.path.insert(0, str(ROOT))
-    from services.core.datasets import ensure_dataset
     from services.core.settings import load_settings
     from services.core.workspace import Workspace
-    from services.io.embedding_store import EmbeddingStore
     from services.stages.explore.neighbours import near_duplicate_groups
     from services.stages.explore.vector_index import VectorIndex
 
     vectors = np.load(folder / "vectors.npy")
-    n = len(vectors)
     started = time.perf_counter()
     ws = Workspace(folder / f"ws-{run}", load_settings(), allow_new_catalog=True)
-    store = EmbeddingStore(ws, KEY)
-    store.write_spec({"model": "bench", "pretrained": None, "checkpoint": None, "device": "cpu"})
-    names = [f"{i:064x}" for i in range(n)]  # the row number, as the image hash
-    for start in range(0, n, SHARD):
-        store.write_shard(names[start : start + SHARD], vectors[start : start + SHARD])
-    ds = ensure_dataset(ws.catalog, "bench", "urls", "bench", [])
-    with ws.catalog.write() as conn:
-        conn.executemany(
-            "INSERT INTO dataset_members (dataset_id, image_hash, seq, name, file_name) VALUES (?, ?, ?, ?, ?)",
-            ((ds.id, h, i, f"img-{i}.jpg", f"img-{i}.jpg") for i, h in enumerate(names)),
-        )
+    catalogue_vectors(ws, vectors)  # the row number, as the image hash
     del vectors
     emit(folder, run, "load", {"seconds": time.perf_counter() - started})
     if run == "search":
@@ -405,7 +392,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def sizes(values: list[str]) -> list[int]:
-    return [int(v.replace("_", "")) for value in values for v in value.split(",") if v]
+    """Sizes from "10000,100000"-style arguments; a size below 1,000 has no planted pairs to score: refused."""
+    out = [int(v.replace("_", "")) for value in values for v in value.split(",") if v]
+    if any(n < 1000 for n in out):
+        raise SystemExit(
+            f"sizes are 1,000 vectors or more ({', '.join(map(str, out))} given; --more with no value runs none)"
+        )
+    return out
 
 
 def main() -> None:
